@@ -1,0 +1,93 @@
+"""What a cut did: the const change table, bytes and FLOPs saved, channels per layer, blockers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ConstChange:
+    """One constant whose size changed; sizes are in bytes, like the seed's table."""
+
+    name: str
+    src_size: int
+    pruned_size: int
+
+    @property
+    def diff(self) -> int:
+        return self.pruned_size - self.src_size
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    """Channels of one weighted layer (Conv, Gemm, MatMul, ...) before and after the cut."""
+
+    node: str
+    op_type: str
+    in_channels: tuple[int, int]
+    out_channels: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Channels that every reader ignores but that one op or graph boundary forces us to keep."""
+
+    op_type: str  # an op type, or "graph input" / "graph output"
+    node: str  # node name, or the graph input/output name
+    channels: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """Original vs cut model, one graph output, on the same seeded random inputs."""
+
+    name: str
+    cosine: float
+    max_abs_error: float
+    max_rel_error: float
+
+
+@dataclass
+class Report:
+    """Everything `channelcut cut` prints; `to_dict()` is the `--report-json` content."""
+
+    const_changes: list[ConstChange] = field(default_factory=list)
+    layers: list[LayerChange] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    flops_before: int = 0
+    flops_after: int = 0
+    removed_groups: int = 0
+    removed_channels: int = 0  # channel positions removed, summed over every tensor
+    checks: list[OutputCheck] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["const_changes"] = [{**asdict(c), "diff": c.diff} for c in self.const_changes]
+        return data
+
+
+def const_change_lines(report: Report) -> list[str]:
+    """The seed's "const change detail" table: a header line, then one row per changed constant."""
+    row = "{:<40}{:<12}{:<12}{:<12}".format
+    lines = [row("const name", "src_size", "pruned_size", "diff")]
+    lines += [row(c.name, c.src_size, c.pruned_size, c.diff) for c in report.const_changes]
+    return lines
+
+
+def _signed_change(before: int, after: int, scale: float, unit: str) -> str:
+    """`-1.12144 MB (-6.9%)`: the change in `unit` and in percent of `before`."""
+    percent = 100.0 * (after - before) / before if before else 0.0
+    return f"{(after - before) / scale:+.5f} {unit} ({percent:+.1f}%)"
+
+
+def summary_lines(report: Report) -> list[str]:
+    """Weights (bytes, MB = 10^6) and FLOPs (2 per multiply-add) before, after and the change."""
+    wb, wa, fb, fa = (report.weight_bytes_before, report.weight_bytes_after,
+                      report.flops_before, report.flops_after)
+    return [
+        f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
+        f"FLOPs:   {fb / 1e9:.5f} G -> {fa / 1e9:.5f} G, {_signed_change(fb, fa, 1e9, 'GFLOPs')}",
+    ]
