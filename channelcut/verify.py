@@ -1,0 +1,266 @@
+"""Run the original and the cut model in ONNX Runtime on the same seeded inputs and compare."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from channelcut import io
+from channelcut.errors import ChannelcutError, VerificationError
+from channelcut.report import OutputCheck
+
+log = logging.getLogger(__name__)
+
+# Values a dynamic dimension takes when no --input-shape sets it.
+DEFAULT_DYNAMIC_DIM = 1
+# Integer inputs are usually indices or lengths: keep them small so they are in range.
+INT_INPUT_HIGH = 4
+# ONNX Runtime threads per session: enough to be quick, not so many that a small CI box thrashes.
+MAX_THREADS = 8
+
+
+def resolve_input_shapes(
+    model: onnx.ModelProto, overrides: dict[str, Sequence[int]] | None
+) -> dict[str, tuple[int, ...]]:
+    """A concrete shape for every graph input: the model's dims, overrides, 1 for dynamic dims."""
+    overrides = dict(overrides or {})
+    inputs = _graph_inputs(model)
+    unknown = sorted(set(overrides) - {i.name for i in inputs})
+    if unknown:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise ChannelcutError(
+            f"--input-shape names {unknown[0]!r}, which is not a model input; the inputs are: "
+            f"{names}"
+        )
+    shapes = {}
+    for value in inputs:
+        dims = _declared_dims(value)
+        override = overrides.get(value.name)
+        if override is None:
+            if dims is None:
+                raise ChannelcutError(
+                    f"input {value.name!r} has no declared shape; give one with "
+                    f"--input-shape {value.name}:1,3,224,224 (its real dims)"
+                )
+            shapes[value.name] = tuple(DEFAULT_DYNAMIC_DIM if d is None else d for d in dims)
+            continue
+        override = tuple(int(d) for d in override)
+        expected = f"expected shape of {value.name!r} is {_format_dims(dims)}"
+        if dims is not None and len(override) != len(dims):
+            raise ChannelcutError(
+                f"--input-shape {value.name}: has {len(override)} dims, the model's has "
+                f"{len(dims)}; {expected}"
+            )
+        if any(d < 1 for d in override):
+            raise ChannelcutError(f"--input-shape {value.name}: dims must be positive; {expected}")
+        for axis, (want, got) in enumerate(zip(dims or (), override)):
+            if want is not None and want != got:
+                raise ChannelcutError(
+                    f"--input-shape {value.name}: dim {axis} is {got}, the model fixes it to "
+                    f"{want}; {expected}"
+                )
+        shapes[value.name] = override
+    return shapes
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Read a CLI `NAME:1,3,224,224` into (name, dims); the name may itself contain ':'."""
+    name, sep, dims_text = text.rpartition(":")
+    usage = "write it as NAME:DIM,DIM,... for example images:1,3,224,224"
+    if not sep or not name or not dims_text.strip():
+        raise ChannelcutError(f"--input-shape {text!r}: {usage}")
+    try:
+        dims = tuple(int(d) for d in dims_text.split(","))
+    except ValueError:
+        raise ChannelcutError(f"--input-shape {text!r}: dims must be integers; {usage}") from None
+    if any(d < 1 for d in dims):
+        raise ChannelcutError(f"--input-shape {text!r}: dims must be positive; {usage}")
+    return name, dims
+
+
+def random_inputs(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded inputs: floats standard normal, integers small and non-negative, bools 50/50."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in _graph_inputs(model):
+        shape = shapes[value.name]
+        elem_type = value.type.tensor_type.elem_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+        if dtype == np.bool_:
+            feeds[value.name] = rng.random(shape) < 0.5
+        elif np.issubdtype(dtype, np.integer):
+            feeds[value.name] = rng.integers(0, INT_INPUT_HIGH, size=shape).astype(dtype)
+        elif np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            type_name = onnx.TensorProto.DataType.Name(elem_type)
+            raise ChannelcutError(
+                f"input {value.name!r} has type {type_name}, which channelcut cannot fill with "
+                "random values; skip verification with --no-verify"
+            )
+    return feeds
+
+
+def compare(
+    original: onnx.ModelProto,
+    cut: onnx.ModelProto,
+    shapes: dict[str, tuple[int, ...]],
+    seed: int = 0,
+) -> list[OutputCheck]:
+    """Cosine similarity and max errors of every output, original vs cut, on the same inputs."""
+    feeds = random_inputs(original, shapes, seed)
+    runtime_errors = _runtime_errors()
+    try:
+        expected = _run(original, feeds)
+    except runtime_errors as exc:
+        raise ChannelcutError(
+            f"the original model does not run in ONNX Runtime ({_first_line(exc)}); "
+            "fix the model or skip verification with --no-verify"
+        ) from None
+    try:
+        actual = _run(cut, feeds)
+    except runtime_errors as exc:
+        raise VerificationError(
+            f"the cut model does not run in ONNX Runtime ({_first_line(exc)}); this is a bug "
+            "in channelcut, nothing was written: please report it with the model"
+        ) from None
+    checks = []
+    for name, want in expected.items():
+        if name not in actual:
+            raise VerificationError(f"the cut model lost output {name!r}; this is a bug")
+        checks.append(_compare_output(name, want, actual[name]))
+    return checks
+
+
+def check(checks: list[OutputCheck], threshold: float) -> None:
+    """Raise VerificationError naming the worst output when any cosine is below `threshold`."""
+    if not checks:
+        return
+    worst = min(checks, key=lambda c: -math.inf if math.isnan(c.cosine) else c.cosine)
+    if math.isnan(worst.cosine) or worst.cosine < threshold:
+        raise VerificationError(
+            f"output {worst.name!r} of the cut model differs from the original: cosine "
+            f"similarity {worst.cosine:.7f} < {threshold} (max abs error "
+            f"{worst.max_abs_error:.3g}); this is a bug in channelcut, nothing was written: "
+            "please report it with the model"
+        )
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs a caller feeds; initializers listed as inputs (old exporters) are not."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
+def _declared_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
+    """The input's dims, None for a dynamic one; None overall when the rank is unknown."""
+    if not value.type.HasField("tensor_type"):
+        raise ChannelcutError(
+            f"input {value.name!r} is not a tensor; channelcut handles tensor inputs only"
+        )
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+
+
+def _format_dims(dims: tuple[int | None, ...] | None) -> str:
+    if dims is None:
+        return "unknown"
+    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, object]:
+    """The model's outputs by name, from ONNX Runtime's CPU provider."""
+    import onnxruntime as ort  # noqa: PLC0415 - heavy import, only verification needs it
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _thread_count()
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    providers = ["CPUExecutionProvider"]
+    if io.needs_external_data(model):
+        # Protobuf cannot hand a >2 GB model over in memory: ORT reads it from disk instead.
+        with tempfile.TemporaryDirectory(prefix="channelcut-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            io.save_model(model, path)
+            session = ort.InferenceSession(str(path), options, providers=providers)
+    else:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    wanted = {i.name for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    return dict(zip(names, values))
+
+
+def _runtime_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a model it cannot load or run (its types share no base)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state  # noqa: PLC0415
+
+    found = [o for o in vars(state).values() if isinstance(o, type) and issubclass(o, Exception)]
+    return (*found, RuntimeError, ValueError)
+
+
+def _thread_count() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))  # respects the CPUs a container actually grants
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cpus))
+
+
+def _compare_output(name: str, want: object, got: object) -> OutputCheck:
+    """One output's cosine (float64) and errors; non-finite values must match exactly."""
+    try:
+        a = np.asarray(want, dtype=np.float64)
+        b = np.asarray(got, dtype=np.float64)
+    except (TypeError, ValueError):  # strings and other non-numeric outputs: equal or not
+        same = np.array_equal(np.asarray(want), np.asarray(got))
+        return OutputCheck(name, 1.0 if same else 0.0, 0.0 if same else math.inf,
+                           0.0 if same else math.inf)
+    if a.shape != b.shape:
+        raise VerificationError(
+            f"output {name!r} has shape {list(b.shape)} in the cut model, {list(a.shape)} in "
+            "the original; this is a bug in channelcut, nothing was written"
+        )
+    a, b = a.ravel(), b.ravel()
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return OutputCheck(name, 0.0, math.inf, math.inf)
+    a, b = a[finite], b[finite]
+    abs_error = float(np.max(np.abs(a - b))) if a.size else 0.0
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
+    if scale > 0:
+        rel_error = abs_error / scale
+    else:
+        rel_error = 0.0 if abs_error == 0 else math.inf
+    return OutputCheck(name, _cosine(a, b), abs_error, rel_error)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flat float64 vectors; two all-zero vectors are identical (1.0)."""
+    # Each vector is scaled by its own max first: cosine ignores scale, and huge values would
+    # otherwise overflow the squared norm.
+    a_max = float(np.max(np.abs(a))) if a.size else 0.0
+    b_max = float(np.max(np.abs(b))) if b.size else 0.0
+    if a_max == 0 and b_max == 0:
+        return 1.0
+    if a_max == 0 or b_max == 0:
+        return 0.0
+    a, b = a / a_max, b / b_max
+    cosine = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return min(1.0, max(-1.0, cosine))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
