@@ -1,0 +1,187 @@
+"""The `channelcut` console script: `cut`, `inspect` and `demo`.
+
+Exit codes: 0 success; 2 a problem with the user's input or a usage error (one line on stderr,
+nothing written); 3 verification failed: the cut model's outputs differ from the original's,
+which is a bug in channelcut (one line on stderr, nothing written); 1 any other exception,
+also a bug: its traceback goes to stderr, followed by one line asking to report it; 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import traceback
+from pathlib import Path
+
+from channelcut import __version__
+from channelcut.errors import ChannelcutError, VerificationError
+from channelcut.io import check_paths, save_model, write_atomic
+from channelcut.render import plain_lines, print_report
+from channelcut.report import Report
+from channelcut.verify import parse_input_shape
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USER_ERROR = 2
+EXIT_VERIFICATION = 3
+EXIT_INTERRUPTED = 130
+
+DEFAULT_THRESHOLD = 0.9999
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the console script with `argv` (default: sys.argv[1:]) and return its exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage or help; report its code, not exit
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("channelcut: error: give a command: cut, inspect or demo", file=sys.stderr)
+        return EXIT_USER_ERROR
+    logging.basicConfig(level=logging.WARNING, format="channelcut: %(levelname)s: %(message)s")
+    try:
+        return args.handler(args)
+    except VerificationError as exc:
+        print(f"channelcut: verification failed: {exc}", file=sys.stderr)
+        return EXIT_VERIFICATION
+    except ChannelcutError as exc:
+        print(f"channelcut: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("channelcut: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug: show where, then ask for a report
+        traceback.print_exc()
+        print("channelcut: internal error (a bug in channelcut); please report it with the "
+              "traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="channelcut",
+        description="Cut provably dead channels out of structured-pruned ONNX models.",
+        epilog="exit codes: 0 ok, 2 bad input or usage, 3 verification failed (a bug), "
+               "1 internal error (a bug)",
+    )
+    parser.add_argument("--version", action="version", version=f"channelcut {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    cut = commands.add_parser("cut", help="cut dead channels and write the smaller model",
+                              description="Cut dead channels, verify in ONNX Runtime, write "
+                                          "the smaller model and print what was cut.")
+    cut.add_argument("input", type=Path, metavar="IN.onnx")
+    cut.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    _add_input_shape(cut)
+    cut.add_argument("--no-verify", action="store_true",
+                     help="skip the ONNX Runtime comparison of original and cut model")
+    cut.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="COSINE",
+                     help=f"minimum cosine similarity per output (default {DEFAULT_THRESHOLD})")
+    cut.add_argument("--report-json", type=Path, metavar="FILE",
+                     help="also write the report as JSON")
+    cut.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    cut.set_defaults(handler=_cut)
+
+    inspect = commands.add_parser("inspect", help="print what would be cut; write nothing")
+    inspect.add_argument("input", type=Path, metavar="IN.onnx")
+    _add_input_shape(inspect)
+    inspect.set_defaults(handler=_inspect)
+
+    demo = commands.add_parser("demo", help="run the pruning demo (needs the torch extra)")
+    demo.add_argument("target", nargs="?", help="target platform name, as in the RKNN demo")
+    demo.add_argument("device_id", nargs="?", help="device ID, as in the RKNN demo")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_input_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
+                        help="concrete shape of one input (repeatable); dynamic dims default to 1")
+
+
+def _cut(args: argparse.Namespace) -> int:
+    check_paths(args.input, args.output)
+    if args.report_json is not None:
+        check_paths(args.input, args.report_json)
+        if args.report_json.resolve() == args.output.resolve():
+            raise ChannelcutError(
+                f"{args.report_json}: is also the output model; give the report another name"
+            )
+    if not 0.0 < args.threshold <= 1.0:
+        raise ChannelcutError(f"--threshold {args.threshold}: give a cosine in (0, 1]")
+    from channelcut.api import cut  # noqa: PLC0415 - keeps `channelcut --help` fast
+
+    result = cut(args.input, input_shapes=_input_shapes(args.input_shape),
+                 verify=not args.no_verify, threshold=args.threshold)
+    save_model(result.model, args.output)
+    if args.report_json is not None:
+        text = json.dumps(_json_safe(result.report.to_dict()), indent=2) + "\n"
+        write_atomic(args.report_json, text.encode())
+    if not args.quiet:
+        _show(result.report, None if args.no_verify else args.threshold)
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from channelcut.api import cut  # noqa: PLC0415
+
+    result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False)
+    _show(result.report, None)
+    print(f"would cut {result.report.removed_channels} channel positions; nothing written")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    argv = [a for a in (args.target, args.device_id) if a is not None]
+    try:
+        from channelcut import demo  # noqa: PLC0415 - needs torch, which is optional
+
+        code = demo.main(argv)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("torch", "onnxscript"):
+            raise
+        raise ChannelcutError(
+            f"the demo needs {exc.name}: pip install -e \".[torch]\"  (torch==2.13.0)"
+        ) from None
+    return EXIT_OK if code is None else int(code)
+
+
+def _input_shapes(texts: list[str]) -> dict[str, list[int]] | None:
+    shapes: dict[str, list[int]] = {}
+    for text in texts:
+        name, dims = parse_input_shape(text)
+        if name in shapes:
+            raise ChannelcutError(f"--input-shape {name}: given twice; give each input once")
+        shapes[name] = list(dims)
+    return shapes or None
+
+
+def _show(report: Report, threshold: float | None) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console  # noqa: PLC0415
+
+        print_report(report, Console(), threshold=threshold)
+    else:
+        print("\n".join(plain_lines(report, threshold=threshold)))
+
+
+def _json_safe(value: object) -> object:
+    """Report data with inf/nan as null: JSON has no such numbers and strict readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
