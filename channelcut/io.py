@@ -78,8 +78,16 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
                     ) from None
             data_file.flush()
             os.fsync(data_file.fileno())
-        # The data file goes in place first: a model file always finds the data it names.
-        write_atomic(path, model_bytes, before_replace=lambda: os.replace(data_tmp, data_path))
+        # The data file goes in place first, so a model file always finds the data it names;
+        # if the model then fails to go in place, a data file that is new goes again.
+        data_existed = data_path.exists()
+        try:
+            write_atomic(path, model_bytes,
+                         before_replace=lambda: os.replace(data_tmp, data_path))
+        except ChannelcutError:
+            if not data_existed and not os.path.exists(data_tmp) and data_path.exists():
+                data_path.unlink()
+            raise
     finally:
         if os.path.exists(data_tmp):
             os.unlink(data_tmp)

@@ -248,12 +248,12 @@ def _compare_output(name: str, want: object, got: object) -> OutputCheck:
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two flat float64 vectors; two all-zero vectors are identical (1.0)."""
+    if np.array_equal(a, b):  # exactly 1.0, not 1 - 1e-16 from rounding
+        return 1.0
     # Each vector is scaled by its own max first: cosine ignores scale, and huge values would
     # otherwise overflow the squared norm.
     a_max = float(np.max(np.abs(a))) if a.size else 0.0
     b_max = float(np.max(np.abs(b))) if b.size else 0.0
-    if a_max == 0 and b_max == 0:
-        return 1.0
     if a_max == 0 or b_max == 0:
         return 0.0
     a, b = a / a_max, b / b_max
