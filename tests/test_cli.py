@@ -1,0 +1,361 @@
+"""The `channelcut` console script: cut, inspect, demo, bad input, exit codes, report text."""
+
+from __future__ import annotations
+
+import io as stdio
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from rich.console import Console
+
+from channelcut import api, cli
+from channelcut.errors import ChannelcutError, VerificationError
+from channelcut.render import plain_lines, print_report
+from channelcut.report import Blocker, ConstChange, LayerChange, OutputCheck, Report
+
+
+def dead_channel_model() -> onnx.ModelProto:
+    """x[N,3,8,8] -> conv1 (4 out) -> Relu -> conv2 (2 out) -> y.
+
+    conv1's channel 2 has zero weights and bias -1: Relu makes it 0 for every input, so it
+    and conv2's matching input channel can go. Sizes in bytes: w1 432 -> 324, b1 16 -> 12,
+    w2 288 -> 216; b2 (8) stays.
+    """
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b1 = rng.standard_normal(4).astype(np.float32)
+    w1[2], b1[2] = 0.0, -1.0
+    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    b2 = rng.standard_normal(2).astype(np.float32)
+    pads = {"pads": [1, 1, 1, 1]}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", **pads),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", **pads)],
+        "dead_channel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
+                                                     (b2, "b2"))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "in.onnx"
+    path.write_bytes(dead_channel_model().SerializeToString())
+    return path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("channelcut: error: ")
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0]
+
+
+def section(out: str, title: str) -> list[str]:
+    """The lines under a section title, up to the next blank line."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[start + 1:end]
+
+
+def run_ort(path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+# --- bad input: one line on stderr, exit 2, nothing written, input untouched -------------------
+
+def test_missing_input(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "cut", tmp_path / "absent.onnx", "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR and out == ""
+    assert_one_line_error(err, "absent.onnx", "no such file")
+    assert os.listdir(tmp_path) == []
+
+
+def test_same_input_and_output(capsys, model_file):
+    before = model_file.read_bytes()
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", model_file)
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "in.onnx", "input model")
+    assert model_file.read_bytes() == before
+
+
+def test_missing_output_directory(capsys, model_file, tmp_path):
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "nodir" / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "nodir", "does not exist")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+def test_report_json_in_missing_directory(capsys, model_file, tmp_path):
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx",
+                           "--report-json", tmp_path / "nodir" / "r.json")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "nodir")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+def test_report_json_same_as_output(capsys, model_file, tmp_path):
+    out_path = tmp_path / "o.onnx"
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", out_path, "--report-json", out_path)
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "o.onnx")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+@pytest.mark.parametrize("shape", ["x", "x:1,three,8,8", "x:1,-3,8,8"])
+def test_malformed_input_shape(capsys, model_file, tmp_path, shape):
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx",
+                           "--input-shape", shape)
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "--input-shape")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+def test_input_shape_given_twice(capsys, model_file, tmp_path):
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx",
+                           "--input-shape", "x:1,3,8,8", "--input-shape", "x:2,3,8,8")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "given twice")
+
+
+def test_threshold_out_of_range(capsys, model_file, tmp_path):
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx",
+                           "--threshold", "1.5")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "--threshold")
+
+
+def test_no_command_and_usage_errors(capsys):
+    assert cli.main([]) == cli.EXIT_USER_ERROR
+    assert "give a command" in capsys.readouterr().err
+    assert cli.main(["cut"]) == cli.EXIT_USER_ERROR  # argparse: -o and IN.onnx missing
+    assert "required" in capsys.readouterr().err
+    assert cli.main(["--version"]) == 0
+    assert "channelcut" in capsys.readouterr().out
+
+
+def test_console_script_module_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "channelcut.cli", "cut", str(tmp_path / "absent.onnx"), "-o",
+         str(tmp_path / "o.onnx")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "absent.onnx")
+
+
+# --- bad input found while loading (needs the core's cut() to load the model) -----------------
+
+@pytest.mark.parametrize("content", [b"not an onnx model\n", None])
+def test_not_onnx_or_truncated(capsys, tmp_path, content):
+    path = tmp_path / "in.onnx"
+    data = dead_channel_model().SerializeToString()
+    path.write_bytes(content if content is not None else data[: len(data) // 2])
+    before = path.read_bytes()
+    code, out, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR and out == ""
+    assert_one_line_error(err, "in.onnx", "ONNX")
+    assert os.listdir(tmp_path) == ["in.onnx"] and path.read_bytes() == before
+
+
+@pytest.mark.parametrize("shape, words", [
+    ("x:1,3,8", ["'x'", "[?,3,8,8]"]),
+    ("x:1,5,8,8", ["'x'", "[?,3,8,8]"]),
+    ("images:1,3,8,8", ["'images'", "x"]),
+])
+def test_input_shape_that_does_not_match_the_model(capsys, model_file, tmp_path, shape, words):
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx",
+                           "--input-shape", shape)
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, *words)
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+# --- cut and inspect on a real model (need the core) ------------------------------------------
+
+def test_cut_removes_the_dead_channel(capsys, model_file, tmp_path):
+    before = model_file.read_bytes()
+    out_path, json_path = tmp_path / "o.onnx", tmp_path / "report.json"
+    code, out, err = run_cli(capsys, "cut", model_file, "-o", out_path,
+                             "--input-shape", "x:2,3,8,8", "--report-json", json_path)
+    assert code == 0, err
+    assert model_file.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["in.onnx", "o.onnx", "report.json"]
+
+    rows = {line.split()[0]: [int(v) for v in line.split()[1:]]
+            for line in section(out, "const change detail")[1:]}
+    assert rows == {"w1": [432, 324, -108], "b1": [16, 12, -4], "w2": [288, 216, -72]}
+    summary = section(out, "summary")
+    assert summary[0].startswith("weights:") and "MB (-" in summary[0]
+    assert summary[1].startswith("FLOPs:") and "GFLOPs (-" in summary[1]
+    layers = {line.split()[0]: line.split()[1:] for line in section(out, "channels per layer")[1:]}
+    assert layers["conv1"] == ["Conv", "3/3", "3/4"]
+    assert layers["conv2"] == ["Conv", "3/4", "2/2"]
+    [check_row] = section(out, "verification")[1:]
+    name, cosine, max_abs, _ = check_row.split()
+    assert name == "y" and float(cosine) >= 0.9999 and float(max_abs) < 1e-4
+    assert out.splitlines()[-1] == f"wrote {out_path}"
+
+    cut_model = onnx.load(str(out_path))
+    w1 = next(t for t in cut_model.graph.initializer if t.name == "w1")
+    assert list(w1.dims) == [3, 3, 3, 3]
+    x = np.random.default_rng(5).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(out_path, x), run_ort(model_file, x), atol=1e-5)
+
+    report = json.loads(json_path.read_text())
+    assert {c["name"]: c["diff"] for c in report["const_changes"]} == {
+        "w1": -108, "b1": -4, "w2": -72}
+    assert report["checks"][0]["name"] == "y" and report["checks"][0]["cosine"] >= 0.9999
+    assert report["weight_bytes_before"] - report["weight_bytes_after"] == 184
+
+
+def test_cut_quiet_and_no_verify(capsys, model_file, tmp_path):
+    code, out, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx", "-q")
+    assert (code, out, err) == (0, "", "")
+    code, out, _ = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o2.onnx", "--no-verify")
+    assert code == 0
+    assert "verification: not run" in out
+    assert onnx.load(str(tmp_path / "o2.onnx")) == onnx.load(str(tmp_path / "o.onnx"))
+
+
+def test_inspect_writes_nothing(capsys, model_file, tmp_path):
+    code, out, err = run_cli(capsys, "inspect", model_file)
+    assert code == 0, err
+    assert os.listdir(tmp_path) == ["in.onnx"]
+    assert section(out, "const change detail")[1].split()[:2] == ["w1", "432"]
+    assert "verification: not run" in out
+    assert out.splitlines()[-1].startswith("would cut ")
+
+
+# --- failures inside cut(): exit codes, nothing written ---------------------------------------
+
+def test_verification_failure_writes_nothing(capsys, model_file, tmp_path, monkeypatch):
+    def cut_that_fails_verification(*args, **kwargs):
+        raise VerificationError("output 'y' of the cut model differs: cosine similarity 0.5")
+
+    monkeypatch.setattr(api, "cut", cut_that_fails_verification)
+    code, out, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx",
+                             "--report-json", tmp_path / "r.json")
+    assert code == cli.EXIT_VERIFICATION and out == ""
+    assert err.strip() == ("channelcut: verification failed: output 'y' of the cut model "
+                           "differs: cosine similarity 0.5")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+def test_cli_passes_options_to_cut(capsys, model_file, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_cut(model, **kwargs):
+        seen.update(kwargs, model=model)
+        raise ChannelcutError("stop here")
+
+    monkeypatch.setattr(api, "cut", fake_cut)
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx", "--no-verify",
+                           "--threshold", "0.99", "--input-shape", "x:2,3,8,8")
+    assert code == cli.EXIT_USER_ERROR and err.strip() == "channelcut: error: stop here"
+    assert seen == {"model": model_file, "input_shapes": {"x": [2, 3, 8, 8]}, "verify": False,
+                    "threshold": 0.99}
+
+
+def test_internal_error_is_reported_as_a_bug(capsys, model_file, tmp_path, monkeypatch):
+    def broken_cut(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(api, "cut", broken_cut)
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_INTERNAL
+    assert "Traceback" in err and "KeyError" in err
+    assert err.strip().splitlines()[-1].startswith("channelcut: internal error")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+def fake_demo(monkeypatch, main) -> None:
+    module = types.ModuleType("channelcut.demo")
+    module.main = main
+    monkeypatch.setitem(sys.modules, "channelcut.demo", module)
+
+
+def test_demo_passes_target_and_device(capsys, monkeypatch):
+    calls = []
+    fake_demo(monkeypatch, lambda argv: calls.append(argv) or 7)
+    assert cli.main(["demo"]) == 7
+    assert cli.main(["demo", "rk1808", "c3d9b8674f4b94f6"]) == 7
+    assert calls == [[], ["rk1808", "c3d9b8674f4b94f6"]]
+
+
+def test_demo_without_torch_says_how_to_install(capsys, monkeypatch):
+    def needs_torch(argv):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    fake_demo(monkeypatch, needs_torch)
+    code, _, err = run_cli(capsys, "demo")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "torch", "pip install")
+
+
+# --- report text ------------------------------------------------------------------------------
+
+def sample_report() -> Report:
+    return Report(
+        const_changes=[ConstChange("conv.weight", 6912, 5184)],
+        layers=[LayerChange("conv", "Conv", (3, 3), (64, 48))],
+        blockers=[Blocker("Reshape", "reshape_1", 4, "reshape mixes channels with other axes")],
+        weight_bytes_before=16_000_000, weight_bytes_after=14_878_560,
+        flops_before=2_000_000_000, flops_after=1_500_000_000,
+        removed_groups=1, removed_channels=32,
+        checks=[OutputCheck("logits", 0.99999994, 1.5e-6, 2.5e-7)],
+    )
+
+
+def test_plain_report_sections():
+    lines = plain_lines(sample_report(), threshold=0.9999)
+    text = "\n".join(lines)
+    assert lines[:3] == ["const change detail",
+                         "const name                              src_size    pruned_size diff        ",
+                         "conv.weight                             6912        5184        -1728       "]
+    assert "weights: 16.00000 MB -> 14.87856 MB, -1.12144 MB (-7.0%)" in text
+    assert "removed: 32 channel positions in 1 channel groups" in text
+    assert "conv  Conv     3/3          48/64" in text
+    assert "Reshape  reshape_1  4         reshape mixes channels with other axes" in text
+    assert "verification (cosine threshold 0.9999)" in text
+    assert "logits  0.9999999  1.500e-06      2.500e-07" in text
+
+
+def test_plain_report_empty_sections():
+    text = "\n".join(plain_lines(Report()))
+    assert text.count("(none)") == 2  # layers and blockers
+    assert text.endswith("verification: not run")
+
+
+def test_rich_report_has_the_same_numbers():
+    buffer = stdio.StringIO()
+    print_report(sample_report(), Console(file=buffer, width=160, color_system=None),
+                 threshold=0.9999)
+    text = buffer.getvalue()
+    for expected in ("const change detail", "conv.weight", "-1728", "-1.12144 MB (-7.0%)",
+                     "48/64", "reshape_1", "0.9999999", "1.500e-06"):
+        assert expected in text
