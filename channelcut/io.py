@@ -105,7 +105,7 @@ def check_paths(input_path: str | Path, output_path: str | Path) -> None:
     )
     if same:
         raise ChannelcutError(
-            f"{output_path}: is the input model itself; write the cut model to another file"
+            f"{output_path}: is the input model itself; give another output path"
         )
 
 
