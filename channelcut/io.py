@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from channelcut.errors import ChannelcutError
@@ -71,7 +71,7 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
             with _tensors_moved_to(model, data_file, data_path.name):
                 try:
                     model_bytes = model.SerializeToString()
-                except ValueError as exc:
+                except (EncodeError, ValueError) as exc:
                     raise ChannelcutError(
                         f"{path}: the model is still over 2 GB without its large tensors "
                         f"({exc}); it cannot be saved as ONNX"
@@ -113,7 +113,7 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
     """Whether the model is too large for one protobuf file (see EXTERNAL_DATA_THRESHOLD)."""
     try:
         size = model.ByteSize()
-    except (ValueError, OverflowError):  # some protobuf builds refuse to size > 2 GB
+    except (EncodeError, ValueError):  # protobuf refuses to even size a message past 2 GB
         return True
     return size > EXTERNAL_DATA_THRESHOLD
 

@@ -1,0 +1,100 @@
+"""Channel layouts of tensors and the per-channel value facts attached to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ChannelInfo:
+    """The channels of one tensor: which axis holds them and which positions each one occupies.
+
+    Channel `k` occupies positions `positions[k]` along `axis` (one position for a conv
+    feature map, a block of H*W positions after Flatten). Every channel is also a node of the
+    coupling graph: node id `base + k`. `known[k]` says the whole channel is the constant
+    `const[k]` (a zero channel is known with const 0); otherwise nothing is known about it.
+    """
+
+    axis: int
+    positions: np.ndarray  # (n, block) int64
+    base: int
+    known: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) bool
+    const: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) float32
+
+    def __post_init__(self) -> None:
+        if self.known is None:
+            self.known = np.zeros(self.n, dtype=bool)
+        if self.const is None:
+            self.const = np.zeros(self.n, dtype=np.float32)
+
+    @property
+    def n(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def block(self) -> int:
+        return int(self.positions.shape[1])
+
+    @property
+    def size(self) -> int:
+        """Length of the channel axis: every position belongs to exactly one channel."""
+        return self.n * self.block
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.arange(self.base, self.base + self.n)
+
+    @property
+    def zero(self) -> np.ndarray:
+        return self.known & (self.const == 0)
+
+    def set_values(self, known: np.ndarray, const: np.ndarray) -> None:
+        """Record what is known: `const` is only meaningful where `known` is set."""
+        self.known = np.asarray(known, dtype=bool)
+        self.const = np.where(self.known, const, 0).astype(np.float32)
+
+    def channel_at_position(self) -> np.ndarray:
+        """For every position along the axis, the channel that owns it."""
+        owner = np.empty(self.size, dtype=np.int64)
+        owner[self.positions.ravel()] = np.repeat(np.arange(self.n), self.block)
+        return owner
+
+    def by_position(self, per_channel: np.ndarray) -> np.ndarray:
+        """Spread a per-channel array over positions along the axis."""
+        return per_channel[self.channel_at_position()]
+
+
+def identity_positions(n: int, block: int = 1) -> np.ndarray:
+    """Channel k owns the contiguous block [k*block, (k+1)*block)."""
+    return np.arange(n * block, dtype=np.int64).reshape(n, block)
+
+
+def per_channel_constant(
+    array: np.ndarray, axis: int, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which channels of a constant (along `axis`, laid out by `positions`) are one value.
+
+    Returns (known, const): channel k is known when every element of the constant at its
+    positions, over all other axes, is the same number.
+    """
+    moved = np.moveaxis(np.asarray(array, dtype=np.float32), axis, 0)
+    if moved.shape[0] == 1:  # broadcast along the channel axis: one value for all
+        flat = moved.reshape(-1)
+        uniform = flat.size > 0 and bool(np.all(flat == flat[0]))
+        n = positions.shape[0]
+        return np.full(n, uniform), np.full(n, flat[0] if uniform else 0, dtype=np.float32)
+    per_pos = moved.reshape(moved.shape[0], -1)[positions.ravel()]
+    per_channel = per_pos.reshape(positions.shape[0], -1)
+    first = per_channel[:, :1]
+    known = np.all(per_channel == first, axis=1)
+    return known, np.where(known, first[:, 0], 0).astype(np.float32)
+
+
+def uniform_constant(array: np.ndarray | None) -> float | None:
+    """The single value of a constant whose elements are all equal, else None."""
+    if array is None or array.size == 0:
+        return None
+    flat = np.asarray(array).reshape(-1)
+    return float(flat[0]) if bool(np.all(flat == flat[0])) else None

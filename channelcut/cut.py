@@ -1,0 +1,139 @@
+"""The rewrite: delete the channels the analysis marked removable, slicing every constant and
+attribute that indexes them. It consumes the analysis' facts and never re-derives them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.analysis import Analysis
+from channelcut.channels import ChannelInfo
+from channelcut.graph import const_array, input_at, static_shape, tensor_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SizeChange:
+    """Bytes of one constant before and after (a copy made for one node starts at its source)."""
+
+    src_size: int
+    pruned_size: int
+
+
+class Rewrite:
+    """What op rules use to slice their node's constants and attributes.
+
+    Shapes read through `shape()` are those the analysis saw: value shapes are only updated
+    after every rule has run.
+    """
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
+        self.model = analysis.model
+        self.graph = analysis.model.graph
+        self.changes: dict[str, SizeChange] = {}
+        self._names = {v.name for v in self.graph.initializers.values()}
+        for node in self.graph:
+            self._names.update(v.name for v in node.outputs if v.name)
+        self._names.update(v.name for v in self.graph.inputs if v.name)
+
+    def info(self, value: ir.Value | None) -> ChannelInfo | None:
+        return None if value is None else self.analysis.infos.get(value)
+
+    def deleted(self, value: ir.Value | None) -> np.ndarray:
+        """Sorted positions along `value`'s channel axis that go."""
+        return self.analysis.deleted_positions(value)
+
+    def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
+        return static_shape(value)
+
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        return const_array(value)
+
+    def set_const(self, node: ir.Node, index: int, array: np.ndarray) -> None:
+        """Give input `index` of `node` this constant value.
+
+        A constant only this node reads is replaced in place (keeping its name); a shared one
+        gets a copy for this node, so other readers see the original.
+        """
+        value = input_at(node, index)
+        if value is not None and value.const_value is not None:
+            array = np.ascontiguousarray(array, dtype=value.const_value.dtype.numpy())
+        else:
+            array = np.ascontiguousarray(array)
+        if value is None:
+            new = self._new_initializer(f"{node.name or node.op_type}_input{index}", array)
+            if index >= len(node.inputs):
+                node.resize_inputs(index + 1)
+            node.replace_input_with(index, new)
+            self.changes[new.name] = SizeChange(0, array.nbytes)
+            return
+        before = tensor_bytes(value)
+        if len(value.uses()) > 1 or value.is_graph_output():
+            new = self._new_initializer(f"{value.name}_cut", array)
+            node.replace_input_with(index, new)
+            self.changes[new.name] = SizeChange(before, array.nbytes)
+            return
+        value.const_value = ir.tensor(array, name=value.name)
+        value.shape = ir.Shape(array.shape)
+        previous = self.changes.get(value.name)
+        self.changes[value.name] = SizeChange(previous.src_size if previous else before,
+                                              array.nbytes)
+
+    def set_attr_int(self, node: ir.Node, name: str, value: int) -> None:
+        node.attributes[name] = ir.AttrInt64(name, int(value))
+
+    def set_attr_ints(self, node: ir.Node, name: str, values: list[int]) -> None:
+        node.attributes[name] = ir.AttrInt64s(name, [int(v) for v in values])
+
+    def _new_initializer(self, stem: str, array: np.ndarray) -> ir.Value:
+        name, k = stem, 1
+        while name in self._names:
+            name, k = f"{stem}_{k}", k + 1
+        self._names.add(name)
+        value = ir.Value(name=name, shape=ir.Shape(array.shape),
+                         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                         const_value=ir.tensor(array, name=name))
+        self.graph.register_initializer(value)
+        return value
+
+
+def _touches_cut(node: ir.Node, analysis: Analysis) -> bool:
+    return any(v is not None and analysis.deleted_positions(v).size
+               for v in [*node.inputs, *node.outputs])
+
+
+def apply_cut(analysis: Analysis) -> dict[str, SizeChange]:
+    """Delete every removable channel in place; returns the size change of each constant."""
+    from channelcut.ops import RULES
+
+    rw = Rewrite(analysis)
+    graph = analysis.model.graph
+    for node in list(graph):
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is not None and rule.rewrite is not None and _touches_cut(node, analysis):
+            rule.rewrite(node, rw)
+    return rw.changes
+
+
+def clear_intermediate_shapes(model: ir.Model) -> None:
+    """Forget inferred shapes inside the graph (they changed); inputs and outputs keep theirs."""
+    boundary = set(model.graph.inputs) | set(model.graph.outputs)
+    for node in model.graph:
+        for value in node.outputs:
+            if value not in boundary:
+                value.shape = None
+
+
+def drop_unknown_value_info(model: ir.Model) -> None:
+    """Intermediate tensors whose shape could not be inferred get no value_info entry at all
+    (an entry with a type but no shape fails `onnx.checker` with full_check)."""
+    boundary = set(model.graph.inputs) | set(model.graph.outputs)
+    for node in model.graph:
+        for value in node.outputs:
+            if value not in boundary and value.shape is None:
+                value.type = None

@@ -1,0 +1,97 @@
+"""Bring an ONNX model into onnx-ir with concrete shapes, and read constants and shapes from it."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+log = logging.getLogger(__name__)
+
+
+def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> ir.Model:
+    """An onnx-ir copy of `proto` with every input at its concrete shape and shapes inferred.
+
+    Constant nodes become initializers so that every constant is read the same way. The
+    declared shapes of graph inputs and outputs are kept in `meta["declared_shape"]` so the
+    rewrite can restore them exactly.
+    """
+    model = ir.from_proto(proto)
+    graph = model.graph
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    for value in graph.outputs:
+        value.meta["declared_shape"] = value.shape
+    for value in graph.inputs:
+        value.meta["declared_shape"] = value.shape
+        if value.name in input_shapes:
+            value.shape = ir.Shape(input_shapes[value.name])
+    boundary = set(graph.inputs) | set(graph.outputs)
+    for node in graph:
+        for value in node.outputs:
+            if value not in boundary:
+                value.shape = None
+    common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    return model
+
+
+def restore_boundary_shapes(model: ir.Model) -> None:
+    """Put back the input and output shapes the user's model declared (symbolic dims included)."""
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        if "declared_shape" in value.meta:
+            value.shape = value.meta["declared_shape"]
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value of a constant tensor (an initializer the user cannot override), else None."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    return value.const_value.numpy()
+
+
+def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape as ints when every dimension is known, else None."""
+    if value is None or value.shape is None:
+        return None
+    dims = value.shape.dims
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
+def tensor_bytes(value: ir.Value) -> int:
+    """Size in bytes of a constant tensor's data."""
+    tensor = value.const_value
+    assert tensor is not None
+    return int(np.prod(tensor.shape.numpy(), dtype=np.int64)) * int(tensor.dtype.itemsize)
+
+
+def attr_int(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.as_int())
+
+
+def attr_ints(node: ir.Node, name: str, default: list[int] | None = None) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return default if attr is None else [int(i) for i in attr.as_ints()]
+
+
+def attr_float(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else float(attr.as_float())
+
+
+def attr_string(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return default if attr is None else str(attr.as_string())
+
+
+def input_at(node: ir.Node, index: int) -> ir.Value | None:
+    """The node's input at `index`, or None when it is absent or omitted."""
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def opset_version(model: ir.Model, domain: str = "") -> int:
+    return int(model.opset_imports.get(domain, model.opset_imports.get("ai.onnx", 0)))

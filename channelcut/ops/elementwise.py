@@ -1,0 +1,228 @@
+"""Elementwise ops: out[c] <- f(in_1[c], in_2[c], ...), with numpy-style broadcasting.
+
+The inputs and the output of an elementwise op share channels (one coupled group per channel).
+A constant operand with a full channel axis is sliced along it when channels go. Known channel
+values are pushed through `f` in float32, the way the runtime computes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.analysis import Walk
+from channelcut.channels import ChannelInfo, per_channel_constant
+from channelcut.cut import Rewrite
+from channelcut.graph import attr_float, attr_int, attr_string, input_at
+from channelcut.ops import rule
+
+Values = tuple[np.ndarray, np.ndarray]  # (known, const) per channel
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu(x: np.ndarray, node: ir.Node) -> np.ndarray:
+    if attr_string(node, "approximate", "none") == "tanh":
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + _erf(x / np.sqrt(2)))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0, x)
+
+
+# op type -> f(x, node): the op applied to a channel's constant value.
+UNARY: dict[str, Callable[[np.ndarray, ir.Node], np.ndarray]] = {
+    "Relu": lambda x, n: np.maximum(x, 0),
+    "LeakyRelu": lambda x, n: np.where(x < 0, x * attr_float(n, "alpha", 0.01), x),
+    "ThresholdedRelu": lambda x, n: np.where(x > attr_float(n, "alpha", 1.0), x, 0),
+    "Elu": lambda x, n: np.where(x < 0, attr_float(n, "alpha", 1.0) * np.expm1(x), x),
+    "Celu": lambda x, n: (np.maximum(x, 0) + np.minimum(
+        0, attr_float(n, "alpha", 1.0) * np.expm1(x / attr_float(n, "alpha", 1.0)))),
+    "Selu": lambda x, n: attr_float(n, "gamma", 1.0507009873554805) * np.where(
+        x <= 0, attr_float(n, "alpha", 1.6732632423543772) * np.expm1(x), x),
+    "Sigmoid": lambda x, n: 1 / (1 + np.exp(-x)),
+    "HardSigmoid": lambda x, n: np.clip(
+        attr_float(n, "alpha", 0.2) * x + attr_float(n, "beta", 0.5), 0, 1),
+    "HardSwish": lambda x, n: x * np.clip(x / 6 + 0.5, 0, 1),
+    "Tanh": lambda x, n: np.tanh(x),
+    "Softplus": lambda x, n: _softplus(x),
+    "Softsign": lambda x, n: x / (1 + np.abs(x)),
+    "Mish": lambda x, n: x * np.tanh(_softplus(x)),
+    "Gelu": _gelu,
+    "Erf": lambda x, n: _erf(x),
+    "Neg": lambda x, n: -x,
+    "Abs": lambda x, n: np.abs(x),
+    "Exp": lambda x, n: np.exp(x),
+    "Log": lambda x, n: np.log(x),
+    "Sqrt": lambda x, n: np.sqrt(x),
+    "Reciprocal": lambda x, n: 1 / x,
+    "Floor": lambda x, n: np.floor(x),
+    "Ceil": lambda x, n: np.ceil(x),
+    "Round": lambda x, n: np.round(x),
+    "Sign": lambda x, n: np.sign(x),
+    "Sin": lambda x, n: np.sin(x),
+    "Cos": lambda x, n: np.cos(x),
+    "Identity": lambda x, n: x,
+}
+
+
+def apply(fn: Callable[[np.ndarray], np.ndarray], known: np.ndarray, const: np.ndarray) -> Values:
+    """Push known constants through `fn` in float32; a NaN result counts as unknown."""
+    with np.errstate(all="ignore"):
+        out = np.asarray(fn(const.astype(np.float32)), dtype=np.float32)
+    known = known & ~np.isnan(out)
+    return known, out
+
+
+def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray] | None
+                ) -> ChannelInfo | None:
+    """out[c] <- fn(in[c]) for the first input and first output; fn None: values unknown."""
+    source = walk.info(node.inputs[0])
+    if source is None:
+        return None
+    out = walk.like(node.outputs[0], source)
+    if fn is None:
+        out.set_values(np.zeros(out.n, bool), out.const)
+    else:
+        out.set_values(*apply(fn, source.known, source.const))
+    return out
+
+
+for _op, _fn in UNARY.items():
+    rule(_op)(lambda node, walk, _fn=_fn: transparent(node, walk, lambda x: _fn(x, node)))
+
+
+@rule("Clip")
+def analyse_clip(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- clip(in[c], min, max); bounds come from inputs (opset 11+) or attributes."""
+    if len(node.inputs) > 1 or "min" not in node.attributes:
+        bounds = [walk.const(input_at(node, i)) for i in (1, 2)]
+        absent = [input_at(node, i) is None for i in (1, 2)]
+        if any(b is None and not gone for b, gone in zip(bounds, absent)):
+            transparent(node, walk, None)  # dynamic bounds: channels still line up
+            return
+        lo = -np.inf if bounds[0] is None else float(np.asarray(bounds[0]).reshape(-1)[0])
+        hi = np.inf if bounds[1] is None else float(np.asarray(bounds[1]).reshape(-1)[0])
+    else:
+        lo = attr_float(node, "min", -3.4028234663852886e38)
+        hi = attr_float(node, "max", 3.4028234663852886e38)
+    transparent(node, walk, lambda x: np.clip(x, lo, hi))
+
+
+@rule("Cast")
+def analyse_cast(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- cast(in[c]); only casts between float types keep channels apart."""
+    target = ir.DataType(attr_int(node, "to", 0))
+    if not target.is_floating_point():
+        walk.barrier(node, "Cast to a non-float type")
+        return
+    dtype = target.numpy()
+    transparent(node, walk, lambda x: x.astype(dtype).astype(np.float32))
+
+
+# -- broadcasting ops -----------------------------------------------------------------------
+
+def _all_known(fn: Callable[..., np.ndarray]) -> Callable[[list[Values]], Values]:
+    """The result is known where every operand is known."""
+
+    def combine(operands: list[Values]) -> Values:
+        known = np.logical_and.reduce([k for k, _ in operands])
+        return apply(lambda _: fn(*[c for _, c in operands]), known, operands[0][1])
+
+    return combine
+
+
+def _mul(operands: list[Values]) -> Values:
+    """A product is known where all factors are, and zero where any factor is zero."""
+    known, const = _all_known(lambda *cs: np.prod(np.stack(cs), axis=0))(operands)
+    zero = np.logical_or.reduce([k & (c == 0) for k, c in operands])
+    return known | zero, np.where(zero, 0, const).astype(np.float32)
+
+
+def _prelu(operands: list[Values]) -> Values:
+    return _all_known(lambda x, slope: np.where(x < 0, slope * x, x))(operands)
+
+
+BROADCAST: dict[str, Callable[[list[Values]], Values]] = {
+    "Add": _all_known(lambda a, b: a + b),
+    "Sub": _all_known(lambda a, b: a - b),
+    "Mul": _mul,
+    "Div": _all_known(lambda a, b: a / b),
+    "Pow": _all_known(lambda a, b: np.power(a, b)),
+    "Max": _all_known(lambda *cs: np.max(np.stack(cs), axis=0)),
+    "Min": _all_known(lambda *cs: np.min(np.stack(cs), axis=0)),
+    "Sum": _all_known(lambda *cs: np.sum(np.stack(cs), axis=0)),
+    "Mean": _all_known(lambda *cs: np.mean(np.stack(cs), axis=0)),
+    "PRelu": _prelu,
+}
+
+
+def _aligned_axis(out_axis: int, out_rank: int, shape: tuple[int, ...]) -> int:
+    """Numpy broadcasting aligns shapes from the right."""
+    return out_axis - (out_rank - len(shape))
+
+
+def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- f(a[c], b[c], ...): inputs with channels on the output's axis are coupled to it;
+    a constant operand is folded in per channel (and sliced when channels go); any other
+    operand that is not broadcast along the channel axis pins the channels."""
+    out_value = node.outputs[0]
+    out_shape = walk.shape(out_value)
+    operands = [v for v in node.inputs if v is not None]
+    carrier = next((v for v in operands if walk.info(v) is not None), None)
+    if carrier is None:
+        return
+    if out_shape is None or any(walk.shape(v) is None for v in operands):
+        walk.barrier(node, "shapes unknown")
+        return
+    source = walk.info(carrier)
+    axis = source.axis + len(out_shape) - len(walk.shape(carrier))
+    out = walk.new(out_value, axis, source.positions)
+    values: list[Values] = []
+    unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
+    for value in operands:
+        shape = walk.shape(value)
+        ax = _aligned_axis(axis, len(out_shape), shape)
+        info = walk.info(value)
+        if info is not None and info.axis == ax and shape[ax] == out.size:
+            walk.couple_by_position(info, out, node)
+            values.append((info.known, info.const))
+            continue
+        if info is not None:
+            walk.pin(info, node, "operand channels lie on another axis")
+        array = walk.const(value)
+        if array is not None and (ax < 0 or shape[ax] in (1, out.size)):
+            if ax < 0:
+                array, ax = array.reshape((1,) * (-ax) + array.shape), 0
+            values.append(per_channel_constant(array, ax, out.positions))
+        elif ax < 0 or shape[ax] == 1:
+            values.append(unknown)  # one unknown value broadcast over all channels
+        else:
+            walk.pin(out, node, "an operand's channels cannot be cut")
+            values.append(unknown)
+    out.set_values(*BROADCAST[node.op_type](values))
+
+
+def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
+    """Slice each constant operand that has a full channel axis."""
+    out = node.outputs[0]
+    deleted = rw.deleted(out)
+    if deleted.size == 0:
+        return
+    out_rank = len(rw.shape(out))
+    axis = rw.info(out).axis
+    for index, value in enumerate(node.inputs):
+        array = rw.const(value)
+        if array is None:
+            continue
+        ax = _aligned_axis(axis, out_rank, array.shape)
+        if ax >= 0 and array.shape[ax] > 1:
+            rw.set_const(node, index, np.delete(array, deleted, axis=ax))
+
+
+for _op in BROADCAST:
+    rule(_op, rewrite=rewrite_broadcast)(analyse_broadcast)

@@ -1,0 +1,388 @@
+"""Ops that move data without computing: channels are renumbered, moved to another axis, cut into
+pieces or joined, but each output channel is exactly one input channel (values carry over)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.analysis import Walk
+from channelcut.channels import ChannelInfo
+from channelcut.cut import Rewrite
+from channelcut.graph import attr_int, attr_ints, input_at, opset_version
+from channelcut.ops import rule
+
+
+def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarray,
+           axis: int, positions: np.ndarray) -> ChannelInfo:
+    """`value` holds `channels` of `source` (in order) at `positions` along `axis`."""
+    out = walk.new(value, axis, positions)
+    walk.couple(source.ids[channels], out.ids)
+    out.set_values(source.known[channels], source.const[channels])
+    return out
+
+
+def _axes_operand(node: ir.Node, walk: Walk, index: int, attr: str) -> list[int] | None:
+    """Axes given as an input (newer opsets) or an attribute (older ones); None if computed."""
+    value = input_at(node, index)
+    if value is not None:
+        array = walk.const(value)
+        return None if array is None else [int(a) for a in array.reshape(-1)]
+    return attr_ints(node, attr, [])
+
+
+# -- Transpose, Squeeze, Unsqueeze, Gather off the channel axis ------------------------------
+
+@rule("Transpose")
+def analyse_transpose(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c]; the channel axis moves to where `perm` puts it."""
+    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    if source is None:
+        return
+    perm = attr_ints(node, "perm") or list(reversed(range(len(shape or []))))
+    walk.like(node.outputs[0], source, axis=perm.index(source.axis))
+
+
+@rule("Squeeze")
+def analyse_squeeze(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c]; the channel axis shifts left past each squeezed axis before it."""
+    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    if source is None:
+        return
+    axes = _axes_operand(node, walk, 1, "axes")
+    if axes is None or shape is None:
+        walk.barrier(node, "Squeeze axes unknown")
+        return
+    axes = [a % len(shape) for a in axes] or [i for i, d in enumerate(shape) if d == 1]
+    if source.axis in axes:
+        walk.barrier(node, "Squeeze removes the channel axis")
+        return
+    walk.like(node.outputs[0], source, axis=source.axis - sum(a < source.axis for a in axes))
+
+
+@rule("Unsqueeze")
+def analyse_unsqueeze(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c]; the channel axis lands where the output keeps the input's axes."""
+    source, out_shape = walk.info(node.inputs[0]), walk.shape(node.outputs[0])
+    if source is None:
+        return
+    axes = _axes_operand(node, walk, 1, "axes")
+    if axes is None or out_shape is None:
+        walk.barrier(node, "Unsqueeze axes unknown")
+        return
+    inserted = {a % len(out_shape) for a in axes}
+    kept = [j for j in range(len(out_shape)) if j not in inserted]
+    walk.like(node.outputs[0], source, axis=kept[source.axis])
+
+
+@rule("Gather")
+def analyse_gather(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c] when gathering along another axis; the channel axis shifts by rank(indices)-1."""
+    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    indices_shape = walk.shape(node.inputs[1])
+    if source is None:
+        return
+    if shape is None or indices_shape is None:
+        walk.barrier(node, "Gather shapes unknown")
+        return
+    axis = attr_int(node, "axis", 0) % len(shape)
+    if axis == source.axis:
+        walk.barrier(node, "Gather along the channel axis")
+        return
+    shift = len(indices_shape) - 1 if source.axis > axis else 0
+    walk.like(node.outputs[0], source, axis=source.axis + shift)
+
+
+# -- Reshape and Flatten ------------------------------------------------------------------
+
+def map_reshape(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+                ) -> tuple[int, np.ndarray] | None:
+    """Where a reshape puts each channel: (output axis, positions), or None if it splits one.
+
+    With `outer` elements before the channel axis and `inner` after it, position p owns flat
+    slab [p*inner, (p+1)*inner) of each outer row. The output axis j must see the same outer
+    rows, and each channel must cover whole output positions. The outer (or inner) dims must
+    match one for one, so the mapping holds for any batch size, not just the one analysed.
+    """
+    a = source.axis
+    outer, inner = int(np.prod(in_shape[:a])), int(np.prod(in_shape[a + 1:]))
+    for j in range(len(out_shape)):
+        if int(np.prod(out_shape[:j])) != outer:
+            continue
+        inner_out = int(np.prod(out_shape[j + 1:]))
+        if out_shape[j] * inner_out != source.size * inner:
+            continue
+        if list(in_shape[:a]) != list(out_shape[:j]) and \
+                list(in_shape[a + 1:]) != list(out_shape[j + 1:]):
+            continue
+        if inner_out and inner % inner_out == 0:  # each input position becomes r output ones
+            r = inner // inner_out
+            spread = source.positions[:, :, None] * r + np.arange(r)
+            return j, spread.reshape(source.n, -1)
+        if inner and inner_out % inner == 0:  # r input positions merge into one output one
+            r = inner_out // inner
+            if source.block % r:
+                return None
+            runs = np.sort(source.positions, axis=1).reshape(source.n, -1, r)
+            aligned = (runs[:, :, 0] % r == 0) & np.all(runs == runs[:, :, :1] + np.arange(r), -1)
+            return (j, runs[:, :, 0] // r) if aligned.all() else None
+    return None
+
+
+@rule("Reshape", "Flatten")
+def analyse_reshape(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c]: channel c keeps its data, now a block of positions on the output axis."""
+    source = walk.info(node.inputs[0])
+    if source is None:
+        return
+    in_shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
+    if node.op_type == "Reshape" and walk.const(node.inputs[1]) is None:
+        walk.barrier(node, "Reshape to a computed shape")
+        return
+    mapped = None if in_shape is None or out_shape is None else \
+        map_reshape(source, in_shape, out_shape)
+    if mapped is None:
+        walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
+        return
+    axis, positions = mapped
+    _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions)
+
+
+def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
+    """Shrink the channel axis entry of the target shape (unless it is -1, inferred)."""
+    deleted = rw.deleted(node.outputs[0])
+    if node.op_type != "Reshape" or deleted.size == 0:
+        return
+    target = rw.const(node.inputs[1]).copy()
+    axis = rw.info(node.outputs[0]).axis
+    if target[axis] != -1:
+        target[axis] = rw.shape(node.outputs[0])[axis] - deleted.size
+        rw.set_const(node, 1, target)
+
+
+rule("Reshape", "Flatten", rewrite=rewrite_reshape)(analyse_reshape)
+
+
+# -- Concat -------------------------------------------------------------------------------
+
+def analyse_concat(node: ir.Node, walk: Walk) -> None:
+    """Along the channel axis: out[offset_k + c] <- in_k[c]. Along another axis: out[c] <- in_k[c]
+    for every k (one group per channel across all inputs)."""
+    infos = [walk.info(v) for v in node.inputs]
+    carrier = next((i for i in infos if i is not None), None)
+    shapes = [walk.shape(v) for v in node.inputs]
+    if carrier is None:
+        return
+    if any(s is None for s in shapes):
+        walk.barrier(node, "Concat shapes unknown")
+        return
+    axis = attr_int(node, "axis", 0) % len(shapes[0])
+    if carrier.axis == axis:
+        _concat_channels(node, walk, infos, shapes, axis, carrier.block)
+    else:
+        _concat_other_axis(node, walk, infos, carrier)
+
+
+def _concat_channels(node: ir.Node, walk: Walk, infos: list[ChannelInfo | None],
+                     shapes: list[tuple[int, ...]], axis: int, block: int) -> None:
+    fresh_parts: list[tuple[int, int]] = []  # channel ranges that come from untracked inputs
+    positions, offset, n = [], 0, 0
+    for info, shape in zip(infos, shapes):
+        size = shape[axis]
+        if info is None or info.axis != axis or info.block != block:
+            if info is not None:
+                walk.pin(info, node, "Concat input channels do not line up")
+            if size % block:
+                walk.barrier(node, "Concat of inputs with different channel blocks")
+                return
+            fresh_parts.append((n, n + size // block))
+            positions.append(np.arange(size).reshape(-1, block) + offset)
+            n += size // block
+        else:
+            positions.append(info.positions + offset)
+            n += info.n
+        offset += size
+    out = walk.new(node.outputs[0], axis, np.concatenate(positions))
+    known, const, start = [], [], 0
+    for info, shape in zip(infos, shapes):
+        tracked = info is not None and info.axis == axis and info.block == block
+        count = info.n if tracked else shape[axis] // block
+        if tracked:
+            walk.couple(info.ids, out.ids[start:start + count])
+            known.append(info.known)
+            const.append(info.const)
+        else:
+            known.append(np.zeros(count, bool))
+            const.append(np.zeros(count, np.float32))
+        start += count
+    out.set_values(np.concatenate(known), np.concatenate(const))
+    for lo, hi in fresh_parts:
+        walk.pin(out, node, "Concat input whose channels cannot be cut", np.arange(lo, hi))
+
+
+def _concat_other_axis(node: ir.Node, walk: Walk, infos: list[ChannelInfo | None],
+                       carrier: ChannelInfo) -> None:
+    out = walk.like(node.outputs[0], carrier)
+    same = np.ones(out.n, bool)
+    for value, info in zip(node.inputs, infos):
+        if info is carrier:
+            continue
+        if info is not None and info.axis == carrier.axis:
+            if walk.couple_by_position(info, out, node):
+                same &= (info.known == out.known) & (info.const == out.const)
+                continue
+        array = walk.const(value)
+        if info is None and array is not None and array.shape[carrier.axis] == out.size:
+            same &= False  # a constant part: sliced along the channel axis when channels go
+            continue
+        walk.pin(out, node, "Concat input whose channels cannot be cut")
+        same &= False
+    out.set_values(out.known & same, out.const)
+
+
+def rewrite_concat(node: ir.Node, rw: Rewrite) -> None:
+    """Slice constant inputs along the channel axis when concatenating along another axis."""
+    out = rw.info(node.outputs[0])
+    deleted = rw.deleted(node.outputs[0])
+    axis = attr_int(node, "axis", 0) % len(rw.shape(node.outputs[0]))
+    if out is None or deleted.size == 0 or out.axis == axis:
+        return
+    for index, value in enumerate(node.inputs):
+        array = rw.const(value)
+        if array is not None and array.shape[out.axis] == out.size:
+            rw.set_const(node, index, np.delete(array, deleted, axis=out.axis))
+
+
+rule("Concat", rewrite=rewrite_concat)(analyse_concat)
+
+
+# -- Split and Slice ----------------------------------------------------------------------
+
+def _split_sizes(node: ir.Node, walk: Walk | Rewrite) -> list[int] | None:
+    sizes = [walk.shape(v) for v in node.outputs]
+    if any(s is None for s in sizes):
+        return None
+    axis = attr_int(node, "axis", 0) % len(sizes[0])
+    return [s[axis] for s in sizes]
+
+
+def analyse_split(node: ir.Node, walk: Walk) -> None:
+    """Along the channel axis: out_k[c] <- in[start_k + c], each channel in one piece.
+    Along another axis: out_k[c] <- in[c] for every piece."""
+    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    if source is None:
+        return
+    sizes = _split_sizes(node, walk)
+    if shape is None or sizes is None:
+        walk.barrier(node, "Split sizes unknown")
+        return
+    axis = attr_int(node, "axis", 0) % len(shape)
+    if source.axis != axis:
+        for value in node.outputs:
+            walk.like(value, source)
+        return
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    piece = np.searchsorted(starts, source.positions, side="right") - 1
+    if np.any(piece.min(axis=1) != piece.max(axis=1)):
+        walk.barrier(node, "Split cuts through a channel")
+        return
+    for k, value in enumerate(node.outputs):
+        channels = np.flatnonzero(piece[:, 0] == k)
+        _carry(walk, value, source, channels, axis, source.positions[channels] - starts[k])
+
+
+def rewrite_split(node: ir.Node, rw: Rewrite) -> None:
+    """New piece sizes: each piece loses the positions cut from it."""
+    source = rw.info(node.inputs[0])
+    if source is None:
+        return
+    axis = attr_int(node, "axis", 0) % len(rw.shape(node.inputs[0]))
+    deleted = [rw.deleted(v).size for v in node.outputs]
+    if source.axis != axis or not any(deleted):
+        return
+    sizes = np.array(_split_sizes(node, rw), dtype=np.int64) - np.array(deleted)
+    if opset_version(rw.model) >= 13:
+        if "num_outputs" in node.attributes:
+            del node.attributes["num_outputs"]
+        rw.set_const(node, 1, sizes)
+    else:
+        rw.set_attr_ints(node, "split", [int(s) for s in sizes])
+
+
+rule("Split", rewrite=rewrite_split)(analyse_split)
+
+
+def _slice_params(node: ir.Node, walk: Walk | Rewrite, rank: int
+                  ) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """(starts, ends, axes, steps) from inputs (opset 10+) or attributes; None if computed."""
+    if len(node.inputs) > 1:
+        arrays = [walk.const(input_at(node, i)) for i in range(1, 5)]
+        if any(arrays[i] is None and input_at(node, i + 1) is not None for i in range(4)) \
+                or arrays[0] is None or arrays[1] is None:
+            return None
+        starts, ends = [int(x) for x in arrays[0]], [int(x) for x in arrays[1]]
+        axes = list(range(len(starts))) if arrays[2] is None else [int(x) for x in arrays[2]]
+        steps = [1] * len(starts) if arrays[3] is None else [int(x) for x in arrays[3]]
+    else:
+        starts, ends = attr_ints(node, "starts", []), attr_ints(node, "ends", [])
+        axes = attr_ints(node, "axes") or list(range(len(starts)))
+        steps = [1] * len(starts)
+    return starts, ends, [a % rank for a in axes], steps
+
+
+def _clamped_range(start: int, end: int, size: int) -> tuple[int, int]:
+    start, end = start + size if start < 0 else start, end + size if end < 0 else end
+    return min(max(start, 0), size), min(max(end, 0), size)
+
+
+def analyse_slice(node: ir.Node, walk: Walk) -> None:
+    """On the channel axis (step 1): out[c] <- in[start + c] for the channels inside the range;
+    channels outside it are not read. On other axes: out[c] <- in[c]."""
+    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    if source is None:
+        return
+    params = None if shape is None else _slice_params(node, walk, len(shape))
+    if params is None:
+        walk.barrier(node, "Slice parameters are computed")
+        return
+    starts, ends, axes, steps = params
+    if source.axis not in axes:
+        walk.like(node.outputs[0], source)
+        return
+    i = axes.index(source.axis)
+    if steps[i] != 1:
+        walk.barrier(node, "Slice with a step along the channel axis")
+        return
+    lo, hi = _clamped_range(starts[i], ends[i], shape[source.axis])
+    inside = (source.positions >= lo) & (source.positions < hi)
+    if np.any(inside.any(axis=1) != inside.all(axis=1)):
+        walk.barrier(node, "Slice cuts through a channel")
+        return
+    channels = np.flatnonzero(inside[:, 0])
+    _carry(walk, node.outputs[0], source, channels, source.axis, source.positions[channels] - lo)
+
+
+def rewrite_slice(node: ir.Node, rw: Rewrite) -> None:
+    """Move the range's ends left by the number of positions cut before them."""
+    source = rw.info(node.inputs[0])
+    deleted = rw.deleted(node.inputs[0])
+    if source is None or deleted.size == 0:
+        return
+    shape = rw.shape(node.inputs[0])
+    starts, ends, axes, _ = _slice_params(node, rw, len(shape))
+    if source.axis not in axes:
+        return
+    i = axes.index(source.axis)
+    lo, hi = _clamped_range(starts[i], ends[i], shape[source.axis])
+    starts[i] = lo - int(np.sum(deleted < lo))
+    ends[i] = hi - int(np.sum(deleted < hi))
+    if len(node.inputs) > 1:
+        dtype = rw.const(node.inputs[1]).dtype
+        rw.set_const(node, 1, np.array(starts, dtype=dtype))
+        rw.set_const(node, 2, np.array(ends, dtype=dtype))
+    else:
+        rw.set_attr_ints(node, "starts", starts)
+        rw.set_attr_ints(node, "ends", ends)
+
+
+rule("Slice", rewrite=rewrite_slice)(analyse_slice)

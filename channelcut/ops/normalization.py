@@ -1,0 +1,118 @@
+"""Normalizations: per-channel ones (BatchNorm, InstanceNorm) map out[c] <- in[c]; ones that mix
+channels (LayerNorm or Softmax over the channel axis) read every channel and are barriers there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.analysis import Walk
+from channelcut.channels import per_channel_constant
+from channelcut.cut import Rewrite
+from channelcut.graph import attr_float, attr_int, input_at, opset_version
+from channelcut.ops import rule
+from channelcut.ops.elementwise import transparent
+
+
+def _per_channel_params(node: ir.Node, walk: Walk, indices: range) -> list[np.ndarray] | None:
+    params = [walk.const(input_at(node, i)) for i in indices]
+    return None if any(p is None for p in params) else [p.reshape(-1) for p in params]
+
+
+def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- (in[c] - mean[c]) / sqrt(var[c] + eps) * scale[c] + B[c]."""
+    params = _per_channel_params(node, walk, range(1, 5))
+    source = walk.info(node.inputs[0])
+    if params is None:
+        walk.barrier(node, "BatchNormalization parameters are not constants")
+        return
+    if source is None:
+        return
+    if source.axis != 1:
+        walk.pin(source, node, "channels are not on axis 1")
+        return
+    scale, bias, mean, var = (p.astype(np.float32) for p in params)  # one entry per position
+    eps = np.float32(attr_float(node, "epsilon", 1e-5))
+    const_pos = source.by_position(source.const)
+    with np.errstate(all="ignore"):
+        y = ((const_pos - mean) / np.sqrt(var + eps) * scale + bias).astype(np.float32)
+    uniform, value = per_channel_constant(y, 0, source.positions)
+    out = walk.like(node.outputs[0], source)
+    out.set_values(source.known & uniform, value)
+
+
+def rewrite_per_channel_params(node: ir.Node, rw: Rewrite) -> None:
+    """Slice every constant input after the first along its only axis."""
+    deleted = rw.deleted(node.inputs[0])
+    if deleted.size == 0:
+        return
+    for index in range(1, len(node.inputs)):
+        array = rw.const(node.inputs[index])
+        if array is not None and array.ndim == 1 and array.shape[0] > 1:
+            rw.set_const(node, index, np.delete(array, deleted))
+
+
+rule("BatchNormalization", rewrite=rewrite_per_channel_params)(analyse_batch_norm)
+
+
+def analyse_instance_norm(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- (in[c] - mean_c) / sqrt(var_c + eps) * scale[c] + B[c]; a zero channel gives B[c]."""
+    params = _per_channel_params(node, walk, range(1, 3))
+    source = walk.info(node.inputs[0])
+    if params is None:
+        walk.barrier(node, "InstanceNormalization parameters are not constants")
+        return
+    if source is None:
+        return
+    if source.axis != 1 or source.block != 1:
+        walk.pin(source, node, "channels are not on axis 1")
+        return
+    out = walk.like(node.outputs[0], source)
+    bias = params[1][source.positions[:, 0]].astype(np.float32)
+    out.set_values(source.zero, bias)
+
+
+rule("InstanceNormalization", rewrite=rewrite_per_channel_params)(analyse_instance_norm)
+
+
+def _normalized_axes(node: ir.Node, walk: Walk, rank: int) -> set[int]:
+    """Axes whose elements a Softmax-like or LayerNorm-like op mixes together."""
+    axis = attr_int(node, "axis", -1)
+    if node.op_type in ("Softmax", "LogSoftmax", "Hardmax"):
+        if opset_version(walk.model) < 13:  # old semantics: flatten to 2-D at `axis`
+            axis = attr_int(node, "axis", 1)
+            return set(range(axis % rank, rank))
+        return {axis % rank}
+    return set(range(axis % rank, rank))  # LayerNormalization: axes [axis, rank)
+
+
+@rule("LayerNormalization", "Softmax", "LogSoftmax", "Hardmax", "LpNormalization")
+def analyse_channel_mixing(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- g(in[c]) when the op normalizes over other axes; a barrier over the channel axis.
+
+    Values are not carried (the normalization of a constant depends on more than the channel).
+    """
+    source = walk.info(node.inputs[0])
+    shape = walk.shape(node.inputs[0])
+    if source is None:
+        return
+    if shape is None or source.axis in _normalized_axes(node, walk, len(shape)):
+        walk.barrier(node, f"{node.op_type} mixes values across the channel axis")
+        return
+    if node.op_type == "LayerNormalization":
+        for extra in node.outputs[1:]:  # mean and inverse std outputs
+            if extra is not None and extra.uses():
+                walk.barrier(node, "LayerNormalization statistics outputs are used")
+                return
+    transparent(node, walk, None)
+
+
+@rule("Dropout")
+def analyse_dropout(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c] at inference; the mask output, if used, reads every channel."""
+    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].uses():
+        walk.barrier(node, "Dropout mask output is used")
+        return
+    transparent(node, walk, lambda x: x)
+

@@ -1,0 +1,160 @@
+"""Ops that work within each channel over other axes: out[c] <- g(in[c]).
+
+Pooling, resizing, padding and reductions over non-channel axes. A zero channel stays zero
+when g(0) = 0; a constant channel stays constant when g keeps constants (max pooling, nearest
+or linear resize, averages that do not count padding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.analysis import Walk
+from channelcut.cut import Rewrite
+from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
+from channelcut.ops import rule
+from channelcut.ops.elementwise import transparent
+
+
+def _zero_only(x: np.ndarray) -> np.ndarray:
+    """Only a zero channel is known afterwards (NaN marks the others unknown)."""
+    return np.where(x == 0, 0, np.nan)
+
+
+def _keeps_channel_axis(node: ir.Node, walk: Walk) -> bool:
+    source = walk.info(node.inputs[0])
+    in_shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
+    if in_shape is None or out_shape is None or len(in_shape) != len(out_shape):
+        return False
+    return in_shape[source.axis] == out_shape[source.axis]
+
+
+@rule("MaxPool", "GlobalMaxPool", "GlobalAveragePool", "AveragePool", "LpPool", "GlobalLpPool")
+def analyse_pool(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- pool(in[c]) over space: constants stay unless padding is averaged in."""
+    source = walk.info(node.inputs[0])
+    if source is None:
+        return
+    if source.axis != 1:
+        walk.barrier(node, "channels are not on axis 1")
+        return
+    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].uses():
+        walk.barrier(node, "MaxPool indices (which count channels) are used")
+        return
+    op = node.op_type
+    pads = any(p != 0 for p in attr_ints(node, "pads", []) or []) or \
+        attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+    keeps_constants = op in ("MaxPool", "GlobalMaxPool", "GlobalAveragePool") or (
+        op == "AveragePool" and (not pads or not attr_int(node, "count_include_pad", 0)))
+    transparent(node, walk, (lambda x: x) if keeps_constants else _zero_only)
+
+
+@rule("Resize", "Upsample")
+def analyse_resize(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- resize(in[c]) when the channel axis keeps its size."""
+    if walk.info(node.inputs[0]) is None:
+        return
+    if not _keeps_channel_axis(node, walk):
+        walk.barrier(node, "Resize changes the channel axis")
+        return
+    mode = attr_string(node, "mode", "nearest")
+    transparent(node, walk, (lambda x: x) if mode in ("nearest", "linear") else _zero_only)
+
+
+def rewrite_resize(node: ir.Node, rw: Rewrite) -> None:
+    """Explicit output `sizes` include the channel count; shrink it."""
+    deleted = rw.deleted(node.outputs[0])
+    sizes = rw.const(input_at(node, 3)) if node.op_type == "Resize" else None
+    if deleted.size == 0 or sizes is None or sizes.size == 0:
+        return
+    sizes = sizes.copy()
+    sizes[rw.info(node.outputs[0]).axis] -= deleted.size
+    rw.set_const(node, 3, sizes)
+
+
+rule("Resize", "Upsample", rewrite=rewrite_resize)(analyse_resize)
+
+
+@rule("Pad")
+def analyse_pad(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- pad(in[c]) over non-channel axes; a constant survives padding with itself."""
+    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    if source is None:
+        return
+    if len(node.inputs) > 1:
+        pads, axes = walk.const(input_at(node, 1)), input_at(node, 3)
+        value_input = input_at(node, 2)
+        fill = walk.const(value_input) if value_input is not None else np.zeros(1)
+    else:
+        pads, axes = np.array(attr_ints(node, "pads", []) or []), None
+        fill = np.array([attr_float(node, "value", 0.0)])
+    if pads is None or fill is None or shape is None:
+        walk.barrier(node, "Pad amounts are computed")
+        return
+    rank = len(shape)
+    axis_list = list(range(rank)) if axes is None else \
+        [int(a) % rank for a in (walk.const(axes) if walk.const(axes) is not None else [])]
+    if axes is not None and walk.const(axes) is None:
+        walk.barrier(node, "Pad axes are computed")
+        return
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    k = len(axis_list)
+    if source.axis in axis_list:
+        i = axis_list.index(source.axis)
+        if pads[i] or pads[i + k]:
+            walk.barrier(node, "Pad adds channels")
+            return
+    if attr_string(node, "mode", "constant") != "constant" or not any(pads):
+        transparent(node, walk, lambda x: x)
+        return
+    fill_value = np.float32(np.asarray(fill).reshape(-1)[0]) if np.asarray(fill).size else 0
+    transparent(node, walk, lambda x: np.where(x == fill_value, x, np.nan))
+
+
+_REDUCE_CONSTANT = {  # op -> value of the reduction of `count` copies of v
+    "ReduceMean": lambda v, count: v,
+    "ReduceMax": lambda v, count: v,
+    "ReduceMin": lambda v, count: v,
+    "ReduceSum": lambda v, count: v * count,
+    "ReduceSumSquare": lambda v, count: v * v * count,
+    "ReduceL1": lambda v, count: np.abs(v) * count,
+    "ReduceL2": lambda v, count: np.abs(v) * np.sqrt(np.float32(count)),
+    "ReduceProd": lambda v, count: np.where(v == 0, 0, np.nan),
+    "ReduceLogSum": lambda v, count: np.log(v * count),
+    "ReduceLogSumExp": lambda v, count: v + np.log(np.float32(count)),
+}
+
+
+def analyse_reduce(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- reduce(in[c]) over non-channel axes; a reduction over channels is a barrier."""
+    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    if source is None:
+        return
+    value = input_at(node, 1)
+    axes = attr_ints(node, "axes") if value is None else (
+        None if walk.const(value) is None else [int(a) for a in walk.const(value).reshape(-1)])
+    if shape is None or (value is not None and axes is None):
+        walk.barrier(node, "reduction axes are computed")
+        return
+    if not axes:
+        if attr_int(node, "noop_with_empty_axes", 0):
+            transparent(node, walk, lambda x: x)
+            return
+        axes = list(range(len(shape)))
+    axes = [a % len(shape) for a in axes]
+    if source.axis in axes:
+        walk.barrier(node, f"{node.op_type} over the channel axis")
+        return
+    count = int(np.prod([shape[a] for a in axes]))
+    out_axis = source.axis if attr_int(node, "keepdims", 1) else \
+        source.axis - sum(a < source.axis for a in axes)
+    reduce = _REDUCE_CONSTANT[node.op_type]
+    out = walk.like(node.outputs[0], source, axis=out_axis)
+    with np.errstate(all="ignore"):
+        const = np.asarray(reduce(source.const, count), dtype=np.float32)
+    out.set_values(source.known & ~np.isnan(const), const)
+
+
+for _op in _REDUCE_CONSTANT:
+    rule(_op)(analyse_reduce)

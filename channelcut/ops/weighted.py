@@ -1,0 +1,299 @@
+"""Ops with constant weights: out[o] <- bias[o] + sum_c W[o, c] * in[c].
+
+Their output channels are new (one per weight row). They read their input channels through the
+weights, so an input channel is ignored when it is zero or when every kept row has zero weights
+for it. Output channel o is the constant bias[o] when each non-zero weight of row o reads a zero
+channel, or a constant channel and no padding can reach it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.analysis import Walk
+from channelcut.channels import ChannelInfo, identity_positions, per_channel_constant
+from channelcut.cut import Rewrite
+from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
+from channelcut.ops import rule
+
+
+def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
+    """Can zero padding reach any output position? (A constant input then stops being constant.)"""
+    if attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        return any(k > 1 for k in kernel)
+    return any(p != 0 for p in attr_ints(node, "pads", []) or [])
+
+
+def _input_values(source: ChannelInfo | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Known flags and constants per position along the input's channel axis."""
+    if source is None:
+        return np.zeros(size, bool), np.zeros(size, np.float32)
+    return source.by_position(source.known), source.by_position(source.const)
+
+
+def _row_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray, in_const: np.ndarray,
+                blocked: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Output rows whose every non-zero weight reads a known, unblocked input are constants."""
+    unknown_in = ~in_known | blocked
+    row_unknown = (nz & unknown_in[None, :]).any(axis=1)
+    with np.errstate(all="ignore"):
+        contribution = (wsum * np.where(in_known, in_const, 0)[None, :]).sum(axis=1)
+    return ~row_unknown, (bias + contribution).astype(np.float32)
+
+
+def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
+                   block_ok: bool = True) -> ChannelInfo | None:
+    """The input's channels if they lie on the axis the op contracts; otherwise pin them."""
+    if source is None:
+        return None
+    if source.axis != axis or (not block_ok and source.block != 1):
+        walk.pin(source, node, "input channels are not on the axis the weights read")
+        return None
+    return source
+
+
+# -- Conv ---------------------------------------------------------------------------------
+
+def analyse_conv(node: ir.Node, walk: Walk) -> None:
+    """out[o] <- b[o] + sum_c W[o, c] * in[c] within o's group; depthwise: out[o] <- in[o // m]."""
+    x, w, b = node.inputs[0], node.inputs[1], input_at(node, 2)
+    weights, bias = walk.const(w), walk.const(b)
+    if weights is None or (b is not None and bias is None) or walk.shape(x) is None:
+        walk.barrier(node, "Conv weights or bias are not constants")
+        return
+    groups = attr_int(node, "group", 1)
+    cout, cin_g = weights.shape[:2]
+    cin = cin_g * groups
+    out = walk.new(node.outputs[0], 1, cout)
+    source = _pinned_unless(walk, node, walk.info(x), 1, block_ok=False)
+    flat = weights.reshape(cout, cin_g, -1)
+    nz = (flat != 0).any(axis=-1)
+    wsum = flat.sum(axis=-1, dtype=np.float32)
+    bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
+    in_known, in_const = _input_values(source, cin)
+    blocked = _padded(node, weights.shape[2:]) & (in_const != 0)
+
+    if groups > 1 and cin_g == 1:  # depthwise, channel multiplier m = cout // groups
+        reads = np.repeat(np.arange(cin), cout // groups)
+        if source is not None:
+            walk.couple(source.ids[source.channel_at_position()[reads]], out.ids)
+        else:
+            walk.pin(out, node, "depthwise Conv of a tensor whose channels cannot be cut")
+        out.set_values(*_depthwise_values(nz[:, 0], wsum[:, 0], in_known[reads],
+                                          in_const[reads], blocked[reads], bias))
+        return
+
+    if groups > 1:
+        nz, wsum = _block_diagonal(nz, groups), _block_diagonal(wsum, groups)
+        walk.balance(out.ids.reshape(groups, -1), node,
+                     "grouped Conv: every group must keep the same number of output channels")
+    if source is not None:
+        walk.reader(source, out, nz[:, source.positions[:, 0]])
+        if groups > 1:
+            walk.balance(source.ids[source.channel_at_position()].reshape(groups, -1), node,
+                         "grouped Conv: every group must keep the same number of input channels")
+    out.set_values(*_row_values(nz, wsum, in_known, in_const, blocked, bias))
+
+
+def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
+                      in_const: np.ndarray, blocked: np.ndarray, bias: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Row o reads only its own input channel."""
+    unknown = nz & (~in_known | blocked)
+    with np.errstate(all="ignore"):
+        value = bias + np.where(nz & in_known, wsum * in_const, 0)
+    return ~unknown, value.astype(np.float32)
+
+
+def _block_diagonal(per_group: np.ndarray, groups: int) -> np.ndarray:
+    """Expand [cout, cin/groups] to [cout, cin], zero outside each row's group."""
+    cout, cin_g = per_group.shape
+    full = np.zeros((cout, cin_g * groups), dtype=per_group.dtype)
+    cout_g = cout // groups
+    for k in range(groups):
+        full[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g] = \
+            per_group[k * cout_g:(k + 1) * cout_g]
+    return full
+
+
+def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
+    """Drop weight rows of cut outputs and columns of cut inputs (per group); fix `group`."""
+    deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
+    if deleted_out.size == 0 and deleted_in.size == 0:
+        return
+    weights = rw.const(node.inputs[1])
+    groups = attr_int(node, "group", 1)
+    cout, cin_g = weights.shape[:2]
+    if groups > 1 and cin_g == 1:
+        weights = np.delete(weights, deleted_out, axis=0)
+        rw.set_attr_int(node, "group", groups - deleted_in.size)
+    elif groups == 1:
+        weights = np.delete(np.delete(weights, deleted_out, axis=0), deleted_in, axis=1)
+    else:
+        keep_out = np.setdiff1d(np.arange(cout), deleted_out).reshape(groups, -1)
+        keep_in = np.setdiff1d(np.arange(cin_g * groups), deleted_in).reshape(groups, -1)
+        keep_in = keep_in - (np.arange(groups) * cin_g)[:, None]
+        weights = np.concatenate(
+            [weights[keep_out[k]][:, keep_in[k]] for k in range(groups)], axis=0)
+    rw.set_const(node, 1, weights)
+    _rewrite_bias(node, rw, 2, deleted_out, axis=0)
+
+
+def _rewrite_bias(node: ir.Node, rw: Rewrite, index: int, deleted: np.ndarray, axis: int) -> None:
+    bias = rw.const(input_at(node, index))
+    if bias is not None and deleted.size and bias.ndim and bias.shape[axis] > 1:
+        rw.set_const(node, index, np.delete(bias, deleted, axis=axis))
+
+
+rule("Conv", rewrite=rewrite_conv)(analyse_conv)
+
+
+# -- ConvTranspose ------------------------------------------------------------------------
+
+def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
+    """out[o] <- b[o] + sum_c W[c, o] * in[c] (spread over space); depthwise: out[c] <- in[c].
+
+    Overlapping windows make a constant input non-constant, so only zero inputs carry through.
+    """
+    x, w, b = node.inputs[0], node.inputs[1], input_at(node, 2)
+    weights, bias = walk.const(w), walk.const(b)
+    groups = attr_int(node, "group", 1)
+    if weights is None or (b is not None and bias is None) or walk.shape(x) is None:
+        walk.barrier(node, "ConvTranspose weights or bias are not constants")
+        return
+    cin, cout_g = weights.shape[:2]
+    depthwise = groups > 1 and groups == cin and cout_g == 1
+    if groups > 1 and not depthwise:
+        walk.barrier(node, "grouped ConvTranspose is not supported")
+        return
+    cout = cout_g * groups
+    out = walk.new(node.outputs[0], 1, cout)
+    source = _pinned_unless(walk, node, walk.info(x), 1, block_ok=False)
+    nz = (weights.reshape(cin, cout_g, -1) != 0).any(axis=-1).T  # [cout_g, cin]
+    bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
+    in_known, in_const = _input_values(source, cin)
+    not_zero = ~(in_known & (in_const == 0))
+    if depthwise:
+        if source is not None:
+            walk.couple(source.ids[source.channel_at_position()], out.ids)
+        else:
+            walk.pin(out, node, "depthwise ConvTranspose of a tensor whose channels cannot be cut")
+        row_unknown = nz[0] & not_zero
+    else:
+        if source is not None:
+            walk.reader(source, out, nz[:, source.positions[:, 0]])
+        row_unknown = (nz & not_zero[None, :]).any(axis=1)
+    out.set_values(~row_unknown, bias)
+
+
+def rewrite_conv_transpose(node: ir.Node, rw: Rewrite) -> None:
+    deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
+    if deleted_out.size == 0 and deleted_in.size == 0:
+        return
+    weights = rw.const(node.inputs[1])
+    groups = attr_int(node, "group", 1)
+    if groups > 1:  # depthwise: rows are input = output channels
+        rw.set_attr_int(node, "group", groups - deleted_in.size)
+        weights = np.delete(weights, deleted_in, axis=0)
+    else:
+        weights = np.delete(np.delete(weights, deleted_in, axis=0), deleted_out, axis=1)
+    rw.set_const(node, 1, weights)
+    _rewrite_bias(node, rw, 2, deleted_out, axis=0)
+
+
+rule("ConvTranspose", rewrite=rewrite_conv_transpose)(analyse_conv_transpose)
+
+
+# -- Gemm and MatMul ----------------------------------------------------------------------
+
+def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndarray,
+            out: ChannelInfo, bias_known: np.ndarray, bias: np.ndarray, alpha: float) -> None:
+    """out[n] <- bias[n] + alpha * sum_k W[n, k] * in[k], a channel being a block of k's."""
+    n_out = w_nk.shape[0]
+    if source is None:
+        nz_rows = (w_nk != 0).any(axis=1)
+        out.set_values(bias_known & ~nz_rows, bias)
+        return
+    if np.array_equal(source.positions, identity_positions(source.n, source.block)):
+        blocks = w_nk.reshape(n_out, source.n, source.block)  # a view, no copy
+    else:
+        blocks = w_nk[:, source.positions]
+    nz = (blocks != 0).any(axis=-1)
+    wsum = blocks.sum(axis=-1, dtype=np.float32) * np.float32(alpha)
+    walk.reader(source, out, nz)
+    known, const = _row_values(nz, wsum, source.known, source.const,
+                               np.zeros(source.n, bool), bias)
+    out.set_values(known & bias_known, const)
+
+
+def analyse_gemm(node: ir.Node, walk: Walk) -> None:
+    """out[n] <- beta * C[n] + alpha * sum_k B'[k, n] * A'[k] (A' = A or A^T, B' = B or B^T)."""
+    a, b, c = node.inputs[0], node.inputs[1], input_at(node, 2)
+    weights = walk.const(b)
+    if weights is None or weights.ndim != 2:
+        walk.barrier(node, "Gemm weights are not a constant matrix")
+        return
+    w_nk = weights if attr_int(node, "transB", 0) else weights.T
+    out = walk.new(node.outputs[0], 1, w_nk.shape[0])
+    source = _pinned_unless(walk, node, walk.info(a), 0 if attr_int(node, "transA", 0) else 1)
+    beta = attr_float(node, "beta", 1.0)
+    if c is None:
+        bias_known, bias = np.ones(out.n, bool), np.zeros(out.n, np.float32)
+    elif (c_array := walk.const(c)) is not None:
+        c2 = c_array.reshape((1,) * (2 - c_array.ndim) + c_array.shape)
+        bias_known, bias = per_channel_constant(c2, 1, out.positions)
+        bias = (np.float32(beta) * bias).astype(np.float32)
+    else:
+        if walk.info(c) is not None:
+            walk.pin(walk.info(c), node, "Gemm with a computed C")
+        walk.pin(out, node, "Gemm with a computed C")
+        bias_known, bias = np.zeros(out.n, bool), np.zeros(out.n, np.float32)
+    _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0))
+
+
+def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
+    deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
+    if deleted_out.size == 0 and deleted_in.size == 0:
+        return
+    weights = rw.const(node.inputs[1])
+    out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
+    weights = np.delete(np.delete(weights, deleted_out, axis=out_axis), deleted_in, axis=in_axis)
+    rw.set_const(node, 1, weights)
+    _rewrite_bias(node, rw, 2, deleted_out, axis=-1)
+
+
+rule("Gemm", rewrite=rewrite_gemm)(analyse_gemm)
+
+
+def _matrix(weights: np.ndarray | None) -> np.ndarray | None:
+    """A MatMul's constant right operand as [K, N], when it is one matrix for every batch."""
+    if weights is None or weights.ndim < 2 or any(d != 1 for d in weights.shape[:-2]):
+        return None
+    return weights.reshape(weights.shape[-2:])
+
+
+def analyse_matmul(node: ir.Node, walk: Walk) -> None:
+    """out[..., n] <- sum_k B[k, n] * A[..., k] for a constant B."""
+    a, b = node.inputs
+    weights, a_shape = _matrix(walk.const(b)), walk.shape(a)
+    out_shape = walk.shape(node.outputs[0])
+    if weights is None or a_shape is None or out_shape is None or len(a_shape) < 2:
+        walk.barrier(node, "MatMul without a constant weight matrix")
+        return
+    out = walk.new(node.outputs[0], len(out_shape) - 1, weights.shape[1])
+    source = _pinned_unless(walk, node, walk.info(a), len(a_shape) - 1)
+    zeros = np.zeros(out.n, np.float32)
+    _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0)
+
+
+def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
+    deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
+    if deleted_out.size == 0 and deleted_in.size == 0:
+        return
+    weights = rw.const(node.inputs[1])
+    weights = np.delete(np.delete(weights, deleted_out, axis=-1), deleted_in, axis=-2)
+    rw.set_const(node, 1, weights)
+
+
+rule("MatMul", rewrite=rewrite_matmul)(analyse_matmul)
