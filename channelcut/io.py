@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,11 +168,19 @@ def _os_errors_named(path: Path) -> Iterator[None]:
 
 
 def _temp_path(path: Path) -> str:
-    """A fresh, closed temp file in `path`'s directory, so os.replace stays on one filesystem."""
+    """A fresh, empty temp file in `path`'s directory, so os.replace stays on one filesystem.
+
+    Created with mode 0o666 less the umask, like any new file, so the renamed output gets the
+    permissions the user expects (tempfile.mkstemp would make it 0o600).
+    """
     with _os_errors_named(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
+        while True:
+            tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+            try:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except FileExistsError:
+                continue
+            return str(tmp)
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -239,3 +239,25 @@ def test_check_paths_output_is_directory(model_file, tmp_path):
 def test_check_paths_missing_input(tmp_path):
     with pytest.raises(ChannelcutError, match="no such file"):
         io.check_paths(tmp_path / "absent.onnx", tmp_path / "out.onnx")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    old_umask = os.umask(0o022)
+    try:
+        io.save_model(conv_model(), tmp_path / "big.onnx")
+        io.write_atomic(tmp_path / "report.json", b"{}")
+    finally:
+        os.umask(old_umask)
+    for name in ("big.onnx", "big.onnx.data", "report.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_model_protobuf_cannot_size_needs_external_data():
+    from google.protobuf.message import EncodeError
+
+    class Huge:  # what protobuf does for a message past 2 GB: refuse to size it
+        def ByteSize(self) -> int:
+            raise EncodeError("Failed to serialize proto")
+
+    assert io.needs_external_data(Huge())
