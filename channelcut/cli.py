@@ -125,7 +125,7 @@ def _cut(args: argparse.Namespace) -> int:
         write_atomic(args.report_json, text.encode())
     if not args.quiet:
         _show(result.report, None if args.no_verify else args.threshold)
-        print(f"wrote {args.output}")
+        print(f"\nwrote {args.output}")
     return EXIT_OK
 
 
@@ -134,7 +134,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False)
     _show(result.report, None)
-    print(f"would cut {result.report.removed_channels} channel positions; nothing written")
+    print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK
 
 
