@@ -100,6 +100,7 @@ def _columns(header: Sequence[str], rows: list[list[str]]) -> list[str]:
     """Left-aligned columns two spaces apart; `(none)` under the header when there are no rows."""
     if not rows:
         return ["(none)"]
+    rows = [[cell or "-" for cell in row] for row in rows]  # an empty cell would shift columns
     widths = [max(len(row[i]) for row in [list(header), *rows]) for i in range(len(header))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
             for row in [list(header), *rows]]
@@ -110,5 +111,5 @@ def _table(title: str, header: Sequence[str], rows: list[list[str]]) -> Table:
     for column in header:
         table.add_column(column)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(cell or "-" for cell in row))
     return table

@@ -249,6 +249,51 @@ def test_inspect_writes_nothing(capsys, model_file, tmp_path):
     assert out.splitlines()[-1].startswith("would cut ")
 
 
+def with_reader_of_relu(op_type: str, domain: str = "", extra_inputs=()) -> onnx.ModelProto:
+    """The dead-channel model plus a second reader of the Relu output, as a graph output z."""
+    model = dead_channel_model()
+    model.graph.node.append(helper.make_node(op_type, ["r", *extra_inputs], ["z"], name="reader",
+                                             domain=domain))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    if domain:
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model
+
+
+def test_op_without_a_rule_is_a_blocker_not_an_error(capsys, tmp_path):
+    path = tmp_path / "in.onnx"
+    # TopK has no channel rule: it reads the dead channel, so the channel must stay.
+    model = with_reader_of_relu("TopK", extra_inputs=["k"])
+    model.graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "k"))
+    model.graph.node[-1].output.append("topk_indices")
+    onnx.save(model, str(path))
+    code, out, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx")
+    assert code == 0, err
+    assert section(out, "const change detail")[1:] == []
+    [blocker] = section(out, "blockers")[1:]
+    assert blocker.split()[:3] == ["TopK", "reader", "1"]
+    assert [row.split()[0] for row in section(out, "verification")[1:]] == ["y", "z"]
+
+
+def test_unknown_domain_op_needs_no_verify(capsys, tmp_path):
+    path = tmp_path / "in.onnx"
+    onnx.save(with_reader_of_relu("MysteryOp", domain="acme"), str(path))
+    code, _, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "original model", "--no-verify")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+    code, out, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx", "--no-verify")
+    assert code == 0, err
+    [blocker] = section(out, "blockers")[1:]
+    assert blocker.split()[:3] == ["MysteryOp", "reader", "1"]
+
+
+def test_inspect_missing_file(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "inspect", tmp_path / "absent.onnx")
+    assert code == cli.EXIT_USER_ERROR and out == ""
+    assert_one_line_error(err, "absent.onnx")
+
+
 # --- failures inside cut(): exit codes, nothing written ---------------------------------------
 
 def test_verification_failure_writes_nothing(capsys, model_file, tmp_path, monkeypatch):
@@ -323,7 +368,8 @@ def sample_report() -> Report:
     return Report(
         const_changes=[ConstChange("conv.weight", 6912, 5184)],
         layers=[LayerChange("conv", "Conv", (3, 3), (64, 48))],
-        blockers=[Blocker("Reshape", "reshape_1", 4, "reshape mixes channels with other axes")],
+        blockers=[Blocker("Reshape", "reshape_1", 4, "reshape mixes channels with other axes"),
+                  Blocker("graph output", "", 2, "output 'r' keeps its shape")],
         weight_bytes_before=16_000_000, weight_bytes_after=14_878_560,
         flops_before=2_000_000_000, flops_after=1_500_000_000,
         removed_groups=1, removed_channels=32,
@@ -340,7 +386,10 @@ def test_plain_report_sections():
     assert "weights: 16.00000 MB -> 14.87856 MB, -1.12144 MB (-7.0%)" in text
     assert "removed: 32 channel positions in 1 channel groups" in text
     assert "conv  Conv     3/3          48/64" in text
-    assert "Reshape  reshape_1  4         reshape mixes channels with other axes" in text
+    assert section(text, "blockers") == [
+        "op_type       node       channels  reason",
+        "Reshape       reshape_1  4         reshape mixes channels with other axes",
+        "graph output  -          2         output 'r' keeps its shape"]
     assert "verification (cosine threshold 0.9999)" in text
     assert "logits  0.9999999  1.500e-06      2.500e-07" in text
 
