@@ -41,8 +41,8 @@ def load_model(source: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     except (FileNotFoundError, onnx.checker.ValidationError, OSError) as exc:
         # onnx raises these when a tensor's external data file is missing or out of range.
         raise ChannelcutError(
-            f"{path}: cannot read the model's external data ({exc}); keep the data file "
-            "next to the model, under the name the model refers to"
+            f"{path}: cannot read the model's external data ({error_line(exc)}); keep the "
+            "data file next to the model, under the name the model refers to"
         ) from None
     if not model.HasField("graph") or not model.opset_import or model.ir_version <= 0:
         raise ChannelcutError(
@@ -74,7 +74,7 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
                 except (EncodeError, ValueError) as exc:
                     raise ChannelcutError(
                         f"{path}: the model is still over 2 GB without its large tensors "
-                        f"({exc}); it cannot be saved as ONNX"
+                        f"({error_line(exc)}); it cannot be saved as ONNX"
                     ) from None
             data_file.flush()
             os.fsync(data_file.fileno())
@@ -137,6 +137,12 @@ def write_atomic(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for error messages that must stay one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _require_file(path: Path, what: str) -> Path:

@@ -123,14 +123,14 @@ def compare(
         expected = _run(original, feeds)
     except runtime_errors as exc:
         raise ChannelcutError(
-            f"the original model does not run in ONNX Runtime ({_first_line(exc)}); "
+            f"the original model does not run in ONNX Runtime ({io.error_line(exc)}); "
             "fix the model or skip verification with --no-verify"
         ) from None
     try:
         actual = _run(cut, feeds)
     except runtime_errors as exc:
         raise VerificationError(
-            f"the cut model does not run in ONNX Runtime ({_first_line(exc)}); this is a bug "
+            f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a bug "
             "in channelcut, nothing was written: please report it with the model"
         ) from None
     checks = []
@@ -259,8 +259,3 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a / a_max, b / b_max
     cosine = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
     return min(1.0, max(-1.0, cosine))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -380,9 +380,11 @@ def sample_report() -> Report:
 def test_plain_report_sections():
     lines = plain_lines(sample_report(), threshold=0.9999)
     text = "\n".join(lines)
-    assert lines[:3] == ["const change detail",
-                         "const name                              src_size    pruned_size diff        ",
-                         "conv.weight                             6912        5184        -1728       "]
+    assert lines[:3] == [
+        "const change detail",
+        "const name                              src_size    pruned_size diff        ",
+        "conv.weight                             6912        5184        -1728       ",
+    ]
     assert "weights: 16.00000 MB -> 14.87856 MB, -1.12144 MB (-7.0%)" in text
     assert "removed: 32 channel positions in 1 channel groups" in text
     assert "conv  Conv     3/3          48/64" in text

@@ -17,7 +17,8 @@ from channelcut.errors import ChannelcutError
 def conv_model(out_channels: int = 64) -> onnx.ModelProto:
     """x[N,3,8,8] -> Conv(w, b) -> y; w is large enough (6912 bytes at 64) to go external."""
     rng = np.random.default_rng(1)
-    w = numpy_helper.from_array(rng.standard_normal((out_channels, 3, 3, 3)).astype(np.float32), "w")
+    weights = rng.standard_normal((out_channels, 3, 3, 3)).astype(np.float32)
+    w = numpy_helper.from_array(weights, "w")
     b = numpy_helper.from_array(np.arange(out_channels, dtype=np.float32), "b")
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")],
