@@ -39,28 +39,24 @@ def plain_lines(report: Report, *, threshold: float | None = None) -> list[str]:
 
 def print_report(report: Report, console: Console, *, threshold: float | None = None) -> None:
     """The same sections as `plain_lines`, as rich tables for a terminal."""
-    consts = Table(title=SECTION_TITLES["consts"], title_justify="left")
-    for column in ("const name", "src_size", "pruned_size", "diff"):
-        consts.add_column(column, justify="left" if column == "const name" else "right")
-    for change in report.const_changes:
-        consts.add_row(change.name, str(change.src_size), str(change.pruned_size),
-                       str(change.diff))
-    console.print(consts)
+    consts = [[c.name, str(c.src_size), str(c.pruned_size), str(c.diff)]
+              for c in report.const_changes]
+    _print_section(console, SECTION_TITLES["consts"],
+                   ["const name", "src_size", "pruned_size", "diff"], consts, numeric_from=1)
     console.print(f"[bold]{SECTION_TITLES['summary']}[/bold]")
     for line in [*summary_lines(report), _removed_line(report)]:
         console.print(line, highlight=False)
-    sections = [
-        ("layers", ["node", "op_type", "in_channels", "out_channels"], _layer_rows(report)),
-        ("blockers", ["op_type", "node", "channels", "reason"], _blocker_rows(report)),
-    ]
-    for key, header, rows in sections:
-        console.print(_table(SECTION_TITLES[key], header, rows))
+    console.print()
+    _print_section(console, SECTION_TITLES["layers"],
+                   ["node", "op_type", "in_channels", "out_channels"], _layer_rows(report))
+    _print_section(console, SECTION_TITLES["blockers"],
+                   ["op_type", "node", "channels", "reason"], _blocker_rows(report))
     if report.checks:
-        console.print(_table(_checks_title(report, threshold),
-                             ["output", "cosine", "max_abs_error", "max_rel_error"],
-                             _check_rows(report)))
+        _print_section(console, _checks_title(report, threshold),
+                       ["output", "cosine", "max_abs_error", "max_rel_error"],
+                       _check_rows(report), last=True)
     else:
-        console.print(_checks_title(report, threshold))
+        console.print(f"[bold]{_checks_title(report, threshold)}[/bold]")
 
 
 def _removed_line(report: Report) -> str:
@@ -106,10 +102,21 @@ def _columns(header: Sequence[str], rows: list[list[str]]) -> list[str]:
             for row in [list(header), *rows]]
 
 
-def _table(title: str, header: Sequence[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in header:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(cell or "-" for cell in row))
-    return table
+def _print_section(console: Console, title: str, header: Sequence[str],
+                   rows: list[list[str]], numeric_from: int | None = None,
+                   last: bool = False) -> None:
+    """A titled table, or the title and `(none)` when there are no rows; a blank line after,
+    unless it is the `last` section."""
+    if not rows:
+        console.print(f"[bold]{title}[/bold]")
+        console.print("(none)")
+    else:
+        table = Table(title=title, title_justify="left", title_style="bold")
+        for i, column in enumerate(header):
+            numeric = numeric_from is not None and i >= numeric_from
+            table.add_column(column, justify="right" if numeric else "left")
+        for row in rows:
+            table.add_row(*(cell or "-" for cell in row))
+        console.print(table)
+    if not last:
+        console.print()
