@@ -410,3 +410,11 @@ def test_rich_report_has_the_same_numbers():
     for expected in ("const change detail", "conv.weight", "-1728", "-1.12144 MB (-7.0%)",
                      "48/64", "reshape_1", "0.9999999", "1.500e-06"):
         assert expected in text
+
+
+def test_rich_report_of_an_empty_cut():
+    buffer = stdio.StringIO()
+    print_report(Report(), Console(file=buffer, width=160, color_system=None))
+    text = buffer.getvalue()
+    assert text.count("(none)") == 3  # consts, layers, blockers: no empty tables
+    assert text.rstrip().endswith("verification: not run")
