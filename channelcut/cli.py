@@ -4,7 +4,7 @@ Exit codes: 0 success; 2 a problem with the user's input or a usage error (one l
 nothing written); 3 verification failed: the cut model's outputs differ from the original's,
 which is a bug in channelcut (one line on stderr, nothing written); 1 any other exception,
 also a bug: its traceback goes to stderr, followed by one line asking to report it; 130
-interrupted.
+interrupted; 141 stdout was closed early (`| head`), the work itself was done.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -29,6 +30,7 @@ EXIT_INTERNAL = 1
 EXIT_USER_ERROR = 2
 EXIT_VERIFICATION = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
 
 DEFAULT_THRESHOLD = 0.9999
 
@@ -46,13 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     logging.basicConfig(level=logging.WARNING, format="channelcut: %(levelname)s: %(message)s")
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows up here, not after main has returned
+        return code
     except VerificationError as exc:
         print(f"channelcut: verification failed: {exc}", file=sys.stderr)
         return EXIT_VERIFICATION
     except ChannelcutError as exc:
         print(f"channelcut: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # Whoever read stdout went away (`channelcut inspect m.onnx | head`); the work itself is
+        # done. Point stdout at devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("channelcut: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -166,6 +166,19 @@ def test_console_script_module_prints_no_traceback(tmp_path):
     assert_one_line_error(proc.stderr, "absent.onnx")
 
 
+def test_closed_stdout_is_not_an_internal_error(model_file):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: every write to stdout fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "channelcut.cli", "inspect", str(model_file)],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == cli.EXIT_BROKEN_PIPE, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
 # --- bad input found while loading (needs the core's cut() to load the model) -----------------
 
 @pytest.mark.parametrize("content", [b"not an onnx model\n", None])
