@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        print("channelcut: interrupted; nothing was written", file=sys.stderr)
+        print("channelcut: interrupted; no file was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception:  # a bug: show where, then ask for a report
         traceback.print_exc()

@@ -107,6 +107,17 @@ def check_paths(input_path: str | Path, output_path: str | Path) -> None:
         raise ChannelcutError(
             f"{output_path}: is the input model itself; give another output path"
         )
+    # Writing may also replace `<output>.data`; neither file may be the input's external data.
+    existing = [p for p in (output_path, output_path.with_name(output_path.name + ".data"))
+                if p.exists()]
+    if existing:
+        for data_file in _external_data_files(input_path):
+            for target in existing:
+                if data_file.exists() and os.path.samefile(data_file, target):
+                    raise ChannelcutError(
+                        f"{output_path}: writing it would replace {target}, the input model's "
+                        "external data; give another output path"
+                    )
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
@@ -137,6 +148,20 @@ def write_atomic(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _external_data_files(model_path: Path) -> set[Path]:
+    """The files a model keeps tensors in; empty when it has none or cannot be read."""
+    try:
+        model = onnx.load_model(str(model_path), load_external_data=False)
+    except (DecodeError, OSError):
+        return set()  # load_model reports an unreadable model properly later
+    files = set()
+    for tensor in _all_tensors(model):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            files.add(model_path.parent / location)
+    return files
 
 
 def error_line(exc: BaseException) -> str:

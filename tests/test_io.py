@@ -262,3 +262,16 @@ def test_a_model_protobuf_cannot_size_needs_external_data():
             raise EncodeError("Failed to serialize proto")
 
     assert io.needs_external_data(Huge())
+
+
+def test_check_paths_protects_the_inputs_external_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    model_path = tmp_path / "in.onnx"
+    io.save_model(conv_model(), model_path)  # writes in.onnx.data
+    with pytest.raises(ChannelcutError, match="external data"):
+        io.check_paths(model_path, tmp_path / "in.onnx.data")
+    # out.onnx's data file would be in.onnx.data's hard link: still the input's data
+    os.link(tmp_path / "in.onnx.data", tmp_path / "out.onnx.data")
+    with pytest.raises(ChannelcutError, match="would replace .*out.onnx.data"):
+        io.check_paths(model_path, tmp_path / "out.onnx")
+    io.check_paths(model_path, tmp_path / "other.onnx")
