@@ -45,13 +45,17 @@ class Reader:
 
 
 @dataclass
-class Balanced:
-    """Removal must take the same number of channels from each row of `ids` (grouped convs)."""
+class GroupedConv:
+    """A grouped conv's channels, one row per conv group (node ids; inputs by position).
 
-    ids: np.ndarray  # (groups, per_group)
+    After the cut every remaining conv group must keep the same number of input channels and
+    of output channels; a conv group whose inputs and outputs all go is dropped whole.
+    """
+
+    columns: np.ndarray | None  # (groups, cin/groups), None when the input is not tracked
+    rows: np.ndarray  # (groups, cout/groups)
     op_type: str
     node: str
-    reason: str
 
 
 class Walk:
@@ -64,8 +68,9 @@ class Walk:
         self._edges: list[tuple[np.ndarray, np.ndarray]] = []
         self.pins: list[Pin] = []
         self.readers: list[Reader] = []
-        self.balanced: list[Balanced] = []
+        self.grouped: list[GroupedConv] = []
         self.unsupported: dict[str, list[str]] = {}
+        self.consts: dict[ir.Value, np.ndarray | None] = {}
 
     # -- reading the graph ------------------------------------------------------------------
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
@@ -75,7 +80,12 @@ class Walk:
         return static_shape(value)
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
-        return const_array(value)
+        """A constant's value (converted once: large weights are read by several rules)."""
+        if value is None:
+            return None
+        if value not in self.consts:
+            self.consts[value] = const_array(value)
+        return self.consts[value]
 
     # -- recording facts --------------------------------------------------------------------
     def new(self, value: ir.Value, axis: int, positions: np.ndarray | int) -> ChannelInfo:
@@ -134,10 +144,14 @@ class Walk:
                 self.pin(info, node, reason)
 
     def reader(self, source: ChannelInfo, rows: ChannelInfo, nz: np.ndarray) -> None:
-        self.readers.append(Reader(source.ids, rows.ids, np.asarray(nz, dtype=bool)))
+        """`rows` read `source`'s channels through weights with non-zero pattern `nz`."""
+        self.reader_ids(source.ids, rows.ids, nz)
 
-    def balance(self, ids: np.ndarray, node: ir.Node, reason: str) -> None:
-        self.balanced.append(Balanced(ids, node.op_type, node.name or "", reason))
+    def reader_ids(self, in_ids: np.ndarray, row_ids: np.ndarray, nz: np.ndarray) -> None:
+        self.readers.append(Reader(in_ids, row_ids, np.asarray(nz, dtype=bool)))
+
+    def grouped_conv(self, columns: np.ndarray | None, rows: np.ndarray, node: ir.Node) -> None:
+        self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or ""))
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._edges:
@@ -180,6 +194,7 @@ class Analysis:
     removable: np.ndarray  # group -> bool
     blockers: list[Pin] = field(default_factory=list)
     unsupported: dict[str, list[str]] = field(default_factory=dict)
+    consts: dict[ir.Value, np.ndarray | None] = field(default_factory=dict)  # converted once
 
     def removed(self, value: ir.Value) -> np.ndarray:
         """Per channel of `value`: is it cut? (all False for a value without channels)."""
@@ -214,12 +229,42 @@ def _live_columns(reader: Reader, removed_node: np.ndarray) -> np.ndarray:
     return reader.nz[kept_rows].any(axis=0)
 
 
+def _unbalanced(conv: GroupedConv, removed_node: np.ndarray) -> np.ndarray:
+    """Removed channels to keep so that every surviving conv group loses the same number.
+
+    Conv groups that lose all inputs and outputs are dropped whole and do not count. In the
+    others, each loses only as many channels as the group that loses fewest; the highest
+    indices of the excess are kept.
+    """
+    out_removed = removed_node[conv.rows]
+    whole = out_removed.all(axis=1)
+    sides = [(conv.rows, out_removed)]
+    if conv.columns is None:
+        whole[:] = False
+    else:
+        in_removed = removed_node[conv.columns]
+        whole &= in_removed.all(axis=1)
+        sides.append((conv.columns, in_removed))
+    keep: list[np.ndarray] = []
+    for ids, removed in sides:
+        counts = removed[~whole].sum(axis=1)
+        if counts.size == 0:
+            continue
+        target = counts.min()
+        for k in np.flatnonzero(~whole):
+            excess = removed[k].sum() - target
+            if excess:
+                keep.append(ids[k][removed[k]][-excess:])
+    return np.concatenate(keep) if keep else np.zeros(0, np.int64)
+
+
 def solve(walk: Walk) -> Analysis:
     """The largest set of groups whose removal leaves every remaining value unchanged.
 
     Start from every group that nothing pins and drop groups until all checks hold (a greatest
     fixed point): every reader ignores the removed channels it reads, given the rows it keeps;
-    grouped convs lose the same number of channels per group; no tensor loses all its channels.
+    grouped convs lose whole groups or the same number of channels per group; no tensor loses
+    all its channels.
     Dropping a group only ever adds kept rows, so the loop ends.
     """
     a, b = walk.edges()
@@ -246,19 +291,20 @@ def solve(walk: Walk) -> Analysis:
             needed = _live_columns(reader, removed_node) & ~zero[reader.in_ids]
             changed |= drop(group_of[reader.in_ids[needed]])
         removed_node = removable[group_of]
-        for rule in walk.balanced:
-            counts = removed_node[rule.ids].sum(axis=1)
-            if counts.size and not np.all(counts == counts[0]):
-                if drop(np.unique(group_of[rule.ids])):
-                    changed = True
-                    extra_pins.append(Pin(rule.ids.ravel(), rule.op_type, rule.node, rule.reason))
+        for conv in walk.grouped:
+            trimmed = _unbalanced(conv, removed_node)
+            if trimmed.size and drop(group_of[trimmed]):
+                changed = True
+                extra_pins.append(Pin(trimmed, conv.op_type, conv.node,
+                                      "grouped Conv: every group must keep as many channels"))
         removed_node = removable[group_of]
         for info in walk.infos.values():
             if info.n and removed_node[info.base:info.base + info.n].all():
                 changed |= drop(group_of[info.base:info.base + 1])
 
     blockers = _blockers(walk, group_of, removable, zero, extra_pins)
-    return Analysis(walk.model, walk.infos, group_of, removable, blockers, walk.unsupported)
+    return Analysis(walk.model, walk.infos, group_of, removable, blockers, walk.unsupported,
+                    walk.consts)
 
 
 def _blockers(walk: Walk, group_of: np.ndarray, removable: np.ndarray, zero: np.ndarray,

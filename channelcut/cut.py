@@ -36,6 +36,7 @@ class Rewrite:
         self.model = analysis.model
         self.graph = analysis.model.graph
         self.changes: dict[str, SizeChange] = {}
+        self._consts = analysis.consts  # shared: large weights are converted only once
         self._names = {v.name for v in self.graph.initializers.values()}
         for node in self.graph:
             self._names.update(v.name for v in node.outputs if v.name)
@@ -52,7 +53,11 @@ class Rewrite:
         return static_shape(value)
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
-        return const_array(value)
+        if value is None:
+            return None
+        if value not in self._consts:
+            self._consts[value] = const_array(value)
+        return self._consts[value]
 
     def set_const(self, node: ir.Node, index: int, array: np.ndarray) -> None:
         """Give input `index` of `node` this constant value.
@@ -76,10 +81,12 @@ class Rewrite:
         if len(value.uses()) > 1 or value.is_graph_output():
             new = self._new_initializer(f"{value.name}_cut", array)
             node.replace_input_with(index, new)
+            self._consts[new] = array
             self.changes[new.name] = SizeChange(before, array.nbytes)
             return
         value.const_value = ir.tensor(array, name=value.name)
         value.shape = ir.Shape(array.shape)
+        self._consts[value] = array
         previous = self.changes.get(value.name)
         self.changes[value.name] = SizeChange(previous.src_size if previous else before,
                                               array.nbytes)
@@ -100,6 +107,15 @@ class Rewrite:
                          const_value=ir.tensor(array, name=name))
         self.graph.register_initializer(value)
         return value
+
+
+def delete_positions(array: np.ndarray, deletions: dict[int, np.ndarray]) -> np.ndarray:
+    """`array` without the given indices along each axis (one `take` per axis that loses some)."""
+    for axis, deleted in deletions.items():
+        if deleted.size:
+            keep = np.setdiff1d(np.arange(array.shape[axis]), deleted)
+            array = np.take(array, keep, axis=axis)
+    return array
 
 
 def _touches_cut(node: ir.Node, analysis: Analysis) -> bool:

@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo, per_channel_constant
-from channelcut.cut import Rewrite
+from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, attr_string, input_at
 from channelcut.ops import rule
 
@@ -221,7 +221,7 @@ def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
             continue
         ax = _aligned_axis(axis, out_rank, array.shape)
         if ax >= 0 and array.shape[ax] > 1:
-            rw.set_const(node, index, np.delete(array, deleted, axis=ax))
+            rw.set_const(node, index, delete_positions(array, {ax: deleted}))
 
 
 for _op in BROADCAST:

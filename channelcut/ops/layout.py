@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
-from channelcut.cut import Rewrite
+from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 
@@ -250,7 +250,7 @@ def rewrite_concat(node: ir.Node, rw: Rewrite) -> None:
     for index, value in enumerate(node.inputs):
         array = rw.const(value)
         if array is not None and array.shape[out.axis] == out.size:
-            rw.set_const(node, index, np.delete(array, deleted, axis=out.axis))
+            rw.set_const(node, index, delete_positions(array, {out.axis: deleted}))
 
 
 rule("Concat", rewrite=rewrite_concat)(analyse_concat)

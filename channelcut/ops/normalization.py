@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import per_channel_constant
-from channelcut.cut import Rewrite
+from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent
@@ -50,7 +50,7 @@ def rewrite_per_channel_params(node: ir.Node, rw: Rewrite) -> None:
     for index in range(1, len(node.inputs)):
         array = rw.const(node.inputs[index])
         if array is not None and array.ndim == 1 and array.shape[0] > 1:
-            rw.set_const(node, index, np.delete(array, deleted))
+            rw.set_const(node, index, delete_positions(array, {0: deleted}))
 
 
 rule("BatchNormalization", rewrite=rewrite_per_channel_params)(analyse_batch_norm)

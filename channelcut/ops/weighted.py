@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo, identity_positions, per_channel_constant
-from channelcut.cut import Rewrite
+from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
 from channelcut.ops import rule
 
@@ -34,12 +34,15 @@ def _input_values(source: ChannelInfo | None, size: int) -> tuple[np.ndarray, np
 
 def _row_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray, in_const: np.ndarray,
                 blocked: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Output rows whose every non-zero weight reads a known, unblocked input are constants."""
+    """Output rows whose every non-zero weight reads a known, unblocked input are constants.
+
+    Per group g: nz, wsum are [G, rows, cols]; in_known, in_const, blocked are [G, cols].
+    """
     unknown_in = ~in_known | blocked
-    row_unknown = (nz & unknown_in[None, :]).any(axis=1)
+    row_unknown = (nz & unknown_in[:, None, :]).any(axis=2).reshape(-1)
     with np.errstate(all="ignore"):
-        contribution = (wsum * np.where(in_known, in_const, 0)[None, :]).sum(axis=1)
-    return ~row_unknown, (bias + contribution).astype(np.float32)
+        contribution = (wsum * np.where(in_known, in_const, 0)[:, None, :]).sum(axis=2)
+    return ~row_unknown, (bias + contribution.reshape(-1)).astype(np.float32)
 
 
 def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
@@ -84,16 +87,19 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
                                           in_const[reads], blocked[reads], bias))
         return
 
+    cout_g = cout // groups
+    nz_g, wsum_g = nz.reshape(groups, cout_g, cin_g), wsum.reshape(groups, cout_g, cin_g)
+    rows = out.ids.reshape(groups, cout_g)
+    columns = None
+    if source is not None:  # input channel ids by position, one row per group
+        columns = source.ids[source.channel_at_position()].reshape(groups, cin_g)
+        for k in range(groups):
+            walk.reader_ids(columns[k], rows[k], nz_g[k])
     if groups > 1:
-        nz, wsum = _block_diagonal(nz, groups), _block_diagonal(wsum, groups)
-        walk.balance(out.ids.reshape(groups, -1), node,
-                     "grouped Conv: every group must keep the same number of output channels")
-    if source is not None:
-        walk.reader(source, out, nz[:, source.positions[:, 0]])
-        if groups > 1:
-            walk.balance(source.ids[source.channel_at_position()].reshape(groups, -1), node,
-                         "grouped Conv: every group must keep the same number of input channels")
-    out.set_values(*_row_values(nz, wsum, in_known, in_const, blocked, bias))
+        walk.grouped_conv(columns, rows, node)
+    out.set_values(*_row_values(nz_g, wsum_g, in_known.reshape(groups, cin_g),
+                                in_const.reshape(groups, cin_g),
+                                blocked.reshape(groups, cin_g), bias))
 
 
 def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
@@ -106,17 +112,6 @@ def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
     return ~unknown, value.astype(np.float32)
 
 
-def _block_diagonal(per_group: np.ndarray, groups: int) -> np.ndarray:
-    """Expand [cout, cin/groups] to [cout, cin], zero outside each row's group."""
-    cout, cin_g = per_group.shape
-    full = np.zeros((cout, cin_g * groups), dtype=per_group.dtype)
-    cout_g = cout // groups
-    for k in range(groups):
-        full[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g] = \
-            per_group[k * cout_g:(k + 1) * cout_g]
-    return full
-
-
 def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
     """Drop weight rows of cut outputs and columns of cut inputs (per group); fix `group`."""
     deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
@@ -125,25 +120,37 @@ def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
     weights = rw.const(node.inputs[1])
     groups = attr_int(node, "group", 1)
     cout, cin_g = weights.shape[:2]
-    if groups > 1 and cin_g == 1:
-        weights = np.delete(weights, deleted_out, axis=0)
+    if groups > 1 and cin_g == 1:  # depthwise: one row (per multiplier) per channel
+        weights = delete_positions(weights, {0: deleted_out})
         rw.set_attr_int(node, "group", groups - deleted_in.size)
     elif groups == 1:
-        weights = np.delete(np.delete(weights, deleted_out, axis=0), deleted_in, axis=1)
+        weights = delete_positions(weights, {0: deleted_out, 1: deleted_in})
     else:
-        keep_out = np.setdiff1d(np.arange(cout), deleted_out).reshape(groups, -1)
-        keep_in = np.setdiff1d(np.arange(cin_g * groups), deleted_in).reshape(groups, -1)
-        keep_in = keep_in - (np.arange(groups) * cin_g)[:, None]
-        weights = np.concatenate(
-            [weights[keep_out[k]][:, keep_in[k]] for k in range(groups)], axis=0)
+        weights = _cut_groups(weights, groups, deleted_out, deleted_in, node, rw)
     rw.set_const(node, 1, weights)
     _rewrite_bias(node, rw, 2, deleted_out, axis=0)
+
+
+def _cut_groups(weights: np.ndarray, groups: int, deleted_out: np.ndarray,
+                deleted_in: np.ndarray, node: ir.Node, rw: Rewrite) -> np.ndarray:
+    """Grouped conv: drop whole groups that lost every channel, then the same number of
+    rows and (local) columns from each remaining group."""
+    cout, cin_g = weights.shape[:2]
+    cout_g = cout // groups
+    out_kept = ~np.isin(np.arange(cout), deleted_out).reshape(groups, cout_g)
+    in_kept = ~np.isin(np.arange(cin_g * groups), deleted_in).reshape(groups, cin_g)
+    live = out_kept.any(axis=1)
+    parts = [weights[k * cout_g:(k + 1) * cout_g][out_kept[k]][:, in_kept[k]]
+             for k in range(groups) if live[k]]
+    if not live.all():
+        rw.set_attr_int(node, "group", int(live.sum()))
+    return np.concatenate(parts, axis=0)
 
 
 def _rewrite_bias(node: ir.Node, rw: Rewrite, index: int, deleted: np.ndarray, axis: int) -> None:
     bias = rw.const(input_at(node, index))
     if bias is not None and deleted.size and bias.ndim and bias.shape[axis] > 1:
-        rw.set_const(node, index, np.delete(bias, deleted, axis=axis))
+        rw.set_const(node, index, delete_positions(bias, {axis: deleted}))
 
 
 rule("Conv", rewrite=rewrite_conv)(analyse_conv)
@@ -195,9 +202,9 @@ def rewrite_conv_transpose(node: ir.Node, rw: Rewrite) -> None:
     groups = attr_int(node, "group", 1)
     if groups > 1:  # depthwise: rows are input = output channels
         rw.set_attr_int(node, "group", groups - deleted_in.size)
-        weights = np.delete(weights, deleted_in, axis=0)
+        weights = delete_positions(weights, {0: deleted_in})
     else:
-        weights = np.delete(np.delete(weights, deleted_in, axis=0), deleted_out, axis=1)
+        weights = delete_positions(weights, {0: deleted_in, 1: deleted_out})
     rw.set_const(node, 1, weights)
     _rewrite_bias(node, rw, 2, deleted_out, axis=0)
 
@@ -222,8 +229,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     nz = (blocks != 0).any(axis=-1)
     wsum = blocks.sum(axis=-1, dtype=np.float32) * np.float32(alpha)
     walk.reader(source, out, nz)
-    known, const = _row_values(nz, wsum, source.known, source.const,
-                               np.zeros(source.n, bool), bias)
+    known, const = _row_values(nz[None], wsum[None], source.known[None], source.const[None],
+                               np.zeros((1, source.n), bool), bias)
     out.set_values(known & bias_known, const)
 
 
@@ -258,7 +265,7 @@ def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
         return
     weights = rw.const(node.inputs[1])
     out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
-    weights = np.delete(np.delete(weights, deleted_out, axis=out_axis), deleted_in, axis=in_axis)
+    weights = delete_positions(weights, {out_axis: deleted_out, in_axis: deleted_in})
     rw.set_const(node, 1, weights)
     _rewrite_bias(node, rw, 2, deleted_out, axis=-1)
 
@@ -292,7 +299,7 @@ def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
     if deleted_out.size == 0 and deleted_in.size == 0:
         return
     weights = rw.const(node.inputs[1])
-    weights = np.delete(np.delete(weights, deleted_out, axis=-1), deleted_in, axis=-2)
+    weights = delete_positions(weights, {-1: deleted_out, -2: deleted_in})
     rw.set_const(node, 1, weights)
 
 
