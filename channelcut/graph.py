@@ -22,6 +22,7 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     model = ir.from_proto(proto)
     graph = model.graph
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    _bypass_constant_identities(graph)
     for value in graph.outputs:
         value.meta["declared_shape"] = value.shape
     for value in graph.inputs:
@@ -35,6 +36,22 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
                 value.shape = None
     common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
     return model
+
+
+def _bypass_constant_identities(graph: ir.Graph) -> None:
+    """Readers of Identity(constant) read the constant itself.
+
+    The TorchScript exporter routes weights through Identity nodes (with dynamic axes); seen
+    through an Identity, a weight would look computed and its layer would become a barrier.
+    """
+    for node in list(graph):
+        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+            continue
+        source, out = node.inputs[0], node.outputs[0]
+        if const_array(source) is None or out.is_graph_output():
+            continue
+        out.replace_all_uses_with(source)
+        graph.remove(node, safe=True)
 
 
 def restore_boundary_shapes(model: ir.Model) -> None:
