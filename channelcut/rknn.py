@@ -20,7 +20,11 @@ mean and std are given in the order of the model's channels, i.e. after the reor
 from __future__ import annotations
 
 import functools
+import json
+import math
+import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, TypeVar
@@ -305,7 +309,8 @@ class RKNN:
         outputs = set(_output_names(self._built))
         for row in rows:
             if row.name in outputs:
-                self._log.line(_comparison_lines([row])[1])
+                self._log.line(f"{row.name}: cos sim {row.cosine:.7f}, max abs error "
+                               f"{row.max_abs_error:.3g}")
         self._log.info(f"accuracy analysis of {len(rows)} tensors written to {path}")
         return 0
 
@@ -398,3 +403,348 @@ def _pass_through_mask(value: Sequence[int] | None, count: int) -> tuple[int, ..
                               "(1: feed that input without the preprocessing)")
     return tuple(int(v) for v in value)
 
+
+
+# --- preprocessing as graph nodes ----------------------------------------------------------
+
+# Names of the nodes and constants we add start with this, so a model read back with
+# load_rknn can tell whether its inputs are preprocessed.
+PREPROCESS_PREFIX = "rknn_preprocess_"
+
+
+@dataclass(frozen=True)
+class _Preprocess:
+    """What happens to one raw input before the model sees it; each step is optional."""
+
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    order: list[int] | None = None
+
+
+def _with_preprocessing(model: onnx.ModelProto, steps: dict[str, _Preprocess]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs pass through Gather (reorder), Sub (mean), Div (std).
+
+    The graph input keeps its name, shape and type; only what reads it changes. Steps that
+    change nothing (mean 0, std 1, order 0 1 2) add no node.
+    """
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    new_nodes = []
+    for value in _graph_inputs(graph):
+        ops = _preprocess_ops(value, steps.get(value.name, _Preprocess()))
+        if not ops:
+            continue
+        current = value.name
+        for op_type, constant, attributes in ops:
+            stem = f"{PREPROCESS_PREFIX}{value.name}_{op_type.lower()}"
+            graph.initializer.append(onnx.numpy_helper.from_array(constant, f"{stem}_constant"))
+            new_nodes.append(onnx.helper.make_node(op_type, [current, f"{stem}_constant"],
+                                                   [f"{stem}_output"], name=stem, **attributes))
+            current = f"{stem}_output"
+        _rename_uses(graph, value.name, current)
+    # Preprocessing first keeps the node list in topological order.
+    nodes = new_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return result
+
+
+def _preprocess_ops(value: onnx.ValueInfoProto,
+                    step: _Preprocess) -> list[tuple[str, np.ndarray, dict[str, int]]]:
+    """(op type, constant, attributes) for each step that changes the input, in order."""
+    if step == _Preprocess():
+        return []
+    dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    if len(dims) < 2 or not np.issubdtype(dtype, np.floating):
+        raise ChannelcutError(f"mean_values, std_values and reorder_channel need a float input "
+                              f"with a channel axis; input {value.name!r} is {dtype} {dims}")
+    channels, ops = dims[1], []
+    if step.order is not None:
+        if sorted(step.order) != list(range(channels)):
+            raise ChannelcutError(f"reorder_channel {' '.join(map(str, step.order))} is not an "
+                                  f"order of the {channels} channels of input {value.name!r}")
+        if step.order != list(range(channels)):
+            ops.append(("Gather", np.array(step.order, np.int64), {"axis": 1}))
+    broadcast_shape = (channels,) + (1,) * (len(dims) - 2)
+    for op_type, values, neutral, what in (("Sub", step.mean, 0.0, "mean_values"),
+                                           ("Div", step.std, 1.0, "std_values")):
+        if values is None:
+            continue
+        if len(values) not in (1, channels):
+            raise ChannelcutError(f"{what} has {len(values)} values for input {value.name!r}, "
+                                  f"which has {channels} channels; give one per channel")
+        constant = np.broadcast_to(np.asarray(values, dtype), (channels,)).reshape(broadcast_shape)
+        if np.any(constant != neutral):
+            ops.append((op_type, np.ascontiguousarray(constant), {}))
+    return ops
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Make every node that reads `old` (subgraphs included) read `new`."""
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name == old:
+                node.input[index] = new
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                _rename_uses(subgraph, old, new)
+
+
+def _has_preprocessing(model: onnx.ModelProto) -> bool:
+    return any(node.name.startswith(PREPROCESS_PREFIX) for node in model.graph.node)
+
+
+# --- the model's interface -----------------------------------------------------------------
+
+def _graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Inputs a caller feeds; initializers listed as inputs (old exporters) are not."""
+    initializers = {t.name for t in graph.initializer}
+    return [v for v in graph.input if v.name not in initializers]
+
+
+def _input_names(model: onnx.ModelProto) -> list[str]:
+    return [v.name for v in _graph_inputs(model.graph)]
+
+
+def _output_names(model: onnx.ModelProto) -> list[str]:
+    return [v.name for v in model.graph.output]
+
+
+def _input_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Shapes of the inputs, static once _fix_input_shapes has run."""
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in _graph_inputs(model.graph)}
+
+
+def _describe_inputs(model: onnx.ModelProto) -> str:
+    return ", ".join(f"{name} {shape}" for name, shape in _input_shapes(model).items())
+
+
+def _fix_input_shapes(model: onnx.ModelProto, sizes: list[tuple[int, ...]] | None) -> None:
+    """Give every input a static shape, as RKNN models have: (1, *size), or dynamic dims 1."""
+    inputs = _graph_inputs(model.graph)
+    names = ", ".join(v.name for v in inputs)
+    if sizes is not None and len(sizes) != len(inputs):
+        raise ChannelcutError(f"input_size_list has {len(sizes)} sizes, the model has "
+                              f"{len(inputs)} inputs ({names}); give one size per input")
+    for index, value in enumerate(inputs):
+        if not value.type.HasField("tensor_type"):
+            raise ChannelcutError(f"input {value.name!r} is not a tensor; the simulator feeds "
+                                  "tensors only")
+        tensor_type = value.type.tensor_type
+        declared = ([d.dim_value if d.HasField("dim_value") else None
+                     for d in tensor_type.shape.dim] if tensor_type.HasField("shape") else None)
+        if sizes is None:
+            if declared is None:
+                raise ChannelcutError(f"input {value.name!r} has no declared shape; give its "
+                                      f"size with input_size_list, {SIZE_EXAMPLE}")
+            shape = [1 if d is None else d for d in declared]
+        else:
+            shape = [1, *sizes[index]]
+            shown = ["?" if d is None else d for d in declared or []]
+            fits = declared is None or (len(declared) == len(shape) and all(
+                want is None or want == got for want, got in zip(declared, shape)))
+            if not fits:
+                raise ChannelcutError(f"input_size_list entry {list(sizes[index])} does not fit "
+                                      f"input {value.name!r} of shape {shown}; give its size "
+                                      "without the batch dimension")
+        tensor_type.shape.ClearField("dim")
+        for dim in shape:
+            tensor_type.shape.dim.add().dim_value = dim
+
+
+def _extract(model: onnx.ModelProto, inputs: Sequence[str] | None,
+             outputs: Sequence[str] | None) -> onnx.ModelProto:
+    """The part of the model between the named input and output tensors."""
+    known = {v.name for v in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    for name in [*(inputs or []), *(outputs or [])]:
+        if name not in known:
+            raise ChannelcutError(f"load_onnx: {name!r} is not a tensor of the model; check the "
+                                  "names given as inputs and outputs")
+    input_names = list(inputs) if inputs is not None else _input_names(model)
+    output_names = list(outputs) if outputs is not None else _output_names(model)
+    try:
+        return onnx.utils.Extractor(model).extract_model(input_names, output_names)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad cut
+        raise ChannelcutError(f"load_onnx: cannot cut the model at inputs {input_names} and "
+                              f"outputs {output_names} ({io.error_line(exc)})") from None
+
+
+# --- the simulator (ONNX Runtime on the CPU) -----------------------------------------------
+
+# eval_perf: timed runs after one warm-up run, whose times (allocations, caches) are dropped.
+PERF_RUNS = 10
+
+
+@dataclass(frozen=True)
+class _TensorComparison:
+    """One tensor of the loaded model against the same tensor of the built model."""
+
+    name: str
+    shape: tuple[int, ...]
+    cosine: float
+    max_abs_error: float
+
+
+def _session(model: onnx.ModelProto, profile_prefix: str | None = None,
+             optimize: bool = True) -> Any:
+    """An ONNX Runtime CPU session; `optimize=False` keeps every intermediate tensor as is."""
+    import onnxruntime as ort  # noqa: PLC0415 - heavy import, only the runtime needs it
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    providers = ["CPUExecutionProvider"]
+    try:
+        if not io.needs_external_data(model):
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        # Protobuf cannot hand a >2 GB model over in memory: ORT reads it from disk instead.
+        with tempfile.TemporaryDirectory(prefix="channelcut-") as tmp:
+            io.save_model(model, Path(tmp) / "model.onnx")
+            return ort.InferenceSession(str(Path(tmp) / "model.onnx"), options,
+                                        providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT's error types share no base class
+        raise ChannelcutError(f"ONNX Runtime cannot load the model ({io.error_line(exc)}); "
+                              "check that it is a valid ONNX model") from None
+
+
+def _feeds(model: onnx.ModelProto, inputs: Any,
+           data_format: str | Sequence[str]) -> dict[str, np.ndarray]:
+    """Inputs by name, NCHW and of the model's dtype; one E-worthy error for any mismatch."""
+    values = _graph_inputs(model.graph)
+    names = ", ".join(v.name for v in values)
+    if not isinstance(inputs, list | tuple):
+        raise ChannelcutError("inputs must be a list of numpy arrays, one per model input, for "
+                              "example inputs=[img]")
+    if len(inputs) != len(values):
+        raise ChannelcutError(f"got {len(inputs)} inputs, the model has {len(values)} ({names}); "
+                              "pass one array per input")
+    formats = [data_format] * len(values) if isinstance(data_format, str) else list(data_format)
+    if len(formats) != len(values) or any(f not in DATA_FORMATS for f in formats):
+        raise ChannelcutError(f"data_format must be 'nhwc' or 'nchw', or a list of them with one "
+                              f"per input; got {data_format!r}")
+    feeds = {}
+    for index, (value, given, layout) in enumerate(zip(values, inputs, formats)):
+        shape = tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        array = np.asarray(given)
+        if array.dtype.kind not in "biuf":
+            raise ChannelcutError(f"input {index} is an array of {array.dtype}; give numbers")
+        if array.ndim == len(shape) - 1:
+            array = array[np.newaxis]  # one image without the batch axis, as RKNN accepts
+        channels_last = len(shape) == 4 and layout == "nhwc"
+        if channels_last and array.ndim == 4:
+            array = array.transpose(0, 3, 1, 2)
+        if array.shape != shape:
+            expected = (shape[0], shape[2], shape[3], shape[1]) if channels_last else shape
+            layout_name = f" in {layout.upper()}" if len(shape) == 4 else ""
+            raise ChannelcutError(f"input {index} has shape {list(np.shape(given))}; the model "
+                                  f"expects {list(expected)}{layout_name}")
+        feeds[value.name] = np.ascontiguousarray(array, dtype=dtype)
+    return feeds
+
+
+def _random_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from channelcut.verify import random_inputs  # noqa: PLC0415
+
+    return random_inputs(model, {k: tuple(v) for k, v in _input_shapes(model).items()})
+
+
+def _run(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - ORT's error types share no base class
+        raise ChannelcutError(f"the simulator failed to run the model "
+                              f"({io.error_line(exc)})") from None
+
+
+def _profile(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean kernel time per node over PERF_RUNS runs, from ONNX Runtime's JSON profile."""
+    with tempfile.TemporaryDirectory(prefix="channelcut-perf-") as tmp:
+        session = _session(model, profile_prefix=str(Path(tmp) / "profile"))
+        for _ in range(PERF_RUNS + 1):
+            _run(session, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")[1:]
+    layers: dict[str, dict[str, Any]] = {}  # in execution order: dicts keep insertion order
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time") or \
+                not any(start <= event["ts"] <= end for start, end in runs):
+            continue
+        node = name.removesuffix("_kernel_time")
+        layer = layers.setdefault(node, {"node": node, "op_type": event["args"].get("op_name"),
+                                         "time_us": 0.0})
+        layer["time_us"] += event["dur"] / len(runs)
+    total = sum(layer["time_us"] for layer in layers.values())
+    return {"layers": list(layers.values()), "total_time_us": total, "runs": len(runs)}
+
+
+def _perf_lines(perf: dict[str, Any]) -> list[str]:
+    row = "{:<20}{:<48}{:>12}".format
+    lines = [f"Performance on the ONNX Runtime CPU simulator (mean of {perf['runs']} runs)",
+             row("op type", "node", "time (us)")]
+    lines += [row(layer["op_type"] or "?", layer["node"], f"{layer['time_us']:.1f}")
+              for layer in perf["layers"]]
+    total = perf["total_time_us"]
+    lines.append(f"Total time (us): {total:.1f}")
+    if total > 0:
+        lines.append(f"FPS: {1e6 / total:.1f}")
+    return lines
+
+
+def _run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tensor the model computes, by name, in execution order (no graph optimisation)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    order = list(dict.fromkeys(o for node in graph.node for o in node.output if o))
+    present = {o.name for o in graph.output}
+    # ORT accepts an output without a type; it takes the one it infers.
+    graph.output.extend(onnx.ValueInfoProto(name=n) for n in order if n not in present)
+    session = _session(copy, optimize=False)
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, _run(session, feeds)))
+    return {name: values[name] for name in order + sorted(present - set(order))}
+
+
+def _compare_tensors(reference: onnx.ModelProto, built: onnx.ModelProto,
+                     feeds: dict[str, np.ndarray],
+                     channel_map: dict[str, tuple[int, np.ndarray]]) -> list[_TensorComparison]:
+    """Cosine and max error of every tensor both models have; cut channels left out."""
+    expected, actual = _run_all(reference, feeds), _run_all(built, feeds)
+    rows = []
+    for name, want in expected.items():
+        if name not in actual:
+            continue
+        if name in channel_map:
+            axis, kept = channel_map[name]
+            want = np.take(want, kept, axis=axis)
+        rows.append(_compare(name, np.asarray(want), np.asarray(actual[name])))
+    return rows
+
+
+def _compare(name: str, want: np.ndarray, got: np.ndarray) -> _TensorComparison:
+    if want.shape != got.shape or want.dtype.kind not in "biuf" or got.dtype.kind not in "biuf":
+        same = want.shape == got.shape and np.array_equal(want, got)
+        return _TensorComparison(name, got.shape, 1.0 if same else math.nan,
+                                 0.0 if same else math.nan)
+    a, b = want.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    if np.array_equal(a, b, equal_nan=True):
+        return _TensorComparison(name, got.shape, 1.0, 0.0)
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    cosine = float(np.dot(a, b) / norms) if norms > 0 else 0.0
+    return _TensorComparison(name, got.shape, cosine, float(np.max(np.abs(a - b))))
+
+
+def _comparison_lines(rows: list[_TensorComparison]) -> list[str]:
+    row = "{:<56}{:<14}{:<16}{}".format
+    return [row("tensor", "cos sim", "max abs error", "shape (built model)")] + [
+        row(r.name, f"{r.cosine:.7f}", f"{r.max_abs_error:.3g}", list(r.shape)) for r in rows]
