@@ -110,7 +110,10 @@ def _load_torchscript(torch: Any, path: Path) -> torch.jit.ScriptModule:
         what = "is a directory" if path.is_dir() else "no such file"
         raise ChannelcutError(f"{path}: {what}; give the path of a TorchScript (.pt) file")
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.13 marks TorchScript deprecated; reading the user's file is still right.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, ValueError, ... here
         # torch's message runs on for several sentences; the first says what failed.
         reason = error_line(exc).split(". ")[0]
