@@ -1,0 +1,183 @@
+"""Unit tests of analysis building blocks: the union-find over channel couplings and the
+reshape channel mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from channelcut.analysis import connected_components
+from channelcut.channels import ChannelInfo, identity_positions
+from channelcut.ops.layout import map_reshape
+
+
+# --- connected_components ----------------------------------------------------------------------
+
+def reference_components(n: int, edges: list[tuple[int, int]]) -> list[frozenset[int]]:
+    """Plain sequential union-find: the partition of 0..n-1 as a sorted list of sets."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    groups: dict[int, set[int]] = {}
+    for x in range(n):
+        groups.setdefault(find(x), set()).add(x)
+    return sorted((frozenset(g) for g in groups.values()), key=min)
+
+
+def partition(labels: np.ndarray) -> list[frozenset[int]]:
+    groups: dict[int, set[int]] = {}
+    for node, label in enumerate(labels.tolist()):
+        groups.setdefault(label, set()).add(node)
+    return sorted((frozenset(g) for g in groups.values()), key=min)
+
+
+def components(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
+    a = np.array([e[0] for e in edges], dtype=np.int64)
+    b = np.array([e[1] for e in edges], dtype=np.int64)
+    labels = connected_components(n, a, b)
+    assert labels.shape == (n,)
+    assert labels.dtype == np.int64
+    if n:
+        assert sorted(set(labels.tolist())) == list(range(labels.max() + 1))  # labels 0..k-1
+    return labels
+
+
+def test_no_edges_every_node_alone():
+    labels = components(5, [])
+    assert partition(labels) == [frozenset({i}) for i in range(5)]
+
+
+def test_no_nodes():
+    assert components(0, []).size == 0
+
+
+def test_self_loops_and_duplicate_edges():
+    labels = components(4, [(1, 1), (2, 3), (3, 2), (2, 3)])
+    assert partition(labels) == [frozenset({0}), frozenset({1}), frozenset({2, 3})]
+
+
+def test_two_components():
+    labels = components(6, [(0, 2), (2, 4), (1, 3), (5, 3)])
+    assert partition(labels) == [frozenset({0, 2, 4}), frozenset({1, 3, 5})]
+
+
+def test_node_joined_to_two_smaller_roots_needs_a_second_round():
+    # Node 2 hooks under min(0, 1) = 0 in round one; 1 only meets 0 in round two.
+    labels = components(3, [(2, 0), (2, 1)])
+    assert partition(labels) == [frozenset({0, 1, 2})]
+
+
+@pytest.mark.parametrize("order", ["forward", "backward", "interleaved"])
+def test_long_chain_is_one_component(order):
+    n = 257
+    edges = [(i, i + 1) for i in range(n - 1)]
+    if order == "backward":
+        edges = [(b, a) for a, b in reversed(edges)]
+    elif order == "interleaved":
+        edges = edges[::2] + edges[1::2]
+    labels = components(n, edges)
+    assert np.all(labels == 0)
+
+
+def test_chain_through_shuffled_ids_is_one_component():
+    rng = np.random.default_rng(7)
+    perm = rng.permutation(500)
+    edges = [(int(perm[i]), int(perm[i + 1])) for i in range(499)]
+    rng.shuffle(edges)
+    assert np.all(components(500, edges) == 0)
+
+
+def test_star_and_isolated_nodes():
+    labels = components(8, [(7, 0), (7, 3), (7, 5), (7, 1)])
+    assert partition(labels) == [frozenset({0, 1, 3, 5, 7}), frozenset({2}), frozenset({4}),
+                                 frozenset({6})]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=60))))
+def test_matches_sequential_union_find(case):
+    n, edges = case
+    assert partition(components(n, edges)) == reference_components(n, edges)
+
+
+# --- map_reshape -------------------------------------------------------------------------------
+
+def info(axis: int, positions: np.ndarray) -> ChannelInfo:
+    return ChannelInfo(axis=axis, positions=np.asarray(positions, dtype=np.int64), base=0)
+
+
+def test_flatten_makes_blocks_of_spatial_positions():
+    axis, positions = map_reshape(info(1, identity_positions(4)), (1, 4, 2, 3), (1, 24))
+    assert axis == 1
+    np.testing.assert_array_equal(positions, np.arange(24).reshape(4, 6))
+
+
+def test_flatten_keeps_a_permuted_channel_order():
+    # Channels stored out of order (as after a Concat): channel k at position p_k.
+    axis, positions = map_reshape(info(1, [[2], [0], [1]]), (1, 3, 2, 2), (1, 12))
+    assert axis == 1
+    np.testing.assert_array_equal(positions, [[8, 9, 10, 11], [0, 1, 2, 3], [4, 5, 6, 7]])
+
+
+def test_unflatten_blocks_back_to_single_positions():
+    axis, positions = map_reshape(info(1, identity_positions(4, 6)), (1, 24), (1, 4, 2, 3))
+    assert axis == 1
+    np.testing.assert_array_equal(positions, identity_positions(4))
+
+
+def test_partial_unflatten_halves_each_block():
+    axis, positions = map_reshape(info(1, identity_positions(4, 6)), (1, 24), (1, 12, 2))
+    assert axis == 1
+    np.testing.assert_array_equal(positions, identity_positions(4, 3))
+
+
+def test_merging_spatial_axes_keeps_channel_axis():
+    axis, positions = map_reshape(info(1, identity_positions(4)), (1, 4, 2, 3), (1, 4, 6))
+    assert axis == 1
+    np.testing.assert_array_equal(positions, identity_positions(4))
+
+
+def test_channels_last_flatten_of_tokens():
+    # [N, H, W, C] -> [N, H*W, C]: channels stay on the last axis.
+    axis, positions = map_reshape(info(3, identity_positions(8)), (1, 2, 4, 8), (1, 8, 8))
+    assert axis == 2
+    np.testing.assert_array_equal(positions, identity_positions(8))
+
+
+def test_outer_dims_may_change_when_inner_dims_match():
+    axis, positions = map_reshape(info(2, identity_positions(4)), (2, 3, 4, 5), (6, 4, 5))
+    assert axis == 1
+    np.testing.assert_array_equal(positions, identity_positions(4))
+
+
+@pytest.mark.parametrize("in_shape, out_shape", [
+    ((1, 8, 2, 2), (1, 2, 4, 2, 2)),  # channel shuffle: the channel axis is split in two
+    ((1, 4, 6), (1, 2, 12)),  # two channels merge into one position
+    ((2, 4, 3), (8, 3)),  # channels merge with the batch axis
+    ((2, 3, 4, 5), (6, 4, 1, 5)),  # outer and inner dims both regrouped
+])
+def test_reshapes_that_mix_channels_are_refused(in_shape, out_shape):
+    axis = 2 if len(in_shape) == 4 and in_shape[0] == 2 else 1
+    source = info(axis, identity_positions(in_shape[axis]))
+    assert map_reshape(source, in_shape, out_shape) is None
+
+
+def test_unflatten_that_splits_a_block_is_refused():
+    # Blocks of 6 positions cannot each become whole positions of size 12.
+    assert map_reshape(info(1, identity_positions(4, 6)), (1, 24), (1, 2, 12)) is None
+
+
+def test_unflatten_of_misaligned_blocks_is_refused():
+    # Channel blocks {1,2}, {3,4}, {5,0} straddle the pairs an unflatten to [1, 3, 2] makes.
+    source = info(1, [[1, 2], [3, 4], [5, 0]])
+    assert map_reshape(source, (1, 6), (1, 3, 2)) is None
