@@ -566,7 +566,9 @@ def _extract(model: onnx.ModelProto, inputs: Sequence[str] | None,
     input_names = list(inputs) if inputs is not None else _input_names(model)
     output_names = list(outputs) if outputs is not None else _output_names(model)
     try:
-        return onnx.utils.Extractor(model).extract_model(input_names, output_names)
+        # The extractor copies types from value_info, which it does not infer itself.
+        typed = onnx.shape_inference.infer_shapes(model)
+        return onnx.utils.Extractor(typed).extract_model(input_names, output_names)
     except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad cut
         raise ChannelcutError(f"load_onnx: cannot cut the model at inputs {input_names} and "
                               f"outputs {output_names} ({io.error_line(exc)})") from None
