@@ -10,11 +10,13 @@ A test reads like the graph it checks:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import channelcut
@@ -185,10 +187,22 @@ def attribute(m: onnx.ModelProto, node_name: str, attr: str, default=None):
     return default
 
 
+def cut(m: onnx.ModelProto, mode: str = "zero", **kwargs) -> CutResult:
+    """channelcut.cut in `mode` "zero" (only zero or unread channels go: what these tests
+    predict by default) or "full" (constants folded too; skips the test where the core has no
+    `fold` option yet)."""
+    if "fold" in inspect.signature(channelcut.cut).parameters:
+        kwargs["fold"] = mode == "full"
+    elif mode == "full":
+        pytest.skip("this channelcut has no full cut (fold) yet")
+    return channelcut.cut(m, **kwargs)
+
+
 def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = None, *,
                groups: int | None = None, feeds: Mapping[str, np.ndarray] | None = None,
-               input_shapes: Mapping[str, Sequence[int]] | None = None) -> CutResult:
-    """Cut `m` and check the result; returns it for further asserts.
+               input_shapes: Mapping[str, Sequence[int]] | None = None,
+               mode: str = "zero") -> CutResult:
+    """Cut `m` (in `mode`, see `cut`) and check the result; returns it for further asserts.
 
     `kept`: weighted node name -> (input channels, output channels) after the cut, for EXACTLY
     the weighted layers that lose channels ({} or None: nothing may be cut). `groups`: the
@@ -197,7 +211,7 @@ def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = 
     same shapes, allclose rtol=1e-4 atol=1e-5) on seeded random inputs.
     """
     before = m.SerializeToString()
-    result = channelcut.cut(m, input_shapes=dict(input_shapes) if input_shapes else None)
+    result = cut(m, mode, input_shapes=dict(input_shapes) if input_shapes else None)
     assert m.SerializeToString() == before, "cut() modified its input model"
     onnx.checker.check_model(result.model, full_check=True)
 
