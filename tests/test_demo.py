@@ -1,0 +1,114 @@
+"""The seed's pruning demo: its exact const change table and cos sim, from all three entry points.
+
+These run the real 1x3x224x224 network, as the seed does; each run takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import channelcut  # noqa: E402 - after the torch skip
+from channelcut import demo  # noqa: E402
+from channelcut.api import cut  # noqa: E402
+from channelcut.pytorch import to_onnx  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "model_pruning" / "test.py"
+# The seed's table (src_size, pruned_size), in bytes; block3's bias feeds the model output,
+# so it keeps all its channels and is not in the table.
+SEED_TABLE = {
+    "block1 conv weight": (6912, 5184),
+    "block1 conv bias": (256, 192),
+    "block2 conv weight": (16384, 9024),
+    "block2 conv bias": (256, 188),
+    "block3 conv weight": (65536, 48128),
+}
+MIN_COS_SIM = 0.9999999
+# Subprocesses import the same channelcut as this test run, installed or not.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(Path(channelcut.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+
+
+def check_demo_output(out: str) -> None:
+    """The pruning log has exactly the seed's five rows, and cos sim is printed and high."""
+    lines = out.splitlines()
+    start = lines.index("I Pruning: const change detail")
+    assert lines[start + 1].split() == ["I", "const", "name", "src_size", "pruned_size", "diff"]
+    rows = []
+    for line in lines[start + 2:]:
+        if not re.match(r"I \S+\s+\d+\s+\d+\s+-?\d+\s*$", line):
+            break
+        rows.append(tuple(int(v) for v in line.split()[2:4]))
+    assert Counter(rows) == Counter(SEED_TABLE.values())
+    assert lines[start + 2 + len(rows)].startswith("I weights: ")
+    (cos_line,) = [line for line in lines if line.startswith("cos sim: ")]
+    assert float(cos_line.split()[-1]) >= MIN_COS_SIM
+    assert "Traceback" not in out
+
+
+def test_pruning_gives_the_seed_sizes_for_each_block(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(demo.pruned_net(), torch.randn(1, 3, 224, 224)), str(path))
+    model = to_onnx(path, [[1, 3, 224, 224]])
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 3  # BatchNorm folded into each conv
+    constant = {f"block{i} conv {part}": conv.input[index]
+                for i, conv in enumerate(convs, 1) for index, part in ((1, "weight"), (2, "bias"))}
+    result = cut(model, input_shapes={"input0": [1, 3, 224, 224]})
+    changes = {c.name: (c.src_size, c.pruned_size) for c in result.report.const_changes}
+    assert {label: changes.get(name) for label, name in constant.items()} == {
+        **SEED_TABLE, "block3 conv bias": None}
+    assert min(check.cosine for check in result.report.checks) >= MIN_COS_SIM
+
+
+def test_demo_main_prints_the_seed_table_and_cos_sim(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert demo.main([]) == 0
+    out = capsys.readouterr().out
+    check_demo_output(out)
+    assert "W target rv1126: no Rockchip NPU is reachable here" in out
+    assert os.listdir(tmp_path) == []  # the TorchScript and .rknn files went to a temp dir
+
+
+def test_channelcut_demo_console_script_with_target_and_device(tmp_path):
+    script = Path(sys.executable).with_name("channelcut")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "channelcut.cli"]
+    done = subprocess.run([*command, "demo", "rk1808", "c3d9b8674f4b94f6"], cwd=tmp_path,
+                          capture_output=True, text=True, check=False, env=ENV)
+    assert done.returncode == 0, done.stderr
+    check_demo_output(done.stdout)
+    assert "W target rk1808 (device c3d9b8674f4b94f6): no Rockchip NPU" in done.stdout
+
+
+def test_the_example_script_runs_the_demo(tmp_path):
+    done = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, capture_output=True,
+                          text=True, check=False, env=ENV)
+    assert done.returncode == 0, done.stderr
+    check_demo_output(done.stdout)
+
+
+def test_the_example_script_prints_its_usage_for_three_arguments(tmp_path):
+    done = subprocess.run([sys.executable, str(EXAMPLE), "rv1126", "id", "extra"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False, env=ENV)
+    assert done.returncode == 2
+    assert done.stdout == "Usage: python test.py [target] [device_id]\n"
+
+
+def test_demo_main_usage_and_unknown_target(capsys):
+    assert demo.main(["a", "b", "c"]) == 2
+    assert capsys.readouterr().out == "Usage: channelcut demo [target] [device_id]\n"
+    assert demo.main(["rk9999"]) == 2
+    out = capsys.readouterr().out
+    errors = [line for line in out.splitlines() if line.startswith("E ")]
+    assert len(errors) == 1 and "rv1126" in errors[0] and "Traceback" not in out
