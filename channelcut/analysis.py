@@ -1,18 +1,18 @@
-"""Facts about every channel: its layout, its value, its couplings, and whether it can go.
+"""Facts about every channel: its layout, its value, its couplings, and what it costs.
 
 One walk in topological order asks each node's op rule (channelcut.ops.RULES) to describe it:
 the channel layout of its outputs, the per-channel values they carry, which channels must share
 one fate (couplings, solved by union-find into groups), which inputs it reads through weights
-(readers), and which channels it forces us to keep (pins). Then `solve` finds the largest set of
-groups whose removal cannot change any output. Nothing here rewrites the model.
+(readers), which operands an op could take back as constants (links), which channels it forces
+us to keep (pins), and what each channel costs in parameters and FLOPs. `channelcut.solve`
+then decides; nothing here decides or rewrites.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -33,15 +33,50 @@ class Pin:
     reason: str
 
 
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and FLOPs (and, for latency, elements copied and ops added)."""
+
+    params: float = 0.0
+    flops: float = 0.0
+    moved: float = 0.0
+    nodes: int = 0
+
+
+@dataclass
+class Site:
+    """A node where the full cut may add something: a constant folded into a reader
+    ("bias fold", or "border fold" for padded convs) or operands reinserted ("reinsert")."""
+
+    node: ir.Node
+    kind: str
+    cost: Cost
+
+
 @dataclass
 class Reader:
     """An op that reads channels through weights: row o of its output reads input channel c
     with a non-zero weight exactly when `nz[o, c]`. The input channel is ignored (removable as
-    far as this reader cares) when it is zero, or when every kept row has a zero weight for it."""
+    far as this reader cares) when it is zero, or when every kept row has a zero weight for it;
+    with folding, also when it is a known constant that `site` can fold into the reader."""
 
     in_ids: np.ndarray  # (n_in,)
     row_ids: np.ndarray  # (n_out,)
     nz: np.ndarray  # (n_out, n_in) bool
+    site: Site | None = None  # None: this reader cannot fold constants
+
+
+@dataclass
+class Link:
+    """Operand channels of a broadcasting op, aligned with the output's channels.
+
+    Without folding they are coupled. With folding, an operand channel may go while the output
+    keeps it, when its value is a known constant: the rewrite reinserts the constant.
+    """
+
+    operand_ids: np.ndarray
+    out_ids: np.ndarray
+    site: Site | None  # None: always coupled
 
 
 @dataclass
@@ -69,6 +104,13 @@ class Walk:
         self.pins: list[Pin] = []
         self.readers: list[Reader] = []
         self.grouped: list[GroupedConv] = []
+        self.links: list[Link] = []
+        self._charges: list[tuple[np.ndarray, float, float]] = []  # (ids, params, flops) each
+        # A border fold bakes the input's spatial size into a constant: only when it is fixed.
+        self.spatial_fixed = all(
+            all(isinstance(d, int) for d in list(shape.dims)[1:])
+            for v in model.graph.inputs
+            if (shape := v.meta.get("declared_shape")) is not None)
         self.unsupported: dict[str, list[str]] = {}
         self.consts: dict[ir.Value, np.ndarray | None] = {}
 
@@ -108,30 +150,33 @@ class Walk:
         """These channels share one fate: cut together or kept together."""
         self._edges.append((np.asarray(a_ids, np.int64), np.asarray(b_ids, np.int64)))
 
-    def couple_by_position(self, a: ChannelInfo, b: ChannelInfo, node: ir.Node) -> bool:
-        """Couple the channels of two tensors aligned position by position along their axes.
-
-        Works when every channel of `b` covers exactly the positions of one channel of `a`;
-        otherwise both are pinned and False is returned.
-        """
+    def align(self, a: ChannelInfo, b: ChannelInfo, node: ir.Node) -> np.ndarray | None:
+        """For two tensors aligned position by position: the channel of `a` under each
+        channel of `b`; None (and both pinned) unless each covers exactly the same positions."""
         if a.size == b.size:
             if a.positions.shape == b.positions.shape and np.array_equal(a.positions, b.positions):
-                self.couple(a.ids, b.ids)
-                return True
+                return np.arange(a.n)
             owner = a.channel_at_position()[b.positions[:, 0]]
             if a.block == b.block and np.array_equal(a.positions[owner], b.positions):
-                self.couple(a.ids[owner], b.ids)
-                return True
+                return owner
         self.pin(a, node, "channel layouts of its inputs do not line up")
         self.pin(b, node, "channel layouts of its inputs do not line up")
-        return False
+        return None
+
+    def couple_by_position(self, a: ChannelInfo, b: ChannelInfo, node: ir.Node) -> bool:
+        """Couple the channels of two tensors aligned position by position along their axes."""
+        owner = self.align(a, b, node)
+        if owner is not None:
+            self.couple(a.ids[owner], b.ids)
+        return owner is not None
 
     def pin(self, info: ChannelInfo, node: ir.Node | str, reason: str,
-            channels: np.ndarray | None = None) -> None:
-        """Keep these channels (all of `info`'s unless `channels` picks some)."""
+            channels: np.ndarray | None = None, name: str = "") -> None:
+        """Keep these channels (all of `info`'s unless `channels` picks some); `node` is the op
+        that needs them, or a label such as "graph output" (then `name` says which)."""
         ids = info.ids if channels is None else info.ids[channels]
         if isinstance(node, str):
-            op_type, name = node, ""
+            op_type = node
         else:
             op_type, name = node.op_type, node.name or ""
         self.pins.append(Pin(ids, op_type, name, reason))
@@ -143,12 +188,31 @@ class Walk:
             if info is not None:
                 self.pin(info, node, reason)
 
-    def reader(self, source: ChannelInfo, rows: ChannelInfo, nz: np.ndarray) -> None:
+    def reader(self, source: ChannelInfo, rows: ChannelInfo, nz: np.ndarray,
+               site: Site | None = None) -> None:
         """`rows` read `source`'s channels through weights with non-zero pattern `nz`."""
-        self.reader_ids(source.ids, rows.ids, nz)
+        self.reader_ids(source.ids, rows.ids, nz, site)
 
-    def reader_ids(self, in_ids: np.ndarray, row_ids: np.ndarray, nz: np.ndarray) -> None:
-        self.readers.append(Reader(in_ids, row_ids, np.asarray(nz, dtype=bool)))
+    def reader_ids(self, in_ids: np.ndarray, row_ids: np.ndarray, nz: np.ndarray,
+                   site: Site | None = None) -> None:
+        self.readers.append(Reader(in_ids, row_ids, np.asarray(nz, dtype=bool), site))
+
+    def link(self, operand_ids: np.ndarray, out_ids: np.ndarray, site: Site | None) -> None:
+        """Operand channel `operand_ids[k]` lines up with output channel `out_ids[k]`."""
+        self.links.append(Link(np.asarray(operand_ids, np.int64), np.asarray(out_ids, np.int64),
+                               site))
+
+    def charge(self, ids: np.ndarray, params: float = 0.0, flops: float = 0.0) -> None:
+        """Each of these channels carries this many parameters and FLOPs (saved if it goes)."""
+        self._charges.append((np.asarray(ids, np.int64), float(params), float(flops)))
+
+    def charges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel node: (params, flops) it carries."""
+        params, flops = np.zeros(self.n_nodes), np.zeros(self.n_nodes)
+        for ids, p, f in self._charges:
+            np.add.at(params, ids, p)
+            np.add.at(flops, ids, f)
+        return params, flops
 
     def grouped_conv(self, columns: np.ndarray | None, rows: np.ndarray, node: ir.Node) -> None:
         self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or ""))
@@ -184,157 +248,9 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-@dataclass
-class Analysis:
-    """The facts the rewrite consumes: channel layouts, groups, and which groups go."""
-
-    model: ir.Model
-    infos: dict[ir.Value, ChannelInfo]
-    group_of: np.ndarray  # node id -> group
-    removable: np.ndarray  # group -> bool
-    blockers: list[Pin] = field(default_factory=list)
-    unsupported: dict[str, list[str]] = field(default_factory=dict)
-    consts: dict[ir.Value, np.ndarray | None] = field(default_factory=dict)  # converted once
-
-    def removed(self, value: ir.Value) -> np.ndarray:
-        """Per channel of `value`: is it cut? (all False for a value without channels)."""
-        info = self.infos.get(value)
-        if info is None:
-            return np.zeros(0, dtype=bool)
-        return self.removable[self.group_of[info.ids]]
-
-    def deleted_positions(self, value: ir.Value | None) -> np.ndarray:
-        """Sorted positions along the value's channel axis that the cut deletes."""
-        info = self.infos.get(value) if value is not None else None
-        if info is None:
-            return np.zeros(0, dtype=np.int64)
-        removed = self.removable[self.group_of[info.ids]]
-        return np.sort(info.positions[removed].ravel())
-
-    @property
-    def removed_groups(self) -> int:
-        return int(self.removable.sum())
-
-
-def _nodes_with_zero(infos: Iterable[ChannelInfo], n: int) -> np.ndarray:
-    zero = np.zeros(n, dtype=bool)
-    for info in infos:
-        zero[info.base:info.base + info.n] = info.zero
-    return zero
-
-
-def _live_columns(reader: Reader, removed_node: np.ndarray) -> np.ndarray:
-    """Input channels that some kept output row reads with a non-zero weight."""
-    kept_rows = ~removed_node[reader.row_ids]
-    return reader.nz[kept_rows].any(axis=0)
-
-
-def _unbalanced(conv: GroupedConv, removed_node: np.ndarray) -> np.ndarray:
-    """Removed channels to keep so that every surviving conv group loses the same number.
-
-    Conv groups that lose all inputs and outputs are dropped whole and do not count. In the
-    others, each loses only as many channels as the group that loses fewest; the highest
-    indices of the excess are kept.
-    """
-    out_removed = removed_node[conv.rows]
-    whole = out_removed.all(axis=1)
-    sides = [(conv.rows, out_removed)]
-    if conv.columns is None:
-        whole[:] = False
-    else:
-        in_removed = removed_node[conv.columns]
-        whole &= in_removed.all(axis=1)
-        sides.append((conv.columns, in_removed))
-    keep: list[np.ndarray] = []
-    for ids, removed in sides:
-        counts = removed[~whole].sum(axis=1)
-        if counts.size == 0:
-            continue
-        target = counts.min()
-        for k in np.flatnonzero(~whole):
-            excess = removed[k].sum() - target
-            if excess:
-                keep.append(ids[k][removed[k]][-excess:])
-    return np.concatenate(keep) if keep else np.zeros(0, np.int64)
-
-
-def solve(walk: Walk) -> Analysis:
-    """The largest set of groups whose removal leaves every remaining value unchanged.
-
-    Start from every group that nothing pins and drop groups until all checks hold (a greatest
-    fixed point): every reader ignores the removed channels it reads, given the rows it keeps;
-    grouped convs lose whole groups or the same number of channels per group; no tensor loses
-    all its channels.
-    Dropping a group only ever adds kept rows, so the loop ends.
-    """
-    a, b = walk.edges()
-    group_of = connected_components(walk.n_nodes, a, b)
-    n_groups = int(group_of.max()) + 1 if walk.n_nodes else 0
-    zero = _nodes_with_zero(walk.infos.values(), walk.n_nodes)
-    removable = np.ones(n_groups, dtype=bool)
-    for pin in walk.pins:
-        removable[group_of[pin.ids]] = False
-    extra_pins: list[Pin] = []
-
-    def drop(groups: np.ndarray) -> bool:
-        groups = groups[removable[groups]]
-        if groups.size == 0:
-            return False
-        removable[groups] = False
-        return True
-
-    changed = True
-    while changed:
-        changed = False
-        removed_node = removable[group_of]
-        for reader in walk.readers:
-            needed = _live_columns(reader, removed_node) & ~zero[reader.in_ids]
-            changed |= drop(group_of[reader.in_ids[needed]])
-        removed_node = removable[group_of]
-        for conv in walk.grouped:
-            trimmed = _unbalanced(conv, removed_node)
-            if trimmed.size and drop(group_of[trimmed]):
-                changed = True
-                extra_pins.append(Pin(trimmed, conv.op_type, conv.node,
-                                      "grouped Conv: every group must keep as many channels"))
-        removed_node = removable[group_of]
-        for info in walk.infos.values():
-            if info.n and removed_node[info.base:info.base + info.n].all():
-                changed |= drop(group_of[info.base:info.base + 1])
-
-    blockers = _blockers(walk, group_of, removable, zero, extra_pins)
-    return Analysis(walk.model, walk.infos, group_of, removable, blockers, walk.unsupported,
-                    walk.consts)
-
-
-def _blockers(walk: Walk, group_of: np.ndarray, removable: np.ndarray, zero: np.ndarray,
-              extra_pins: list[Pin]) -> list[Pin]:
-    """Pins that keep a group which every reader ignores and that pruning left evidence in.
-
-    Evidence: a zero channel, or a reader whose weights for the channel are all zero. Groups
-    with no such evidence (ordinary live channels) are not worth reporting.
-    """
-    n_groups = removable.size
-    removed_node = removable[group_of]
-    needed = np.zeros(n_groups, dtype=bool)
-    evidence = np.zeros(n_groups, dtype=bool)
-    evidence[group_of[zero]] = True
-    for reader in walk.readers:
-        live = _live_columns(reader, removed_node)
-        needed[group_of[reader.in_ids[live & ~zero[reader.in_ids]]]] = True
-        evidence[group_of[reader.in_ids[~reader.nz.any(axis=0)]]] = True
-    blocked = evidence & ~needed & ~removable
-    found: list[Pin] = []
-    for pin in [*walk.pins, *extra_pins]:
-        groups = np.unique(group_of[pin.ids])
-        hit = groups[blocked[groups]]
-        if hit.size:
-            found.append(Pin(hit, pin.op_type, pin.node, pin.reason))
-    return found
-
-
-def analyse(model: ir.Model) -> Analysis:
-    """Walk the graph once in topological order, asking each node's rule, then solve."""
+def walk_graph(model: ir.Model) -> Walk:
+    """Walk the graph once in topological order, asking each node's rule what it does."""
+    from channelcut.flops import node_flops
     from channelcut.ops import RULES  # the rule modules import this one
 
     walk = Walk(model)
@@ -353,10 +269,15 @@ def analyse(model: ir.Model) -> Analysis:
             log.warning("analysis of %s node %r failed (%s); its channels are kept",
                         node.op_type, node.name, exc)
             walk.barrier(node, f"analysis failed: {exc}")
+        out = walk.info(node.outputs[0]) if node.outputs else None
+        if out is not None and out.n:
+            walk.charge(out.ids, flops=node_flops(node) / out.n)
     for value in graph.outputs:
         if (info := walk.info(value)) is not None:
-            walk.pin(info, "graph output", f"output {value.name!r} keeps its shape")
+            walk.pin(info, "graph output", f"output {value.name!r} keeps its shape",
+                     name=value.name or "")
     for value, info in walk.infos.items():
         if any(use.node.graph is not graph for use in value.uses()):
-            walk.pin(info, "subgraph", f"{value.name!r} is read inside a subgraph")
-    return solve(walk)
+            walk.pin(info, "subgraph", f"{value.name!r} is read inside a subgraph",
+                     name=value.name or "")
+    return walk

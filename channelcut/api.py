@@ -12,11 +12,13 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from channelcut import io, verify as verification
-from channelcut.analysis import Analysis, analyse
+from channelcut.analysis import walk_graph
+from channelcut.errors import ChannelcutError
+from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.cut import SizeChange, apply_cut, clear_intermediate_shapes, drop_unknown_value_info
 from channelcut.flops import model_flops
 from channelcut.graph import restore_boundary_shapes, tensor_bytes, to_ir
-from channelcut.report import Blocker, ConstChange, LayerChange, Report
+from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +42,28 @@ def cut(
     input_shapes: dict[str, list[int] | tuple[int, ...]] | None = None,
     verify: bool = True,
     threshold: float = 0.9999,
+    fold: bool = False,
+    objective: str = "flops",
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
     `input_shapes` fixes dynamic input dimensions (default 1) for the analysis and the check.
+    `fold` (the full cut) also removes constant channels, folding them into their readers,
+    and cuts one side of a residual Add, reinserting constants; without it only zero or
+    unread channels go (RKNN-Toolkit's model_pruning). `objective` ("flops", "params" or
+    "latency") decides which folds and reinsertions are worth it; none ever grows the weights.
     With `verify`, both models run in ONNX Runtime on seeded random inputs and a cosine
     similarity below `threshold` on any output raises VerificationError.
     """
+    if objective not in OBJECTIVES:
+        raise ChannelcutError(
+            f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     original = io.load_model(model)
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
     weights_before = _weight_bytes(graph_model)
     flops_before = model_flops(graph_model)
-    analysis = analyse(graph_model)
+    analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective))
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
@@ -71,6 +82,12 @@ def cut(
         const_changes=_const_changes(changes),
         layers=layers,
         blockers=_blockers(analysis),
+        sites=[SiteChange(u.node, u.op_type, u.kind, u.groups, int(u.added.params),
+                          int(u.added.flops), int(u.saved.params), int(u.saved.flops))
+               for u in analysis.sites],
+        unsupported_ops={op: len(nodes) for op, nodes in analysis.unsupported.items()},
+        mode="full" if fold else "zero",
+        objective=objective,
         weight_bytes_before=weights_before,
         weight_bytes_after=_weight_bytes(graph_model),
         flops_before=flops_before,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from channelcut.analysis import Analysis
+from channelcut.solve import Analysis
 from channelcut.channels import ChannelInfo
 from channelcut.graph import const_array, input_at, static_shape, tensor_bytes
 
@@ -91,6 +91,55 @@ class Rewrite:
         self.changes[value.name] = SizeChange(previous.src_size if previous else before,
                                               array.nbytes)
 
+    def new_const(self, stem: str, array: np.ndarray) -> ir.Value:
+        """A new constant; counted in the report as a constant that grew from nothing."""
+        value = self._new_initializer(stem, np.ascontiguousarray(array))
+        self._consts[value] = array
+        self.changes[value.name] = SizeChange(0, array.nbytes)
+        return value
+
+    def add_node(self, before: ir.Node, op_type: str, inputs: list[ir.Value],
+                 attributes: dict[str, object] | None = None) -> ir.Value:
+        """A new node placed before `before`; returns its output."""
+        name = self._unique(f"{before.name or before.op_type}_{op_type.lower()}")
+        node = ir.Node("", op_type, inputs, attributes=_attrs(attributes or {}), name=name)
+        node.outputs[0].name = self._unique(name)
+        self.graph.insert_before(before, node)
+        return node.outputs[0]
+
+    def append_after(self, value: ir.Value, op_type: str, inputs: list[ir.Value]) -> ir.Value:
+        """Make `value` become op(value, *inputs) for every reader (graph output included).
+
+        The new output takes over `value`'s name and channel facts, so later rules and the
+        channel map see it as the same tensor; the old one is renamed.
+        """
+        producer = value.producer()
+        uses = list(value.uses())
+        name = value.name
+        value.name = self._unique(f"{name}_raw")
+        node = ir.Node("", op_type, [value, *inputs], name=self._unique(f"{name}_{op_type}"))
+        self.graph.insert_after(producer, node)
+        new = node.outputs[0]
+        for use in uses:
+            use.node.replace_input_with(use.idx, new)
+        new.shape, new.type = value.shape, value.type  # rules read analysis-time shapes
+        outputs = self.graph.outputs
+        for i, out in enumerate(outputs):
+            if out is value:
+                outputs[i] = new
+                new.meta.update(value.meta)
+        new.name = name
+        if value in self.analysis.infos:
+            self.analysis.infos[new] = self.analysis.infos[value]
+        return new
+
+    def _unique(self, stem: str) -> str:
+        name, k = stem, 1
+        while name in self._names:
+            name, k = f"{stem}_{k}", k + 1
+        self._names.add(name)
+        return name
+
     def set_attr_int(self, node: ir.Node, name: str, value: int) -> None:
         node.attributes[name] = ir.AttrInt64(name, int(value))
 
@@ -98,15 +147,31 @@ class Rewrite:
         node.attributes[name] = ir.AttrInt64s(name, [int(v) for v in values])
 
     def _new_initializer(self, stem: str, array: np.ndarray) -> ir.Value:
-        name, k = stem, 1
-        while name in self._names:
-            name, k = f"{stem}_{k}", k + 1
-        self._names.add(name)
+        name = self._unique(stem)
         value = ir.Value(name=name, shape=ir.Shape(array.shape),
                          type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                          const_value=ir.tensor(array, name=name))
         self.graph.register_initializer(value)
         return value
+
+
+def _attrs(attributes: dict[str, object]) -> list[ir.Attr]:
+    """onnx-ir attributes from plain Python values (ints, floats, int lists, tensors)."""
+    made: list[ir.Attr] = []
+    for name, value in attributes.items():
+        if isinstance(value, ir.Attr):
+            made.append(ir.Attr(name, value.type, value.value))
+        elif isinstance(value, bool | int | np.integer):
+            made.append(ir.AttrInt64(name, int(value)))
+        elif isinstance(value, float):
+            made.append(ir.AttrFloat32(name, value))
+        elif isinstance(value, str):
+            made.append(ir.AttrString(name, value))
+        elif isinstance(value, np.ndarray):
+            made.append(ir.AttrTensor(name, ir.tensor(value)))
+        else:
+            made.append(ir.AttrInt64s(name, [int(v) for v in value]))
+    return made
 
 
 def delete_positions(array: np.ndarray, deletions: dict[int, np.ndarray]) -> np.ndarray:

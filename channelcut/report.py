@@ -39,6 +39,21 @@ class Blocker:
 
 
 @dataclass(frozen=True)
+class SiteChange:
+    """A fold or reinsertion the full cut made at one node, with the cost model's estimates:
+    what it adds and what removing the channel groups that needed it saves."""
+
+    node: str
+    op_type: str
+    kind: str  # "bias fold", "border fold" or "reinsert"
+    groups: int
+    added_params: int
+    added_flops: int
+    saved_params: int
+    saved_flops: int
+
+
+@dataclass(frozen=True)
 class OutputCheck:
     """Original vs cut model, one graph output, on the same seeded random inputs."""
 
@@ -55,6 +70,10 @@ class Report:
     const_changes: list[ConstChange] = field(default_factory=list)
     layers: list[LayerChange] = field(default_factory=list)
     blockers: list[Blocker] = field(default_factory=list)
+    sites: list[SiteChange] = field(default_factory=list)
+    unsupported_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes (barriers)
+    mode: str = "full"  # "full" (fold constants, one-sided cuts) or "zero" (zero channels only)
+    objective: str = "flops"
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
     flops_before: int = 0

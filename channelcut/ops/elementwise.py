@@ -13,10 +13,11 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from channelcut.analysis import Walk
+from channelcut.analysis import Cost, Site, Walk
 from channelcut.channels import ChannelInfo, per_channel_constant
 from channelcut.cut import Rewrite, delete_positions
-from channelcut.graph import attr_float, attr_int, attr_string, input_at
+from channelcut.fold import reinsert
+from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
 from channelcut.ops import rule
 
 Values = tuple[np.ndarray, np.ndarray]  # (known, const) per channel
@@ -189,8 +190,11 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
         ax = _aligned_axis(axis, len(out_shape), shape)
         info = walk.info(value)
         if info is not None and info.axis == ax and shape[ax] == out.size:
-            walk.couple_by_position(info, out, node)
-            values.append((info.known, info.const))
+            owner = walk.align(info, out, node)
+            if owner is not None:  # coupled, or in the full cut a constant can be reinserted
+                walk.link(info.ids[owner], out.ids, _reinsert_site(node, walk, out, out_shape))
+            values.append((info.known[owner], info.const[owner]) if owner is not None
+                          else unknown)
             continue
         if info is not None:
             walk.pin(info, node, "operand channels lie on another axis")
@@ -207,10 +211,26 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     out.set_values(*BROADCAST[node.op_type](values))
 
 
+def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo, out_shape: tuple[int, ...]
+                   ) -> Site | None:
+    """Reinserting an operand's constant channels: Pad + Gather (+ Add of the constants)."""
+    if opset_version(walk.model) < 11:  # Pad takes its amounts as an input from opset 11
+        return None
+    elements = float(np.prod(out_shape))
+    return Site(node, "reinsert", Cost(params=2.0 * out.size, flops=elements,
+                                       moved=2.0 * elements, nodes=3))
+
+
 def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
-    """Slice each constant operand that has a full channel axis."""
+    """Slice each constant operand that has a full channel axis; give back to each operand the
+    constant channels the cut took from it but the output keeps."""
     out = node.outputs[0]
     deleted = rw.deleted(out)
+    for index, value in enumerate(node.inputs):
+        if rw.info(value) is not None:
+            needed = np.setdiff1d(rw.deleted(value), deleted)
+            if needed.size:
+                reinsert(node, index, rw, needed)
     if deleted.size == 0:
         return
     out_rank = len(rw.shape(out))

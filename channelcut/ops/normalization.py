@@ -40,6 +40,7 @@ def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
     uniform, value = per_channel_constant(y, 0, source.positions)
     out = walk.like(node.outputs[0], source)
     out.set_values(source.known & uniform, value)
+    walk.charge(out.ids, params=4 * source.block)
 
 
 def rewrite_per_channel_params(node: ir.Node, rw: Rewrite) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from channelcut.analysis import Walk
+from channelcut.analysis import Cost, Site, Walk
+from channelcut.flops import node_flops
+from channelcut.fold import fold_into_conv, fold_into_gemm, fold_into_matmul
 from channelcut.channels import ChannelInfo, identity_positions, per_channel_constant
 from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
@@ -88,18 +90,35 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
         return
 
     cout_g = cout // groups
+    kernel = int(np.prod(weights.shape[2:]))
     nz_g, wsum_g = nz.reshape(groups, cout_g, cin_g), wsum.reshape(groups, cout_g, cin_g)
     rows = out.ids.reshape(groups, cout_g)
+    walk.charge(out.ids, params=cin_g * kernel + (b is not None))
     columns = None
     if source is not None:  # input channel ids by position, one row per group
         columns = source.ids[source.channel_at_position()].reshape(groups, cin_g)
+        walk.charge(source.ids, params=cout_g * kernel, flops=node_flops(node) / cin)
+        site = _conv_fold_site(node, walk, cout, kernel, b is not None)
         for k in range(groups):
-            walk.reader_ids(columns[k], rows[k], nz_g[k])
+            walk.reader_ids(columns[k], rows[k], nz_g[k], site)
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
     out.set_values(*_row_values(nz_g, wsum_g, in_known.reshape(groups, cin_g),
                                 in_const.reshape(groups, cin_g),
                                 blocked.reshape(groups, cin_g), bias))
+
+
+def _conv_fold_site(node: ir.Node, walk: Walk, cout: int, kernel: int, has_bias: bool
+                    ) -> Site | None:
+    """Folding constant input channels: into the bias when no padding reaches them, else
+    into a border map (a constant subgraph runtimes fold at load, plus one Add)."""
+    out_shape = walk.shape(node.outputs[0])
+    if not _padded(node, walk.const(node.inputs[1]).shape[2:]):
+        return Site(node, "bias fold", Cost(params=0 if has_bias else cout))
+    if not walk.spatial_fixed or out_shape is None:
+        return None
+    return Site(node, "border fold", Cost(params=cout * kernel + 4,
+                                          flops=float(np.prod(out_shape)), nodes=1))
 
 
 def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
@@ -117,18 +136,21 @@ def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
     deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
     if deleted_out.size == 0 and deleted_in.size == 0:
         return
-    weights = rw.const(node.inputs[1])
+    original = rw.const(node.inputs[1])
     groups = attr_int(node, "group", 1)
-    cout, cin_g = weights.shape[:2]
+    cout, cin_g = original.shape[:2]
     if groups > 1 and cin_g == 1:  # depthwise: one row (per multiplier) per channel
-        weights = delete_positions(weights, {0: deleted_out})
+        weights = delete_positions(original, {0: deleted_out})
         rw.set_attr_int(node, "group", groups - deleted_in.size)
     elif groups == 1:
-        weights = delete_positions(weights, {0: deleted_out, 1: deleted_in})
+        weights = delete_positions(original, {0: deleted_out, 1: deleted_in})
     else:
-        weights = _cut_groups(weights, groups, deleted_out, deleted_in, node, rw)
+        weights = _cut_groups(original, groups, deleted_out, deleted_in, node, rw)
     rw.set_const(node, 1, weights)
     _rewrite_bias(node, rw, 2, deleted_out, axis=0)
+    if not (groups > 1 and cin_g == 1):
+        fold_into_conv(node, rw, original, groups, _padded(node, original.shape[2:]),
+                       deleted_in, deleted_out)
 
 
 def _cut_groups(weights: np.ndarray, groups: int, deleted_out: np.ndarray,
@@ -215,9 +237,11 @@ rule("ConvTranspose", rewrite=rewrite_conv_transpose)(analyse_conv_transpose)
 # -- Gemm and MatMul ----------------------------------------------------------------------
 
 def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndarray,
-            out: ChannelInfo, bias_known: np.ndarray, bias: np.ndarray, alpha: float) -> None:
+            out: ChannelInfo, bias_known: np.ndarray, bias: np.ndarray, alpha: float,
+            site: Site) -> None:
     """out[n] <- bias[n] + alpha * sum_k W[n, k] * in[k], a channel being a block of k's."""
     n_out = w_nk.shape[0]
+    walk.charge(out.ids, params=w_nk.shape[1])
     if source is None:
         nz_rows = (w_nk != 0).any(axis=1)
         out.set_values(bias_known & ~nz_rows, bias)
@@ -228,7 +252,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
         blocks = w_nk[:, source.positions]
     nz = (blocks != 0).any(axis=-1)
     wsum = blocks.sum(axis=-1, dtype=np.float32) * np.float32(alpha)
-    walk.reader(source, out, nz)
+    walk.charge(source.ids, params=n_out * source.block, flops=node_flops(node) / source.n)
+    walk.reader(source, out, nz, site)
     known, const = _row_values(nz[None], wsum[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias)
     out.set_values(known & bias_known, const)
@@ -256,18 +281,21 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
             walk.pin(walk.info(c), node, "Gemm with a computed C")
         walk.pin(out, node, "Gemm with a computed C")
         bias_known, bias = np.zeros(out.n, bool), np.zeros(out.n, np.float32)
-    _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0))
+    has_bias = c is not None and walk.const(c) is not None and walk.const(c).shape[-1:] == (out.n,)
+    site = Site(node, "bias fold", Cost(params=0 if has_bias else out.n))
+    _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0), site)
 
 
 def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
     deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
     if deleted_out.size == 0 and deleted_in.size == 0:
         return
-    weights = rw.const(node.inputs[1])
+    original = rw.const(node.inputs[1])
     out_axis, in_axis = (0, 1) if attr_int(node, "transB", 0) else (1, 0)
-    weights = delete_positions(weights, {out_axis: deleted_out, in_axis: deleted_in})
+    weights = delete_positions(original, {out_axis: deleted_out, in_axis: deleted_in})
     rw.set_const(node, 1, weights)
     _rewrite_bias(node, rw, 2, deleted_out, axis=-1)
+    fold_into_gemm(node, rw, original if out_axis == 0 else original.T, deleted_in, deleted_out)
 
 
 rule("Gemm", rewrite=rewrite_gemm)(analyse_gemm)
@@ -291,16 +319,18 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     out = walk.new(node.outputs[0], len(out_shape) - 1, weights.shape[1])
     source = _pinned_unless(walk, node, walk.info(a), len(a_shape) - 1)
     zeros = np.zeros(out.n, np.float32)
-    _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0)
+    site = Site(node, "bias fold", Cost(params=out.n, flops=float(np.prod(out_shape)), nodes=1))
+    _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
 def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
     deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
     if deleted_out.size == 0 and deleted_in.size == 0:
         return
-    weights = rw.const(node.inputs[1])
-    weights = delete_positions(weights, {-1: deleted_out, -2: deleted_in})
+    original = rw.const(node.inputs[1])
+    weights = delete_positions(original, {-1: deleted_out, -2: deleted_in})
     rw.set_const(node, 1, weights)
+    fold_into_matmul(node, rw, _matrix(original), deleted_in, deleted_out)
 
 
 rule("MatMul", rewrite=rewrite_matmul)(analyse_matmul)

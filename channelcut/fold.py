@@ -1,0 +1,118 @@
+"""Rewrites of the full cut: fold cut constant channels into their readers, and reinsert an
+operand's cut constant channels where an op still needs them (one-sided residual cuts).
+
+Each works from the analysis' facts (the channel's known constant at that tensor) and keeps
+the model numerically the same: a reader's output gains exactly the contribution the cut
+channel made, computed in float64 and stored in the weights' dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.cut import Rewrite
+from channelcut.graph import attr_float, input_at
+
+_CONV_GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
+
+
+def folded_inputs(rw: Rewrite, value: ir.Value, deleted: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Of the positions cut from `value`, those holding a non-zero constant, and the constants."""
+    info = rw.info(value)
+    if info is None or deleted.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    known = info.by_position(info.known)[deleted]
+    const = info.by_position(info.const)[deleted].astype(np.float64)
+    keep = known & (const != 0)
+    return deleted[keep], const[keep]
+
+
+def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
+                   padded: bool, deleted_in: np.ndarray, deleted_out: np.ndarray) -> None:
+    """out[o] += sum_c v_c * (W[o, c] applied to a plane of ones): into the bias when no
+    padding reaches the input, else as a border map Conv(ones, U) added to the output."""
+    positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
+    if positions.size == 0:
+        return
+    cout, cin_g = weights.shape[:2]
+    in_group = (np.arange(cout) // (cout // groups))[:, None] == (positions // cin_g)[None, :]
+    coeff = np.where(in_group, values[None, :], 0.0)
+    folded = np.einsum("of...,of->o...", weights[:, positions % cin_g].astype(np.float64), coeff)
+    folded = np.delete(folded, deleted_out, axis=0)
+    if not padded:
+        add_to_bias(node, rw, 2, folded.reshape(folded.shape[0], -1).sum(axis=1))
+        return
+    spatial = rw.shape(node.inputs[0])[2:]
+    shape = rw.new_const(f"{node.name or 'conv'}_ones_shape", np.array([1, 1, *spatial], np.int64))
+    ones = rw.add_node(node, "ConstantOfShape", [shape],
+                       {"value": np.ones(1, dtype=weights.dtype)})
+    kernel = rw.new_const(f"{node.name or 'conv'}_border", folded[:, None].astype(weights.dtype))
+    geometry = {k: node.attributes[k] for k in _CONV_GEOMETRY if k in node.attributes}
+    border = rw.add_node(node, "Conv", [ones, kernel], geometry)
+    rw.append_after(node.outputs[0], "Add", [border])
+
+
+def add_to_bias(node: ir.Node, rw: Rewrite, index: int, delta: np.ndarray) -> None:
+    """bias += delta (creating the bias input when the node has none)."""
+    bias = rw.const(input_at(node, index))
+    dtype = rw.const(node.inputs[1]).dtype
+    new = delta if bias is None else bias.astype(np.float64) + delta
+    rw.set_const(node, index, np.asarray(new, dtype=dtype))
+
+
+def fold_into_gemm(node: ir.Node, rw: Rewrite, w_nk: np.ndarray, deleted_in: np.ndarray,
+                   deleted_out: np.ndarray) -> None:
+    """C += alpha / beta * sum_k W[n, k] v_k (C created, or beta set to 1, when needed)."""
+    positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
+    if positions.size == 0:
+        return
+    delta = attr_float(node, "alpha", 1.0) * (w_nk[:, positions].astype(np.float64) @ values)
+    delta = np.delete(delta, deleted_out)
+    beta = attr_float(node, "beta", 1.0)
+    if input_at(node, 2) is None or beta == 0:
+        node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        rw.set_const(node, 2, delta.astype(w_nk.dtype))
+    else:
+        add_to_bias(node, rw, 2, delta / beta)
+
+
+def fold_into_matmul(node: ir.Node, rw: Rewrite, weights: np.ndarray, deleted_in: np.ndarray,
+                     deleted_out: np.ndarray) -> None:
+    """out[..., n] += sum_k v_k B[k, n], as an Add after the MatMul."""
+    positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
+    if positions.size == 0:
+        return
+    delta = np.delete(values @ weights[positions].astype(np.float64), deleted_out)
+    constant = rw.new_const(f"{node.name or 'matmul'}_folded", delta.astype(weights.dtype))
+    rw.append_after(node.outputs[0], "Add", [constant])
+
+
+def reinsert(node: ir.Node, index: int, rw: Rewrite, needed: np.ndarray) -> None:
+    """Give input `index` back the constant channels at positions `needed` that the cut took
+    from it but the node still computes with: Pad zeros at the end of the channel axis, Gather
+    every position into place, then Add the constants (when any is non-zero)."""
+    operand = node.inputs[index]
+    info = rw.info(operand)
+    deleted = rw.deleted(operand)
+    axis, rank = info.axis, len(rw.shape(operand))
+    present = np.setdiff1d(np.arange(info.size), deleted)
+    wanted = np.union1d(present, needed)  # the positions the node reads, in order
+    slot = np.empty(info.size, np.int64)
+    slot[present] = np.arange(present.size)
+    slot[needed] = present.size + np.arange(needed.size)
+    stem = f"{node.name or node.op_type}_in{index}"
+    pads = np.zeros(2 * rank, np.int64)
+    pads[rank + axis] = needed.size
+    padded = rw.add_node(node, "Pad", [operand, rw.new_const(f"{stem}_pads", pads)])
+    full = rw.add_node(node, "Gather", [padded, rw.new_const(f"{stem}_order", slot[wanted])],
+                       {"axis": axis})
+    values = info.by_position(info.const)[wanted] * np.isin(wanted, needed)
+    if np.any(values != 0):
+        dtype = operand.dtype.numpy() if operand.dtype is not None else np.float32
+        shape = [1] * rank
+        shape[axis] = wanted.size
+        constants = rw.new_const(f"{stem}_constants", values.astype(dtype).reshape(shape))
+        full = rw.add_node(node, "Add", [full, constants])
+    node.replace_input_with(index, full)
