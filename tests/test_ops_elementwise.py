@@ -1,0 +1,289 @@
+"""Elementwise rules: channels line up through the op, and per-channel constants propagate
+through it (in float32, as ONNX Runtime computes them) to decide what is cut.
+
+Most tests use one shape: x[1,4,4,8] -> Conv conv_h (8 channels) -> the op under test -> m ->
+Conv conv_y (6 channels). A conv_h row of zeros makes its channel the constant bias[c]; the
+op decides whether that constant is zero (cut: conv_h loses a row, conv_y a column) or not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from builders import assert_cut, blockers, conv, initializer, model, node, rand, weights
+
+C = 8
+X_SHAPE = (1, 4, 4, 8)
+ZERO_ROW = 2  # the conv_h channel whose weights are all zero
+
+
+def conv_op_conv(ops: list[onnx.NodeProto], *, biases: dict[int, float] | None = None,
+                 zero_rows: tuple[int, ...] = (ZERO_ROW,), inits: dict | None = None,
+                 inputs: dict | None = None, unread: tuple[int, ...] = (),
+                 opset: int = 18) -> onnx.ModelProto:
+    """x -> conv_h (zero rows, chosen biases) -> ops (h in, m out) -> conv_y -> y; conv_y has
+    zero weights for the `unread` channels of m."""
+    bias = rand(C, seed=3, low=0.5, high=1.0)
+    for channel, value in (biases or {}).items():
+        bias[channel] = value
+    return model(
+        [conv("x", "w1", "h", "b1"), *ops, conv("m", "w2", "y")],
+        inputs={"x": X_SHAPE, **(inputs or {})}, outputs=["y"],
+        inits={"w1": weights(C, 4, 1, 1, zero_rows=zero_rows), "b1": bias,
+               "w2": weights(6, C, 1, 1, zero_cols=unread, seed=5), **(inits or {})},
+        opset=opset)
+
+
+def cut_channels(n: int) -> dict[str, tuple[int, int]]:
+    """kept channels when n of conv_h's channels go: conv_h (in, out), conv_y (in, out)."""
+    return {"conv_h": (4, C - n), "conv_y": (C - n, 6)} if n else {}
+
+
+def per_channel(values: dict[int, float], default: float = 1.0, shape=(1, C, 1, 1)) -> np.ndarray:
+    """A per-channel constant broadcast over [N, C, H, W]: `default` except at `values`."""
+    array = np.full(C, default, np.float32)
+    for channel, value in values.items():
+        array[channel] = value
+    return array.reshape(shape)
+
+
+# --- activations -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias, cut", [(-1.0, True), (0.0, True), (0.5, False)])
+def test_relu_of_zero_row_is_cut_iff_bias_is_not_positive(bias, cut):
+    m = conv_op_conv([node("Relu", ["h"], ["m"])], biases={ZERO_ROW: bias})
+    assert_cut(m, cut_channels(1 if cut else 0))
+
+
+def test_relu_cuts_each_non_positive_channel_in_one_group_each():
+    m = conv_op_conv([node("Relu", ["h"], ["m"])], zero_rows=(1, 4, 6),
+                     biases={1: -0.25, 4: 0.0, 6: 0.75})
+    assert_cut(m, cut_channels(2), groups=2)
+
+
+@pytest.mark.parametrize("op, attrs, bias, cut", [
+    ("LeakyRelu", {"alpha": 0.1}, -1.0, False),  # -0.1 is not zero
+    ("LeakyRelu", {"alpha": 0.1}, 0.0, True),
+    ("Sigmoid", {}, 0.0, False),  # 0.5
+    ("Sigmoid", {}, -1.0, False),
+    ("HardSwish", {}, 0.0, True),
+    ("HardSwish", {}, -3.5, True),  # below -3 HardSwish is exactly 0
+    ("HardSwish", {}, -1.0, False),
+    ("Tanh", {}, 0.0, True),
+    ("Tanh", {}, -1.0, False),
+    ("Elu", {}, 0.0, True),
+    ("Erf", {}, 0.0, True),
+    ("Softplus", {}, 0.0, False),  # log(2)
+    ("Neg", {}, 0.0, True),
+    ("Abs", {}, -1.0, False),
+    ("Identity", {}, 0.0, True),
+])
+def test_unary_op_value_of_the_constant_decides(op, attrs, bias, cut):
+    m = conv_op_conv([node(op, ["h"], ["m"], **attrs)], biases={ZERO_ROW: bias})
+    assert_cut(m, cut_channels(1 if cut else 0))
+
+
+@pytest.mark.parametrize("approximate, bias, cut", [
+    ("none", 0.0, True), ("tanh", 0.0, True), ("none", -1.0, False),
+])
+def test_gelu(approximate, bias, cut):
+    m = conv_op_conv([node("Gelu", ["h"], ["m"], approximate=approximate)],
+                     biases={ZERO_ROW: bias}, opset=20)
+    assert_cut(m, cut_channels(1 if cut else 0))
+
+
+def test_sigmoid_half_minus_half_is_zero_and_cut():
+    # Sigmoid(0) = 0.5 exactly in float32; a per-channel constant of 0.5 cancels it.
+    m = conv_op_conv([node("Sigmoid", ["h"], ["s"]), node("Sub", ["s", "half"], ["m"])],
+                     biases={ZERO_ROW: 0.0}, inits={"half": per_channel({}, 0.5)})
+    result = assert_cut(m, cut_channels(1))
+    assert initializer(result.model, "half").shape == (1, C - 1, 1, 1)
+
+
+# --- Clip --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias, cut", [(-1.0, True), (0.0, True), (2.0, False)])
+def test_clip_bounds_as_inputs(bias, cut):
+    m = conv_op_conv([node("Clip", ["h", "lo", "hi"], ["m"])], biases={ZERO_ROW: bias},
+                     inits={"lo": np.float32(0), "hi": np.float32(6)})
+    assert_cut(m, cut_channels(1 if cut else 0))
+
+
+@pytest.mark.parametrize("bias, cut", [(-1.0, True), (2.0, False)])
+def test_clip_bounds_as_attributes_opset_6(bias, cut):
+    m = conv_op_conv([node("Clip", ["h"], ["m"], min=0.0, max=6.0)], biases={ZERO_ROW: bias},
+                     opset=6)
+    assert_cut(m, cut_channels(1 if cut else 0))
+
+
+def test_clip_with_omitted_min_keeps_a_negative_constant():
+    m = conv_op_conv([node("Clip", ["h", "", "hi"], ["m"])], biases={ZERO_ROW: -1.0},
+                     inits={"hi": np.float32(6)})
+    assert_cut(m, {})
+
+
+def test_clip_with_computed_bound_carries_channels_but_no_values():
+    # The bound comes from a graph input: a zero channel clipped to [lo, 6] may be lo.
+    m = conv_op_conv([node("Clip", ["h", "lo", "hi"], ["m"])], biases={ZERO_ROW: 0.0},
+                     inits={"hi": np.float32(6)}, inputs={"lo": ()})
+    assert_cut(m, {})
+
+
+# --- broadcasting ops with constant operands ---------------------------------------------------
+
+def test_add_of_constant_that_cancels_the_bias_is_zero_and_the_constant_is_sliced():
+    bias = 0.375
+    m = conv_op_conv([node("Add", ["h", "s"], ["m"])], biases={ZERO_ROW: bias},
+                     inits={"s": per_channel({ZERO_ROW: -bias}, 0.25)})
+    result = assert_cut(m, cut_channels(1))
+    s = initializer(result.model, "s")
+    assert s.shape == (1, C - 1, 1, 1)
+    assert not np.any(s == -bias)  # the cancelling entry is the one that went
+    assert {c.name: (c.src_size, c.pruned_size) for c in result.report.const_changes}["s"] == \
+        (C * 4, (C - 1) * 4)
+
+
+def test_add_of_constant_that_does_not_cancel_keeps_the_channel():
+    m = conv_op_conv([node("Add", ["h", "s"], ["m"])], biases={ZERO_ROW: 0.375},
+                     inits={"s": per_channel({ZERO_ROW: 0.375}, 0.25)})
+    assert_cut(m, {})
+
+
+def test_add_of_scalar_constant_shifts_every_channel_and_is_not_sliced():
+    m = conv_op_conv([node("Add", ["h", "s"], ["m"])], zero_rows=(1, 5),
+                     biases={1: 1.5, 5: 2.0}, inits={"s": np.array([-1.5], np.float32)})
+    result = assert_cut(m, cut_channels(1))
+    assert initializer(result.model, "s").shape == (1,)
+
+
+def test_sub_of_equal_constant_is_zero_in_either_order():
+    bias = 0.625
+    s = per_channel({ZERO_ROW: bias}, 3.0)
+    for order in (["h", "s"], ["s", "h"]):
+        m = conv_op_conv([node("Sub", order, ["m"])], biases={ZERO_ROW: bias}, inits={"s": s})
+        result = assert_cut(m, cut_channels(1))
+        assert initializer(result.model, "s").shape == (1, C - 1, 1, 1)
+
+
+def test_mul_by_a_zero_constant_channel_cuts_a_live_channel():
+    # conv_h channel 3 has non-zero weights, but Mul makes it 0.
+    m = conv_op_conv([node("Mul", ["h", "s"], ["m"])], zero_rows=(),
+                     inits={"s": per_channel({3: 0.0}, 2.0)})
+    result = assert_cut(m, cut_channels(1))
+    assert initializer(result.model, "s").shape == (1, C - 1, 1, 1)
+
+
+def test_mul_of_a_zero_channel_by_a_constant_is_zero():
+    m = conv_op_conv([node("Mul", ["h", "s"], ["m"])], biases={ZERO_ROW: 0.0},
+                     inits={"s": per_channel({}, 2.0, shape=(C, 1, 1))})
+    result = assert_cut(m, cut_channels(1))
+    assert initializer(result.model, "s").shape == (C - 1, 1, 1)
+
+
+def test_mul_of_two_branches_is_zero_where_either_is_and_couples_both():
+    # h has zero channel 2, g zero channel 6 (bias 0); the product loses both; conv_h and conv_g
+    # lose the same two rows because Mul couples their channels.
+    m = model(
+        [conv("x", "w1", "h", "b1"), conv("x", "wg", "g", "bg"), node("Mul", ["h", "g"], ["m"]),
+         conv("m", "w2", "y")],
+        inputs={"x": X_SHAPE}, outputs=["y"],
+        inits={"w1": weights(C, 4, 1, 1, zero_rows=[2]), "b1": per_channel({2: 0.0}, 0.5, (C,)),
+               "wg": weights(C, 4, 1, 1, zero_rows=[6], seed=7),
+               "bg": per_channel({6: 0.0}, -0.5, (C,)), "w2": weights(6, C, 1, 1, seed=5)})
+    assert_cut(m, {"conv_h": (4, 6), "conv_g": (4, 6), "conv_y": (6, 6)}, groups=2)
+
+
+def test_div_of_a_zero_channel_by_a_constant_is_zero():
+    m = conv_op_conv([node("Div", ["h", "d"], ["m"])], biases={ZERO_ROW: 0.0},
+                     inits={"d": per_channel({ZERO_ROW: 4.0}, 2.0)})
+    result = assert_cut(m, cut_channels(1))
+    assert initializer(result.model, "d").shape == (1, C - 1, 1, 1)
+
+
+def test_div_of_a_constant_channel_is_kept():
+    m = conv_op_conv([node("Div", ["h", "d"], ["m"])], biases={ZERO_ROW: 1.0},
+                     inits={"d": per_channel({}, 2.0)})
+    assert_cut(m, {})
+
+
+@pytest.mark.parametrize("op, const, bias, cut", [
+    ("Max", 0.0, -1.0, True),  # Max(-1, 0) = 0
+    ("Max", 0.0, 1.0, False),
+    ("Min", 0.0, 1.0, True),
+    ("Min", 0.0, -1.0, False),
+    ("Pow", 2.0, 0.0, True),
+    ("Pow", 0.0, 0.0, False),  # 0 ** 0 = 1
+])
+def test_max_min_pow_with_a_scalar_constant(op, const, bias, cut):
+    m = conv_op_conv([node(op, ["h", "c"], ["m"])], biases={ZERO_ROW: bias},
+                     inits={"c": np.array(const, np.float32)})
+    assert_cut(m, cut_channels(1 if cut else 0))
+
+
+def test_prelu_slope_decides_and_is_sliced():
+    # Channels 2 and 5 are the constant -1; slope 0 makes channel 2 zero, slope 0.25 keeps 5.
+    slope = per_channel({2: 0.0}, 0.25, shape=(C, 1, 1))
+    m = conv_op_conv([node("PRelu", ["h", "slope"], ["m"])], zero_rows=(2, 5),
+                     biases={2: -1.0, 5: -1.0}, inits={"slope": slope})
+    result = assert_cut(m, cut_channels(1))
+    kept_slope = initializer(result.model, "slope")
+    assert kept_slope.shape == (C - 1, 1, 1)
+    assert np.all(kept_slope == 0.25)
+
+
+# --- Cast --------------------------------------------------------------------------------------
+
+def test_cast_through_float16_is_transparent():
+    m = conv_op_conv([node("Cast", ["h"], ["h16"], to=TensorProto.FLOAT16),
+                      node("Cast", ["h16"], ["m"], to=TensorProto.FLOAT)],
+                     biases={ZERO_ROW: 0.0})
+    assert_cut(m, cut_channels(1))
+
+
+def test_cast_to_float16_rounds_a_tiny_constant_to_zero():
+    # 1e-8 is below float16's smallest subnormal: the runtime's value is exactly 0.
+    m = conv_op_conv([node("Cast", ["h"], ["h16"], to=TensorProto.FLOAT16),
+                      node("Cast", ["h16"], ["m"], to=TensorProto.FLOAT)],
+                     biases={ZERO_ROW: 1e-8})
+    assert_cut(m, cut_channels(1))
+
+
+def test_cast_to_int_is_a_barrier():
+    m = conv_op_conv([node("Cast", ["h"], ["hi"], to=TensorProto.INT32),
+                      node("Cast", ["hi"], ["m"], to=TensorProto.FLOAT)],
+                     biases={ZERO_ROW: 0.0})
+    result = assert_cut(m, {})
+    assert blockers(result, "Cast")
+
+
+# --- operands that are not constants ------------------------------------------------------------
+
+def test_graph_input_operand_with_full_channel_axis_pins_the_group():
+    # conv_y ignores channel 2 of m = h + z, so only z (which cannot lose channels) keeps it.
+    m = conv_op_conv([node("Add", ["h", "z"], ["m"])], unread=(ZERO_ROW,),
+                     inputs={"z": X_SHAPE[:1] + (C,) + X_SHAPE[2:]})
+    result = assert_cut(m, {})
+    (blocker,) = blockers(result)
+    assert (blocker.op_type, blocker.channels) == ("Add", 1)
+
+
+def test_unread_channel_of_a_sum_with_a_broadcast_graph_input_is_cut():
+    m = conv_op_conv([node("Add", ["h", "z"], ["m"])], unread=(ZERO_ROW,),
+                     inputs={"z": (1, 1, 4, 8)})
+    assert_cut(m, cut_channels(1))
+
+
+def test_graph_input_operand_broadcast_over_channels_does_not_pin():
+    # z[1,1,4,8] is the same for every channel: zero * z is still zero, and nothing to slice.
+    m = conv_op_conv([node("Mul", ["h", "z"], ["m"])], biases={ZERO_ROW: 0.0},
+                     inputs={"z": (1, 1, 4, 8)})
+    assert_cut(m, cut_channels(1))
+
+
+def test_graph_input_operand_broadcast_over_channels_makes_values_unknown():
+    m = conv_op_conv([node("Add", ["h", "z"], ["m"])], biases={ZERO_ROW: 0.0},
+                     inputs={"z": (1, 1, 4, 8)})
+    assert_cut(m, {})
