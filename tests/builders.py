@@ -49,6 +49,14 @@ def weights(*shape: int, zero_rows: Iterable[int] = (), zero_cols: Iterable[int]
     return w
 
 
+def bias(n: int, at: Mapping[int, float] | None = None, seed: int = SEED) -> np.ndarray:
+    """Seeded random bias of length `n` with the entries in `at` set ({channel: value})."""
+    b = rand(n, seed=seed + 7)
+    for index, value in (at or {}).items():
+        b[index] = value
+    return b
+
+
 # --- nodes -------------------------------------------------------------------------------------
 
 def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str | None = None,
@@ -177,6 +185,11 @@ def initializer(m: onnx.ModelProto, name: str) -> np.ndarray:
 
 def find_node(m: onnx.ModelProto, name: str) -> onnx.NodeProto:
     return next(n for n in m.graph.node if n.name == name)
+
+
+def const_input(m: onnx.ModelProto, node_name: str, index: int = 1) -> np.ndarray:
+    """The initializer the named node reads as input `index` (1: a Conv's or Gemm's weights)."""
+    return initializer(m, find_node(m, node_name).input[index])
 
 
 def attribute(m: onnx.ModelProto, node_name: str, attr: str, default=None):
