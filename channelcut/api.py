@@ -42,7 +42,7 @@ def cut(
     input_shapes: dict[str, list[int] | tuple[int, ...]] | None = None,
     verify: bool = True,
     threshold: float = 0.9999,
-    fold: bool = False,
+    fold: bool = True,
     objective: str = "flops",
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.

@@ -23,6 +23,7 @@ from channelcut.errors import ChannelcutError, VerificationError
 from channelcut.io import check_paths, save_model, write_atomic
 from channelcut.render import plain_lines, print_report
 from channelcut.report import Report
+from channelcut.solve import OBJECTIVES
 from channelcut.verify import parse_input_shape
 
 EXIT_OK = 0
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     cut.add_argument("input", type=Path, metavar="IN.onnx")
     cut.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
     _add_input_shape(cut)
+    _add_mode(cut)
     cut.add_argument("--no-verify", action="store_true",
                      help="skip the ONNX Runtime comparison of original and cut model")
     cut.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="COSINE",
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print what would be cut; write nothing")
     inspect.add_argument("input", type=Path, metavar="IN.onnx")
     _add_input_shape(inspect)
+    _add_mode(inspect)
     inspect.set_defaults(handler=_inspect)
 
     demo = commands.add_parser("demo", help="run the pruning demo (needs the torch extra)")
@@ -107,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("device_id", nargs="?", help="device ID, as in the RKNN demo")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_mode(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zero-only", action="store_true",
+                        help="cut only zero or unread channels, as RKNN-Toolkit's "
+                             "model_pruning does (default: also fold constant channels into "
+                             "their readers and cut one side of residual Adds)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="flops",
+                        help="what a fold or reinsertion must reduce to be made (default "
+                             "flops); none ever grows the weights")
 
 
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +140,8 @@ def _cut(args: argparse.Namespace) -> int:
     from channelcut.api import cut  # noqa: PLC0415 - keeps `channelcut --help` fast
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape),
-                 verify=not args.no_verify, threshold=args.threshold)
+                 verify=not args.no_verify, threshold=args.threshold,
+                 fold=not args.zero_only, objective=args.objective)
     save_model(result.model, args.output)
     if args.report_json is not None:
         text = json.dumps(_json_safe(result.report.to_dict()), indent=2) + "\n"
@@ -141,7 +155,8 @@ def _cut(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from channelcut.api import cut  # noqa: PLC0415
 
-    result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False)
+    result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False,
+                 fold=not args.zero_only, objective=args.objective)
     _show(result.report, None)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK

@@ -17,6 +17,7 @@ SECTION_TITLES = {
     "consts": "const change detail",
     "summary": "summary",
     "layers": "channels per layer (kept/original)",
+    "sites": "folded and reinserted constants (what each adds, what the channels it frees save)",
     "blockers": "blockers (channels kept only because of these)",
     "checks": "verification",
 }
@@ -28,6 +29,8 @@ def plain_lines(report: Report, *, threshold: float | None = None) -> list[str]:
     lines += [SECTION_TITLES["summary"], *summary_lines(report), _removed_line(report), ""]
     lines.append(SECTION_TITLES["layers"])
     lines += _columns(["node", "op_type", "in_channels", "out_channels"], _layer_rows(report))
+    lines += ["", SECTION_TITLES["sites"]]
+    lines += _columns(SITE_HEADER, _site_rows(report))
     lines += ["", SECTION_TITLES["blockers"]]
     lines += _columns(["op_type", "node", "channels", "reason"], _blocker_rows(report))
     lines += ["", _checks_title(report, threshold)]
@@ -49,6 +52,8 @@ def print_report(report: Report, console: Console, *, threshold: float | None = 
     console.print()
     _print_section(console, SECTION_TITLES["layers"],
                    ["node", "op_type", "in_channels", "out_channels"], _layer_rows(report))
+    _print_section(console, SECTION_TITLES["sites"], SITE_HEADER, _site_rows(report),
+                   numeric_from=3)
     _print_section(console, SECTION_TITLES["blockers"],
                    ["op_type", "node", "channels", "reason"], _blocker_rows(report))
     if report.checks:
@@ -75,6 +80,15 @@ def _checks_title(report: Report, threshold: float | None) -> str:
 def _layer_rows(report: Report) -> list[list[str]]:
     return [[layer.node, layer.op_type, _kept(layer.in_channels), _kept(layer.out_channels)]
             for layer in report.layers]
+
+
+SITE_HEADER = ["node", "op_type", "kind", "groups", "added params", "added FLOPs",
+               "saved params", "saved FLOPs"]
+
+
+def _site_rows(report: Report) -> list[list[str]]:
+    return [[u.node, u.op_type, u.kind, str(u.groups), str(u.added_params), str(u.added_flops),
+             str(u.saved_params), str(u.saved_flops)] for u in report.sites]
 
 
 def _blocker_rows(report: Report) -> list[list[str]]:

@@ -170,7 +170,8 @@ class RKNN:
             from channelcut.api import cut  # noqa: PLC0415 - keeps `import rknn` light
             from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
 
-            result = cut(self._loaded, input_shapes=_input_shapes(self._loaded))
+            # fold=False: RKNN-Toolkit's model_pruning removes only zero or unread channels.
+            result = cut(self._loaded, input_shapes=_input_shapes(self._loaded), fold=False)
             core, channel_map = result.model, result.channel_map
             self._log.info("Pruning: const change detail")
             for line in const_change_lines(result.report) + summary_lines(result.report):
