@@ -4,6 +4,7 @@ through it (in float32, as ONNX Runtime computes them) to decide what is cut.
 Most tests use one shape: x[1,4,4,8] -> Conv conv_h (8 channels) -> the op under test -> m ->
 Conv conv_y (6 channels). A conv_h row of zeros makes its channel the constant bias[c]; the
 op decides whether that constant is zero (cut: conv_h loses a row, conv_y a column) or not.
+These are zero-only cuts (assert_cut's default mode): a non-zero constant channel is kept.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from builders import assert_cut, blockers, conv, initializer, model, node, rand, weights
+from builders import assert_cut, bias, blockers, conv, initializer, model, node, weights
 
 C = 8
 X_SHAPE = (1, 4, 4, 8)
@@ -26,13 +27,10 @@ def conv_op_conv(ops: list[onnx.NodeProto], *, biases: dict[int, float] | None =
                  opset: int = 18) -> onnx.ModelProto:
     """x -> conv_h (zero rows, chosen biases) -> ops (h in, m out) -> conv_y -> y; conv_y has
     zero weights for the `unread` channels of m."""
-    bias = rand(C, seed=3, low=0.5, high=1.0)
-    for channel, value in (biases or {}).items():
-        bias[channel] = value
     return model(
         [conv("x", "w1", "h", "b1"), *ops, conv("m", "w2", "y")],
         inputs={"x": X_SHAPE, **(inputs or {})}, outputs=["y"],
-        inits={"w1": weights(C, 4, 1, 1, zero_rows=zero_rows), "b1": bias,
+        inits={"w1": weights(C, 4, 1, 1, zero_rows=zero_rows), "b1": bias(C, at=biases),
                "w2": weights(6, C, 1, 1, zero_cols=unread, seed=5), **(inits or {})},
         opset=opset)
 
@@ -135,13 +133,13 @@ def test_clip_with_computed_bound_carries_channels_but_no_values():
 # --- broadcasting ops with constant operands ---------------------------------------------------
 
 def test_add_of_constant_that_cancels_the_bias_is_zero_and_the_constant_is_sliced():
-    bias = 0.375
-    m = conv_op_conv([node("Add", ["h", "s"], ["m"])], biases={ZERO_ROW: bias},
-                     inits={"s": per_channel({ZERO_ROW: -bias}, 0.25)})
+    b = 0.375
+    m = conv_op_conv([node("Add", ["h", "s"], ["m"])], biases={ZERO_ROW: b},
+                     inits={"s": per_channel({ZERO_ROW: -b}, 0.25)})
     result = assert_cut(m, cut_channels(1))
     s = initializer(result.model, "s")
     assert s.shape == (1, C - 1, 1, 1)
-    assert not np.any(s == -bias)  # the cancelling entry is the one that went
+    assert not np.any(s == -b)  # the cancelling entry is the one that went
     assert {c.name: (c.src_size, c.pruned_size) for c in result.report.const_changes}["s"] == \
         (C * 4, (C - 1) * 4)
 
@@ -160,10 +158,10 @@ def test_add_of_scalar_constant_shifts_every_channel_and_is_not_sliced():
 
 
 def test_sub_of_equal_constant_is_zero_in_either_order():
-    bias = 0.625
-    s = per_channel({ZERO_ROW: bias}, 3.0)
+    b = 0.625
+    s = per_channel({ZERO_ROW: b}, 3.0)
     for order in (["h", "s"], ["s", "h"]):
-        m = conv_op_conv([node("Sub", order, ["m"])], biases={ZERO_ROW: bias}, inits={"s": s})
+        m = conv_op_conv([node("Sub", order, ["m"])], biases={ZERO_ROW: b}, inits={"s": s})
         result = assert_cut(m, cut_channels(1))
         assert initializer(result.model, "s").shape == (1, C - 1, 1, 1)
 
