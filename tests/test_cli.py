@@ -334,7 +334,9 @@ def test_cli_passes_options_to_cut(capsys, model_file, tmp_path, monkeypatch):
                            "--threshold", "0.99", "--input-shape", "x:2,3,8,8")
     assert code == cli.EXIT_USER_ERROR and err.strip() == "channelcut: error: stop here"
     assert seen == {"model": model_file, "input_shapes": {"x": [2, 3, 8, 8]}, "verify": False,
-                    "threshold": 0.99}
+                    "threshold": 0.99, "fold": True, "objective": "flops"}
+    run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params")
+    assert (seen["fold"], seen["objective"]) == (False, "params")
 
 
 def test_internal_error_is_reported_as_a_bug(capsys, model_file, tmp_path, monkeypatch):
@@ -411,7 +413,7 @@ def test_plain_report_sections():
 
 def test_plain_report_empty_sections():
     text = "\n".join(plain_lines(Report()))
-    assert text.count("(none)") == 2  # layers and blockers
+    assert text.count("(none)") == 3  # layers, folds and blockers
     assert text.endswith("verification: not run")
 
 
@@ -429,5 +431,5 @@ def test_rich_report_of_an_empty_cut():
     buffer = stdio.StringIO()
     print_report(Report(), Console(file=buffer, width=160, color_system=None))
     text = buffer.getvalue()
-    assert text.count("(none)") == 3  # consts, layers, blockers: no empty tables
+    assert text.count("(none)") == 4  # consts, layers, folds, blockers: no empty tables
     assert text.rstrip().endswith("verification: not run")
