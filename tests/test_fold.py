@@ -1,0 +1,173 @@
+"""The full cut: constant channels folded into their readers, one-sided residual cuts, and the
+cost model that decides which folds and reinsertions pay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import channelcut
+from builders import (assert_cut, bias, const_input, conv, gemm, model, node, rand, relu,
+                      weights)
+
+POSITIVE = {1: 0.7, 4: 0.3}  # zero-weight rows with these biases are constants after Relu
+
+
+def producer_then(reader_nodes, reader_inits, *, out="y", cin=3, mid=6, size=8):
+    """x -> Conv 1x1 (rows 1 and 4 all zero, positive bias) -> Relu -> `reader_nodes` -> out."""
+    inits = {"w1": weights(mid, cin, 1, 1, zero_rows=[1, 4]), "b1": bias(mid, POSITIVE),
+             **reader_inits}
+    nodes = [conv("x", "w1", "c1", "b1"), relu("c1", "r1"), *reader_nodes]
+    return model(nodes, {"x": [1, cin, size, size]}, [out], inits)
+
+
+def ops(m) -> list[str]:
+    return [n.op_type for n in m.graph.node]
+
+
+@pytest.mark.parametrize("objective", ["flops", "params", "latency"])
+def test_constant_into_unpadded_1x1_conv_goes_into_its_bias(objective):
+    m = producer_then([conv("r1", "w2", "y", "b2")],
+                      {"w2": weights(5, 6, 1, 1, seed=3), "b2": bias(5, seed=3)})
+    assert_cut(m, {}, mode="zero")  # zero-only: constants stay
+    result = channelcut.cut(m, objective=objective)
+    assert {layer.node: layer.out_channels for layer in result.report.layers}["conv_c1"] == (6, 4)
+    assert ops(result.model) == ["Conv", "Relu", "Conv"]  # no extra op: the bias absorbed it
+    assert [s.kind for s in result.report.sites] == ["bias fold"]
+    assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+
+
+def test_constant_into_padded_3x3_conv_becomes_a_border_map():
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)],
+                      {"w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [s.kind for s in result.report.sites] == ["border fold"]
+    # the map is a constant subgraph (runtimes fold it at load) plus one Add
+    assert sorted(ops(result.model)) == sorted(["Conv", "Relu", "Conv", "ConstantOfShape",
+                                                "Conv", "Add"])
+
+
+def test_constant_into_strided_dilated_padded_conv():
+    m = producer_then([node("Conv", ["r1", "w2"], ["y"], pads=[2, 1, 0, 2], strides=[2, 1],
+                            dilations=[1, 2])],
+                      {"w2": weights(5, 6, 3, 3, seed=3)}, size=9)
+    assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+
+
+def test_constant_into_gemm_after_flatten_goes_into_c():
+    m = producer_then([node("Flatten", ["r1"], ["f"], axis=1), gemm("f", "wg", "y", "bg")],
+                      {"wg": weights(6 * 16, 7, seed=5), "bg": bias(7, seed=5)}, size=4)
+    result = assert_cut(m, {"conv_c1": (3, 4), "gemm_y": (4 * 16, 7)}, mode="full")
+    assert const_input(result.model, "gemm_y", 1).shape == (4 * 16, 7)
+
+
+def test_constant_into_gemm_without_c_creates_one():
+    m = producer_then([node("GlobalAveragePool", ["r1"], ["p"]),
+                       node("Flatten", ["p"], ["f"], axis=1), gemm("f", "wg", "y", trans_b=1)],
+                      {"wg": weights(7, 6, seed=5)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "gemm_y": (4, 7)}, mode="full")
+    assert len(next(n for n in result.model.graph.node if n.name == "gemm_y").input) == 3
+
+
+def test_constant_into_matmul_adds_the_contribution():
+    d, hidden = 6, 10
+    w1, w2 = weights(d, hidden, zero_cols=[2, 7], seed=1), weights(hidden, d, seed=2)
+    b1 = bias(hidden, {2: 0.5, 7: -0.5}, seed=1)
+    m = model([node("MatMul", ["x", "w1"], ["h"]), node("Add", ["h", "b1"], ["hb"]),
+               node("Gelu", ["hb"], ["g"]), node("MatMul", ["g", "w2"], ["y"])],
+              {"x": [1, 4, d]}, ["y"], {"w1": w1, "b1": b1, "w2": w2}, opset=20)
+    assert_cut(m, {}, mode="zero")  # Gelu(0.5) and Gelu(-0.5) are not zero
+    assert_cut(m, {"matmul_h": (d, hidden - 2), "matmul_y": (hidden - 2, d)}, mode="full")
+
+
+def basic_block(zero_rows=(1, 4), channels=6, size=6):
+    """x -> conv a (3x3) -> relu -> conv b (3x3, rows zeroed, positive bias) -> Add x -> relu."""
+    c = channels
+    inits = {"wa": weights(c, c, 3, 3, seed=1), "ba": bias(c, seed=1),
+             "wb": weights(c, c, 3, 3, zero_rows=zero_rows, seed=2),
+             "bb": bias(c, {r: 0.25 for r in zero_rows}, seed=2)}
+    nodes = [conv("x", "wa", "a", "ba", pads=1), relu("a", "ra"),
+             conv("ra", "wb", "b", "bb", pads=1), node("Add", ["b", "x"], ["s"]),
+             relu("s", "y")]
+    return model(nodes, {"x": [1, c, size, size]}, ["y"], inits)
+
+
+def test_one_sided_residual_cut_in_a_basic_block():
+    m = basic_block()
+    assert_cut(m, {}, mode="zero")  # the skip path keeps the Add's channels alive
+    result = assert_cut(m, {"conv_b": (6, 4)}, mode="full")
+    assert [(s.node, s.kind) for s in result.report.sites] == [("add_s", "reinsert")]
+    assert {"Pad", "Gather"} <= set(ops(result.model))
+
+
+def test_one_sided_residual_cut_in_a_bottleneck_with_downsample():
+    c, mid, out = 4, 12, 8
+    inits = {"w1": weights(mid, c, 1, 1, seed=1), "b1": bias(mid, seed=1),
+             "w2": weights(mid, mid, 3, 3, seed=2), "b2": bias(mid, seed=2),
+             "w3": weights(out, mid, 1, 1, zero_rows=[0, 5, 6], seed=3),
+             "b3": bias(out, {0: 0.5, 5: -0.2, 6: 0.0}, seed=3),
+             "wd": weights(out, c, 1, 1, seed=4), "bd": bias(out, seed=4)}
+    nodes = [conv("x", "w1", "a", "b1"), relu("a", "ra"), conv("ra", "w2", "b", "b2", pads=1),
+             relu("b", "rb"), conv("rb", "w3", "c", "b3"), conv("x", "wd", "d", "bd"),
+             node("Add", ["c", "d"], ["s"]), relu("s", "y")]
+    m = model(nodes, {"x": [1, c, 6, 6]}, ["y"], inits)
+    result = assert_cut(m, {"conv_c": (mid, out - 3)}, mode="full")
+    assert [s.kind for s in result.report.sites] == ["reinsert"]
+
+
+def test_cost_model_declines_a_fold_that_would_grow_the_weights():
+    """Folding the one constant channel into a wide padded 3x3 conv needs a 16x3x3 border
+    kernel: more weights than cutting the channel saves (a 1-input producer row and 16x3x3
+    reader weights), so every objective keeps the channel."""
+    inits = {"w1": np.array([[[[0.0]]], [[[0.8]]]], np.float32), "b1": np.array([1.0, 0.1],
+                                                                             np.float32),
+             "w2": weights(16, 2, 3, 3, seed=3), "b2": bias(16, seed=3)}
+    m = model([conv("x", "w1", "c1", "b1"), relu("c1", "r1"), conv("r1", "w2", "y", "b2", pads=1)],
+              {"x": [1, 1, 8, 8]}, ["y"], inits)
+    for objective in ("flops", "params", "latency"):
+        result = channelcut.cut(m, objective=objective)
+        assert result.report.removed_groups == 0, objective
+        assert result.report.sites == []
+    # Without padding the same constant folds into the bias for free: it goes.
+    unpadded = model([conv("x", "w1", "c1", "b1"), relu("c1", "r1"), conv("r1", "w2", "y", "b2")],
+                     {"x": [1, 1, 8, 8]}, ["y"], inits)
+    assert_cut(unpadded, {"conv_c1": (1, 1), "conv_y": (1, 16)}, mode="full")
+
+
+def test_pays_compares_the_objective_and_never_grows_weights():
+    from channelcut.analysis import Cost
+    from channelcut.solve import pays
+
+    cheap_flops = Cost(params=10, flops=1000)
+    assert pays(Cost(params=20, flops=5000), cheap_flops, "flops")
+    assert not pays(Cost(params=5, flops=5000), cheap_flops, "flops")  # weights would grow
+    assert not pays(Cost(params=20, flops=500), cheap_flops, "flops")
+    assert pays(Cost(params=20, flops=500), cheap_flops, "params")
+    assert not pays(Cost(params=20, flops=5000), Cost(params=10, flops=10, nodes=1), "latency")
+
+
+def test_full_cut_never_grows_weights_on_a_random_residual_net():
+    rng = np.random.default_rng(7)
+    c = 8
+    inits, nodes, x = {}, [], "x"
+    for k in range(3):
+        rows = sorted(rng.choice(c, 3, replace=False).tolist())
+        inits[f"wa{k}"] = weights(c, c, 3, 3, zero_rows=rows[:1], seed=10 + k)
+        inits[f"ba{k}"] = bias(c, seed=10 + k)
+        inits[f"wb{k}"] = weights(c, c, 3, 3, zero_rows=rows, seed=20 + k)
+        inits[f"bb{k}"] = bias(c, seed=20 + k)
+        nodes += [conv(x, f"wa{k}", f"a{k}", f"ba{k}", pads=1), relu(f"a{k}", f"ra{k}"),
+                  conv(f"ra{k}", f"wb{k}", f"b{k}", f"bb{k}", pads=1),
+                  node("Add", [f"b{k}", x], [f"s{k}"]), relu(f"s{k}", f"x{k}")]
+        x = f"x{k}"
+    m = model(nodes, {"x": ["N", c, 6, 6]}, [x], inits)
+    result = channelcut.cut(m)
+    report = result.report
+    assert report.weight_bytes_after <= report.weight_bytes_before
+    assert report.flops_after < report.flops_before
+    assert min(check.cosine for check in report.checks) >= 0.99999
+    inputs = {"x": rand(2, c, 6, 6, seed=3)}  # another batch size than the one analysed
+    import onnxruntime as ort
+    want = ort.InferenceSession(m.SerializeToString()).run(None, inputs)[0]
+    got = ort.InferenceSession(result.model.SerializeToString()).run(None, inputs)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
