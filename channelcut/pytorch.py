@@ -96,8 +96,9 @@ def _check_shapes(input_shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]
         raise ChannelcutError(f"input shapes must be a non-empty list of shapes, {example}")
     shapes = []
     for shape in input_shapes:
-        if isinstance(shape, str | bytes) or not isinstance(shape, Sequence) or not shape or \
-                not all(isinstance(d, Integral) and not isinstance(d, bool) and d > 0 for d in shape):
+        is_list = isinstance(shape, Sequence) and not isinstance(shape, str | bytes)
+        if not is_list or not shape or not all(
+                isinstance(d, Integral) and not isinstance(d, bool) and d > 0 for d in shape):
             raise ChannelcutError(
                 f"input shape {shape!r} is not a list of positive integers, {example}"
             )

@@ -11,7 +11,7 @@ that says what to do; `inference` returns the list of outputs, or None after an 
 `eval_perf` returns its result dict, or None. Log lines start with `I ` (only with
 verbose=True), `W ` or `E ` (always) and go to stdout, and to `verbose_file` when given.
 
-_Preprocessing (config's mean_values, std_values, reorder_channel) becomes nodes in front of
+Preprocessing (config's mean_values, std_values, reorder_channel) becomes nodes in front of
 each model input, so `inference` takes raw pixels as RKNN does. Order: the channels are first
 reordered (out[c] = in[order[c]]), then the mean is subtracted and the result divided by std;
 mean and std are given in the order of the model's channels, i.e. after the reorder.
@@ -107,14 +107,15 @@ class RKNN:
         """Set preprocessing, the target platform(s) and pruning; used by the next `build`."""
         if target_platform is not None:
             _check_targets(target_platform, "target_platform")
-        self._preprocess_config = {
+        preprocess = {
             "mean_values": _per_input_numbers(mean_values, "mean_values"),
             "std_values": _per_input_numbers(std_values, "std_values"),
             "reorder_channel": _per_input_orders(reorder_channel),
         }
-        if any(0 in values for values in self._preprocess_config["std_values"] or []):
+        if any(0 in values for values in preprocess["std_values"] or []):
             raise ChannelcutError("std_values must not contain 0; the input is divided by them")
-        self._pruning = bool(model_pruning)
+        # Only a config that is valid as a whole replaces the previous one.
+        self._preprocess_config, self._pruning = preprocess, bool(model_pruning)
         if other:
             self._log.warn(f"config: the simulator does not use {', '.join(sorted(other))}; "
                            "ignored")
@@ -179,7 +180,7 @@ class RKNN:
         self._steps, self._core, self._channel_map = steps, core, channel_map
         self._reference = _with_preprocessing(self._loaded, steps)
         self._built = _with_preprocessing(core, steps)
-        self._sessions = {}
+        self._sessions, self._runtime_ready = {}, False  # a new model needs init_runtime again
         return 0
 
     @_reports_errors(FAILED)
@@ -198,7 +199,7 @@ class RKNN:
 
     @_reports_errors(FAILED)
     def load_rknn(self, path: str | Path) -> int:
-        """Read back a file written by export_rknn (an ONNX model), ready for init__"""
+        """Read back a file written by export_rknn (an ONNX model), ready for init_runtime."""
         try:
             model = io.load_model(path)
         except ChannelcutError as exc:
@@ -249,8 +250,8 @@ class RKNN:
             self._log.warn(f"inference: the simulator does not use "
                            f"{', '.join(sorted(other))}; ignored")
         feeds = _feeds(self._built, inputs, data_format)
-        return _run(self._session_for(_pass_through_mask(inputs_pass_through,
-                                                                 len(feeds))), feeds)
+        mask = _pass_through_mask(inputs_pass_through, len(feeds))
+        return _run(self._session_for(mask), feeds)
 
     def _session_for(self, mask: tuple[int, ...]) -> Any:
         """The session with the preprocessing of the inputs in `mask` left out (cached)."""
@@ -378,7 +379,7 @@ def _per_input_orders(value: str | Sequence[str] | None) -> list[list[int]] | No
 
 
 def _preprocess_steps(model: onnx.ModelProto, config: dict[str, Any]) -> dict[str, _Preprocess]:
-    """One _Preprocess per model input from config's per-input lists (one list fits all)."""
+    """One preprocessing per model input from config's per-input lists (one list fits all)."""
     names = _input_names(model)
     steps = {}
     for key in ("mean_values", "std_values", "reorder_channel"):
@@ -403,7 +404,6 @@ def _pass_through_mask(value: Sequence[int] | None, count: int) -> tuple[int, ..
         raise ChannelcutError(f"inputs_pass_through must be a list of {count} values, 0 or 1 "
                               "(1: feed that input without the preprocessing)")
     return tuple(int(v) for v in value)
-
 
 
 # --- preprocessing as graph nodes ----------------------------------------------------------

@@ -176,6 +176,13 @@ def test_config_names_options_the_simulator_ignores(capsys):
                                 "quantized_dtype; ignored"]
 
 
+def test_a_rejected_config_changes_nothing(capsys):
+    rknn = RKNN(verbose=True)
+    assert rknn.config(model_pruning=True, std_values=[[0, 1, 1]]) == -1
+    assert rknn.load_pytorch(traced_module(), [SIZE]) == 0 and rknn.build() == 0
+    assert "I Pruning: const change detail" not in lines_of(capsys)
+
+
 # --- preprocessing folded into the model ---------------------------------------------------
 
 MEAN, STD = [10.0, 20.0, 30.0], [2.0, 4.0, 8.0]
@@ -184,8 +191,8 @@ MEAN, STD = [10.0, 20.0, 30.0], [2.0, 4.0, 8.0]
 def test_mean_std_and_reorder_become_nodes_at_the_input(image, tmp_path):
     rknn = running(model_pruning=True, mean_values=[MEAN], std_values=[STD],
                    reorder_channel="2 1 0")
-    normalised = (nchw(image)[:, [2, 1, 0]].astype(np.float32)
-                  - np.array(MEAN, np.float32)[:, None, None]) / np.array(STD, np.float32)[:, None, None]
+    mean, std = (np.array(v, np.float32)[:, None, None] for v in (MEAN, STD))
+    normalised = (nchw(image)[:, [2, 1, 0]].astype(np.float32) - mean) / std
     outputs = rknn.inference([image])
     np.testing.assert_allclose(outputs[0], torch_out(normalised), rtol=1e-4, atol=1e-4)
 
@@ -366,8 +373,12 @@ BAD_CALLS: list[tuple[str, Callable[[], RKNN], Callable[[RKNN, Any], Any], Any, 
      lambda r, p: r.inference([np.zeros((1, 16, 16, 3))], inputs_pass_through=[2]), None,
      "inputs_pass_through"),
     ("strings", running, lambda r, p: r.inference([np.array(["a"])]), None, "give numbers"),
-    ("after release", running, lambda r, p: (r.release(), r.inference([np.zeros((1, 16, 16, 3))]))[-1],
-     None, "call init_runtime before inference"),
+    ("after release", running,
+     lambda r, p: (r.release(), r.inference([np.zeros((1, 16, 16, 3))]))[-1], None,
+     "call init_runtime before inference"),
+    ("inference after a new build", running,
+     lambda r, p: (r.build(), r.inference([np.zeros((1, 16, 16, 3))]))[-1], None,
+     "call init_runtime before inference"),
 ]
 
 
