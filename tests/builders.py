@@ -2,10 +2,12 @@
 
 A test reads like the graph it checks:
 
-    x, w = rand(1, 3, 8, 8), weights(8, 3, 3, 3, zero_rows=[2, 5])
-    m = model([conv("x", "w", "y", pads=1), node("Relu", ["y"], ["z"])],
-              inputs={"x": x.shape}, outputs=["z"], inits={"w": w})
-    result = assert_cut(m, kept={"conv_y": (3, 6)})
+    m = model([conv("x", "w", "y", pads=1), relu("y", "a"), conv("a", "w2", "z")],
+              inputs={"x": [1, 3, 8, 8]}, outputs=["z"],
+              inits={"w": weights(8, 3, 3, 3, zero_rows=[2, 5]), "w2": weights(4, 8, 1, 1)})
+    result = assert_cut(m, kept={"conv_y": (3, 6), "conv_z": (6, 4)}, groups=2)
+
+Nodes are named `<op_type lower>_<first output>` ("conv_y"), the names the report uses.
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = 
     assert m.SerializeToString() == before, "cut() modified its input model"
     onnx.checker.check_model(result.model, full_check=True)
 
+    assert getattr(result.report, "mode", mode) == mode
     assert kept_channels(result) == dict(kept or {})
     if groups is not None:
         assert result.report.removed_groups == groups
