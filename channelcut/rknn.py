@@ -629,6 +629,7 @@ def _feeds(model: onnx.ModelProto, inputs: Any,
         raise ChannelcutError(f"got {len(inputs)} inputs, the model has {len(values)} ({names}); "
                               "pass one array per input")
     formats = [data_format] * len(values) if isinstance(data_format, str) else list(data_format)
+    formats = [f.lower() if isinstance(f, str) else f for f in formats]  # 'NHWC' works too
     if len(formats) != len(values) or any(f not in DATA_FORMATS for f in formats):
         raise ChannelcutError(f"data_format must be 'nhwc' or 'nchw', or a list of them with one "
                               f"per input; got {data_format!r}")
