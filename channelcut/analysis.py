@@ -130,18 +130,20 @@ class Walk:
         return self.consts[value]
 
     # -- recording facts --------------------------------------------------------------------
-    def new(self, value: ir.Value, axis: int, positions: np.ndarray | int) -> ChannelInfo:
+    def new(self, value: ir.Value, axis: int, positions: np.ndarray | int,
+            span: int = 1) -> ChannelInfo:
         """Give `value` fresh channels along `axis` (positions, or a count of 1-wide channels)."""
         if isinstance(positions, (int, np.integer)):
             positions = identity_positions(int(positions))
-        info = ChannelInfo(axis=axis, positions=positions, base=self.n_nodes)
+        info = ChannelInfo(axis=axis, positions=positions, base=self.n_nodes, span=span)
         self.n_nodes += info.n
         self.infos[value] = info
         return info
 
     def like(self, value: ir.Value, source: ChannelInfo, axis: int | None = None) -> ChannelInfo:
         """`value` carries `source`'s channels unchanged (out[c] <- in[c]), maybe on another axis."""
-        info = self.new(value, source.axis if axis is None else axis, source.positions)
+        info = self.new(value, source.axis if axis is None else axis, source.positions,
+                        source.span)
         self.couple(source.ids, info.ids)
         info.set_values(source.known, source.const)
         return info
@@ -260,6 +262,10 @@ def walk_graph(model: ir.Model) -> Walk:
         if rule is None:
             walk.unsupported.setdefault(node.op_type, []).append(node.name or "")
             walk.barrier(node, f"no channel rule for {node.op_type}")
+            continue
+        if not rule.spans and any(i is not None and i.span > 1
+                                  for i in map(walk.info, node.inputs)):
+            walk.barrier(node, f"{node.op_type} inside a channel shuffle")
             continue
         try:
             rule.analyse(node, walk)

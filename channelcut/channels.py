@@ -22,6 +22,9 @@ class ChannelInfo:
     base: int
     known: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) bool
     const: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) float32
+    # Between the Reshapes of a channel shuffle the channels lie on `span` consecutive axes
+    # from `axis`; positions are then row-major flat indices over those axes.
+    span: int = 1
 
     def __post_init__(self) -> None:
         if self.known is None:

@@ -26,17 +26,19 @@ class Rule:
 
     analyse: Callable[[ir.Node, Walk], None]
     rewrite: Callable[[ir.Node, Rewrite], None] | None = None  # None: no constants to slice
+    spans: bool = False  # understands channels spread over several axes (see ChannelInfo)
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(*op_types: str, rewrite: Callable[[ir.Node, Rewrite], None] | None = None):
+def rule(*op_types: str, rewrite: Callable[[ir.Node, Rewrite], None] | None = None,
+         spans: bool = False):
     """Register `analyse` (the decorated function) and `rewrite` for these op types."""
 
     def register(analyse: Callable[[ir.Node, Walk], None]) -> Callable[[ir.Node, Walk], None]:
         for op_type in op_types:
-            RULES[op_type] = Rule(analyse, rewrite)
+            RULES[op_type] = Rule(analyse, rewrite, spans)
         return analyse
 
     return register

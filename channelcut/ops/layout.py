@@ -14,9 +14,9 @@ from channelcut.ops import rule
 
 
 def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarray,
-           axis: int, positions: np.ndarray) -> ChannelInfo:
+           axis: int, positions: np.ndarray, span: int = 1) -> ChannelInfo:
     """`value` holds `channels` of `source` (in order) at `positions` along `axis`."""
-    out = walk.new(value, axis, positions)
+    out = walk.new(value, axis, positions, span)
     walk.couple(source.ids[channels], out.ids)
     out.set_values(source.known[channels], source.const[channels])
     return out
@@ -33,14 +33,31 @@ def _axes_operand(node: ir.Node, walk: Walk, index: int, attr: str) -> list[int]
 
 # -- Transpose, Squeeze, Unsqueeze, Gather off the channel axis ------------------------------
 
-@rule("Transpose")
+@rule("Transpose", spans=True)
 def analyse_transpose(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- in[c]; the channel axis moves to where `perm` puts it."""
+    """out[c] <- in[c]; the channel axis moves to where `perm` puts it. Channels spread over
+    several axes (a shuffle) get their flat positions reordered like those axes."""
     source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
     if source is None:
         return
-    perm = attr_ints(node, "perm") or list(reversed(range(len(shape or []))))
-    walk.like(node.outputs[0], source, axis=perm.index(source.axis))
+    if shape is None:
+        walk.barrier(node, "Transpose shape unknown")
+        return
+    perm = attr_ints(node, "perm") or list(reversed(range(len(shape))))
+    axes = list(range(source.axis, source.axis + source.span))
+    lands = [perm.index(a) for a in axes]
+    if max(lands) - min(lands) != len(lands) - 1:
+        walk.barrier(node, "Transpose separates the axes a channel lies on")
+        return
+    if source.span == 1:
+        walk.like(node.outputs[0], source, axis=lands[0])
+        return
+    dims = np.array([shape[a] for a in axes])
+    order = np.argsort(lands)  # input span axes in output order
+    index = np.unravel_index(source.positions, dims)
+    positions = np.ravel_multi_index(tuple(index[k] for k in order), dims[order])
+    _carry(walk, node.outputs[0], source, np.arange(source.n), min(lands), positions,
+           span=source.span)
 
 
 @rule("Squeeze")
@@ -95,37 +112,56 @@ def analyse_gather(node: ir.Node, walk: Walk) -> None:
 
 # -- Reshape and Flatten ------------------------------------------------------------------
 
-def map_reshape(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
-                ) -> tuple[int, np.ndarray] | None:
-    """Where a reshape puts each channel: (output axis, positions), or None if it splits one.
+def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+                   ) -> tuple[int, np.ndarray, int] | None:
+    """Where a reshape puts each channel: (output axis, positions, span), or None.
 
-    With `outer` elements before the channel axis and `inner` after it, position p owns flat
-    slab [p*inner, (p+1)*inner) of each outer row. The output axis j must see the same outer
-    rows, and each channel must cover whole output positions. The outer (or inner) dims must
-    match one for one, so the mapping holds for any batch size, not just the one analysed.
+    With `outer` elements before the channel axes and `inner` after them, position p owns flat
+    slab [p*inner, (p+1)*inner) of each outer row. The output axes [j, j+span) must see the
+    same outer rows, and each channel must cover whole output positions. A span > 1 splits a
+    plain channel axis over several axes, as a channel shuffle does. The outer (or inner) dims
+    must match one for one, so the mapping holds for any batch size, not just the analysed one.
     """
-    a = source.axis
-    outer, inner = int(np.prod(in_shape[:a])), int(np.prod(in_shape[a + 1:]))
+    a, s = source.axis, source.span
+    outer, inner = int(np.prod(in_shape[:a])), int(np.prod(in_shape[a + s:]))
+    max_span = 1 if source.span > 1 or source.block > 1 else len(out_shape)
     for j in range(len(out_shape)):
         if int(np.prod(out_shape[:j])) != outer:
             continue
-        inner_out = int(np.prod(out_shape[j + 1:]))
-        if out_shape[j] * inner_out != source.size * inner:
-            continue
-        if list(in_shape[:a]) != list(out_shape[:j]) and \
-                list(in_shape[a + 1:]) != list(out_shape[j + 1:]):
-            continue
-        if inner_out and inner % inner_out == 0:  # each input position becomes r output ones
-            r = inner // inner_out
-            spread = source.positions[:, :, None] * r + np.arange(r)
-            return j, spread.reshape(source.n, -1)
-        if inner and inner_out % inner == 0:  # r input positions merge into one output one
-            r = inner_out // inner
-            if source.block % r:
-                return None
-            runs = np.sort(source.positions, axis=1).reshape(source.n, -1, r)
-            aligned = (runs[:, :, 0] % r == 0) & np.all(runs == runs[:, :, :1] + np.arange(r), -1)
-            return (j, runs[:, :, 0] // r) if aligned.all() else None
+        for span in range(1, min(max_span, len(out_shape) - j) + 1):
+            inner_out = int(np.prod(out_shape[j + span:]))
+            if int(np.prod(out_shape[j:j + span])) * inner_out != source.size * inner:
+                continue
+            if list(in_shape[:a]) != list(out_shape[:j]) and \
+                    list(in_shape[a + s:]) != list(out_shape[j + span:]):
+                continue
+            positions = _regroup(source, inner, inner_out)
+            if positions is not None:
+                return j, positions, span
+    return None
+
+
+def map_reshape(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+                ) -> tuple[int, np.ndarray] | None:
+    """`reshape_layout` when the channels land on a single output axis, else None."""
+    layout = reshape_layout(source, in_shape, out_shape)
+    return None if layout is None or layout[2] != 1 else layout[:2]
+
+
+def _regroup(source: ChannelInfo, inner: int, inner_out: int) -> np.ndarray | None:
+    """Channel positions when each position's slab of `inner` elements becomes slabs of
+    `inner_out`; None when a channel would share an output position with another."""
+    if inner_out and inner % inner_out == 0:  # each input position becomes r output ones
+        r = inner // inner_out
+        spread = source.positions[:, :, None] * r + np.arange(r)
+        return spread.reshape(source.n, -1)
+    if inner and inner_out % inner == 0:  # r input positions merge into one output one
+        r = inner_out // inner
+        if source.block % r:
+            return None
+        runs = np.sort(source.positions, axis=1).reshape(source.n, -1, r)
+        aligned = (runs[:, :, 0] % r == 0) & np.all(runs == runs[:, :, :1] + np.arange(r), -1)
+        return runs[:, :, 0] // r if aligned.all() else None
     return None
 
 
@@ -140,27 +176,38 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, "Reshape to a computed shape")
         return
     mapped = None if in_shape is None or out_shape is None else \
-        map_reshape(source, in_shape, out_shape)
+        reshape_layout(source, in_shape, out_shape)
     if mapped is None:
         walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
         return
-    axis, positions = mapped
-    _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions)
+    axis, positions, span = mapped
+    out = _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions, span)
+    if span > 1:
+        # Split into dims (d0, ..., dk): channels that share the last index go together, so
+        # what is kept is still a grid (d0, ..., dk - removed) and a shuffle stays exact.
+        last = out_shape[axis + span - 1]
+        owner = out.channel_at_position()
+        members = out.ids[owner].reshape(-1, last)  # row-major: one row per leading index
+        walk.couple(np.broadcast_to(members[:1], members.shape).ravel(), members.ravel())
 
 
 def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
-    """Shrink the channel axis entry of the target shape (unless it is -1, inferred)."""
+    """Shrink the channel axis entry of the target shape (unless it is -1, inferred); when the
+    channels span several axes, the last of them loses the removed columns."""
     deleted = rw.deleted(node.outputs[0])
     if node.op_type != "Reshape" or deleted.size == 0:
         return
     target = rw.const(node.inputs[1]).copy()
-    axis = rw.info(node.outputs[0]).axis
+    out = rw.info(node.outputs[0])
+    shape = rw.shape(node.outputs[0])
+    axis = out.axis + out.span - 1
+    rows = int(np.prod(shape[out.axis:axis]))  # the grid's other dims keep their size
     if target[axis] != -1:
-        target[axis] = rw.shape(node.outputs[0])[axis] - deleted.size
+        target[axis] = shape[axis] - deleted.size // rows
         rw.set_const(node, 1, target)
 
 
-rule("Reshape", "Flatten", rewrite=rewrite_reshape)(analyse_reshape)
+rule("Reshape", "Flatten", rewrite=rewrite_reshape, spans=True)(analyse_reshape)
 
 
 # -- Concat -------------------------------------------------------------------------------
