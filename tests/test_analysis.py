@@ -1,5 +1,5 @@
-"""Unit tests of analysis building blocks: the union-find over channel couplings and the
-reshape channel mapping."""
+"""Unit tests of analysis building blocks: the union-find over channel couplings, the
+reshape channel mapping, and the removal fixed point."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from channelcut.analysis import connected_components
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.ops.layout import map_reshape
+
+from builders import assert_cut, conv, model, weights
 
 
 # --- connected_components ----------------------------------------------------------------------
@@ -181,3 +183,26 @@ def test_unflatten_of_misaligned_blocks_is_refused():
     # Channel blocks {1,2}, {3,4}, {5,0} straddle the pairs an unflatten to [1, 3, 2] makes.
     source = info(1, [[1, 2], [3, 4], [5, 0]])
     assert map_reshape(source, (1, 6), (1, 3, 2)) is None
+
+
+# --- solve: the removal fixed point ------------------------------------------------------------
+
+def conv_chain(unread: int):
+    """x -> conv_a (4) -> conv_b (reads every channel of a but `unread`) -> conv_y -> y."""
+    return model(
+        [conv("x", "wa", "a"), conv("a", "wb", "b"), conv("b", "wy", "y")],
+        inputs={"x": (1, 4, 4, 8)}, outputs=["y"],
+        inits={"wa": weights(4, 4, 1, 1), "wb": weights(4, 4, 1, 1, zero_cols=[unread], seed=3),
+               "wy": weights(6, 4, 1, 1, seed=5)})
+
+
+def test_unread_channel_two_readers_from_the_output_is_cut():
+    assert_cut(conv_chain(unread=1), {"conv_a": (4, 3), "conv_b": (3, 4)})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "core bug: solve's 'no tensor loses all its channels' rule runs in the same pass as the "
+    "reader checks, from the start where every group is still removable; in the first pass "
+    "conv_b's rows are not yet kept, so `a` looks empty and its channel 0 is kept for good"))
+def test_unread_channel_zero_two_readers_from_the_output_is_cut():
+    assert_cut(conv_chain(unread=0), {"conv_a": (4, 3), "conv_b": (3, 4)})

@@ -296,7 +296,17 @@ def test_cut_never_grows_weights(mode, recipe):
     assert weight_bytes(result.model) <= weight_bytes(m)
 
 
+# Channel 0 of conv1 is unread (weight column 0 of conv2 is zero) two readers from an output.
+UNREAD_CHANNEL_ZERO = Recipe(in_channels=1, steps=(("conv", 0), ("conv", 0), ("conv", 652454),
+                                                   ("conv", 25)),
+                             head="gemm", p_row=0.0, p_col=0.5, extra_output=True)
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: the first cut keeps channel 0 of tensors "
+                   "whose readers' rows are not yet kept in solve's first pass; see "
+                   "test_analysis::test_unread_channel_zero_two_readers_from_the_output_is_cut")
 @SETTINGS
+@example(recipe=UNREAD_CHANNEL_ZERO)
 @given(recipe=recipes)
 def test_zero_cut_is_a_fixed_point(recipe):
     """What the zero-only cut leaves, a second cut cannot shrink: the first found the largest
