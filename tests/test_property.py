@@ -300,13 +300,21 @@ def test_cut_never_grows_weights(mode, recipe):
 UNREAD_CHANNEL_ZERO = Recipe(in_channels=1, steps=(("conv", 0), ("conv", 0), ("conv", 652454),
                                                    ("conv", 25)),
                              head="gemm", p_row=0.0, p_col=0.5, extra_output=True)
+# conv2 reads nothing of conv1 (all its weights are zero) and conv1 reads no channel 0 of conv0:
+# conv0 and conv1 would both lose every channel.
+TWO_EMPTIED_TENSORS = Recipe(in_channels=1, steps=(("conv", 0), ("conv", 652454),
+                                                   ("conv", 67864857)),
+                             head="gemm", p_row=0.0, p_col=0.5, extra_output=False)
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: the first cut keeps channel 0 of tensors "
-                   "whose readers' rows are not yet kept in solve's first pass; see "
-                   "test_analysis::test_unread_channel_zero_two_readers_from_the_output_is_cut")
+@pytest.mark.xfail(strict=True, reason="core bug: when a tensor would lose every channel, "
+                   "solve keeps its channel 0 before the readers downstream have settled which "
+                   "rows they keep; see test_analysis::test_unread_channel_zero_two_readers_"
+                   "from_the_output_is_cut and ::test_a_tensor_kept_alive_keeps_only_what_its_"
+                   "readers_need")
 @SETTINGS
 @example(recipe=UNREAD_CHANNEL_ZERO)
+@example(recipe=TWO_EMPTIED_TENSORS)
 @given(recipe=recipes)
 def test_zero_cut_is_a_fixed_point(recipe):
     """What the zero-only cut leaves, a second cut cannot shrink: the first found the largest
