@@ -35,9 +35,9 @@ class Pin:
 
 @dataclass(frozen=True)
 class Cost:
-    """Parameters and FLOPs (and, for latency, elements copied and ops added)."""
+    """Weight bytes and FLOPs (and, for latency, elements copied and ops added)."""
 
-    params: float = 0.0
+    weight_bytes: float = 0.0
     flops: float = 0.0
     moved: float = 0.0
     nodes: int = 0
@@ -105,7 +105,7 @@ class Walk:
         self.readers: list[Reader] = []
         self.grouped: list[GroupedConv] = []
         self.links: list[Link] = []
-        self._charges: list[tuple[np.ndarray, float, float]] = []  # (ids, params, flops) each
+        self._charges: list[tuple[np.ndarray, float, float]] = []  # (ids, bytes, flops) each
         # A border fold bakes the input's spatial size into a constant: only when it is fixed.
         self.spatial_fixed = all(
             all(isinstance(d, int) for d in list(shape.dims)[1:])
@@ -204,17 +204,17 @@ class Walk:
         self.links.append(Link(np.asarray(operand_ids, np.int64), np.asarray(out_ids, np.int64),
                                site))
 
-    def charge(self, ids: np.ndarray, params: float = 0.0, flops: float = 0.0) -> None:
-        """Each of these channels carries this many parameters and FLOPs (saved if it goes)."""
-        self._charges.append((np.asarray(ids, np.int64), float(params), float(flops)))
+    def charge(self, ids: np.ndarray, weight_bytes: float = 0.0, flops: float = 0.0) -> None:
+        """Each of these channels carries this many weight bytes and FLOPs (saved if it goes)."""
+        self._charges.append((np.asarray(ids, np.int64), float(weight_bytes), float(flops)))
 
     def charges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per channel node: (params, flops) it carries."""
-        params, flops = np.zeros(self.n_nodes), np.zeros(self.n_nodes)
-        for ids, p, f in self._charges:
-            np.add.at(params, ids, p)
+        """Per channel node: (weight bytes, flops) it carries."""
+        weight_bytes, flops = np.zeros(self.n_nodes), np.zeros(self.n_nodes)
+        for ids, b, f in self._charges:
+            np.add.at(weight_bytes, ids, b)
             np.add.at(flops, ids, f)
-        return params, flops
+        return weight_bytes, flops
 
     def grouped_conv(self, columns: np.ndarray | None, rows: np.ndarray, node: ir.Node) -> None:
         self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or ""))
@@ -250,6 +250,19 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _extra_outputs_read(node: ir.Node, walk: Walk) -> None:
+    """An output the rule gave no channels to (MaxPool indices, LayerNorm statistics, a
+    Dropout mask) may still depend on the channel count: if anything reads it, or it is a
+    graph output, the node reads every channel it gets."""
+    if not node.outputs or walk.info(node.outputs[0]) is None:
+        return  # nothing followed through this node: its rule already kept what it reads
+    for value in node.outputs[1:]:
+        if value is not None and walk.info(value) is None and \
+                (value.uses() or value.is_graph_output()):
+            walk.barrier(node, f"{node.op_type} output {value.name!r} depends on all channels")
+            return
+
+
 def walk_graph(model: ir.Model) -> Walk:
     """Walk the graph once in topological order, asking each node's rule what it does."""
     from channelcut.flops import node_flops
@@ -275,6 +288,7 @@ def walk_graph(model: ir.Model) -> Walk:
             log.warning("analysis of %s node %r failed (%s); its channels are kept",
                         node.op_type, node.name, exc)
             walk.barrier(node, f"analysis failed: {exc}")
+        _extra_outputs_read(node, walk)
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:
             walk.charge(out.ids, flops=node_flops(node) / out.n)

@@ -63,11 +63,12 @@ def cut(
     graph_model = to_ir(original, shapes)
     weights_before = _weight_bytes(graph_model)
     flops_before = model_flops(graph_model)
+    removed_nodes, unused = _remove_unused_nodes(graph_model)
     analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective))
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
-    changes = apply_cut(analysis)
+    changes = {**unused, **apply_cut(analysis)}
 
     clear_intermediate_shapes(graph_model)
     common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(graph_model)
@@ -82,8 +83,8 @@ def cut(
         const_changes=_const_changes(changes),
         layers=layers,
         blockers=_blockers(analysis),
-        sites=[SiteChange(u.node, u.op_type, u.kind, u.groups, int(u.added.params),
-                          int(u.added.flops), int(u.saved.params), int(u.saved.flops))
+        sites=[SiteChange(u.node, u.op_type, u.kind, u.groups, int(u.added.weight_bytes),
+                          int(u.added.flops), int(u.saved.weight_bytes), int(u.saved.flops))
                for u in analysis.sites],
         unsupported_ops={op: len(nodes) for op, nodes in analysis.unsupported.items()},
         mode="full" if fold else "zero",
@@ -94,6 +95,7 @@ def cut(
         flops_after=flops_after,
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
+        removed_nodes=removed_nodes,
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
@@ -101,6 +103,20 @@ def cut(
         report.checks = verification.compare(original, result_proto, shapes)
         verification.check(report.checks, threshold)
     return CutResult(result_proto, report, channel_map)
+
+
+def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:
+    """Delete the nodes no graph output depends on, and the constants only they read.
+
+    Their tensors would otherwise each have to keep one channel that nothing reads. Returns
+    how many nodes went, and the deleted constants as size changes to nothing.
+    """
+    nodes = len(model.graph)
+    sizes = {name: tensor_bytes(v) for name, v in model.graph.initializers.items()
+             if v.const_value is not None}
+    common_passes.RemoveUnusedNodesPass()(model)
+    return nodes - len(model.graph), {name: SizeChange(size, 0) for name, size in sizes.items()
+                                      if name not in model.graph.initializers}
 
 
 def _weight_bytes(model: ir.Model) -> int:

@@ -41,6 +41,8 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
     coeff = np.where(in_group, values[None, :], 0.0)
     folded = np.einsum("of...,of->o...", weights[:, positions % cin_g].astype(np.float64), coeff)
     folded = np.delete(folded, deleted_out, axis=0)
+    if not folded.any():  # only rows that read the channels with zero weights are left
+        return
     if not padded:
         add_to_bias(node, rw, 2, folded.reshape(folded.shape[0], -1).sum(axis=1))
         return
@@ -70,6 +72,8 @@ def fold_into_gemm(node: ir.Node, rw: Rewrite, w_nk: np.ndarray, deleted_in: np.
         return
     delta = attr_float(node, "alpha", 1.0) * (w_nk[:, positions].astype(np.float64) @ values)
     delta = np.delete(delta, deleted_out)
+    if not delta.any():
+        return
     beta = attr_float(node, "beta", 1.0)
     if input_at(node, 2) is None or beta == 0:
         node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
@@ -85,6 +89,8 @@ def fold_into_matmul(node: ir.Node, rw: Rewrite, weights: np.ndarray, deleted_in
     if positions.size == 0:
         return
     delta = np.delete(values @ weights[positions].astype(np.float64), deleted_out)
+    if not delta.any():
+        return
     constant = rw.new_const(f"{node.name or 'matmul'}_folded", delta.astype(weights.dtype))
     rw.append_after(node.outputs[0], "Add", [constant])
 

@@ -65,8 +65,11 @@ def print_report(report: Report, console: Console, *, threshold: float | None = 
 
 
 def _removed_line(report: Report) -> str:
-    return (f"removed: {report.removed_channels} channel positions in "
+    line = (f"removed: {report.removed_channels} channel positions in "
             f"{report.removed_groups} channel groups")
+    if report.removed_nodes:
+        line += f", and {report.removed_nodes} nodes no output depends on"
+    return line
 
 
 def _checks_title(report: Report, threshold: float | None) -> str:
@@ -82,13 +85,13 @@ def _layer_rows(report: Report) -> list[list[str]]:
             for layer in report.layers]
 
 
-SITE_HEADER = ["node", "op_type", "kind", "groups", "added params", "added FLOPs",
-               "saved params", "saved FLOPs"]
+SITE_HEADER = ["node", "op_type", "kind", "groups", "added bytes", "added FLOPs",
+               "saved bytes", "saved FLOPs"]
 
 
 def _site_rows(report: Report) -> list[list[str]]:
-    return [[u.node, u.op_type, u.kind, str(u.groups), str(u.added_params), str(u.added_flops),
-             str(u.saved_params), str(u.saved_flops)] for u in report.sites]
+    return [[u.node, u.op_type, u.kind, str(u.groups), str(u.added_bytes), str(u.added_flops),
+             str(u.saved_bytes), str(u.saved_flops)] for u in report.sites]
 
 
 def _blocker_rows(report: Report) -> list[list[str]]:

@@ -47,9 +47,9 @@ class SiteChange:
     op_type: str
     kind: str  # "bias fold", "border fold" or "reinsert"
     groups: int
-    added_params: int
+    added_bytes: int
     added_flops: int
-    saved_params: int
+    saved_bytes: int
     saved_flops: int
 
 
@@ -80,6 +80,7 @@ class Report:
     flops_after: int = 0
     removed_groups: int = 0
     removed_channels: int = 0  # channel positions removed, summed over every tensor
+    removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
     checks: list[OutputCheck] = field(default_factory=list)
 
     def to_dict(self) -> dict:

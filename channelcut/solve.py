@@ -160,7 +160,23 @@ class _Solver:
         return True
 
     def run(self) -> None:
-        """Drop groups until every check holds; dropping only ever keeps more, so it ends."""
+        """Drop groups until every check holds; dropping only ever keeps more, so it ends.
+
+        A tensor must keep at least one channel; that is checked only once the other checks
+        have settled (before, a reader visited early may still count on rows a later reader
+        will keep), and then for one tensor at a time, nearest the outputs first.
+        """
+        while True:
+            self._settle()
+            removed = self.removable[self.group_of]
+            # the last emptied tensor first: the channel it keeps may make upstream ones needed
+            emptied = next((info for info in reversed(self.walk.infos.values())
+                            if info.n and removed[info.base:info.base + info.n].all()), None)
+            if emptied is None:
+                return
+            self.drop(self.group_of[emptied.base:emptied.base + 1])
+
+    def _settle(self) -> None:
         group_of, walk = self.group_of, self.walk
         changed = True
         while changed:
@@ -183,10 +199,6 @@ class _Solver:
                     changed = True
                     self.trims.append(Pin(trimmed, conv.op_type, conv.node,
                                           "grouped Conv: every group must keep as many channels"))
-            removed = self.removable[group_of]
-            for info in walk.infos.values():
-                if info.n and removed[info.base:info.base + info.n].all():
-                    changed |= self.drop(group_of[info.base:info.base + 1])
 
     def site_groups(self) -> dict[int, np.ndarray]:
         """For each site in use: the removed groups that need it (folded or reinserted)."""
@@ -208,7 +220,7 @@ class _Solver:
 
 def _metric(cost: Cost, objective: str) -> float:
     if objective == "params":
-        return cost.params
+        return cost.weight_bytes
     if objective == "latency":
         return cost.flops + cost.moved + NODE_OVERHEAD * cost.nodes
     return cost.flops
@@ -216,12 +228,14 @@ def _metric(cost: Cost, objective: str) -> float:
 
 def pays(saved: Cost, added: Cost, objective: str) -> bool:
     """Worth doing: the objective goes down, and the weights never grow."""
-    return _metric(saved, objective) > _metric(added, objective) and saved.params >= added.params
+    return (_metric(saved, objective) > _metric(added, objective)
+            and saved.weight_bytes >= added.weight_bytes)
 
 
-def _group_savings(solver: _Solver, params: np.ndarray, flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _group_savings(solver: _Solver, weight_bytes: np.ndarray, flops: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
     n = solver.removable.size
-    return (np.bincount(solver.group_of, weights=params, minlength=n),
+    return (np.bincount(solver.group_of, weights=weight_bytes, minlength=n),
             np.bincount(solver.group_of, weights=flops, minlength=n))
 
 
@@ -236,16 +250,16 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
     sites = {id(s): s for s in _all_sites(walk)} if options.fold else {}
     allowed = set(sites)
-    params, flops = walk.charges()
+    weight_bytes, flops = walk.charges()
     while True:
         solver = _Solver(walk, options, allowed)
         solver.run()
-        group_params, group_flops = _group_savings(solver, params, flops)
+        group_bytes, group_flops = _group_savings(solver, weight_bytes, flops)
         uses: list[SiteUse] = []
         refused = set()
         for key, groups in solver.site_groups().items():
             site = sites[key]
-            saved = Cost(params=float(group_params[groups].sum()),
+            saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
                          flops=float(group_flops[groups].sum()))
             if not pays(saved, site.cost, options.objective):
                 refused.add(key)
@@ -283,10 +297,11 @@ def _blockers(walk: Walk, solver: _Solver) -> list[Pin]:
         needed[group_of[reader.in_ids[solver.needed_columns(reader, removed)]]] = True
         evidence[group_of[reader.in_ids[~reader.nz.any(axis=0)]]] = True
     blocked = evidence & ~needed & ~removable
-    found: list[Pin] = []
+    found: dict[tuple[str, str, str], np.ndarray] = {}
     for pin in [*walk.pins, *solver.trims]:
         groups = np.unique(group_of[pin.ids])
         hit = groups[blocked[groups]]
         if hit.size:
-            found.append(Pin(hit, pin.op_type, pin.node, pin.reason))
-    return found
+            key = (pin.op_type, pin.node, pin.reason)
+            found[key] = np.union1d(found.get(key, hit), hit)
+    return [Pin(hit, *key) for key, hit in found.items()]

@@ -31,7 +31,7 @@ def resolve_input_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """A concrete shape for every graph input: the model's dims, overrides, 1 for dynamic dims."""
     overrides = dict(overrides or {})
-    inputs = _graph_inputs(model)
+    inputs = graph_inputs(model)
     unknown = sorted(set(overrides) - {i.name for i in inputs})
     if unknown:
         names = ", ".join(i.name for i in inputs) or "none"
@@ -91,7 +91,7 @@ def random_inputs(
     """Seeded inputs: floats standard normal, integers small and non-negative, bools 50/50."""
     rng = np.random.default_rng(seed)
     feeds = {}
-    for value in _graph_inputs(model):
+    for value in graph_inputs(model):
         shape = shapes[value.name]
         elem_type = value.type.tensor_type.elem_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
@@ -155,7 +155,7 @@ def check(checks: list[OutputCheck], threshold: float) -> None:
         )
 
 
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs a caller feeds; initializers listed as inputs (old exporters) are not."""
     initializers = {t.name for t in model.graph.initializer}
     return [v for v in model.graph.input if v.name not in initializers]

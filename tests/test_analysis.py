@@ -12,7 +12,7 @@ from channelcut.analysis import connected_components
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.ops.layout import map_reshape
 
-from builders import assert_cut, bias, conv, model, weights
+from builders import assert_cut, bias, conv, cut, model, random_feeds, run, weights
 
 
 # --- connected_components ----------------------------------------------------------------------
@@ -200,19 +200,10 @@ def test_unread_channel_two_readers_from_the_output_is_cut():
     assert_cut(conv_chain(unread=1), {"conv_a": (4, 3), "conv_b": (3, 4)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: solve's 'no tensor loses all its channels' rule runs in the same pass as the "
-    "reader checks, from the start where every group is still removable; in the first pass "
-    "conv_b's rows are not yet kept, so `a` looks empty and its channel 0 is kept for good"))
 def test_unread_channel_zero_two_readers_from_the_output_is_cut():
     assert_cut(conv_chain(unread=0), {"conv_a": (4, 3), "conv_b": (3, 4)})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core gap: when several tensors would lose every channel, solve keeps channel 0 of the "
-    "first one in topological order (here a, whose readers' rows are not kept yet) before b, "
-    "whose kept row then needs only a's channels 1 and 2; keeping from the output side first "
-    "would cut a's channel 0"))
 def test_a_tensor_kept_alive_keeps_only_what_its_readers_need():
     # conv_y reads b with zero weights, so b keeps one channel only to stay non-empty; that
     # channel's row does not read channel 0 of a.
@@ -222,3 +213,20 @@ def test_a_tensor_kept_alive_keeps_only_what_its_readers_need():
         inits={"wa": weights(3, 4, 1, 1), "wb": weights(4, 3, 1, 1, zero_cols=[0], seed=3),
                "wy": np.zeros((6, 4, 1, 1), np.float32), "by": bias(6)})
     assert_cut(m, {"conv_a": (4, 2), "conv_b": (2, 1), "conv_y": (1, 6)})
+
+
+def test_a_branch_no_output_depends_on_is_deleted_whole():
+    # conv_d reads x but nothing reads d: the node and its weights go, not all but one channel.
+    m = model(
+        [conv("x", "wa", "a"), conv("x", "wd", "d", "bd"), conv("a", "wy", "y")],
+        inputs={"x": (1, 4, 4, 8)}, outputs=["y"],
+        inits={"wa": weights(3, 4, 1, 1), "wd": weights(5, 4, 3, 3, seed=2), "bd": bias(5),
+               "wy": weights(2, 3, 1, 1, seed=3)})
+    result = cut(m)
+    assert [n.name for n in result.model.graph.node] == ["conv_a", "conv_y"]
+    feeds = random_feeds(m)
+    np.testing.assert_array_equal(run(result.model, feeds)["y"], run(m, feeds)["y"])
+    assert result.report.removed_nodes == 1
+    assert {(c.name, c.src_size, c.pruned_size) for c in result.report.const_changes} == {
+        ("wd", 5 * 4 * 9 * 4, 0), ("bd", 5 * 4, 0)}
+    assert result.report.weight_bytes_after == result.report.weight_bytes_before - 740

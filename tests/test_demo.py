@@ -5,7 +5,6 @@ These run the real 1x3x224x224 network, as the seed does; each run takes a few s
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import subprocess
@@ -17,9 +16,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import channelcut  # noqa: E402 - after the torch skip
+import numpy as np  # noqa: E402 - after the torch skip
+from onnx import load, numpy_helper  # noqa: E402
+
+import channelcut  # noqa: E402
+from channelcut import demo  # noqa: E402
 from channelcut.api import cut  # noqa: E402
 from channelcut.pytorch import to_onnx  # noqa: E402
+from channelcut.rknn import RKNN  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
 
@@ -40,16 +44,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(Path(channelcut.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
 
 
-@pytest.fixture
-def demo():
-    """channelcut.demo, imported when a test runs: test_cli replaces it in sys.modules, which
-    an import at collection time (it sets the package attribute) would defeat."""
-    return importlib.import_module("channelcut.demo")
-
-
-def check_demo_output(out: str) -> None:
-    """The pruning log has exactly the seed's five rows, and cos sim is printed and high."""
-    lines = out.splitlines()
+def table_rows(lines: list[str]) -> list[tuple[int, int]]:
+    """(src_size, pruned_size) of each row of the pruning log's const change table."""
     start = lines.index("I Pruning: const change detail")
     assert lines[start + 1].split() == ["I", "const", "name", "src_size", "pruned_size", "diff"]
     rows = []
@@ -57,14 +53,20 @@ def check_demo_output(out: str) -> None:
         if not re.match(r"I \S+\s+\d+\s+\d+\s+-?\d+\s*$", line):
             break
         rows.append(tuple(int(v) for v in line.split()[2:4]))
-    assert Counter(rows) == Counter(SEED_TABLE.values())
     assert lines[start + 2 + len(rows)].startswith("I weights: ")
+    return rows
+
+
+def check_demo_output(out: str) -> None:
+    """The pruning log has exactly the seed's five rows, and cos sim is printed and high."""
+    lines = out.splitlines()
+    assert Counter(table_rows(lines)) == Counter(SEED_TABLE.values())
     (cos_line,) = [line for line in lines if line.startswith("cos sim: ")]
     assert float(cos_line.split()[-1]) >= MIN_COS_SIM
     assert "Traceback" not in out
 
 
-def test_pruning_gives_the_seed_sizes_for_each_block(demo, tmp_path):
+def test_pruning_gives_the_seed_sizes_for_each_block(tmp_path):
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.trace(demo.pruned_net(), torch.randn(1, 3, 224, 224)), str(path))
     model = to_onnx(path, [[1, 3, 224, 224]])
@@ -80,7 +82,50 @@ def test_pruning_gives_the_seed_sizes_for_each_block(demo, tmp_path):
     assert min(check.cosine for check in result.report.checks) >= MIN_COS_SIM
 
 
-def test_demo_main_prints_the_seed_table_and_cos_sim(demo, tmp_path, monkeypatch, capsys):
+# One fold or reinsertion of the full cut, as the facade logs it in verbose mode.
+SITE_LINE = re.compile(r"I Pruning: (bias fold|border fold|reinsert) at \S+ \(\w+\): groups \d+"
+                       r"(, (added|saved)_\w+ -?\d+){4}$")
+
+
+def facade_run(model_path: Path, image: np.ndarray, model_pruning: bool | str,
+               export_path: Path) -> np.ndarray:
+    """The seed's facade calls with this model_pruning; the simulator's output."""
+    rknn = RKNN(verbose=True)
+    assert rknn.config(model_pruning=model_pruning, target_platform=["rv1126"]) == 0
+    assert rknn.load_pytorch(model=str(model_path), input_size_list=[demo.INPUT_SIZE]) == 0
+    assert rknn.build(do_quantization=False) == 0
+    assert rknn.export_onnx(export_path) == 0
+    assert rknn.init_runtime() == 0
+    outputs = rknn.inference(inputs=[image.transpose(0, 2, 3, 1)])  # NHWC, as the demo feeds
+    assert rknn.release() == 0
+    return outputs[0]
+
+
+def weight_bytes(path: Path) -> int:
+    return sum(numpy_helper.to_array(t).nbytes for t in load(str(path)).graph.initializer)
+
+
+def test_facade_zero_only_gives_the_seed_table_and_full_cuts_more(tmp_path, capsys):
+    net, x = demo.pruned_net(), torch.randn(1, *demo.INPUT_SIZE)
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(net, x), str(path))
+    with torch.no_grad():
+        expected = net(x).numpy()
+
+    zero_out = facade_run(path, x.numpy(), True, tmp_path / "zero.onnx")
+    lines = capsys.readouterr().out.splitlines()
+    assert Counter(table_rows(lines)) == Counter(SEED_TABLE.values())
+    assert not [line for line in lines if SITE_LINE.match(line)]
+    assert demo.cos_sim(expected, zero_out) >= MIN_COS_SIM
+
+    full_out = facade_run(path, x.numpy(), "full", tmp_path / "full.onnx")
+    lines = capsys.readouterr().out.splitlines()
+    assert weight_bytes(tmp_path / "full.onnx") < weight_bytes(tmp_path / "zero.onnx")
+    assert demo.cos_sim(expected, full_out) >= 0.99999
+    assert table_rows(lines) and [line for line in lines if SITE_LINE.match(line)]
+
+
+def test_demo_main_prints_the_seed_table_and_cos_sim(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert demo.main([]) == 0
     out = capsys.readouterr().out
@@ -113,7 +158,7 @@ def test_the_example_script_prints_its_usage_for_three_arguments(tmp_path):
     assert done.stdout == "Usage: python test.py [target] [device_id]\n"
 
 
-def test_demo_main_usage_and_unknown_target(demo, capsys):
+def test_demo_main_usage_and_unknown_target(capsys):
     assert demo.main(["a", "b", "c"]) == 2
     assert capsys.readouterr().out == "Usage: channelcut demo [target] [device_id]\n"
     assert demo.main(["rk9999"]) == 2

@@ -101,7 +101,7 @@ def test_one_sided_residual_cut_in_a_basic_block():
 
 
 def test_one_sided_residual_cut_in_a_bottleneck_with_downsample():
-    c, mid, out = 4, 12, 8
+    c, mid, out = 4, 24, 8
     inits = {"w1": weights(mid, c, 1, 1, seed=1), "b1": bias(mid, seed=1),
              "w2": weights(mid, mid, 3, 3, seed=2), "b2": bias(mid, seed=2),
              "w3": weights(out, mid, 1, 1, zero_rows=[0, 5, 6], seed=3),
@@ -138,12 +138,13 @@ def test_pays_compares_the_objective_and_never_grows_weights():
     from channelcut.analysis import Cost
     from channelcut.solve import pays
 
-    cheap_flops = Cost(params=10, flops=1000)
-    assert pays(Cost(params=20, flops=5000), cheap_flops, "flops")
-    assert not pays(Cost(params=5, flops=5000), cheap_flops, "flops")  # weights would grow
-    assert not pays(Cost(params=20, flops=500), cheap_flops, "flops")
-    assert pays(Cost(params=20, flops=500), cheap_flops, "params")
-    assert not pays(Cost(params=20, flops=5000), Cost(params=10, flops=10, nodes=1), "latency")
+    cheap_flops = Cost(weight_bytes=10, flops=1000)
+    assert pays(Cost(weight_bytes=20, flops=5000), cheap_flops, "flops")
+    assert not pays(Cost(weight_bytes=5, flops=5000), cheap_flops, "flops")  # weights would grow
+    assert not pays(Cost(weight_bytes=20, flops=500), cheap_flops, "flops")
+    assert pays(Cost(weight_bytes=20, flops=500), cheap_flops, "params")
+    assert not pays(Cost(weight_bytes=20, flops=5000), Cost(weight_bytes=10, flops=10, nodes=1),
+                    "latency")
 
 
 def test_full_cut_never_grows_weights_on_a_random_residual_net():

@@ -303,10 +303,6 @@ def test_full_cut_folds_a_nonzero_constant_into_the_reader_bias(op, attrs, bias_
 
 # --- the full cut: a constant channel cut from one operand is reinserted -----------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: the reinsert site's cost counts 16 added params (order + constants) against 19 "
-    "saved, but adds 160 bytes (int64 pads [8] and order [8] are not weighed as bytes; pads not "
-    "at all) to save 76: the weights grow 2400 -> 2484 bytes"))
 def test_full_cut_reinsertion_never_grows_weights():
     # Channel 2 of a is the constant 0.5; b is live, so the Add keeps the channel and the full
     # cut may only drop it from conv_a by adding 0.5 back after it. conv_y pads, so the

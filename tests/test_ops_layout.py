@@ -86,8 +86,6 @@ def test_concat_along_another_axis_with_a_nonzero_constant_channel_keeps_it():
     assert_cut(m, {})
 
 
-@pytest.mark.xfail(strict=True, reason="core gap: Concat along a non-channel axis forgets the "
-                   "values of a channel that is zero in the computed part and in the constant")
 def test_concat_along_another_axis_of_zero_channel_and_zero_constant_is_zero():
     token = rand(1, 1, 8, seed=9)
     token[0, 0, 2] = 0.0

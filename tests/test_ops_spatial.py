@@ -94,9 +94,6 @@ def test_maxpool_with_indices_read_by_a_node_is_a_barrier():
     assert blockers(result, "MaxPool")
 
 
-@pytest.mark.xfail(strict=True, raises=VerificationError, reason=(
-    "core bug: analyse_pool only checks outputs[1].uses(); indices that are a graph output "
-    "have no uses, so channels are cut and the output changes shape ([1,7,3,7])"))
 def test_maxpool_with_indices_as_a_graph_output_is_a_barrier():
     m = maxpool_with_indices([], helper.make_tensor_value_info("idx", TensorProto.INT64,
                                                                [1, C, 3, 7]))

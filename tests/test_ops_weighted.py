@@ -37,9 +37,6 @@ def test_conv_zero_output_rows_and_zero_input_channels():
     np.testing.assert_array_equal(const_input(result.model, "conv_y1", 2), np.delete(b1, [5]))
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: solve._Solver.run's 'never empty a tensor' "
-                   "guard runs before the readers reach their fixed point and keeps channel 0 "
-                   "of the first conv of a chain")
 def test_conv_chain_dead_channel_0_of_the_first_layer_is_cut():
     m, _, _ = conv_chain(dead=[0, 3])
     assert_cut(m, {"conv_y0": (3, 6), "conv_y1": (6, 5), "conv_out": (5, 4)}, groups=3)
@@ -94,7 +91,7 @@ def depthwise(dead_in, dead_dw_rows=(), dw_bias: float = 0.0):
 
 def test_depthwise_with_multiplier_cuts_the_input_and_all_its_outputs():
     result = assert_cut(depthwise(dead_in=[1]),
-                        {"conv_y0": (3, 3), "conv_yd": (3, 6), "conv_out": (6, 4)}, groups=1)
+                        {"conv_y0": (3, 3), "conv_yd": (3, 6), "conv_out": (6, 4)}, groups=3)
     assert attribute(result.model, "conv_yd", "group") == 3
     np.testing.assert_array_equal(const_input(result.model, "conv_yd"),
                                   np.delete(weights(8, 1, 3, 3, seed=6), [2, 3], axis=0))
@@ -102,14 +99,21 @@ def test_depthwise_with_multiplier_cuts_the_input_and_all_its_outputs():
 
 def test_depthwise_negative_bias_of_zero_input_dies_in_relu():
     assert_cut(depthwise(dead_in=[0, 3], dw_bias=-1.0),
-               {"conv_y0": (3, 2), "conv_yd": (2, 4), "conv_out": (4, 4)}, groups=2)
+               {"conv_y0": (3, 2), "conv_yd": (2, 4), "conv_out": (4, 4)}, groups=6)
 
 
 def test_depthwise_one_dead_output_of_a_multiplier_pair_is_kept():
-    # Output 2 is dead, output 3 reads the same input channel 1 and is alive: all three share
-    # one fate, so nothing goes.
+    # Output 2 is dead, output 3 reads the same input channel 1 and is alive: the other groups
+    # keep both their outputs, so group 1 must too.
     result = assert_cut(depthwise(dead_in=[], dead_dw_rows=[2]), {})
-    assert result.report.blockers == []
+    assert [(b.op_type, b.channels, b.reason) for b in result.report.blockers] == [
+        ("Conv", 1, "grouped Conv: every group must keep as many channels")]
+
+
+def test_depthwise_one_dead_output_in_every_group_halves_the_multiplier():
+    result = assert_cut(depthwise(dead_in=[], dead_dw_rows=[1, 2, 5, 6], dw_bias=-1.0),
+                        {"conv_yd": (4, 4), "conv_out": (4, 4)}, groups=4)
+    assert attribute(result.model, "conv_yd", "group") == 4
 
 
 def test_depthwise_positive_bias_of_zero_input_keeps_the_channel():
@@ -296,3 +300,21 @@ def test_matmul_on_2d_input_dead_output_columns():
               {"w1": w1, "w2": w2})
     result = assert_cut(m, {"matmul_m1": (8, 14), "matmul_out": (14, 4)}, groups=2)
     np.testing.assert_array_equal(const_input(result.model, "matmul_m1"), w1[:, 1:15])
+
+
+def test_zero_cut_of_a_constant_channel_no_kept_row_reads_adds_nothing_to_a_padded_conv():
+    # Channel 1 of y0 is the constant bias (zero weights); conv_y1 (padded) reads it only from
+    # row 2, which is dead too. The zero-only cut drops both and adds no border correction.
+    w0 = weights(3, 2, 3, 3, zero_rows=[1], seed=1)
+    w1 = weights(4, 3, 3, 3, zero_rows=[2], seed=2)
+    w1[:, 1] = 0.0
+    w1[2, 1] = 0.5
+    w2 = weights(2, 4, 1, 1, zero_cols=[2], seed=3)
+    nodes = [conv("x", "w0", "y0", "b0", pads=1), conv("y0", "w1", "y1", "b1", pads=1),
+             conv("y1", "w2", "out")]
+    m = model(nodes, {"x": [1, 2, 6, 6]}, ["out"],
+              {"w0": w0, "b0": bias(3, at={1: 0.75}), "w1": w1, "b1": bias(4, seed=2),
+               "w2": w2})
+    result = assert_cut(m, {"conv_y0": (2, 2), "conv_y1": (2, 3), "conv_out": (3, 2)},
+                        groups=2)
+    assert sorted(n.op_type for n in result.model.graph.node) == ["Conv"] * 3

@@ -144,6 +144,13 @@ def test_without_pruning_nothing_is_cut_and_no_table_is_logged(tmp_path, capsys)
     assert "I Pruning: const change detail" not in lines_of(capsys)
 
 
+@pytest.mark.parametrize("model_pruning", ["full", "FULL"])
+def test_full_pruning_matches_pytorch(model_pruning, image):
+    rknn = running(model_pruning=model_pruning, pruning_objective="params")
+    outputs = rknn.inference([image])
+    np.testing.assert_allclose(outputs[0], torch_out(nchw(image)), rtol=1e-4, atol=1e-4)
+
+
 def test_info_lines_only_when_verbose(capsys):
     built(model_pruning=True, verbose=False)
     assert not [line for line in lines_of(capsys) if line.startswith("I ")]
@@ -318,6 +325,13 @@ BAD_CALLS: list[tuple[str, Callable[[], RKNN], Callable[[RKNN, Any], Any], Any, 
     ("bad mean", fresh, lambda r, p: r.config(mean_values="128"), -1, "mean_values"),
     ("zero std", fresh, lambda r, p: r.config(std_values=[[1, 0, 1]]), -1, "must not contain 0"),
     ("bad reorder", fresh, lambda r, p: r.config(reorder_channel="b g r"), -1, "'2 1 0'"),
+    ("bad pruning mode", fresh, lambda r, p: r.config(model_pruning="yes"), -1,
+     "model_pruning 'yes' is not a pruning mode"),
+    ("pruning mode 1", fresh, lambda r, p: r.config(model_pruning=1), -1,
+     "model_pruning 1 is not a pruning mode"),
+    ("bad pruning objective", fresh,
+     lambda r, p: r.config(model_pruning="full", pruning_objective="speed"), -1,
+     "pruning_objective 'speed' is not known; use one of flops, params, latency"),
     ("missing TorchScript", fresh, lambda r, p: r.load_pytorch(str(p / "none.pt"), [SIZE]), -1,
      "no such file"),
     ("not TorchScript", fresh, lambda r, p: r.load_pytorch(str(p / "model.onnx"), [SIZE]), -1,

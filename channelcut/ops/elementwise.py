@@ -217,7 +217,9 @@ def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo, out_shape: tuple
     if opset_version(walk.model) < 11:  # Pad takes its amounts as an input from opset 11
         return None
     elements = float(np.prod(out_shape))
-    return Site(node, "reinsert", Cost(params=2.0 * out.size, flops=elements,
+    # constants (float32) and the Gather order (int64) along the axis, Pad amounts (int64)
+    added = out.size * (4 + 8) + 2 * len(out_shape) * 8
+    return Site(node, "reinsert", Cost(weight_bytes=added, flops=elements,
                                        moved=2.0 * elements, nodes=3))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.analysis import Walk
-from channelcut.channels import ChannelInfo
+from channelcut.channels import ChannelInfo, per_channel_constant
 from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
@@ -280,7 +280,9 @@ def _concat_other_axis(node: ir.Node, walk: Walk, infos: list[ChannelInfo | None
                 continue
         array = walk.const(value)
         if info is None and array is not None and array.shape[carrier.axis] == out.size:
-            same &= False  # a constant part: sliced along the channel axis when channels go
+            # a constant part: sliced along the channel axis when channels go
+            known, const = per_channel_constant(array, carrier.axis, out.positions)
+            same &= known & (const == out.const)
             continue
         walk.pin(out, node, "Concat input whose channels cannot be cut")
         same &= False

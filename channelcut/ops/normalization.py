@@ -40,7 +40,7 @@ def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
     uniform, value = per_channel_constant(y, 0, source.positions)
     out = walk.like(node.outputs[0], source)
     out.set_values(source.known & uniform, value)
-    walk.charge(out.ids, params=4 * source.block)
+    walk.charge(out.ids, weight_bytes=4 * source.block * 4)  # scale, B, mean, var
 
 
 def rewrite_per_channel_params(node: ir.Node, rw: Rewrite) -> None:
@@ -101,19 +101,11 @@ def analyse_channel_mixing(node: ir.Node, walk: Walk) -> None:
     if shape is None or source.axis in _normalized_axes(node, walk, len(shape)):
         walk.barrier(node, f"{node.op_type} mixes values across the channel axis")
         return
-    if node.op_type == "LayerNormalization":
-        for extra in node.outputs[1:]:  # mean and inverse std outputs
-            if extra is not None and extra.uses():
-                walk.barrier(node, "LayerNormalization statistics outputs are used")
-                return
-    transparent(node, walk, None)
+    transparent(node, walk, None)  # statistics outputs, if read, make it a barrier (walk)
 
 
 @rule("Dropout")
 def analyse_dropout(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- in[c] at inference; the mask output, if used, reads every channel."""
-    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].uses():
-        walk.barrier(node, "Dropout mask output is used")
-        return
+    """out[c] <- in[c] at inference (a mask output, if read, makes it a barrier: see walk)."""
     transparent(node, walk, lambda x: x)
 

@@ -39,9 +39,6 @@ def analyse_pool(node: ir.Node, walk: Walk) -> None:
     if source.axis != 1:
         walk.barrier(node, "channels are not on axis 1")
         return
-    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].uses():
-        walk.barrier(node, "MaxPool indices (which count channels) are used")
-        return
     op = node.op_type
     pads = any(p != 0 for p in attr_ints(node, "pads", []) or []) or \
         attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")

@@ -61,7 +61,12 @@ def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: 
 # -- Conv ---------------------------------------------------------------------------------
 
 def analyse_conv(node: ir.Node, walk: Walk) -> None:
-    """out[o] <- b[o] + sum_c W[o, c] * in[c] within o's group; depthwise: out[o] <- in[o // m]."""
+    """out[o] <- b[o] + sum_c W[o, c] * in[c] within o's group; depthwise: out[c] <- in[c].
+
+    A depthwise conv (one input and one output per group) couples out[c] with in[c]. With a
+    channel multiplier m > 1 it is an ordinary grouped conv (one input, m outputs per group):
+    every remaining group must keep as many outputs, which coupling all m would over-constrain.
+    """
     x, w, b = node.inputs[0], node.inputs[1], input_at(node, 2)
     weights, bias = walk.const(w), walk.const(b)
     if weights is None or (b is not None and bias is None) or walk.shape(x) is None:
@@ -79,26 +84,27 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     in_known, in_const = _input_values(source, cin)
     blocked = _padded(node, weights.shape[2:]) & (in_const != 0)
 
-    if groups > 1 and cin_g == 1:  # depthwise, channel multiplier m = cout // groups
-        reads = np.repeat(np.arange(cin), cout // groups)
+    if _depthwise(groups, cin_g, cout):
         if source is not None:
-            walk.couple(source.ids[source.channel_at_position()[reads]], out.ids)
+            walk.couple(source.ids[source.channel_at_position()], out.ids)
         else:
             walk.pin(out, node, "depthwise Conv of a tensor whose channels cannot be cut")
-        out.set_values(*_depthwise_values(nz[:, 0], wsum[:, 0], in_known[reads],
-                                          in_const[reads], blocked[reads], bias))
+        out.set_values(*_depthwise_values(nz[:, 0], wsum[:, 0], in_known, in_const, blocked,
+                                          bias))
         return
 
     cout_g = cout // groups
     kernel = int(np.prod(weights.shape[2:]))
     nz_g, wsum_g = nz.reshape(groups, cout_g, cin_g), wsum.reshape(groups, cout_g, cin_g)
     rows = out.ids.reshape(groups, cout_g)
-    walk.charge(out.ids, params=cin_g * kernel + (b is not None))
+    size = weights.dtype.itemsize
+    walk.charge(out.ids, weight_bytes=(cin_g * kernel + (b is not None)) * size)
     columns = None
     if source is not None:  # input channel ids by position, one row per group
         columns = source.ids[source.channel_at_position()].reshape(groups, cin_g)
-        walk.charge(source.ids, params=cout_g * kernel, flops=node_flops(node) / cin)
-        site = _conv_fold_site(node, walk, cout, kernel, b is not None)
+        walk.charge(source.ids, weight_bytes=cout_g * kernel * size,
+                    flops=node_flops(node) / cin)
+        site = _conv_fold_site(node, walk, cout, kernel, b is not None, size)
         for k in range(groups):
             walk.reader_ids(columns[k], rows[k], nz_g[k], site)
     if groups > 1:
@@ -108,16 +114,21 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
                                 blocked.reshape(groups, cin_g), bias))
 
 
-def _conv_fold_site(node: ir.Node, walk: Walk, cout: int, kernel: int, has_bias: bool
-                    ) -> Site | None:
+def _depthwise(groups: int, cin_g: int, cout: int) -> bool:
+    """One input and one output channel per group."""
+    return groups > 1 and cin_g == 1 and cout == groups
+
+
+def _conv_fold_site(node: ir.Node, walk: Walk, cout: int, kernel: int, has_bias: bool,
+                    itemsize: int) -> Site | None:
     """Folding constant input channels: into the bias when no padding reaches them, else
     into a border map (a constant subgraph runtimes fold at load, plus one Add)."""
     out_shape = walk.shape(node.outputs[0])
     if not _padded(node, walk.const(node.inputs[1]).shape[2:]):
-        return Site(node, "bias fold", Cost(params=0 if has_bias else cout))
+        return Site(node, "bias fold", Cost(weight_bytes=0 if has_bias else cout * itemsize))
     if not walk.spatial_fixed or out_shape is None:
         return None
-    return Site(node, "border fold", Cost(params=cout * kernel + 4,
+    return Site(node, "border fold", Cost(weight_bytes=cout * kernel * itemsize + 4 * 8,
                                           flops=float(np.prod(out_shape)), nodes=1))
 
 
@@ -139,7 +150,7 @@ def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
     original = rw.const(node.inputs[1])
     groups = attr_int(node, "group", 1)
     cout, cin_g = original.shape[:2]
-    if groups > 1 and cin_g == 1:  # depthwise: one row (per multiplier) per channel
+    if _depthwise(groups, cin_g, cout):  # one row per channel
         weights = delete_positions(original, {0: deleted_out})
         rw.set_attr_int(node, "group", groups - deleted_in.size)
     elif groups == 1:
@@ -148,7 +159,7 @@ def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
         weights = _cut_groups(original, groups, deleted_out, deleted_in, node, rw)
     rw.set_const(node, 1, weights)
     _rewrite_bias(node, rw, 2, deleted_out, axis=0)
-    if not (groups > 1 and cin_g == 1):
+    if not _depthwise(groups, cin_g, cout):
         fold_into_conv(node, rw, original, groups, _padded(node, original.shape[2:]),
                        deleted_in, deleted_out)
 
@@ -241,7 +252,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
             site: Site) -> None:
     """out[n] <- bias[n] + alpha * sum_k W[n, k] * in[k], a channel being a block of k's."""
     n_out = w_nk.shape[0]
-    walk.charge(out.ids, params=w_nk.shape[1])
+    size = w_nk.dtype.itemsize
+    walk.charge(out.ids, weight_bytes=w_nk.shape[1] * size)
     if source is None:
         nz_rows = (w_nk != 0).any(axis=1)
         out.set_values(bias_known & ~nz_rows, bias)
@@ -252,7 +264,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
         blocks = w_nk[:, source.positions]
     nz = (blocks != 0).any(axis=-1)
     wsum = blocks.sum(axis=-1, dtype=np.float32) * np.float32(alpha)
-    walk.charge(source.ids, params=n_out * source.block, flops=node_flops(node) / source.n)
+    walk.charge(source.ids, weight_bytes=n_out * source.block * size,
+                flops=node_flops(node) / source.n)
     walk.reader(source, out, nz, site)
     known, const = _row_values(nz[None], wsum[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias)
@@ -282,7 +295,8 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
         walk.pin(out, node, "Gemm with a computed C")
         bias_known, bias = np.zeros(out.n, bool), np.zeros(out.n, np.float32)
     has_bias = c is not None and walk.const(c) is not None and walk.const(c).shape[-1:] == (out.n,)
-    site = Site(node, "bias fold", Cost(params=0 if has_bias else out.n))
+    site = Site(node, "bias fold",
+                Cost(weight_bytes=0 if has_bias else out.n * weights.dtype.itemsize))
     _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0), site)
 
 
@@ -319,7 +333,8 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     out = walk.new(node.outputs[0], len(out_shape) - 1, weights.shape[1])
     source = _pinned_unless(walk, node, walk.info(a), len(a_shape) - 1)
     zeros = np.zeros(out.n, np.float32)
-    site = Site(node, "bias fold", Cost(params=out.n, flops=float(np.prod(out_shape)), nodes=1))
+    site = Site(node, "bias fold", Cost(weight_bytes=out.n * weights.dtype.itemsize,
+                                        flops=float(np.prod(out_shape)), nodes=1))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
