@@ -17,7 +17,7 @@ from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.cut import SizeChange, apply_cut, clear_intermediate_shapes, drop_unknown_value_info
 from channelcut.flops import model_flops
-from channelcut.graph import restore_boundary_shapes, tensor_bytes, to_ir
+from channelcut.graph import restore_boundary_shapes, tensor_bytes, to_ir, weight_bytes
 from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def cut(
     original = io.load_model(model)
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
-    weights_before = _weight_bytes(graph_model)
+    weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = model_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
     analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective))
@@ -90,7 +90,7 @@ def cut(
         mode="full" if fold else "zero",
         objective=objective,
         weight_bytes_before=weights_before,
-        weight_bytes_after=_weight_bytes(graph_model),
+        weight_bytes_after=weight_bytes(graph_model),
         flops_before=flops_before,
         flops_after=flops_after,
         removed_groups=analysis.removed_groups,
@@ -117,11 +117,6 @@ def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:
     common_passes.RemoveUnusedNodesPass()(model)
     return nodes - len(model.graph), {name: SizeChange(size, 0) for name, size in sizes.items()
                                       if name not in model.graph.initializers}
-
-
-def _weight_bytes(model: ir.Model) -> int:
-    return sum(tensor_bytes(v) for v in model.graph.initializers.values()
-               if v.const_value is not None)
 
 
 def _const_changes(changes: dict[str, SizeChange]) -> list[ConstChange]:

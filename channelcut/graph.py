@@ -12,10 +12,16 @@ import onnx_ir.passes.common as common_passes
 log = logging.getLogger(__name__)
 
 
+# Ops that read a tensor's shape: exporters compute sizes with them at run time.
+SHAPE_OPS = ("Shape", "Size")
+
+
 def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> ir.Model:
     """An onnx-ir copy of `proto` with every input at its concrete shape and shapes inferred.
 
-    Constant nodes become initializers so that every constant is read the same way. The
+    Constant nodes become initializers so that every constant is read the same way, and size
+    arithmetic on static shapes is folded (channelcut.constfold); `meta["declared_weight_bytes"]`
+    keeps the constants' size from before that fold. The
     declared shapes of graph inputs and outputs are kept in `meta["declared_shape"]` so the
     rewrite can restore them exactly.
     """
@@ -23,10 +29,16 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     graph = model.graph
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     _bypass_constant_identities(graph)
-    for value in graph.outputs:
+    model.meta["declared_weight_bytes"] = weight_bytes(model)  # before any fold adds some
+    for value in [*graph.inputs, *graph.outputs]:
         value.meta["declared_shape"] = value.shape
+    if any(node.op_type in SHAPE_OPS for node in graph):
+        from channelcut.constfold import fold_constants  # it reads constants with this module
+
+        # shapes from the declared inputs: only what no dynamic dimension reaches is folded
+        common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+        fold_constants(model)
     for value in graph.inputs:
-        value.meta["declared_shape"] = value.shape
         if value.name in input_shapes:
             value.shape = ir.Shape(input_shapes[value.name])
     boundary = set(graph.inputs) | set(graph.outputs)
@@ -76,6 +88,12 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     if not all(isinstance(d, int) for d in dims):
         return None
     return tuple(int(d) for d in dims)
+
+
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of every constant tensor of the graph."""
+    return sum(tensor_bytes(v) for v in model.graph.initializers.values()
+               if v.const_value is not None)
 
 
 def tensor_bytes(value: ir.Value) -> int:
