@@ -11,6 +11,7 @@ arithmetic 1 per output element; the figures channelcut's own report prints).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import statistics
 import sys
@@ -27,9 +28,18 @@ import onnx
 from onnx import numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import zoo  # noqa: E402  (tests/zoo.py: model builders shared with the tests)
 
+
+def _load_model_zoo():
+    """tests/zoo.py (the model builders the tests use), by path: bench/zoo.py has its name."""
+    spec = importlib.util.spec_from_file_location("tests_zoo", REPO / "tests" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+zoo = _load_model_zoo()
 zoo.import_torchvision()  # before any peer imports torchvision (its compiled ops do not load)
 # The exporter's tracer warns about every Python branch on a shape (torch-simplify's layers have
 # several), and torch about deprecations; none of it changes a number the bench prints.
@@ -43,8 +53,10 @@ DEFAULT_SIZES = {"inception_v3": 299}
 # ---------------------------------------------------------------------------- command line
 
 def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | None = None,
+               more: Callable[[argparse.ArgumentParser], None] | None = None,
                ) -> argparse.Namespace:
-    """The options both scripts take: which models, at what input size, how many timed runs."""
+    """The options both scripts take (which models, what input size, how many timed runs),
+    and those `more` adds."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(models), metavar="NAME",
@@ -58,6 +70,8 @@ def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | No
     parser.add_argument("--threads", type=int, default=2,
                         help="ONNX Runtime intra-op threads (default: 2)")
     parser.add_argument("--seed", type=int, default=0, help="model and input seed (default: 0)")
+    if more is not None:
+        more(parser)
     args = parser.parse_args(argv)
     args.models = [m for item in args.models for m in item.split(",") if m]
     return args
@@ -279,3 +293,22 @@ class Table:
 
 def emit(line: str = "") -> None:
     print(line, flush=True)
+
+
+def summarize(failures: Failures, verdicts: dict[str, dict[str, bool | None]]) -> None:
+    """Print the failures, then per target where it held, where it was missed and where it
+    could not be measured; `verdicts` is model -> target -> True, False or None."""
+    for line in failures.lines:
+        emit(f"failure: {line}")
+    targets = list(next(iter(verdicts.values()), {}))
+    everywhere = bool(targets)
+    for target in targets:
+        held = [m for m, v in verdicts.items() if v[target] is True]
+        missed = [m for m, v in verdicts.items() if v[target] is False]
+        unknown = [m for m, v in verdicts.items() if v[target] is None]
+        everywhere &= not missed and not unknown
+        emit(f"target {target}: held on {len(held)}/{len(verdicts)}"
+             + (f"; MISSED on {', '.join(missed)}" if missed else "")
+             + (f"; not measured on {', '.join(unknown)}" if unknown else ""))
+    emit("all targets held on every model" if everywhere else
+         "NOT all targets held on every model")

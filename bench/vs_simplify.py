@@ -150,19 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         emit(table.row(row.cells()))
     emit()
-    for line in failures.lines:
-        emit(f"failure: {line}")
-    held_everywhere = True
-    for target in Row("").targets():
-        held = [r.name for r in rows if r.targets()[target] is True]
-        missed = [r.name for r in rows if r.targets()[target] is False]
-        unknown = [r.name for r in rows if r.targets()[target] is None]
-        held_everywhere &= not missed and not unknown
-        emit(f"target {target}: held on {len(held)}/{len(rows)}"
-             + (f"; missed on {', '.join(missed)}" if missed else "")
-             + (f"; not measured on {', '.join(unknown)}" if unknown else ""))
-    emit("all targets held on every model" if held_everywhere else
-         "NOT all targets held on every model")
+    common.summarize(failures, {r.name: r.targets() for r in rows})
     return 0
 
 
