@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -64,6 +64,23 @@ class Reader:
     row_ids: np.ndarray  # (n_out,)
     nz: np.ndarray  # (n_out, n_in) bool
     site: Site | None = None  # None: this reader cannot fold constants
+    _readers_per_column: np.ndarray | None = field(default=None, repr=False)
+
+    def live_columns(self, removed_rows: np.ndarray) -> np.ndarray:
+        """Input channels that some kept row reads with a non-zero weight.
+
+        Counts per column are computed once; then only the smaller of the removed and the
+        kept rows is read (the solver asks many times while rows go one by one).
+        """
+        if self._readers_per_column is None:
+            self._readers_per_column = self.nz.sum(axis=0, dtype=np.int32)
+        n_removed = int(np.count_nonzero(removed_rows))
+        if n_removed == 0:
+            return self._readers_per_column > 0
+        if 2 * n_removed <= removed_rows.size:
+            lost = self.nz[removed_rows].sum(axis=0, dtype=np.int32)
+            return self._readers_per_column > lost
+        return self.nz[~removed_rows].any(axis=0)
 
 
 @dataclass

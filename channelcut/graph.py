@@ -66,6 +66,15 @@ def _bypass_constant_identities(graph: ir.Graph) -> None:
         graph.remove(node, safe=True)
 
 
+def inputs_as_declared(model: ir.Model) -> bool:
+    """Does every graph input have the shape the user's model declared (no dynamic dimension
+    made concrete)?"""
+    return all(value.shape is not None and "declared_shape" in value.meta and
+               value.meta["declared_shape"] is not None and
+               tuple(value.shape.dims) == tuple(value.meta["declared_shape"].dims)
+               for value in model.graph.inputs)
+
+
 def restore_boundary_shapes(model: ir.Model) -> None:
     """Put back the input and output shapes the user's model declared (symbolic dims included)."""
     for value in [*model.graph.inputs, *model.graph.outputs]:

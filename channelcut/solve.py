@@ -9,12 +9,16 @@ something; the cost model keeps only the sites that pay under the chosen objecti
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx_ir as ir
 
-from channelcut.analysis import Cost, GroupedConv, Pin, Reader, Site, Walk, connected_components
+from channelcut.analysis import (Cost, GroupedConv, Link, Pin, Reader, Site, Walk,
+                                 connected_components)
 from channelcut.channels import ChannelInfo
 
 OBJECTIVES = ("flops", "params", "latency")
@@ -87,37 +91,32 @@ def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray]:
     return known, zero
 
 
-def _live_columns(reader: Reader, removed_node: np.ndarray) -> np.ndarray:
-    """Input channels that some kept output row reads with a non-zero weight."""
-    return reader.nz[~removed_node[reader.row_ids]].any(axis=0)
-
-
-def _unbalanced(conv: GroupedConv, removed_node: np.ndarray) -> np.ndarray:
+def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Removed channels to keep so that every surviving conv group loses the same number.
 
     Conv groups that lose all inputs and outputs are dropped whole and do not count. In the
     others, each loses only as many channels as the group that loses fewest; the highest
-    indices of the excess are kept.
+    indices of the excess are kept. `removed(ids)` says which channel nodes are cut.
     """
-    out_removed = removed_node[conv.rows]
+    out_removed = removed(conv.rows)
     whole = out_removed.all(axis=1)
     sides = [(conv.rows, out_removed)]
     if conv.columns is None:
         whole[:] = False
     else:
-        in_removed = removed_node[conv.columns]
+        in_removed = removed(conv.columns)
         whole &= in_removed.all(axis=1)
         sides.append((conv.columns, in_removed))
     keep: list[np.ndarray] = []
-    for ids, removed in sides:
-        counts = removed[~whole].sum(axis=1)
+    for ids, gone in sides:
+        counts = gone[~whole].sum(axis=1)
         if counts.size == 0:
             continue
         target = counts.min()
         for k in np.flatnonzero(~whole):
-            excess = removed[k].sum() - target
+            excess = gone[k].sum() - target
             if excess:
-                keep.append(ids[k][removed[k]][-excess:])
+                keep.append(ids[k][gone[k]][-excess:])
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
 
 
@@ -145,19 +144,26 @@ class _Solver:
     def folds(self, reader: Reader) -> bool:
         return self.options.fold and reader.site is not None and id(reader.site) in self.allowed
 
-    def needed_columns(self, reader: Reader, removed_node: np.ndarray) -> np.ndarray:
-        """Input channels this reader cannot do without, given the rows it keeps."""
+    def needed_columns(self, reader: Reader, removed_node: np.ndarray | None = None
+                       ) -> np.ndarray:
+        """Input channels this reader cannot do without, given the rows it keeps (from
+        `removed_node`, per channel node, or else from the current decision)."""
         ignorable = self.zero[reader.in_ids]
         if self.folds(reader):
             ignorable = ignorable | self.known[reader.in_ids]
-        return _live_columns(reader, removed_node) & ~ignorable
+        rows = self.removed(reader.row_ids) if removed_node is None else \
+            removed_node[reader.row_ids]
+        return reader.live_columns(rows) & ~ignorable
 
-    def drop(self, groups: np.ndarray) -> bool:
-        groups = groups[self.removable[groups]]
-        if groups.size == 0:
-            return False
+    def removed(self, ids: np.ndarray) -> np.ndarray:
+        """Which of these channel nodes are cut, as things stand."""
+        return self.removable[self.group_of[ids]]
+
+    def drop(self, groups: np.ndarray) -> np.ndarray:
+        """Keep these groups; returns those that were still removable."""
+        groups = np.unique(groups[self.removable[groups]])
         self.removable[groups] = False
-        return True
+        return groups
 
     def run(self) -> None:
         """Drop groups until every check holds; dropping only ever keeps more, so it ends.
@@ -166,39 +172,83 @@ class _Solver:
         have settled (before, a reader visited early may still count on rows a later reader
         will keep), and then for one tensor at a time, nearest the outputs first.
         """
+        checks = self._checks()
+        watchers = self._watchers(checks)
+        pending = list(range(len(checks)))
         while True:
-            self._settle()
+            self._settle(checks, watchers, pending)
             removed = self.removable[self.group_of]
             # the last emptied tensor first: the channel it keeps may make upstream ones needed
             emptied = next((info for info in reversed(self.walk.infos.values())
                             if info.n and removed[info.base:info.base + info.n].all()), None)
             if emptied is None:
                 return
-            self.drop(self.group_of[emptied.base:emptied.base + 1])
+            pending = watchers(self.drop(self.group_of[emptied.base:emptied.base + 1]))
 
-    def _settle(self) -> None:
-        group_of, walk = self.group_of, self.walk
-        changed = True
-        while changed:
-            changed = False
-            removed = self.removable[group_of]
-            for reader in walk.readers:
-                changed |= self.drop(group_of[reader.in_ids[self.needed_columns(reader, removed)]])
-            removed = self.removable[group_of]
-            for link in self.links:
-                out_gone, operand_gone = removed[link.out_ids], removed[link.operand_ids]
-                # the output can only lose a channel its operand loses too
-                changed |= self.drop(group_of[link.out_ids[out_gone & ~operand_gone]])
-                # an operand can lose a channel the output keeps only if it is a known constant
-                unknown = operand_gone & ~out_gone & ~self.known[link.operand_ids]
-                changed |= self.drop(group_of[link.operand_ids[unknown]])
-            removed = self.removable[group_of]
-            for conv in walk.grouped:
-                trimmed = _unbalanced(conv, removed)
-                if trimmed.size and self.drop(group_of[trimmed]):
-                    changed = True
-                    self.trims.append(Pin(trimmed, conv.op_type, conv.node,
-                                          "grouped Conv: every group must keep as many channels"))
+    def _checks(self) -> list[tuple[Callable[[], np.ndarray], np.ndarray]]:
+        """Every constraint as (check, the channel nodes it looks at); a check drops what it
+        must keep and returns those groups. Readers come last to first: from the outputs,
+        one pass settles a chain."""
+        checks = [(partial(self._check_reader, r), r.row_ids) for r in reversed(self.walk.readers)]
+        checks += [(partial(self._check_link, k), np.concatenate([k.out_ids, k.operand_ids]))
+                   for k in self.links]
+        checks += [(partial(self._check_grouped, c),
+                    c.rows.ravel() if c.columns is None else
+                    np.concatenate([c.rows.ravel(), c.columns.ravel()]))
+                   for c in self.walk.grouped]
+        return checks
+
+    def _watchers(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]]
+                  ) -> Callable[[np.ndarray], list[int]]:
+        """For dropped groups: the checks that look at any of their channels."""
+        if not checks:
+            return lambda groups: []
+        groups = np.concatenate([self.group_of[ids] for _, ids in checks])
+        owners = np.repeat(np.arange(len(checks)), [ids.size for _, ids in checks])
+        order = np.lexsort((owners, groups))
+        groups, owners = groups[order], owners[order]
+        starts = np.searchsorted(groups, np.arange(self.removable.size + 1))
+
+        def watching(dropped: np.ndarray) -> list[int]:
+            if dropped.size == 0:
+                return []
+            hits = np.concatenate([owners[starts[g]:starts[g + 1]] for g in dropped])
+            return np.unique(hits).tolist()
+
+        return watching
+
+    def _settle(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
+                watchers: Callable[[np.ndarray], list[int]], pending: list[int]) -> None:
+        """Run checks until none drops anything, revisiting only those a drop concerns."""
+        queue = deque(pending)
+        queued = np.zeros(len(checks), dtype=bool)
+        queued[pending] = True
+        while queue:
+            index = queue.popleft()
+            queued[index] = False
+            for other in watchers(checks[index][0]()):
+                if not queued[other]:
+                    queued[other] = True
+                    queue.append(other)
+
+    def _check_reader(self, reader: Reader) -> np.ndarray:
+        return self.drop(self.group_of[reader.in_ids[self.needed_columns(reader)]])
+
+    def _check_link(self, link: Link) -> np.ndarray:
+        out_gone, operand_gone = self.removed(link.out_ids), self.removed(link.operand_ids)
+        # the output can only lose a channel its operand loses too; an operand can lose a
+        # channel the output keeps only if it is a known constant
+        unknown = operand_gone & ~out_gone & ~self.known[link.operand_ids]
+        return self.drop(np.concatenate([self.group_of[link.out_ids[out_gone & ~operand_gone]],
+                                         self.group_of[link.operand_ids[unknown]]]))
+
+    def _check_grouped(self, conv: GroupedConv) -> np.ndarray:
+        trimmed = _unbalanced(conv, self.removed)
+        dropped = self.drop(self.group_of[trimmed])
+        if dropped.size:
+            self.trims.append(Pin(trimmed, conv.op_type, conv.node,
+                                  "grouped Conv: every group must keep as many channels"))
+        return dropped
 
     def site_groups(self) -> dict[int, np.ndarray]:
         """For each site in use: the removed groups that need it (folded or reinserted)."""
@@ -207,7 +257,7 @@ class _Solver:
         for reader in self.walk.readers:
             if not self.folds(reader):
                 continue
-            live = _live_columns(reader, removed)
+            live = reader.live_columns(removed[reader.row_ids])
             folded = removed[reader.in_ids] & live & ~self.zero[reader.in_ids]
             if folded.any():
                 used.setdefault(id(reader.site), []).append(self.group_of[reader.in_ids[folded]])

@@ -34,17 +34,29 @@ def _input_values(source: ChannelInfo | None, size: int) -> tuple[np.ndarray, np
     return source.by_position(source.known), source.by_position(source.const)
 
 
-def _row_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray, in_const: np.ndarray,
-                blocked: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Output rows whose every non-zero weight reads a known, unblocked input are constants.
+def _row_values(nz: np.ndarray, weights: np.ndarray, in_known: np.ndarray,
+                in_const: np.ndarray, blocked: np.ndarray, bias: np.ndarray,
+                scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Output rows whose every non-zero weight reads a known, unblocked input are constants:
+    bias[o] + scale * sum_c (sum of W[o, c]) * in[c].
 
-    Per group g: nz, wsum are [G, rows, cols]; in_known, in_const, blocked are [G, cols].
+    Per group g: nz is [G, rows, cols] and weights [G, rows, cols, k] (the k weights of one
+    row and input channel: a kernel, or a block of features); in_known, in_const and blocked
+    are [G, cols]. Only the columns that carry a non-zero constant are summed.
     """
     unknown_in = ~in_known | blocked
-    row_unknown = (nz & unknown_in[:, None, :]).any(axis=2).reshape(-1)
-    with np.errstate(all="ignore"):
-        contribution = (wsum * np.where(in_known, in_const, 0)[:, None, :]).sum(axis=2)
-    return ~row_unknown, (bias + contribution.reshape(-1)).astype(np.float32)
+    if unknown_in.all():
+        row_unknown = nz.any(axis=2)
+    else:
+        row_unknown = (nz & unknown_in[:, None, :]).any(axis=2)
+    value = np.zeros(nz.shape[:2], np.float32)
+    carries = in_known & (in_const != 0)
+    for g in np.flatnonzero(carries.any(axis=1)):
+        cols = np.flatnonzero(carries[g])
+        sums = weights[g][:, cols].sum(axis=-1, dtype=np.float32)
+        with np.errstate(all="ignore"):
+            value[g] = (sums * in_const[g, cols]).sum(axis=-1) * np.float32(scale)
+    return ~row_unknown.reshape(-1), (bias + value.reshape(-1)).astype(np.float32)
 
 
 def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
@@ -78,8 +90,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     out = walk.new(node.outputs[0], 1, cout)
     source = _pinned_unless(walk, node, walk.info(x), 1, block_ok=False)
     flat = weights.reshape(cout, cin_g, -1)
-    nz = (flat != 0).any(axis=-1)
-    wsum = flat.sum(axis=-1, dtype=np.float32)
+    nz = flat[..., 0] != 0 if flat.shape[2] == 1 else (flat != 0).any(axis=-1)
     bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
     in_known, in_const = _input_values(source, cin)
     blocked = _padded(node, weights.shape[2:]) & (in_const != 0)
@@ -89,13 +100,13 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
             walk.couple(source.ids[source.channel_at_position()], out.ids)
         else:
             walk.pin(out, node, "depthwise Conv of a tensor whose channels cannot be cut")
-        out.set_values(*_depthwise_values(nz[:, 0], wsum[:, 0], in_known, in_const, blocked,
-                                          bias))
+        out.set_values(*_depthwise_values(nz[:, 0], flat[:, 0].sum(axis=-1, dtype=np.float32),
+                                          in_known, in_const, blocked, bias))
         return
 
     cout_g = cout // groups
     kernel = int(np.prod(weights.shape[2:]))
-    nz_g, wsum_g = nz.reshape(groups, cout_g, cin_g), wsum.reshape(groups, cout_g, cin_g)
+    nz_g = nz.reshape(groups, cout_g, cin_g)
     rows = out.ids.reshape(groups, cout_g)
     size = weights.dtype.itemsize
     walk.charge(out.ids, weight_bytes=(cin_g * kernel + (b is not None)) * size)
@@ -109,7 +120,8 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
             walk.reader_ids(columns[k], rows[k], nz_g[k], site)
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
-    out.set_values(*_row_values(nz_g, wsum_g, in_known.reshape(groups, cin_g),
+    out.set_values(*_row_values(nz_g, flat.reshape(groups, cout_g, cin_g, -1),
+                                in_known.reshape(groups, cin_g),
                                 in_const.reshape(groups, cin_g),
                                 blocked.reshape(groups, cin_g), bias))
 
@@ -262,13 +274,12 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
         blocks = w_nk.reshape(n_out, source.n, source.block)  # a view, no copy
     else:
         blocks = w_nk[:, source.positions]
-    nz = (blocks != 0).any(axis=-1)
-    wsum = blocks.sum(axis=-1, dtype=np.float32) * np.float32(alpha)
+    nz = blocks[..., 0] != 0 if source.block == 1 else (blocks != 0).any(axis=-1)
     walk.charge(source.ids, weight_bytes=n_out * source.block * size,
                 flops=node_flops(node) / source.n)
     walk.reader(source, out, nz, site)
-    known, const = _row_values(nz[None], wsum[None], source.known[None], source.const[None],
-                               np.zeros((1, source.n), bool), bias)
+    known, const = _row_values(nz[None], blocks[None], source.known[None], source.const[None],
+                               np.zeros((1, source.n), bool), bias, alpha)
     out.set_values(known & bias_known, const)
 
 
