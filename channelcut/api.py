@@ -17,8 +17,8 @@ from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.cut import SizeChange, apply_cut, clear_intermediate_shapes, drop_unknown_value_info
 from channelcut.flops import model_flops
-from channelcut.graph import (inputs_as_declared, restore_boundary_shapes, tensor_bytes, to_ir,
-                              weight_bytes)
+from channelcut.graph import (infer_shapes, inputs_as_declared, restore_boundary_shapes,
+                              tensor_bytes, to_ir, weight_bytes)
 from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,14 @@ def cut(
     changes = {**unused, **apply_cut(analysis)}
 
     clear_intermediate_shapes(graph_model)
-    common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(graph_model)
+    infer_shapes(graph_model)
     flops_after = model_flops(graph_model)
     if inputs_as_declared(graph_model):  # the shapes just inferred are the model's own
         restore_boundary_shapes(graph_model)
     else:  # infer again from the declared inputs, so dynamic dimensions stay dynamic
         clear_intermediate_shapes(graph_model)
         restore_boundary_shapes(graph_model)
-        common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(graph_model)
+        infer_shapes(graph_model)
     drop_unknown_value_info(graph_model)
     result_proto = ir.to_proto(graph_model)
 

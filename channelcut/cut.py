@@ -41,6 +41,7 @@ class Rewrite:
         for node in self.graph:
             self._names.update(v.name for v in node.outputs if v.name)
         self._names.update(v.name for v in self.graph.inputs if v.name)
+        self._suffixes: dict[str, int] = {}
 
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
         return None if value is None else self.analysis.infos.get(value)
@@ -134,9 +135,11 @@ class Rewrite:
         return new
 
     def _unique(self, stem: str) -> str:
-        name, k = stem, 1
+        """`stem`, or `stem_<k>` with the first k not taken (counting on from the last)."""
+        name, k = stem, self._suffixes.get(stem, 1)
         while name in self._names:
             name, k = f"{stem}_{k}", k + 1
+        self._suffixes[stem] = k
         self._names.add(name)
         return name
 

@@ -9,9 +9,12 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from channelcut.io import error_line
+
 log = logging.getLogger(__name__)
 
 
+_SHAPE_INFERENCE_LOGGER = "onnx_ir.passes.common.shape_inference"
 # Ops that read a tensor's shape: exporters compute sizes with them at run time.
 SHAPE_OPS = ("Shape", "Size")
 
@@ -36,7 +39,7 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
         from channelcut.constfold import fold_constants  # it reads constants with this module
 
         # shapes from the declared inputs: only what no dynamic dimension reaches is folded
-        common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+        infer_shapes(model)
         fold_constants(model)
     for value in graph.inputs:
         if value.name in input_shapes:
@@ -46,8 +49,40 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
         for value in node.outputs:
             if value not in boundary:
                 value.shape = None
-    common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    infer_shapes(model)
     return model
+
+
+class _Failures(logging.Handler):
+    """Collects the exceptions a logger reports instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """ONNX shape inference over the graph, in place.
+
+    onnx-ir logs a failure with its traceback and leaves the shapes as they were; here it is one
+    warning line: what ONNX found wrong, and that channels around unknown shapes are kept.
+    """
+    logger = logging.getLogger(_SHAPE_INFERENCE_LOGGER)
+    failures, propagate = _Failures(), logger.propagate
+    logger.addHandler(failures)
+    logger.propagate = False
+    try:
+        common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    finally:
+        logger.removeHandler(failures)
+        logger.propagate = propagate
+    for error in failures.errors:
+        log.warning("ONNX shape inference failed (%s); shapes it could not infer stay unknown "
+                    "and the channels around them are kept", error_line(error))
 
 
 def _bypass_constant_identities(graph: ir.Graph) -> None:

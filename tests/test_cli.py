@@ -167,6 +167,25 @@ def test_console_script_module_prints_no_traceback(tmp_path):
     assert_one_line_error(proc.stderr, "absent.onnx")
 
 
+def test_model_with_inconsistent_types_gets_warnings_and_one_error_no_traceback(tmp_path):
+    # float64 weights for a float32 input: ONNX's shape inference and ONNX Runtime both refuse
+    bad = dead_channel_model()
+    for tensor in bad.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(
+            numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    path = tmp_path / "in.onnx"
+    onnx.save(bad, str(path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "channelcut.cli", "cut", str(path), "-o", str(tmp_path / "o.onnx")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    *warnings, error = proc.stderr.strip().splitlines()
+    assert warnings and all("ONNX shape inference failed" in w for w in warnings)
+    assert_one_line_error(error, "does not run in ONNX Runtime")
+    assert sorted(os.listdir(tmp_path)) == ["in.onnx"]
+
+
 def test_closed_stdout_is_not_an_internal_error(model_file):
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody will read: every write to stdout fails with EPIPE
