@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.channels import ChannelInfo, identity_positions
-from channelcut.graph import const_array, static_shape
+from channelcut.graph import cached_const, static_shape
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,7 @@ class Walk:
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         """A constant's value (converted once: large weights are read by several rules)."""
-        if value is None:
-            return None
-        if value not in self.consts:
-            self.consts[value] = const_array(value)
-        return self.consts[value]
+        return cached_const(self.consts, value)
 
     # -- recording facts --------------------------------------------------------------------
     def new(self, value: ir.Value, axis: int, positions: np.ndarray | int,

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from channelcut.solve import Analysis
 from channelcut.channels import ChannelInfo
-from channelcut.graph import const_array, input_at, static_shape, tensor_bytes
+from channelcut.graph import cached_const, input_at, static_shape, tensor_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,7 @@ class Rewrite:
         return static_shape(value)
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
-        if value is None:
-            return None
-        if value not in self._consts:
-            self._consts[value] = const_array(value)
-        return self._consts[value]
+        return cached_const(self._consts, value)
 
     def set_const(self, node: ir.Node, index: int, array: np.ndarray) -> None:
         """Give input `index` of `node` this constant value.

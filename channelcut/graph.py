@@ -124,6 +124,16 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+def cached_const(cache: dict[ir.Value, np.ndarray | None], value: ir.Value | None
+                 ) -> np.ndarray | None:
+    """`const_array(value)`, converted once per value (large weights are read several times)."""
+    if value is None:
+        return None
+    if value not in cache:
+        cache[value] = const_array(value)
+    return cache[value]
+
+
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     """The shape as ints when every dimension is known, else None."""
     if value is None or value.shape is None:

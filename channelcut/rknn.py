@@ -118,9 +118,7 @@ class RKNN:
         # Only a config that is valid as a whole replaces the previous one.
         self._preprocess_config, self._pruning = preprocess, pruning
         self._pruning_objective = pruning_objective
-        if other:
-            self._log.warn(f"config: the simulator does not use {', '.join(sorted(other))}; "
-                           "ignored")
+        self._ignored("config", other)
         return 0
 
     @_reports_errors(FAILED)
@@ -243,9 +241,7 @@ class RKNN:
             device = f" (device {device_id})" if device_id is not None else ""
             self._log.warn(f"target {target}{device}: no Rockchip NPU is reachable here; "
                            "running the ONNX Runtime CPU simulator instead")
-        if other:
-            self._log.warn(f"init_runtime: the simulator does not use "
-                           f"{', '.join(sorted(other))}; ignored")
+        self._ignored("init_runtime", other)
         self._sessions = {(): simulator.session(model)}
         self._runtime_ready = True
         return 0
@@ -259,12 +255,8 @@ class RKNN:
         `inputs_pass_through[i] = 1` feeds input i to the model without the preprocessing.
         Returns the outputs, or None after an `E` line.
         """
-        if not self._runtime_ready:
-            raise ChannelcutError("the runtime is not initialised; call init_runtime before "
-                                  "inference")
-        if other:
-            self._log.warn(f"inference: the simulator does not use "
-                           f"{', '.join(sorted(other))}; ignored")
+        self._require_runtime("inference")
+        self._ignored("inference", other)
         feeds = simulator.feeds(self._built, inputs, data_format)
         mask = simulator.pass_through_mask(inputs_pass_through, len(feeds))
         return simulator.run(self._session_for(mask), feeds)
@@ -289,9 +281,7 @@ class RKNN:
     def eval_perf(self, inputs: Sequence[np.ndarray] | None = None, is_print: bool = True,
                   data_format: str | Sequence[str] = "nhwc") -> dict[str, Any] | None:
         """Per-op times (ONNX Runtime's profiler, mean of several runs) and their total, in us."""
-        if not self._runtime_ready:
-            raise ChannelcutError("the runtime is not initialised; call init_runtime before "
-                                  "eval_perf")
+        self._require_runtime("eval_perf")
         feeds = (simulator.random_feeds(self._built) if inputs is None
                  else simulator.feeds(self._built, inputs, data_format))
         perf = simulator.profile(self._built, feeds)
@@ -312,9 +302,7 @@ class RKNN:
         if self._reference is None or self._built is None:
             raise ChannelcutError("accuracy_analysis compares the loaded and the built model; "
                                   "call load_pytorch or load_onnx, then build, first")
-        if other:
-            self._log.warn(f"accuracy_analysis: the simulator does not use "
-                           f"{', '.join(sorted(other))}; ignored")
+        self._ignored("accuracy_analysis", other)
         feeds = simulator.feeds(self._built, inputs, data_format)
         rows = simulator.compare_tensors(self._reference, self._built, feeds, self._channel_map)
         path = Path(output_dir) / "error_analysis.txt"
@@ -343,6 +331,17 @@ class RKNN:
         self._sessions: dict[tuple[int, ...], Any] = {}
         self._runtime_ready = False
         return 0
+
+    def _require_runtime(self, method: str) -> None:
+        if not self._runtime_ready:
+            raise ChannelcutError(f"the runtime is not initialised; call init_runtime before "
+                                  f"{method}")
+
+    def _ignored(self, method: str, options: dict[str, Any]) -> None:
+        """One `W` line naming the options the simulator does not use."""
+        if options:
+            self._log.warn(f"{method}: the simulator does not use "
+                           f"{', '.join(sorted(options))}; ignored")
 
 
 # --- argument checks ---------------------------------------------------------------------
