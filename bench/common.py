@@ -11,8 +11,13 @@ arithmetic 1 per output element; the figures channelcut's own report prints).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import importlib.util
 import math
+import os
+import platform
 import statistics
 import sys
 import time
@@ -45,9 +50,25 @@ zoo.import_torchvision()  # before any peer imports torchvision (its compiled op
 # several), and torch about deprecations; none of it changes a number the bench prints.
 warnings.filterwarnings("ignore")
 
+
+def export(module: Any, shape: Sequence[int]) -> onnx.ModelProto:
+    """tests/zoo.py's ONNX export (TorchScript exporter, BatchNorm folded, opset 17), quietly.
+
+    The exporter prints its whole IR graph when an op cannot be exported; the exception says
+    what went wrong in its first line, which is what a bench row reports.
+    """
+    import torch
+
+    # nn.MultiheadAttention's fused inference path (eval, no grad) has no ONNX export; the
+    # plain path computes the same attention.
+    torch.backends.mha.set_fastpath_enabled(False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return zoo.export_onnx(module, tuple(shape))
+
 # Where exactness is judged: max |got - want| / max |want| over an output.
 EXACT_REL_ERROR = 1e-4
 DEFAULT_SIZES = {"inception_v3": 299}
+FIXED_SIZES = {"vit_b_16": 224}  # its position embedding fixes the image size
 
 
 # ---------------------------------------------------------------------------- command line
@@ -69,6 +90,9 @@ def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | No
                         help="untimed ONNX Runtime runs per model first (default: 5)")
     parser.add_argument("--threads", type=int, default=2,
                         help="ONNX Runtime intra-op threads (default: 2)")
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="latency statistic over the timed runs (default: median; min is "
+                             "steadier on a machine other processes load)")
     parser.add_argument("--seed", type=int, default=0, help="model and input seed (default: 0)")
     if more is not None:
         more(parser)
@@ -78,8 +102,15 @@ def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | No
 
 
 def input_shape(model: str, size: int | None) -> tuple[int, int, int, int]:
-    side = size if size is not None else DEFAULT_SIZES.get(model, 224)
+    side = FIXED_SIZES.get(model, size if size is not None else DEFAULT_SIZES.get(model, 224))
     return (1, 3, side, side)
+
+
+def latency_setup(args: argparse.Namespace) -> str:
+    """How latency is measured, and on what machine, for the line above a table."""
+    return (f"ONNX Runtime CPU, {args.threads} intra-op threads, {args.stat} of {args.runs} "
+            f"alternated runs after {args.warmup} warm-up; {platform.machine()}, "
+            f"{os.cpu_count()} CPUs")
 
 
 def example_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
@@ -89,13 +120,24 @@ def example_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------- counting
 
 def onnx_params(model: onnx.ModelProto) -> int:
-    """Elements of the model's floating-point constants (weights, biases, constant tensors)."""
+    """Elements of the model's distinct floating-point constants (initializers, Constant nodes).
+
+    Distinct by content: exporters store equal tensors once (the all-zero biases of pruned
+    layers, for example) while a rewrite may keep them under several names; counting each
+    content once makes the figure independent of that bookkeeping.
+    """
     tensors = list(model.graph.initializer)
     tensors += [a.t for n in model.graph.node if n.op_type == "Constant"
                 for a in n.attribute if a.name == "value"]
     floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
-    return sum(math.prod(t.dims) for t in tensors if t.data_type in floating)
+    distinct = {}
+    for tensor in tensors:
+        if tensor.data_type in floating:
+            data = numpy_helper.to_array(tensor)
+            key = (data.dtype.str, data.shape, hashlib.sha1(data.tobytes()).hexdigest())
+            distinct[key] = data.size
+    return sum(distinct.values())
 
 
 def onnx_flops(model: onnx.ModelProto) -> int:
@@ -173,8 +215,9 @@ class Session:
 
 
 def alternating_latency(sessions: Sequence[Session], x: np.ndarray, runs: int,
-                        warmup: int) -> list[float]:
-    """Median seconds per run of each session, timed in turns so drift hits all of them alike.
+                        warmup: int, stat: str = "median") -> list[float]:
+    """Seconds per run of each session (median or min of `runs`), timed in turns so that drift
+    hits all of them alike.
 
     Each round runs every session once; the order rotates from round to round so that no model
     is always the one that runs right after another (cache and frequency effects).
@@ -188,7 +231,7 @@ def alternating_latency(sessions: Sequence[Session], x: np.ndarray, runs: int,
             elapsed = time.perf_counter() - start
             if round_ >= warmup:
                 times[k].append(elapsed)
-    return [statistics.median(t) for t in times]
+    return [(min if stat == "min" else statistics.median)(t) for t in times]
 
 
 # ---------------------------------------------------------------------------- results

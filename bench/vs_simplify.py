@@ -94,7 +94,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
     shape = common.input_shape(name, args.size)
     x = common.example_input(shape, args.seed)
     model = common.zoo.prune_ln_structured(common.zoo.build(name, args.seed), AMOUNT)
-    original, row.export_s = timed(common.zoo.export_onnx, model, shape)
+    original, row.export_s = timed(common.export, model, shape)
     sessions: dict[str, Session] = {"orig": Session(original, args.threads)}
     reference = sessions["orig"].run(x)
 
@@ -107,7 +107,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
             want, got = model(torch.from_numpy(x)), simplified(torch.from_numpy(x))
         row.simplify_error = common.output_errors(want.numpy(), got.numpy())
         simplified_onnx = failures.attempt(name, "torch-simplify ONNX export",
-                                           common.zoo.export_onnx, simplified, shape)
+                                           common.export, simplified, shape)
     else:
         row.simplify_s = FAIL
     if ok(simplified_onnx):
@@ -129,7 +129,8 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
     row.params = tuple(common.onnx_params(m) if ok(m) else m for m in models)
     row.flops = tuple(failures.attempt(name, "FLOP count", common.onnx_flops, m)
                       if ok(m) else m for m in models)
-    medians = common.alternating_latency(list(sessions.values()), x, args.runs, args.warmup)
+    medians = common.alternating_latency(list(sessions.values()), x, args.runs, args.warmup,
+                                             args.stat)
     latency = dict(zip(sessions, medians))
     row.latency = tuple(latency.get(k, FAIL if k != "orig" else None)
                         for k in ("orig", "simpl", "cut"))
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = common.parse_args(__doc__, MODELS, argv)
     table = Table(COLUMNS)
     failures = Failures()
-    emit(f"naive {AMOUNT:.0%} ln_structured(dim=0) on every Conv2d; ORT CPU, "
-         f"{args.threads} threads, median of {args.runs} alternated runs after {args.warmup}")
+    emit(f"naive {AMOUNT:.0%} ln_structured(dim=0) on every Conv2d; "
+         f"{common.latency_setup(args)}")
     emit(table.header())
     rows = []
     for name in args.models:

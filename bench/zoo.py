@@ -151,13 +151,17 @@ class Row:
 
 def zero_consistent_groups(model: Any, shape: tuple[int, ...], amount: float,
                            seed: int) -> int:
-    """Zero `amount` of the coupled channel groups of `model` in place; how many were zeroed.
+    """Zero a seeded `amount` of the prunable coupled channel groups of `model` in place.
 
-    channelcut.torch_groups does the work; ImportError when it is not there yet.
+    Returns how many of channelcut's channel groups that zeroes (what a complete cut's
+    removed_groups counts). ImportError when channelcut.torch_groups is not there.
     """
     from channelcut import torch_groups  # noqa: PLC0415 - optional until it lands
 
-    return torch_groups.zero_groups(model, shape, amount=amount, seed=seed)
+    groups = torch_groups.module_channel_groups(model, shape)
+    picked = torch_groups.pick_groups(groups, fraction=amount, seed=seed)
+    torch_groups.zero_module_groups(model, picked)
+    return sum(group.parts for group in picked)
 
 
 def prune_with_torch_pruning(zeroed: Any, shape: tuple[int, ...]) -> TorchPruning:
@@ -247,7 +251,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
         row.skipped = f"mode (b) zeroing unavailable ({reason})"
     sessions: dict[str, Session] = {}
     if not row.skipped:
-        zeroed, row.export_s = timed(common.zoo.export_onnx, model, shape)
+        zeroed, row.export_s = timed(common.export, model, shape)
         sessions["orig"] = Session(zeroed, args.threads)
         reference = sessions["orig"].run(x)
 
@@ -263,7 +267,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
             row.tp_error = common.output_errors(want.numpy(), got.numpy()) if ok(got) else got
             if ok(got):
                 tp_onnx = failures.attempt(name, "Torch-Pruning ONNX export",
-                                           common.zoo.export_onnx, tp_result.module, shape)
+                                           common.export, tp_result.module, shape)
         else:
             row.tp_error = FAIL
 
@@ -289,7 +293,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
         row.naive = naive_cut(name, naive, shape, x, args, sessions, failures)
     if sessions:
         medians = common.alternating_latency(list(sessions.values()), x, args.runs,
-                                             args.warmup)
+                                             args.warmup, args.stat)
         latency = dict(zip(sessions, medians))
         row.latency = (latency.get("orig"), latency.get("cut", FAIL if not row.skipped else None))
         if row.naive:
@@ -303,7 +307,7 @@ def naive_cut(name: str, model: Any, shape: tuple[int, ...], x: Any, args: Any,
     import channelcut
 
     common.zoo.prune_ln_structured(model, AMOUNT)
-    pruned = common.zoo.export_onnx(model, shape)
+    pruned = common.export(model, shape)
     naive: dict[str, Any] = {"params_before": common.onnx_params(pruned)}
     naive["flops_before"] = failures.attempt(name, "FLOP count", common.onnx_flops, pruned)
     result, naive["seconds"] = timed(failures.attempt, name, "channelcut.cut (naive, full)",
@@ -334,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the second table (naive pruning, channelcut's full cut)"))
     table, naive_table = Table(MAIN_COLUMNS), Table(NAIVE_COLUMNS)
     failures = Failures()
-    emit(f"mode (b): {AMOUNT:.0%} of the coupled channel groups zeroed; ORT CPU, "
-         f"{args.threads} threads, median of {args.runs} alternated runs after {args.warmup}")
+    emit(f"mode (b): {AMOUNT:.0%} of the coupled channel groups zeroed; "
+         f"{common.latency_setup(args)}")
     emit(table.header())
     rows = []
     for name in args.models:
