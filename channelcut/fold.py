@@ -95,11 +95,12 @@ def fold_into_matmul(node: ir.Node, rw: Rewrite, weights: np.ndarray, deleted_in
     rw.append_after(node.outputs[0], "Add", [constant])
 
 
-def reinsert(node: ir.Node, index: int, rw: Rewrite, needed: np.ndarray) -> None:
-    """Give input `index` back the constant channels at positions `needed` that the cut took
-    from it but the node still computes with: Pad zeros at the end of the channel axis, Gather
-    every position into place, then Add the constants (when any is non-zero)."""
-    operand = node.inputs[index]
+def reinsert(node: ir.Node, operand: ir.Value, rw: Rewrite, needed: np.ndarray) -> None:
+    """Give the operand back the constant channels at positions `needed` that the cut took from
+    it but the node still computes with: Pad zeros at the end of the channel axis, Gather
+    every position into place, then Add the constants (when any is non-zero). Every input of
+    the node that is this operand reads the result."""
+    index = next(i for i, value in enumerate(node.inputs) if value is operand)
     info = rw.info(operand)
     deleted = rw.deleted(operand)
     axis, rank = info.axis, len(rw.shape(operand))
@@ -121,4 +122,6 @@ def reinsert(node: ir.Node, index: int, rw: Rewrite, needed: np.ndarray) -> None
         shape[axis] = wanted.size
         constants = rw.new_const(f"{stem}_constants", values.astype(dtype).reshape(shape))
         full = rw.add_node(node, "Add", [full, constants])
-    node.replace_input_with(index, full)
+    for i, value in enumerate(node.inputs):
+        if value is operand:
+            node.replace_input_with(i, full)

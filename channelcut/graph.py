@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+# onnx-ir's own helper for calling onnx's C API without the large constants
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
 
 from channelcut.io import error_line
 
 log = logging.getLogger(__name__)
 
 
-_SHAPE_INFERENCE_LOGGER = "onnx_ir.passes.common.shape_inference"
 # Ops that read a tensor's shape: exporters compute sizes with them at run time.
 SHAPE_OPS = ("Shape", "Size")
 
@@ -53,36 +55,32 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     return model
 
 
-class _Failures(logging.Handler):
-    """Collects the exceptions a logger reports instead of printing them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.errors: list[BaseException] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.errors.append(record.exc_info[1])
-
-
 def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference over the graph, in place.
+    """ONNX shape inference over the graph, in place: every value gets the type and shape
+    ONNX infers for it (where it infers one).
 
-    onnx-ir logs a failure with its traceback and leaves the shapes as they were; here it is one
-    warning line: what ONNX found wrong, and that channels around unknown shapes are kept.
+    Large constants are left out of the call (onnx-ir's helper, as its ShapeInferencePass
+    does), and only the inferred types are read back, by value name, instead of the whole
+    model. A failure is one warning line: what ONNX found wrong, and that the channels around
+    unknown shapes are kept.
     """
-    logger = logging.getLogger(_SHAPE_INFERENCE_LOGGER)
-    failures, propagate = _Failures(), logger.propagate
-    logger.addHandler(failures)
-    logger.propagate = False
+    infer = partial(onnx.shape_inference.infer_shapes, check_type=True, strict_mode=False,
+                    data_prop=True)
     try:
-        common_passes.ShapeInferencePass(strict_mode=False, data_prop=True)(model)
-    finally:
-        logger.removeHandler(failures)
-        logger.propagate = propagate
-    for error in failures.errors:
+        inferred = call_onnx_api(infer, model)
+    except Exception as error:  # noqa: BLE001 - onnx raises several types; the run goes on
         log.warning("ONNX shape inference failed (%s); shapes it could not infer stay unknown "
                     "and the channels around them are kept", error_line(error))
+        return
+    values = ir.convenience.create_value_mapping(model.graph)
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        value = values.get(info.name)
+        if value is None or not info.type.HasField("tensor_type"):
+            continue
+        shape = ir.serde.deserialize_type_proto_for_shape(info.type)
+        if shape is not None:
+            value.shape = shape
+        value.type = ir.serde.deserialize_type_proto_for_type(info.type)
 
 
 def _bypass_constant_identities(graph: ir.Graph) -> None:

@@ -294,7 +294,9 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
     only the folds and reinsertions that pay under `options.objective`.
 
     Start with every site allowed; solve; disallow each site whose saving does not beat its
-    cost; solve again, until every site in use pays.
+    cost; solve again, until every site in use pays. A group may need several sites (each is
+    credited with its whole saving), so the sites in use must also pay together: if they do
+    not, the one that pays least is disallowed and the solve repeats.
     """
     if options.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
@@ -307,14 +309,26 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
         group_bytes, group_flops = _group_savings(solver, weight_bytes, flops)
         uses: list[SiteUse] = []
         refused = set()
-        for key, groups in solver.site_groups().items():
+        used = solver.site_groups()
+        margins: dict[int, float] = {}
+        for key, groups in used.items():
             site = sites[key]
             saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
                          flops=float(group_flops[groups].sum()))
             if not pays(saved, site.cost, options.objective):
                 refused.add(key)
+            margins[key] = _metric(saved, options.objective) - _metric(site.cost,
+                                                                        options.objective)
             uses.append(SiteUse(site.node.name or "", site.node.op_type, site.kind,
                                 int(groups.size), site.cost, saved))
+        if not refused and used:
+            freed = np.unique(np.concatenate(list(used.values())))
+            together = Cost(weight_bytes=float(group_bytes[freed].sum()),
+                            flops=float(group_flops[freed].sum()))
+            added = Cost(*(sum(getattr(sites[k].cost, f) for k in used)
+                           for f in ("weight_bytes", "flops", "moved", "nodes")))
+            if not pays(together, added, options.objective):
+                refused.add(min(margins, key=margins.__getitem__))
         if not refused:
             break
         allowed -= refused

@@ -352,9 +352,16 @@ ADD_TO_ITSELF = Recipe(in_channels=1, steps=(("conv", 0), ("add", 0), ("conv", 0
                        p_row=0.5, p_col=0.0, extra_output=False)
 
 
+# bn1 + bn1 with constant channels: reinserted once for both operands, paid for once.
+BN_ADDED_TO_ITSELF = Recipe(in_channels=1, steps=(("conv", 3548), ("bn", 0), ("conv", 1),
+                                                  ("add", 0), ("conv", 0), ("conv", 0)),
+                            head="conv", p_row=0.6, p_col=0.0, extra_output=True)
+
+
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
 @example(recipe=ADD_TO_ITSELF)
+@example(recipe=BN_ADDED_TO_ITSELF)
 @given(recipe=recipes)
 def test_cut_never_grows_weights(mode, recipe):
     m = build(recipe)

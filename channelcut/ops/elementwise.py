@@ -185,14 +185,18 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     out = walk.new(out_value, axis, source.positions)
     values: list[Values] = []
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
+    linked: set[ir.Value] = set()
     for value in operands:
         shape = walk.shape(value)
         ax = _aligned_axis(axis, len(out_shape), shape)
         info = walk.info(value)
         if info is not None and info.axis == ax and shape[ax] == out.size:
             owner = walk.align(info, out, node)
-            if owner is not None:  # coupled, or in the full cut a constant can be reinserted
+            if owner is not None and value not in linked:
+                # coupled, or in the full cut a constant can be reinserted (once per tensor,
+                # however many operands it is)
                 walk.link(info.ids[owner], out.ids, _reinsert_site(node, walk, out, out_shape))
+                linked.add(value)
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
             continue
@@ -228,11 +232,11 @@ def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
     constant channels the cut took from it but the output keeps."""
     out = node.outputs[0]
     deleted = rw.deleted(out)
-    for index, value in enumerate(node.inputs):
+    for value in dict.fromkeys(node.inputs):
         if rw.info(value) is not None:
             needed = np.setdiff1d(rw.deleted(value), deleted)
             if needed.size:
-                reinsert(node, index, rw, needed)
+                reinsert(node, value, rw, needed)
     if deleted.size == 0:
         return
     out_rank = len(rw.shape(out))
