@@ -93,7 +93,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
     row = Row(name)
     shape = common.input_shape(name, args.size)
     x = common.example_input(shape, args.seed)
-    model = common.zoo.prune_ln_structured(common.zoo.build(name, args.seed), AMOUNT)
+    model = common.zoo.prune_ln_structured(common.build(name, shape, args.seed), AMOUNT)
     original, row.export_s = timed(common.export, model, shape)
     sessions: dict[str, Session] = {"orig": Session(original, args.threads)}
     reference = sessions["orig"].run(x)
@@ -103,9 +103,8 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
         torch.zeros(shape))
     simplified_onnx = FAIL
     if ok(simplified):
-        with torch.no_grad():
-            want, got = model(torch.from_numpy(x)), simplified(torch.from_numpy(x))
-        row.simplify_error = common.output_errors(want.numpy(), got.numpy())
+        row.simplify_error = common.output_errors(common.torch_outputs(model, x),
+                                                  common.torch_outputs(simplified, x))
         simplified_onnx = failures.attempt(name, "torch-simplify ONNX export",
                                            common.export, simplified, shape)
     else:

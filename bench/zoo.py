@@ -167,10 +167,10 @@ def zero_consistent_groups(model: Any, shape: tuple[int, ...], amount: float,
 def prune_with_torch_pruning(zeroed: Any, shape: tuple[int, ...]) -> TorchPruning:
     """Torch-Pruning removes the zeroed channels of a copy of `zeroed`; graph build and prune timed.
 
-    For each Conv2d/Linear with all-zero output rows (in module order, re-read after each prune
-    because pruning renumbers channels) it asks the dependency graph for the group those rows
-    drag along and keeps only the rows that are zero in every producer of the group, so that
-    it prunes exactly the channels that are dead, as a user who knows them would.
+    For each conv (plain, grouped, transposed) or Linear with all-zero output channels, in
+    module order and re-read after each prune because pruning renumbers channels, it asks the
+    dependency graph for the group those channels drag along and prunes the ones that are zero
+    in every producer of the group: exactly the dead channels, as a user who knows them would.
     """
     import torch
     import torch_pruning as tp
@@ -178,15 +178,16 @@ def prune_with_torch_pruning(zeroed: Any, shape: tuple[int, ...]) -> TorchPrunin
     model = copy.deepcopy(zeroed)
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     result = TorchPruning(model)
-    pruners = {torch.nn.Conv2d: tp.prune_conv_out_channels,
-               torch.nn.Linear: tp.prune_linear_out_channels}
     start = time.perf_counter()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     for module in list(model.modules()):
-        pruner = pruners.get(type(module))
-        if pruner is None or module not in graph.module2node:
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            pruner = tp.prune_conv_out_channels
+        elif isinstance(module, torch.nn.Linear):
+            pruner = tp.prune_linear_out_channels
+        else:
             continue
-        rows = _zero_rows(module.weight, getattr(module, "bias", None))
+        rows = sorted(_zero_channels(module)) if module in graph.module2node else []
         if not rows:
             continue
         group = graph.get_pruning_group(module, pruner, idxs=rows)
@@ -203,44 +204,51 @@ def prune_with_torch_pruning(zeroed: Any, shape: tuple[int, ...]) -> TorchPrunin
     return result
 
 
-def _zero_rows(weight: Any, bias: Any = None) -> list[int]:
-    """Output rows (axis 0) of a weight that are all zero, bias included when there is one."""
-    zero = (weight.detach().reshape(weight.shape[0], -1) == 0).all(dim=1)
-    if bias is not None:
-        zero &= bias.detach() == 0
-    return zero.nonzero().flatten().tolist()
+def _zero_channels(module: Any) -> set[int]:
+    """The output channels a layer makes exactly zero from a zero input, or from any input for
+    a conv or Linear: all-zero weights and bias; for a BatchNorm zero scale and shift."""
+    import torch
+
+    def zero(*tensors: Any) -> set[int]:  # tensors with channels on axis 0
+        flags = torch.stack([(t.detach().reshape(t.shape[0], -1) == 0).all(dim=1)
+                             for t in tensors if t is not None]).all(dim=0)
+        return set(flags.nonzero().flatten().tolist())
+
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        if module.affine:
+            return zero(module.weight, module.bias)
+        running = module.running_mean
+        return zero(running) if running is not None else set(range(module.num_features))
+    weight = module.weight
+    if getattr(module, "transposed", False):  # [in, out / groups, *kernel]
+        per_group = weight.shape[1]
+        weight = weight.reshape(module.groups, -1, *weight.shape[1:]).transpose(1, 2)
+        weight = weight.reshape(module.groups * per_group, -1)
+    return zero(weight, getattr(module, "bias", None))
 
 
 def _dead_roots(group: Any, rows: list[int]) -> list[int]:
     """The root rows whose channel is zero in every producer the group would cut."""
-    import torch
     import torch_pruning as tp
 
     producers = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels,
                  tp.prune_linear_out_channels, tp.prune_batchnorm_out_channels)
     alive: set[int] = set()
     for item in group.items:
-        if item.dep.handler not in producers:
-            continue
-        module = item.dep.target.module
-        bias = getattr(module, "bias", None)
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            zero = set(_zero_rows(module.weight[:, None], bias)) if module.affine else set()
-        else:
-            zero = set(_zero_rows(module.weight, bias))
-        alive |= {root for idx, root in zip(item.idxs, item.root_idxs) if idx not in zero}
+        if item.dep.handler in producers:
+            zero = _zero_channels(item.dep.target.module)
+            alive |= {root for idx, root in zip(item.idxs, item.root_idxs) if idx not in zero}
     return [r for r in rows if r not in alive]
 
 
 def run_model(name: str, args: Any, failures: Failures) -> Row:
     import channelcut
-    import torch
 
     row = Row(name)
     shape = common.input_shape(name, args.size)
     x = common.example_input(shape, args.seed)
     try:
-        model = common.zoo.build(name, args.seed)
+        model = common.build(name, shape, args.seed)
     except ValueError as reason:  # a name tests/zoo.py does not build (yet)
         row.skipped = str(reason).split(";")[0]
         return row
@@ -260,11 +268,10 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
         tp_onnx = FAIL
         if ok(tp_result):
             row.tp_s, row.tp_groups = tp_result.seconds, tp_result.groups
-            with torch.no_grad():
-                want = model(torch.from_numpy(x))
-                got = failures.attempt(name, "Torch-Pruning's model", tp_result.module,
-                                       torch.from_numpy(x))
-            row.tp_error = common.output_errors(want.numpy(), got.numpy()) if ok(got) else got
+            got = failures.attempt(name, "Torch-Pruning's model", common.torch_outputs,
+                                   tp_result.module, x)
+            row.tp_error = common.output_errors(common.torch_outputs(model, x), got) \
+                if ok(got) else got
             if ok(got):
                 tp_onnx = failures.attempt(name, "Torch-Pruning ONNX export",
                                            common.export, tp_result.module, shape)
