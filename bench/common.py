@@ -117,7 +117,8 @@ def build(model: str, shape: Sequence[int], seed: int) -> Any:
 
 def latency_setup(args: argparse.Namespace) -> str:
     """How latency is measured, and on what machine, for the line above a table."""
-    return (f"ONNX Runtime CPU, {args.threads} intra-op threads, {args.stat} of {args.runs} "
+    threads = f"{args.threads} intra-op thread{'' if args.threads == 1 else 's'}"
+    return (f"ONNX Runtime CPU, {threads}, {args.stat} of {args.runs} "
             f"alternated runs after {args.warmup} warm-up; {platform.machine()}, "
             f"{os.cpu_count()} CPUs")
 
@@ -336,9 +337,13 @@ class Table:
         self.columns = list(columns)
 
     def _line(self, cells: Sequence[str]) -> str:
+        """Cells right-aligned under their columns, the first left-aligned; a row with fewer
+        cells than columns ends in its last cell, left-aligned (a note such as "skipped: ...")."""
         parts = []
         for k, (column, cell) in enumerate(zip(self.columns, cells)):
-            parts.append(cell.ljust(column.width) if k == 0 else cell.rjust(column.width))
+            last_of_short_row = k == len(cells) - 1 < len(self.columns) - 1
+            parts.append(cell.ljust(column.width) if k == 0 else
+                         "  " + cell if last_of_short_row else cell.rjust(column.width))
         return " ".join(parts).rstrip()
 
     def header(self) -> str:

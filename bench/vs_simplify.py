@@ -39,7 +39,7 @@ MODELS = ("resnet18", "resnet50", "densenet121", "mobilenet_v2", "googlenet", "i
 AMOUNT = 0.5
 
 COLUMNS = [
-    Column("model", 18),
+    Column("model", 18), Column("input", 5),
     Column("orig", 7, "params"), Column("simpl", 7, "params"), Column("cut", 7, "params"),
     Column("orig", 7, "FLOPs"), Column("simpl", 7, "FLOPs"), Column("cut", 7, "FLOPs"),
     Column("simpl", 8, "max rel err"), Column("cut", 8, "max rel err"),
@@ -54,6 +54,7 @@ class Row:
     """What one model measured; FAIL where that step raised, None where it did not run."""
 
     name: str
+    size: Any = None  # input height and width
     params: tuple[Any, Any, Any] = (None, None, None)  # original, torch-simplify, channelcut
     flops: tuple[Any, Any, Any] = (None, None, None)
     simplify_error: Any = None
@@ -64,7 +65,7 @@ class Row:
     latency: tuple[Any, Any, Any] = (None, None, None)
 
     def cells(self) -> list[str]:
-        return [self.name, *map(millions, self.params), *map(giga, self.flops),
+        return [self.name, str(self.size or "-"), *map(millions, self.params), *map(giga, self.flops),
                 error(self.simplify_error), error(self.cut_error),
                 seconds(self.export_s), seconds(self.simplify_s), seconds(self.cut_s),
                 *map(millis, self.latency),
@@ -90,8 +91,8 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
     import torch
     from simplify import simplify
 
-    row = Row(name)
     shape = common.input_shape(name, args.size)
+    row = Row(name, shape[-1])
     x = common.example_input(shape, args.seed)
     model = common.zoo.prune_ln_structured(common.build(name, shape, args.seed), AMOUNT)
     original, row.export_s = timed(common.export, model, shape)

@@ -55,7 +55,7 @@ TARGETS = ("removes at least what Torch-Pruning removes", "exact",
            f"CPU speed-up >= {SPEEDUP_SHARE} x FLOP reduction (conv nets)")
 
 MAIN_COLUMNS = [
-    Column("model", 18),
+    Column("model", 18), Column("input", 5),
     Column("orig", 7, "params"), Column("TP", 7, "params"), Column("cut", 7, "params"),
     Column("orig", 7, "FLOPs"), Column("TP", 7, "FLOPs"), Column("cut", 7, "FLOPs"),
     Column("zeroed", 6, "groups"), Column("TP", 6, "groups"), Column("cut", 6, "groups"),
@@ -66,7 +66,7 @@ MAIN_COLUMNS = [
     Column("FLOPs", 6, "speed-up"), Column("ORT", 6, "speed-up"),
 ]
 NAIVE_COLUMNS = [
-    Column("model", 18),
+    Column("model", 18), Column("input", 5),
     Column("before", 7, "params"), Column("after", 7, "params"),
     Column("before", 7, "FLOPs"), Column("after", 7, "FLOPs"),
     Column("groups", 6), Column("time", 7), Column("err", 8),
@@ -88,6 +88,7 @@ class Row:
     """What one model measured; FAIL where that step raised, None where it did not run."""
 
     name: str
+    size: Any = None  # input height and width
     skipped: str = ""
     params: tuple[Any, Any, Any] = (None, None, None)  # zeroed original, Torch-Pruning, cut
     flops: tuple[Any, Any, Any] = (None, None, None)
@@ -108,8 +109,8 @@ class Row:
 
     def cells(self) -> list[str]:
         if self.skipped:
-            return [self.name, f"skipped: {self.skipped}"]
-        return [self.name, *map(millions, self.params), *map(giga, self.flops),
+            return [self.name, str(self.size or "-"), f"skipped: {self.skipped}"]
+        return [self.name, str(self.size or "-"), *map(millions, self.params), *map(giga, self.flops),
                 *(str(g if g is not None else "-") for g in
                   (self.zeroed_groups, self.tp_groups, self.cut_groups)),
                 seconds(self.export_s), seconds(self.tp_s), seconds(self.cut_s),
@@ -122,8 +123,8 @@ class Row:
     def naive_cells(self) -> list[str]:
         n = self.naive
         if not n:
-            return [self.name, f"skipped: {self.skipped or 'not run'}"]
-        return [self.name, millions(n.get("params_before")), millions(n.get("params_after")),
+            return [self.name, str(self.size or "-"), f"skipped: {self.skipped or 'not run'}"]
+        return [self.name, str(self.size or "-"), millions(n.get("params_before")), millions(n.get("params_after")),
                 giga(n.get("flops_before")), giga(n.get("flops_after")),
                 str(n.get("groups", "-")), seconds(n.get("seconds")), error(n.get("error")),
                 millis(n.get("latency")), ratio(n.get("flops_before"), n.get("flops_after")),
@@ -244,8 +245,8 @@ def _dead_roots(group: Any, rows: list[int]) -> list[int]:
 def run_model(name: str, args: Any, failures: Failures) -> Row:
     import channelcut
 
-    row = Row(name)
     shape = common.input_shape(name, args.size)
+    row = Row(name, shape[-1])
     x = common.example_input(shape, args.seed)
     try:
         model = common.build(name, shape, args.seed)
