@@ -59,7 +59,7 @@ def cut(
     if objective not in OBJECTIVES:
         raise ChannelcutError(
             f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
-    original = io.load_model(model)
+    original = io.load_model(model, copy=False)  # read only: the IR copies what changes
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]

@@ -24,12 +24,15 @@ EXTERNAL_DATA_THRESHOLD = 2**31 - 1
 EXTERNAL_TENSOR_MIN_BYTES = 1024
 
 
-def load_model(source: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    """Give a private copy of a model, read from a path (with its external data) or a proto."""
+def load_model(source: onnx.ModelProto | str | Path, copy: bool = True) -> onnx.ModelProto:
+    """A model read from a path (with its external data), or a proto: a private copy of it,
+    or with `copy=False` the caller's own proto, for readers that never modify it."""
     if isinstance(source, onnx.ModelProto):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(source)
-        return copy
+        if not copy:
+            return source
+        private = onnx.ModelProto()
+        private.CopyFrom(source)
+        return private
     path = _require_file(Path(source), "model")
     hint = "re-export it from your framework, or check that the download finished"
     try:

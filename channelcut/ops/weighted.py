@@ -14,7 +14,8 @@ import onnx_ir as ir
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.flops import node_flops
 from channelcut.fold import fold_into_conv, fold_into_gemm, fold_into_matmul
-from channelcut.channels import ChannelInfo, identity_positions, per_channel_constant
+from channelcut.channels import (ChannelInfo, identity_positions, nonzero_along_last_axis,
+                                 per_channel_constant)
 from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
 from channelcut.ops import rule
@@ -90,7 +91,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     out = walk.new(node.outputs[0], 1, cout)
     source = _pinned_unless(walk, node, walk.info(x), 1, block_ok=False)
     flat = weights.reshape(cout, cin_g, -1)
-    nz = flat[..., 0] != 0 if flat.shape[2] == 1 else (flat != 0).any(axis=-1)
+    nz = nonzero_along_last_axis(flat)
     bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
     in_known, in_const = _input_values(source, cin)
     blocked = _padded(node, weights.shape[2:]) & (in_const != 0)
@@ -222,7 +223,7 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
     cout = cout_g * groups
     out = walk.new(node.outputs[0], 1, cout)
     source = _pinned_unless(walk, node, walk.info(x), 1, block_ok=False)
-    nz = (weights.reshape(cin, cout_g, -1) != 0).any(axis=-1).T  # [cout_g, cin]
+    nz = nonzero_along_last_axis(weights.reshape(cin, cout_g, -1)).T  # [cout_g, cin]
     bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
     in_known, in_const = _input_values(source, cin)
     not_zero = ~(in_known & (in_const == 0))
@@ -274,7 +275,7 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
         blocks = w_nk.reshape(n_out, source.n, source.block)  # a view, no copy
     else:
         blocks = w_nk[:, source.positions]
-    nz = blocks[..., 0] != 0 if source.block == 1 else (blocks != 0).any(axis=-1)
+    nz = nonzero_along_last_axis(blocks)
     walk.charge(source.ids, weight_bytes=n_out * source.block * size,
                 flops=node_flops(node) / source.n)
     walk.reader(source, out, nz, site)
