@@ -52,11 +52,13 @@ def _row_values(nz: np.ndarray, weights: np.ndarray, in_known: np.ndarray,
         row_unknown = (nz & unknown_in[:, None, :]).any(axis=2)
     value = np.zeros(nz.shape[:2], np.float32)
     carries = in_known & (in_const != 0)
-    for g in np.flatnonzero(carries.any(axis=1)):
-        cols = np.flatnonzero(carries[g])
-        sums = weights[g][:, cols].sum(axis=-1, dtype=np.float32)
+    # only rows that are constants and read something need their value summed
+    summed = ~row_unknown & nz.any(axis=2)
+    for g in np.flatnonzero(carries.any(axis=1) & summed.any(axis=1)):
+        rows, cols = np.flatnonzero(summed[g]), np.flatnonzero(carries[g])
+        sums = weights[g][rows][:, cols].sum(axis=-1, dtype=np.float32)
         with np.errstate(all="ignore"):
-            value[g] = (sums * in_const[g, cols]).sum(axis=-1) * np.float32(scale)
+            value[g, rows] = (sums * in_const[g, cols]).sum(axis=-1) * np.float32(scale)
     return ~row_unknown.reshape(-1), (bias + value.reshape(-1)).astype(np.float32)
 
 
