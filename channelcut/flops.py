@@ -1,5 +1,6 @@
 """FLOPs of a model at concrete shapes: 2 per multiply-add in Conv, ConvTranspose, Gemm and
-MatMul; one per output element for other arithmetic; nothing for ops that only move data."""
+MatMul; one per output element for other arithmetic; nothing for ops that only move data, or
+for constant subgraphs (runtimes evaluate them once, at load)."""
 
 from __future__ import annotations
 
@@ -53,4 +54,15 @@ def node_flops(node: ir.Node) -> int:
 
 
 def model_flops(model: ir.Model) -> int:
-    return sum(node_flops(node) for node in model.graph)
+    """FLOPs of one inference: nodes that compute only from constants (a border fold's
+    Conv over a plane of ones) are evaluated once when a runtime loads the model, and count 0."""
+    constant: set[ir.Value] = set()
+    total = 0
+    for node in model.graph:
+        inputs = [v for v in node.inputs if v is not None]
+        if inputs and all(v in constant or (v.const_value is not None and not v.is_graph_input())
+                          for v in inputs):
+            constant.update(node.outputs)
+            continue
+        total += node_flops(node)
+    return total

@@ -45,6 +45,12 @@ def test_constant_into_padded_3x3_conv_becomes_a_border_map():
     # the map is a constant subgraph (runtimes fold it at load) plus one Add
     assert sorted(ops(result.model)) == sorted(["Conv", "Relu", "Conv", "ConstantOfShape",
                                                 "Conv", "Add"])
+    # per inference: conv_c1 (4 of 6 rows) + relu + conv_y (4 of 6 inputs) + the Add; the
+    # border map's Conv over a plane of ones is computed once, at load
+    pixels = 8 * 8
+    assert result.report.flops_before == 2 * pixels * 6 * 3 + pixels * 6 + 2 * pixels * 5 * 6 * 9
+    assert result.report.flops_after == 2 * pixels * 4 * 3 + pixels * 4 + 2 * pixels * 5 * 4 * 9 \
+        + pixels * 5
 
 
 def test_constant_into_strided_dilated_padded_conv():
