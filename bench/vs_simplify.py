@@ -65,7 +65,8 @@ class Row:
     latency: tuple[Any, Any, Any] = (None, None, None)
 
     def cells(self) -> list[str]:
-        return [self.name, str(self.size or "-"), *map(millions, self.params), *map(giga, self.flops),
+        return [self.name, str(self.size or "-"), *map(millions, self.params),
+                *map(giga, self.flops),
                 error(self.simplify_error), error(self.cut_error),
                 seconds(self.export_s), seconds(self.simplify_s), seconds(self.cut_s),
                 *map(millis, self.latency),
@@ -99,22 +100,21 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
     sessions: dict[str, Session] = {"orig": Session(original, args.threads)}
     reference = sessions["orig"].run(x)
 
-    simplified, row.simplify_s = timed(
-        failures.attempt, name, "torch-simplify", simplify, copy.deepcopy(model),
-        torch.zeros(shape))
+    copies = [copy.deepcopy(model) for _ in range(args.repeat)]  # simplify() changes its input
+    simplified, row.simplify_s = common.best_of(
+        args.repeat, failures, name, "torch-simplify", lambda: simplify(copies.pop(),
+                                                                        torch.zeros(shape)))
     simplified_onnx = FAIL
     if ok(simplified):
         row.simplify_error = common.output_errors(common.torch_outputs(model, x),
                                                   common.torch_outputs(simplified, x))
         simplified_onnx = failures.attempt(name, "torch-simplify ONNX export",
                                            common.export, simplified, shape)
-    else:
-        row.simplify_s = FAIL
     if ok(simplified_onnx):
         sessions["simpl"] = Session(simplified_onnx, args.threads)
 
-    result, row.cut_s = timed(failures.attempt, name, "channelcut.cut", channelcut.cut,
-                              original, fold=True, verify=False)
+    result, row.cut_s = common.best_of(args.repeat, failures, name, "channelcut.cut",
+                                       channelcut.cut, original, fold=True, verify=False)
     if ok(result):
         sessions["cut"] = failures.attempt(name, "ORT session of the cut", Session,
                                            result.model, args.threads)
@@ -122,8 +122,6 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
             row.cut_error = common.output_errors(reference, sessions["cut"].run(x))
         else:
             del sessions["cut"]
-    else:
-        row.cut_s = FAIL
 
     models = (original, simplified_onnx, result.model if ok(result) else FAIL)
     row.params = tuple(common.onnx_params(m) if ok(m) else m for m in models)

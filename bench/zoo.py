@@ -110,8 +110,8 @@ class Row:
     def cells(self) -> list[str]:
         if self.skipped:
             return [self.name, str(self.size or "-"), f"skipped: {self.skipped}"]
-        return [self.name, str(self.size or "-"), *map(millions, self.params), *map(giga, self.flops),
-                *(str(g if g is not None else "-") for g in
+        return [self.name, str(self.size or "-"), *map(millions, self.params),
+                *map(giga, self.flops), *(str(g if g is not None else "-") for g in
                   (self.zeroed_groups, self.tp_groups, self.cut_groups)),
                 seconds(self.export_s), seconds(self.tp_s), seconds(self.cut_s),
                 ("yes" if self.tp_ok else "no") if self.tp_s is not None else "-",
@@ -124,8 +124,9 @@ class Row:
         n = self.naive
         if not n:
             return [self.name, str(self.size or "-"), f"skipped: {self.skipped or 'not run'}"]
-        return [self.name, str(self.size or "-"), millions(n.get("params_before")), millions(n.get("params_after")),
-                giga(n.get("flops_before")), giga(n.get("flops_after")),
+        return [self.name, str(self.size or "-"), millions(n.get("params_before")),
+                millions(n.get("params_after")), giga(n.get("flops_before")),
+                giga(n.get("flops_after")),
                 str(n.get("groups", "-")), seconds(n.get("seconds")), error(n.get("error")),
                 millis(n.get("latency")), ratio(n.get("flops_before"), n.get("flops_after")),
                 ratio(self.latency[0], n.get("latency"))]
@@ -264,11 +265,12 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
         sessions["orig"] = Session(zeroed, args.threads)
         reference = sessions["orig"].run(x)
 
-        tp_result, row.tp_s = timed(failures.attempt, name, "Torch-Pruning",
-                                    prune_with_torch_pruning, model, shape)
+        tp_result, row.tp_s = common.best_of(args.repeat, failures, name, "Torch-Pruning",
+                                             prune_with_torch_pruning, model, shape,
+                                             seconds=lambda result: result.seconds)
         tp_onnx = FAIL
         if ok(tp_result):
-            row.tp_s, row.tp_groups = tp_result.seconds, tp_result.groups
+            row.tp_groups = tp_result.groups
             got = failures.attempt(name, "Torch-Pruning's model", common.torch_outputs,
                                    tp_result.module, x)
             row.tp_error = common.output_errors(common.torch_outputs(model, x), got) \
@@ -279,8 +281,9 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
         else:
             row.tp_error = FAIL
 
-        result, row.cut_s = timed(failures.attempt, name, "channelcut.cut (zero)",
-                                  channelcut.cut, zeroed, fold=False, verify=False)
+        result, row.cut_s = common.best_of(args.repeat, failures, name,
+                                           "channelcut.cut (zero)", channelcut.cut, zeroed,
+                                           fold=False, verify=False)
         cut_onnx = result.model if ok(result) else FAIL
         if ok(result):
             row.cut_groups = result.report.removed_groups
@@ -291,7 +294,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
             else:
                 row.cut_error = sessions.pop("cut")
         else:
-            row.cut_s = row.cut_error = FAIL
+            row.cut_error = FAIL
         models = (zeroed, tp_onnx, cut_onnx)
         row.params = tuple(common.onnx_params(m) if ok(m) else m for m in models)
         row.flops = tuple(failures.attempt(name, "FLOP count", common.onnx_flops, m)
@@ -318,8 +321,9 @@ def naive_cut(name: str, model: Any, shape: tuple[int, ...], x: Any, args: Any,
     pruned = common.export(model, shape)
     naive: dict[str, Any] = {"params_before": common.onnx_params(pruned)}
     naive["flops_before"] = failures.attempt(name, "FLOP count", common.onnx_flops, pruned)
-    result, naive["seconds"] = timed(failures.attempt, name, "channelcut.cut (naive, full)",
-                                     channelcut.cut, pruned, fold=True, verify=False)
+    result, naive["seconds"] = common.best_of(args.repeat, failures, name,
+                                              "channelcut.cut (naive, full)", channelcut.cut,
+                                              pruned, fold=True, verify=False)
     if not ok(result):
         naive.update(seconds=FAIL, params_after=FAIL, flops_after=FAIL, error=FAIL)
         return naive
