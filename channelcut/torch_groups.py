@@ -23,8 +23,8 @@ import random
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from contextlib import redirect_stdout
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,19 +134,26 @@ def pick_groups(groups: Sequence[ModuleGroup], fraction: float, seed: int = 0) -
 
 def export_named(module: nn.Module, input_shape: Sequence[int]) -> onnx.ModelProto:
     """The eval-mode module exported by the torch.export exporter (BatchNorm folded, names kept)."""
+    example = (torch.zeros(tuple(input_shape)),)
+    # The exporter prints progress lines and warns about its own choices: not our user's business.
+    with _eval_mode(module), tempfile.TemporaryDirectory(prefix="channelcut-export-") as \
+            artifacts, warnings.catch_warnings(), redirect_stdout(bytes_io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET,
+                                    verbose=False, artifacts_dir=artifacts)
+    return program.model_proto
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """The module in eval mode, every submodule's training flag restored afterwards."""
     modes = {m: m.training for m in module.modules()}
     module.eval()
-    example = (torch.zeros(tuple(input_shape)),)
     try:
-        with tempfile.TemporaryDirectory(prefix="channelcut-export-") as artifacts, \
-                warnings.catch_warnings(), redirect_stdout(bytes_io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET,
-                                        verbose=False, artifacts_dir=artifacts)
+        yield
     finally:
         for submodule, training in modes.items():
             submodule.training = training
-    return program.model_proto
 
 
 def _parameter_owners(module: nn.Module) -> dict[str, tuple[str, str]]:
@@ -218,16 +225,12 @@ def _norms_after_producers(module: nn.Module, input_shape: Sequence[int]) -> dic
             handles.append(layer.register_forward_hook(producer_hook(name)))
         elif isinstance(layer, NORM_TYPES):
             handles.append(layer.register_forward_pre_hook(norm_hook(name)))
-    modes = {m: m.training for m in module.modules()}
     try:
-        module.eval()
-        with torch.no_grad():
+        with _eval_mode(module), torch.no_grad():
             module(torch.zeros(tuple(input_shape)))
     finally:
         for handle in handles:
             handle.remove()
-        for submodule, training in modes.items():
-            submodule.training = training
     return followers
 
 

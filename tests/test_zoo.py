@@ -161,15 +161,16 @@ def assert_exact_cut(case: Case, proto: onnx.ModelProto, result: channelcut.CutR
     also change where the cut folds shape arithmetic (ViT's and Swin's scale constants), or
     gives nodes that shared an integer constant (Split sizes) their own copies.
     """
+    before, after = Stored(proto), Stored(result.model)
     groups = channel_groups(proto)
-    zeroed = zeroed_groups(proto, groups)
+    zeroed = zeroed_groups(before, groups)
     assert len(zeroed) == sum(g.parts for g in case.picked)
     report = result.report
     assert report.removed_groups == len(zeroed)
-    expected = removed_bytes(proto, groups, zeroed)
-    assert parameter_bytes(proto) - parameter_bytes(result.model) == expected
-    assert report.weight_bytes_before == stored_bytes(proto)
-    assert report.weight_bytes_after == stored_bytes(result.model)
+    expected = sum(removed_bytes(before, groups, zeroed).values())
+    assert parameter_bytes(before) - parameter_bytes(after) == expected
+    assert report.weight_bytes_before == before.total_bytes()
+    assert report.weight_bytes_after == after.total_bytes()
 
 
 # --- (c) input side -----------------------------------------------------------------------------
@@ -182,126 +183,149 @@ def test_input_side_columns(case):
 
 # --- the expectation of (b), counted from the exported graph --------------------------------------
 
-def zeroed_groups(proto: onnx.ModelProto, groups: list[ChannelGroup]) -> list[ChannelGroup]:
-    """The coupled groups of `proto` whose producing rows (weights, bias) are all zero."""
-    arrays = constants(proto)
-    nodes = {node.name: node for node in proto.graph.node}
+Slice = tuple[str, int, int]  # (constant, axis, index)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Where")
+
+
+class Stored:
+    """The constants of one ONNX model: initializers and Constant nodes' values by name, and
+    the constant each tensor is, where an Identity passes one on (the TorchScript exporter
+    shares equal initializers, such as torchvision's all-zero conv biases, that way)."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.proto = proto
+        self.arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        for node in proto.graph.node:
+            if node.op_type == "Constant" and node.attribute and \
+                    node.attribute[0].name == "value":
+                self.arrays[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.sources = {name: name for name in self.arrays}
+        for node in proto.graph.node:
+            if node.op_type == "Identity" and node.input[0] in self.sources:
+                self.sources[node.output[0]] = self.sources[node.input[0]]
+        self.nodes = {node.name: node for node in proto.graph.node}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.sources
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[self.sources[name]]
+
+    def total_bytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def readers(self) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+        """Tensor -> (node, input index) of each reader; a constant's under its own name."""
+        found = defaultdict(list)
+        for node in self.proto.graph.node:
+            if node.op_type == "Identity" and node.output[0] in self.sources:
+                continue  # a constant's alias, not a reader
+            for index, name in enumerate(node.input):
+                found[self.sources.get(name, name)].append((node, index))
+        return found
+
+
+def zeroed_groups(stored: Stored, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    """The coupled groups whose producing rows (weights, bias) are all zero."""
     return [g for g in groups
-            if all(row_is_zero(nodes[name], row, arrays) for name, row in g.rows)]
+            if all(row_is_zero(stored.nodes[name], row, stored) for name, row in g.rows)]
 
 
-def row_is_zero(node: onnx.NodeProto, row: int, arrays: dict[str, np.ndarray]) -> bool:
-    slices = producer_slices(node, row, arrays)
+def row_is_zero(node: onnx.NodeProto, row: int, stored: Stored) -> bool:
+    slices = producer_slices(node, row, stored)
     return bool(slices) and all(
-        not np.any(np.take(arrays[name], [index], axis=axis)) for name, axis, index in slices)
+        not np.any(np.take(stored[name], [index], axis=axis)) for name, axis, index in slices)
 
 
-def removed_bytes(proto: onnx.ModelProto, groups: list[ChannelGroup],
-                  zeroed: list[ChannelGroup]) -> int:
-    """The total of removed_bytes_by_constant."""
-    return sum(removed_bytes_by_constant(proto, groups, zeroed).values())
+def removed_bytes(stored: Stored, groups: list[ChannelGroup],
+                  zeroed: list[ChannelGroup]) -> dict[str, int]:
+    """Per constant, the bytes of every weight row that makes the `zeroed` groups' channels
+    and of every column that reads them: what the cut must remove (a row and a column of one
+    weight counted once). `groups` are all the model's groups (channel counts of tensors).
 
-
-def removed_bytes_by_constant(proto: onnx.ModelProto, groups: list[ChannelGroup],
-                              zeroed: list[ChannelGroup]) -> dict[str, int]:
-    """Bytes of every weight row that makes the `zeroed` groups' channels and every column that
-    reads them: what the cut must remove (rows and columns of one weight counted once).
-    `groups` are all of the model's groups (for the channel counts of flattened tensors).
-
-    The TorchScript exporter shares equal initializers (torchvision's all-zero conv biases)
-    between layers; a shared one is cut once per different set of slices its readers need.
+    A constant several layers share is cut once per different set of slices they need.
     """
-    arrays, sources = constants(proto), constant_sources(proto)
-    readers = defaultdict(list)  # tensor -> (node, input index); a constant's under its source
-    for node in proto.graph.node:
-        if node.op_type == "Identity" and node.output[0] in sources:
-            continue  # a constant's alias, not a reader
-        for index, name in enumerate(node.input):
-            readers[sources.get(name, name)].append((node, index))
+    readers = stored.readers()
     channels_of = defaultdict(int)  # tensor -> its channel count, to find Flatten's blocks
     for group in groups:
         for tensor, k in group.channels:
             channels_of[tensor] = max(channels_of[tensor], k + 1)
-    nodes = {node.name: node for node in proto.graph.node}
-    # initializer -> reading node -> axis -> removed positions
+    # constant -> reading node -> axis -> removed positions
     removed: dict[str, dict[str, dict[int, set[int]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(set)))
     for group in zeroed:
         slices = [(name, s) for name, row in group.rows
-                  for s in producer_slices(nodes[name], row, arrays)]
+                  for s in producer_slices(stored.nodes[name], row, stored)]
         for tensor, k in group.channels:
             for node, index in readers[tensor]:
                 slices += [(node.name, s) for s in
-                           reader_slices(node, index, k, channels_of[tensor], arrays)]
+                           reader_slices(node, index, k, channels_of[tensor], stored)]
         for node_name, (name, axis, position) in slices:
-            removed[sources[name]][node_name][axis].add(position)
+            removed[stored.sources[name]][node_name][axis].add(position)
     total = {}
     for name, by_reader in removed.items():
-        shape = arrays[name].shape
+        shape = stored.arrays[name].shape
         cuts = {tuple(frozenset(axes.get(axis, ())) for axis in range(len(shape)))
                 for axes in by_reader.values()}
         if len(by_reader) < len({node.name for node, _ in readers[name]}):
             cuts.add(tuple(frozenset() for _ in shape))  # a reader that keeps it whole
         kept = sum(int(np.prod([dim - len(gone) for dim, gone in zip(shape, cut)]))
                    for cut in cuts)
-        total[name] = (int(np.prod(shape)) - kept) * arrays[name].itemsize
+        total[name] = (int(np.prod(shape)) - kept) * stored.arrays[name].itemsize
     return total
 
 
-Slice = tuple[str, int, int]  # (initializer, axis, index)
-ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Where")
-
-
-def producer_slices(node: onnx.NodeProto, row: int, arrays: dict[str, np.ndarray]) -> list[Slice]:
+def producer_slices(node: onnx.NodeProto, row: int, stored: Stored) -> list[Slice]:
     """The weight row and bias entry that make output channel `row` of a weighted node."""
-    if node.input[1] not in arrays:
+    if node.input[1] not in stored:
         return []
-    weight = arrays[node.input[1]]
+    weight = stored[node.input[1]]
     axis = {"Conv": 0, "ConvTranspose": 1, "MatMul": weight.ndim - 1,
             "Gemm": 0 if attribute(node, "transB", 0) else 1}[node.op_type]
     slices = [(node.input[1], axis, row)]
-    if len(node.input) > 2 and node.input[2] in arrays and arrays[node.input[2]].size > 1:
-        slices.append((node.input[2], arrays[node.input[2]].ndim - 1, row))
+    if len(node.input) > 2 and node.input[2] in stored and stored[node.input[2]].size > 1:
+        slices.append((node.input[2], stored[node.input[2]].ndim - 1, row))
     return slices
 
 
 def reader_slices(node: onnx.NodeProto, index: int, k: int, channels: int,
-                  arrays: dict[str, np.ndarray]) -> list[Slice]:
+                  stored: Stored) -> list[Slice]:
     """What of a reader's constants goes with channel `k` of its input `index`."""
-    constants = [(i, name) for i, name in enumerate(node.input)
-                 if name in arrays and arrays[name].size > 1 and arrays[name].dtype.kind == "f"]
+    constants = [name for name in node.input if name in stored and stored[name].size > 1
+                 and stored[name].dtype.kind == "f"]
     if node.op_type in ("Resize", "LayerNormalization") or not constants:
         return []  # Resize's scales; a LayerNorm's channels are never cut
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and index != 0:
+    if node.op_type in WEIGHTED_OPS and index != 0:
         return []  # read as the weight or bias: covered by the producer side
     if node.op_type == "Conv":
-        return conv_reader_slices(node, k, arrays)
+        return conv_reader_slices(node, k, stored)
     if node.op_type == "ConvTranspose":
         return [(node.input[1], 0, k)]
     if node.op_type in ("Gemm", "MatMul"):
-        weight = arrays[node.input[1]]
+        weight = stored[node.input[1]]
         axis = weight.ndim - 2 if node.op_type == "MatMul" else \
             1 if attribute(node, "transB", 0) else 0
         block = weight.shape[axis] // channels  # a Flatten gives each channel H*W columns
         return [(node.input[1], axis, p) for p in range(k * block, (k + 1) * block)]
     if node.op_type == "BatchNormalization":
-        return [(name, 0, k) for i, name in constants]
+        return [(name, 0, k) for name in constants]
     if node.op_type in ELEMENTWISE_OPS:
         slices = []
-        for _, name in constants:
-            wide = [axis for axis, dim in enumerate(arrays[name].shape) if dim > 1]
+        for name in constants:
+            wide = [axis for axis, dim in enumerate(stored[name].shape) if dim > 1]
             assert len(wide) == 1, f"{node.name}: constant {name} of shape " \
-                f"{arrays[name].shape} has no single channel axis"
+                f"{stored[name].shape} has no single channel axis"
             slices.append((name, wide[0], k))
         return slices
     raise AssertionError(f"{node.op_type} node {node.name} reads a cut channel with constants "
-                         f"{[name for _, name in constants]}: teach removed_bytes its layout")
+                         f"{constants}: teach removed_bytes its layout")
 
 
-def conv_reader_slices(node: onnx.NodeProto, k: int, arrays: dict[str, np.ndarray]) -> list[Slice]:
+def conv_reader_slices(node: onnx.NodeProto, k: int, stored: Stored) -> list[Slice]:
     """A plain conv loses column k; a grouped one loses the whole conv group that reads k
     (torch_groups zeroes grouped convs' groups whole: input and output channels together)."""
-    weight = arrays[node.input[1]]
+    weight = stored[node.input[1]]
     groups = attribute(node, "group", 1)
     if groups == 1:
         return [(node.input[1], 1, k)]
@@ -309,57 +333,27 @@ def conv_reader_slices(node: onnx.NodeProto, k: int, arrays: dict[str, np.ndarra
     group = k // weight.shape[1]
     rows = range(group * rows_per_group, (group + 1) * rows_per_group)
     slices = [(node.input[1], 0, r) for r in rows]
-    if len(node.input) > 2 and node.input[2] in arrays:
+    if len(node.input) > 2 and node.input[2] in stored:
         slices += [(node.input[2], 0, r) for r in rows]
     return slices
 
 
-def constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every constant's value under every name it goes by (see constant_sources)."""
-    arrays = initializers(proto)
-    return {name: arrays[source] for name, source in constant_sources(proto).items()}
-
-
-def parameter_bytes(proto: onnx.ModelProto) -> int:
+def parameter_bytes(stored: Stored) -> int:
     """Bytes of the layers' float parameters: the constants weighted layers and BatchNorms
     read, and the per-channel ones (one axis longer than 1) of elementwise ops. Not scalars,
     nor what the cut's shape folding makes (Swin's attention masks)."""
-    arrays, sources = initializers(proto), constant_sources(proto)
-    read = {sources[name] for node in proto.graph.node for name in node.input
-            if name in sources and is_parameter(node, arrays[sources[name]])}
-    return sum(arrays[name].nbytes for name in read)
+    read = {stored.sources[name] for node in stored.proto.graph.node for name in node.input
+            if name in stored and is_parameter(node, stored[name])}
+    return sum(stored.arrays[name].nbytes for name in read)
 
 
 def is_parameter(node: onnx.NodeProto, array: np.ndarray) -> bool:
     if array.dtype.kind != "f" or array.size < 2:
         return False
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"):
+    if node.op_type in (*WEIGHTED_OPS, "BatchNormalization"):
         return True
     return node.op_type in ELEMENTWISE_OPS and sum(dim > 1 for dim in array.shape) == 1
 
 
-def stored_bytes(proto: onnx.ModelProto) -> int:
-    return sum(a.nbytes for a in initializers(proto).values())
-
-
 def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
-
-
-def initializers(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every stored constant by name: initializers and Constant nodes' values."""
-    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    for node in proto.graph.node:  # the TorchScript exporter leaves some as Constant nodes
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            arrays[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return arrays
-
-
-def constant_sources(proto: onnx.ModelProto) -> dict[str, str]:
-    """Tensor name -> the stored constant it is: itself, or what an Identity chain passes on
-    (the TorchScript exporter shares equal initializers through Identity nodes)."""
-    sources = {name: name for name in initializers(proto)}
-    for node in proto.graph.node:
-        if node.op_type == "Identity" and node.input[0] in sources:
-            sources[node.output[0]] = sources[node.input[0]]
-    return sources
