@@ -130,10 +130,24 @@ class Walk:
             if (shape := v.meta.get("declared_shape")) is not None)
         self.unsupported: dict[str, list[str]] = {}
         self.consts: dict[ir.Value, np.ndarray | None] = {}
+        self._views: dict[ir.Value, ChannelInfo] = {}
 
     # -- reading the graph ------------------------------------------------------------------
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
-        return None if value is None else self.infos.get(value)
+        if value is None:
+            return None
+        return self._views.get(value) or self.infos.get(value)
+
+    def hide_planes(self, node: ir.Node) -> None:
+        """For a rule that does not understand planes: show it the node's inputs with only
+        their zero channels known (until `show_planes`)."""
+        for value in node.inputs:
+            info = self.infos.get(value) if value is not None else None
+            if info is not None and info.plane is not None:
+                self._views[value] = info.without_plane()
+
+    def show_planes(self) -> None:
+        self._views.clear()
 
     def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         return static_shape(value)
@@ -293,6 +307,8 @@ def walk_graph(model: ir.Model) -> Walk:
                                   for i in map(walk.info, node.inputs)):
             walk.barrier(node, f"{node.op_type} inside a channel shuffle")
             continue
+        if not rule.planes:
+            walk.hide_planes(node)
         try:
             rule.analyse(node, walk)
         except Exception as exc:  # a rule bug must not cut anything: keep what the node touches
@@ -301,6 +317,7 @@ def walk_graph(model: ir.Model) -> Walk:
             log.warning("analysis of %s node %r failed (%s); its channels are kept",
                         node.op_type, node.name, exc)
             walk.barrier(node, f"analysis failed: {exc}")
+        walk.show_planes()
         _extra_outputs_read(node, walk)
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:

@@ -25,6 +25,10 @@ class ChannelInfo:
     # Between the Reshapes of a channel shuffle the channels lie on `span` consecutive axes
     # from `axis`; positions are then row-major flat indices over those axes.
     span: int = 1
+    # None: a known channel k is the constant const[k] everywhere. Else a map over the axes
+    # after the channel axis, the same for every channel: known channel k is const[k] * plane
+    # (a constant averaged with zero padding; see Rule.planes for who may read it).
+    plane: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.known is None:
@@ -57,6 +61,16 @@ class ChannelInfo:
         """Record what is known: `const` is only meaningful where `known` is set."""
         self.known = np.asarray(known, dtype=bool)
         self.const = np.where(self.known, const, 0).astype(np.float32)
+
+    @property
+    def uniform(self) -> np.ndarray:
+        """Channels known to be one constant everywhere (zero channels always are)."""
+        return self.known & ((self.const == 0) | (self.plane is None))
+
+    def without_plane(self) -> ChannelInfo:
+        """The same channels, knowing only what holds without the plane: the zero channels."""
+        return ChannelInfo(self.axis, self.positions, self.base, self.zero.copy(),
+                           np.zeros(self.n, np.float32), self.span)
 
     def channel_at_position(self) -> np.ndarray:
         """For every position along the axis, the channel that owns it."""

@@ -32,7 +32,8 @@ def folded_inputs(rw: Rewrite, value: ir.Value, deleted: np.ndarray
 def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
                    padded: bool, deleted_in: np.ndarray, deleted_out: np.ndarray) -> None:
     """out[o] += sum_c v_c * (W[o, c] applied to a plane of ones): into the bias when no
-    padding reaches the input, else as a border map Conv(ones, U) added to the output."""
+    padding reaches the input, else as a border map Conv(ones, U) added to the output. Where
+    the input's constant channels are maps (v_c times the input's plane P), Conv(P, U)."""
     positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
     if positions.size == 0:
         return
@@ -43,14 +44,19 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
     folded = np.delete(folded, deleted_out, axis=0)
     if not folded.any():  # only rows that read the channels with zero weights are left
         return
-    if not padded:
+    plane = rw.info(node.inputs[0]).plane
+    if not padded and plane is None:
         add_to_bias(node, rw, 2, folded.reshape(folded.shape[0], -1).sum(axis=1))
         return
-    spatial = rw.shape(node.inputs[0])[2:]
-    shape = rw.new_const(f"{node.name or 'conv'}_ones_shape", np.array([1, 1, *spatial], np.int64))
-    ones = rw.add_node(node, "ConstantOfShape", [shape],
-                       {"value": np.ones(1, dtype=weights.dtype)})
-    kernel = rw.new_const(f"{node.name or 'conv'}_border", folded[:, None].astype(weights.dtype))
+    stem = node.name or "conv"
+    if plane is None:
+        spatial = rw.shape(node.inputs[0])[2:]
+        shape = rw.new_const(f"{stem}_ones_shape", np.array([1, 1, *spatial], np.int64))
+        ones = rw.add_node(node, "ConstantOfShape", [shape],
+                           {"value": np.ones(1, dtype=weights.dtype)})
+    else:  # the folded channels are constants times this map
+        ones = rw.new_const(f"{stem}_plane", plane[None, None].astype(weights.dtype))
+    kernel = rw.new_const(f"{stem}_border", folded[:, None].astype(weights.dtype))
     geometry = {k: node.attributes[k] for k in _CONV_GEOMETRY if k in node.attributes}
     border = rw.add_node(node, "Conv", [ones, kernel], geometry)
     rw.append_after(node.outputs[0], "Add", [border])

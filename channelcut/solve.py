@@ -81,14 +81,16 @@ class Analysis:
         return int(self.removable.sum())
 
 
-def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel node: known? and zero?"""
+def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel node: a known constant? a known constant or map (a plane)? zero?"""
+    uniform = np.zeros(walk.n_nodes, dtype=bool)
     known = np.zeros(walk.n_nodes, dtype=bool)
     zero = np.zeros(walk.n_nodes, dtype=bool)
     for info in walk.infos.values():
+        uniform[info.base:info.base + info.n] = info.uniform
         known[info.base:info.base + info.n] = info.known
         zero[info.base:info.base + info.n] = info.zero
-    return known, zero
+    return uniform, known, zero
 
 
 def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -125,7 +127,9 @@ class _Solver:
 
     def __init__(self, walk: Walk, options: Options, allowed: set[int]) -> None:
         self.walk, self.options, self.allowed = walk, options, allowed
-        self.known, self.zero = _node_values(walk)
+        # known: one constant everywhere (what bias folds and reinsertions can put back);
+        # known_map: or a constant map (what a border fold can add back)
+        self.known, self.known_map, self.zero = _node_values(walk)
         self.links = [k for k in walk.links
                       if options.fold and k.site is not None and id(k.site) in allowed]
         constrained = {id(k) for k in self.links}
@@ -150,7 +154,8 @@ class _Solver:
         `removed_node`, per channel node, or else from the current decision)."""
         ignorable = self.zero[reader.in_ids]
         if self.folds(reader):
-            ignorable = ignorable | self.known[reader.in_ids]
+            known = self.known_map if reader.site.kind == "border fold" else self.known
+            ignorable = ignorable | known[reader.in_ids]
         rows = self.removed(reader.row_ids) if removed_node is None else \
             removed_node[reader.row_ids]
         return reader.live_columns(rows) & ~ignorable
@@ -356,7 +361,7 @@ def _blockers(walk: Walk, solver: _Solver) -> list[Pin]:
     removed = removable[group_of]
     needed = np.zeros(removable.size, dtype=bool)
     evidence = np.zeros(removable.size, dtype=bool)
-    evidence[group_of[solver.known if solver.options.fold else solver.zero]] = True
+    evidence[group_of[solver.known_map if solver.options.fold else solver.zero]] = True
     for reader in walk.readers:
         needed[group_of[reader.in_ids[solver.needed_columns(reader, removed)]]] = True
         evidence[group_of[reader.in_ids[~reader.nz.any(axis=0)]]] = True

@@ -178,3 +178,59 @@ def test_full_cut_never_grows_weights_on_a_random_residual_net():
     want = ort.InferenceSession(m.SerializeToString()).run(None, inputs)[0]
     got = ort.InferenceSession(result.model.SerializeToString()).run(None, inputs)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# --- constants averaged with zero padding: known maps (planes) ---------------------------------
+
+def avg_pool(x: str, y: str, count_include_pad: int = 1):
+    """Inception's branch pool: 3x3 average, stride 1, padding 1 counted in the average."""
+    return node("AveragePool", [x], [y], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                count_include_pad=count_include_pad)
+
+
+def test_constant_averaged_with_padding_into_a_1x1_conv_folds_as_a_map():
+    # c1's channels 1 and 4 are constants; the pool makes them constant * (count of valid
+    # pixels / 9), which the 1x1 conv adds as a map: Conv(plane, U), plane stored (4x4)
+    m = producer_then([avg_pool("r1", "p"), conv("p", "w2", "y", "b2")],
+                      {"w2": weights(16, 6, 1, 1, seed=3), "b2": bias(16, seed=3)}, size=4)
+    assert_cut(m, {}, mode="zero")
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 16)}, mode="full")
+    assert [s.kind for s in result.report.sites] == ["border fold"]
+    assert sorted(ops(result.model)) == sorted(["Conv", "Relu", "AveragePool", "Conv", "Conv",
+                                                "Add"])
+
+
+def test_a_map_fold_that_would_grow_the_weights_is_declined():
+    # the same with an 8x8 plane and 5 outputs: storing the plane costs more than the two
+    # channels save
+    m = producer_then([avg_pool("r1", "p"), conv("p", "w2", "y", "b2")],
+                      {"w2": weights(5, 6, 1, 1, seed=3), "b2": bias(5, seed=3)})
+    assert_cut(m, {}, mode="full")
+
+
+def test_constant_averaged_without_counting_padding_stays_a_constant():
+    m = producer_then([avg_pool("r1", "p", count_include_pad=0), conv("p", "w2", "y", "b2")],
+                      {"w2": weights(5, 6, 1, 1, seed=3), "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [s.kind for s in result.report.sites] == ["bias fold"]
+
+
+def test_averaged_constant_then_global_average_is_a_constant_again():
+    m = producer_then([avg_pool("r1", "p"), node("GlobalAveragePool", ["p"], ["g"]),
+                       node("Flatten", ["g"], ["f"], axis=1), gemm("f", "wg", "y", "bg")],
+                      {"wg": weights(6, 7, seed=5), "bg": bias(7, seed=5)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "gemm_y": (4, 7)}, mode="full")
+    assert [s.kind for s in result.report.sites] == ["bias fold"]
+
+
+@pytest.mark.parametrize("between", ["Relu", "Add"])
+def test_an_averaged_constant_read_by_an_op_without_plane_rules_stays(between):
+    # Relu and a residual Add see only the zero channels of a map: the constants stay
+    if between == "Relu":
+        nodes = [avg_pool("r1", "p"), relu("p", "q"), conv("q", "w2", "y", "b2")]
+    else:
+        nodes = [avg_pool("r1", "p"), node("Add", ["p", "r1"], ["q"]),
+                 conv("q", "w2", "y", "b2")]
+    m = producer_then(nodes, {"w2": weights(16, 6, 1, 1, seed=3), "b2": bias(16, seed=3)},
+                      size=4)
+    assert_cut(m, {}, mode="full")

@@ -27,18 +27,21 @@ class Rule:
     analyse: Callable[[ir.Node, Walk], None]
     rewrite: Callable[[ir.Node, Rewrite], None] | None = None  # None: no constants to slice
     spans: bool = False  # understands channels spread over several axes (see ChannelInfo)
+    # understands constant channels that are a map (ChannelInfo.plane); other rules see only
+    # the zero channels of such a tensor as known
+    planes: bool = False
 
 
 RULES: dict[str, Rule] = {}
 
 
 def rule(*op_types: str, rewrite: Callable[[ir.Node, Rewrite], None] | None = None,
-         spans: bool = False):
+         spans: bool = False, planes: bool = False):
     """Register `analyse` (the decorated function) and `rewrite` for these op types."""
 
     def register(analyse: Callable[[ir.Node, Walk], None]) -> Callable[[ir.Node, Walk], None]:
         for op_type in op_types:
-            RULES[op_type] = Rule(analyse, rewrite, spans)
+            RULES[op_type] = Rule(analyse, rewrite, spans, planes)
         return analyse
 
     return register

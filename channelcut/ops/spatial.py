@@ -7,14 +7,20 @@ or linear resize, averages that do not count padding).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
 
 from channelcut.analysis import Walk
+from channelcut.channels import ChannelInfo
 from channelcut.cut import Rewrite
-from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
+from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent
+
+log = logging.getLogger(__name__)
 
 
 def _zero_only(x: np.ndarray) -> np.ndarray:
@@ -30,9 +36,14 @@ def _keeps_channel_axis(node: ir.Node, walk: Walk) -> bool:
     return in_shape[source.axis] == out_shape[source.axis]
 
 
-@rule("MaxPool", "GlobalMaxPool", "GlobalAveragePool", "AveragePool", "LpPool", "GlobalLpPool")
+@rule("MaxPool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 def analyse_pool(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- pool(in[c]) over space: constants stay unless padding is averaged in."""
+    """out[c] <- pool(in[c]) over space: constants stay unless padding is averaged in.
+
+    An average that counts zero padding turns a constant v into v times a map (the same
+    average of a plane of ones): the channel stays known, with that map as its plane, where
+    the input size is fixed. A global average of v times a plane is v times its mean.
+    """
     source = walk.info(node.inputs[0])
     if source is None:
         return
@@ -40,11 +51,40 @@ def analyse_pool(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, "channels are not on axis 1")
         return
     op = node.op_type
+    if op == "GlobalAveragePool":
+        out = transparent(node, walk, lambda x: x)
+        if source.plane is not None:
+            out.set_values(source.known, source.const * np.float32(source.plane.mean()))
+        return
     pads = any(p != 0 for p in attr_ints(node, "pads", []) or []) or \
         attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
-    keeps_constants = op in ("MaxPool", "GlobalMaxPool", "GlobalAveragePool") or (
-        op == "AveragePool" and (not pads or not attr_int(node, "count_include_pad", 0)))
-    transparent(node, walk, (lambda x: x) if keeps_constants else _zero_only)
+    averages_padding = op == "AveragePool" and pads and attr_int(node, "count_include_pad", 0)
+    if op != "AveragePool" or (source.plane is None and not averages_padding):
+        transparent(node, walk, lambda x: x)  # max, or an average of constants alone
+        return
+    plane = _pooled_plane(node, walk, source)
+    out = transparent(node, walk, (lambda x: x) if plane is not None else _zero_only)
+    out.plane = plane
+
+
+def _pooled_plane(node: ir.Node, walk: Walk, source: ChannelInfo) -> np.ndarray | None:
+    """The pool applied to the input's plane (ones if it has none), or None when the input
+    size is not fixed or the pool cannot be evaluated here."""
+    shape = walk.shape(node.inputs[0])
+    if not walk.spatial_fixed or shape is None:
+        return None
+    plane = np.ones(shape[2:], np.float32) if source.plane is None else source.plane
+    try:
+        proto = ir.serde.serialize_node(node)
+        pooled = ReferenceEvaluator(proto, opsets={"": opset_version(walk.model)}).run(
+            None, {node.inputs[0].name: plane[None, None].astype(np.float32)})[0]
+    except Exception as exc:  # noqa: BLE001 - then only zero channels stay known
+        log.debug("no plane for %s node %r: %s", node.op_type, node.name, exc)
+        return None
+    return np.asarray(pooled[0, 0], np.float32)
+
+
+rule("GlobalAveragePool", "AveragePool", planes=True)(analyse_pool)
 
 
 @rule("Resize", "Upsample")

@@ -96,7 +96,10 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     nz = nonzero_along_last_axis(flat)
     bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
     in_known, in_const = _input_values(source, cin)
-    blocked = _padded(node, weights.shape[2:]) & (in_const != 0)
+    # a non-zero constant does not carry through as one number where padding reaches it, or
+    # where it is a map (a plane) to begin with
+    maps = _padded(node, weights.shape[2:]) or (source is not None and source.plane is not None)
+    blocked = maps & (in_const != 0)
 
     if _depthwise(groups, cin_g, cout):
         if source is not None:
@@ -118,7 +121,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
         columns = source.ids[source.channel_at_position()].reshape(groups, cin_g)
         walk.charge(source.ids, weight_bytes=cout_g * kernel * size,
                     flops=node_flops(node) / cin)
-        site = _conv_fold_site(node, walk, cout, kernel, b is not None, size)
+        site = _conv_fold_site(node, walk, source, cout, kernel, b is not None, size)
         for k in range(groups):
             walk.reader_ids(columns[k], rows[k], nz_g[k], site)
     if groups > 1:
@@ -134,16 +137,19 @@ def _depthwise(groups: int, cin_g: int, cout: int) -> bool:
     return groups > 1 and cin_g == 1 and cout == groups
 
 
-def _conv_fold_site(node: ir.Node, walk: Walk, cout: int, kernel: int, has_bias: bool,
-                    itemsize: int) -> Site | None:
-    """Folding constant input channels: into the bias when no padding reaches them, else
-    into a border map (a constant subgraph runtimes fold at load, plus one Add)."""
+def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, kernel: int,
+                    has_bias: bool, itemsize: int) -> Site | None:
+    """Folding constant input channels: into the bias when no padding reaches them and they
+    are one number everywhere; else into a border map, the conv of a plane of ones (or of the
+    input's plane) with the folded kernel: a constant subgraph runtimes evaluate at load,
+    plus one Add."""
     out_shape = walk.shape(node.outputs[0])
-    if not _padded(node, walk.const(node.inputs[1]).shape[2:]):
+    if not _padded(node, walk.const(node.inputs[1]).shape[2:]) and source.plane is None:
         return Site(node, "bias fold", Cost(weight_bytes=0 if has_bias else cout * itemsize))
     if not walk.spatial_fixed or out_shape is None:
         return None
-    return Site(node, "border fold", Cost(weight_bytes=cout * kernel * itemsize + 4 * 8,
+    plane = 4 * 8 if source.plane is None else source.plane.size * itemsize  # shape, or map
+    return Site(node, "border fold", Cost(weight_bytes=cout * kernel * itemsize + plane,
                                           flops=float(np.prod(out_shape)), nodes=1))
 
 
@@ -201,7 +207,7 @@ def _rewrite_bias(node: ir.Node, rw: Rewrite, index: int, deleted: np.ndarray, a
         rw.set_const(node, index, delete_positions(bias, {axis: deleted}))
 
 
-rule("Conv", rewrite=rewrite_conv)(analyse_conv)
+rule("Conv", rewrite=rewrite_conv, planes=True)(analyse_conv)
 
 
 # -- ConvTranspose ------------------------------------------------------------------------
