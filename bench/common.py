@@ -83,9 +83,9 @@ def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | No
     parser.add_argument("--warmup", type=int, default=5,
                         help="untimed ONNX Runtime runs per model first (default: 5)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="ONNX Runtime intra-op threads (default: 1: on a 2-core machine "
-                             "that other work shares, a 2-thread session waits for that work "
-                             "and its times scatter several-fold)")
+                        help="threads of ONNX Runtime sessions and of torch (default: 1: on a "
+                             "2-core machine that other work shares, 2 threads wait for that "
+                             "work and times scatter several-fold)")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="latency statistic over the timed runs (default: median; min is "
                              "steadier on a machine other processes load)")
@@ -96,6 +96,10 @@ def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | No
     if more is not None:
         more(parser)
     args = parser.parse_args(argv)
+    import torch
+
+    # The PyTorch peers run torch ops (tracing, forward passes): give them the threads ORT gets.
+    torch.set_num_threads(args.threads)
     args.models = [m for item in args.models for m in item.split(",") if m]
     return args
 
