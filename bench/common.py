@@ -3,8 +3,8 @@ every tool, output errors, ONNX Runtime latency measured by alternating models, 
 
 Parameters and FLOPs are always counted on an ONNX export (BatchNorm folded into Conv by the
 exporter), so channelcut's cut and a peer's PyTorch result are measured by the same code:
-parameters are the elements of the floating-point constants (initializers and Constant nodes),
-FLOPs are channelcut.flops.model_flops (a multiply-add of Conv/Gemm/MatMul counts 2, other
+parameters are the elements of the distinct floating-point constants (initializers and Constant
+nodes), FLOPs are channelcut.flops.model_flops (a multiply-add of Conv/Gemm/MatMul counts 2, other
 arithmetic 1 per output element; the figures channelcut's own report prints).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import io
 import importlib.util
+import io
 import math
 import os
 import platform
@@ -35,7 +35,7 @@ from onnx import numpy_helper
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_model_zoo():
+def _load_model_zoo() -> Any:
     """tests/zoo.py (the model builders the tests use), by path: bench/zoo.py has its name."""
     spec = importlib.util.spec_from_file_location("tests_zoo", REPO / "tests" / "zoo.py")
     module = importlib.util.module_from_spec(spec)
@@ -49,16 +49,6 @@ zoo.import_torchvision()  # before any peer imports torchvision (its compiled op
 # The exporter's tracer warns about every Python branch on a shape (torch-simplify's layers have
 # several), and torch about deprecations; none of it changes a number the bench prints.
 warnings.filterwarnings("ignore")
-
-
-def export(module: Any, shape: Sequence[int]) -> onnx.ModelProto:
-    """tests/zoo.py's ONNX export (TorchScript exporter, BatchNorm folded, opset 17), quietly.
-
-    The exporter prints its whole IR graph when an op cannot be exported; the exception says
-    what went wrong in its first line, which is what a bench row reports.
-    """
-    with contextlib.redirect_stdout(io.StringIO()):
-        return zoo.export_onnx(module, tuple(shape))
 
 # Where exactness is judged: max |got - want| / max |want| over an output.
 EXACT_REL_ERROR = 1e-4
@@ -120,6 +110,16 @@ def build(model: str, shape: Sequence[int], seed: int) -> Any:
     kwargs = {"image_size": shape[-1]} if "image_size" in zoo.SMALL_KWARGS.get(model, {}) \
         else {}
     return zoo.build(model, seed, **kwargs)
+
+
+def export(module: Any, shape: Sequence[int]) -> onnx.ModelProto:
+    """tests/zoo.py's ONNX export (TorchScript exporter, BatchNorm folded, opset 17), quietly.
+
+    The exporter prints its whole IR graph when an op cannot be exported; the exception says
+    what went wrong in its first line, which is what a bench row reports.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        return zoo.export_onnx(module, tuple(shape))
 
 
 def latency_setup(args: argparse.Namespace) -> str:
