@@ -49,8 +49,6 @@ MIN_COSINE = 0.99999
 MAX_REL_ERROR = 1e-4
 NAIVE_AMOUNT = 0.5
 GROUP_FRACTION = 0.4  # of the prunable groups, seeded
-# Known gaps, by (model, test): strict, so a fix shows up as XPASS.
-XFAIL: dict[tuple[str, str], str] = {}
 
 
 class Case:
@@ -95,15 +93,6 @@ def case(request) -> Case:
     return Case(request.param)
 
 
-@pytest.fixture(autouse=True)
-def known_gaps(request) -> None:
-    if "case" in request.fixturenames:
-        name = request.getfixturevalue("case").name
-        reason = XFAIL.get((name, request.function.__name__))
-        if reason:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def cut(model: onnx.ModelProto, fold: bool) -> channelcut.CutResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,9 +118,11 @@ def test_naive_output_channels(case):
     full, zero = cut(proto, fold=True), cut(proto, fold=False)
     assert_verified(full)
     assert_verified(zero)
-    # Every conv loses half its rows; behind a BatchNorm they are constants the full cut folds.
+    # Every layer loses half its rows; behind a BatchNorm (or a Linear's bias) they are
+    # constants the full cut folds. The zero-only cut removes only what ends up exactly zero
+    # (a negative constant through ReLU): nothing in the GELU transformers and ConvNeXt.
     assert full.report.removed_groups > 0
-    assert full.report.removed_groups >= zero.report.removed_groups
+    assert full.report.weight_bytes_after <= zero.report.weight_bytes_after
 
 
 # --- (b) consistent groups ----------------------------------------------------------------------
@@ -179,6 +170,41 @@ def test_input_side_columns(case):
     model = zoo.prune_ln_structured(case.copy(), NAIVE_AMOUNT, dim=1, linear=True)
     result = cut(zoo.export_onnx(model, case.shape), fold=True)
     assert_verified(result)
+    # A channel whose every reader reads it through zero columns is dead, in every model.
+    assert result.report.removed_groups > 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "core bug: the full cut removes less than the zero-only cut on a RegNet-Y block with "
+    "input columns zeroed (2584 vs 1996 bytes left): the grouped conv's balancing trims "
+    "channels before the squeeze-excite Mul's link has settled; regnet_y_400mf's (c) "
+    "full cut keeps 12712096 bytes, the zero-only 12443776"))
+def test_full_cut_removes_at_least_the_zero_cut_on_a_regnet_block():
+    model = RegNetBlock().eval()
+    zoo.prune_ln_structured(model, NAIVE_AMOUNT, dim=1)
+    proto = zoo.export_onnx(model, (1, 12, 4, 4))
+    full, zero = cut(proto, fold=True), cut(proto, fold=False)
+    assert full.report.weight_bytes_after <= zero.report.weight_bytes_after
+
+
+class RegNetBlock(torch.nn.Module):
+    """RegNet-Y's block: 1x1 -> grouped 3x3 (3 groups) -> squeeze-excite -> 1x1, residual."""
+
+    def __init__(self, width: int = 12, group_width: int = 4, squeeze: int = 3) -> None:
+        super().__init__()
+        nn = torch.nn
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(4)
+            self.a = nn.Conv2d(width, width, 1)
+            self.b = nn.Conv2d(width, width, 3, padding=1, groups=width // group_width)
+            self.fc1, self.fc2 = nn.Conv2d(width, squeeze, 1), nn.Conv2d(squeeze, width, 1)
+            self.c = nn.Conv2d(width, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.b(torch.relu(self.a(x))))
+        pooled = torch.nn.functional.adaptive_avg_pool2d(h, 1)
+        scale = torch.sigmoid(self.fc2(torch.relu(self.fc1(pooled))))
+        return torch.relu(x + self.c(scale * h))
 
 
 # --- the expectation of (b), counted from the exported graph --------------------------------------
