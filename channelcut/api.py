@@ -45,6 +45,7 @@ def cut(
     threshold: float = 0.9999,
     fold: bool = True,
     objective: str = "flops",
+    align: int = 1,
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
@@ -53,19 +54,23 @@ def cut(
     and cuts one side of a residual Add, reinserting constants; without it only zero or
     unread channels go (RKNN-Toolkit's model_pruning). `objective` ("flops", "params" or
     "latency") decides which folds and reinsertions are worth it; none ever grows the weights.
-    With `verify`, both models run in ONNX Runtime on seeded random inputs and a cosine
+    `align` > 1 keeps a multiple of that many channels in every tensor that loses some (8 or
+    16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in ONNX Runtime on seeded random inputs and a cosine
     similarity below `threshold` on any output raises VerificationError.
     """
     if objective not in OBJECTIVES:
         raise ChannelcutError(
             f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
     original = io.load_model(model, copy=False)  # read only: the IR copies what changes
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = model_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
-    analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective))
+    analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective,
+                                                       align=align))
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
@@ -93,6 +98,7 @@ def cut(
         unsupported_ops={op: len(nodes) for op, nodes in analysis.unsupported.items()},
         mode="full" if fold else "zero",
         objective=objective,
+        align=align,
         weight_bytes_before=weights_before,
         weight_bytes_after=weight_bytes(graph_model),
         flops_before=flops_before,

@@ -120,6 +120,10 @@ def _add_mode(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, default="flops",
                         help="what a fold or reinsertion must reduce to be made (default "
                              "flops); none ever grows the weights")
+    parser.add_argument("--align", type=int, default=1, metavar="N",
+                        help="keep a multiple of N channels in every tensor that loses some "
+                             "(8 or 16 suit CPU and NPU kernels; default 1: cut all that can "
+                             "go)")
 
 
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +145,7 @@ def _cut(args: argparse.Namespace) -> int:
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape),
                  verify=not args.no_verify, threshold=args.threshold,
-                 fold=not args.zero_only, objective=args.objective)
+                 fold=not args.zero_only, objective=args.objective, align=args.align)
     save_model(result.model, args.output)
     if args.report_json is not None:
         text = json.dumps(_json_safe(result.report.to_dict()), indent=2) + "\n"
@@ -156,7 +160,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from channelcut.api import cut  # noqa: PLC0415
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False,
-                 fold=not args.zero_only, objective=args.objective)
+                 fold=not args.zero_only, objective=args.objective, align=args.align)
     _show(result.report, None)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK

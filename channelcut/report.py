@@ -74,6 +74,7 @@ class Report:
     unsupported_ops: dict[str, int] = field(default_factory=dict)  # op type -> nodes (barriers)
     mode: str = "full"  # "full" (fold constants, one-sided cuts) or "zero" (zero channels only)
     objective: str = "flops"
+    align: int = 1  # every tensor that lost channels keeps a multiple of this many
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
     flops_before: int = 0

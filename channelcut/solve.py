@@ -28,10 +28,13 @@ NODE_OVERHEAD = 1e5  # latency objective: one added op costs about this many FLO
 @dataclass(frozen=True)
 class Options:
     """`fold`: allow folding constants and reinserting them (the full cut); `objective`:
-    what a fold or reinsertion must reduce to be worth doing."""
+    what a fold or reinsertion must reduce to be worth doing; `align`: every tensor that
+    loses channels keeps a multiple of this many (CPU and NPU kernels work on blocks of 8 or
+    16 channels and fall back to slow paths otherwise; 1: cut all that can go)."""
 
     fold: bool = True
     objective: str = "flops"
+    align: int = 1
 
 
 @dataclass
@@ -187,8 +190,35 @@ class _Solver:
             emptied = next((info for info in reversed(self.walk.infos.values())
                             if info.n and removed[info.base:info.base + info.n].all()), None)
             if emptied is None:
-                return
+                break
             pending = watchers(self.drop(self.group_of[emptied.base:emptied.base + 1]))
+        if self.options.align > 1:
+            self._align(checks, watchers)
+
+    def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
+               watchers: Callable[[np.ndarray], list[int]]) -> None:
+        """Keep removed channels until every tensor that loses some keeps a multiple of
+        `align` (or all of them). Keeping is always exact; known channels are kept first,
+        since their rows read nothing unknown and keep nothing else alive."""
+        align, changed = self.options.align, True
+        while changed:
+            changed = False
+            for info in self.walk.infos.values():
+                if info.block != 1 or info.span != 1:
+                    continue
+                gone = self.removed(info.ids)
+                short = -int(info.n - gone.sum()) % align
+                if not gone.any() or short == 0:
+                    continue
+                candidates = info.ids[gone]
+                candidates = candidates[np.argsort(~self.known_map[candidates], kind="stable")]
+                groups = self.group_of[candidates]
+                _, first = np.unique(groups, return_index=True)
+                chosen = groups[np.sort(first)][:short]
+                dropped = self.drop(chosen)
+                if dropped.size:
+                    self._settle(checks, watchers, watchers(dropped))
+                    changed = True
 
     def _checks(self) -> list[tuple[Callable[[], np.ndarray], np.ndarray]]:
         """Every constraint as (check, the channel nodes it looks at); a check drops what it

@@ -12,7 +12,8 @@ from channelcut.analysis import connected_components
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.ops.layout import map_reshape
 
-from builders import assert_cut, bias, conv, cut, model, random_feeds, run, weights
+from builders import assert_cut, bias, conv, cut, kept_channels, model, node, random_feeds, run, weights
+from channelcut.errors import ChannelcutError
 
 
 # --- connected_components ----------------------------------------------------------------------
@@ -230,3 +231,35 @@ def test_a_branch_no_output_depends_on_is_deleted_whole():
     assert {(c.name, c.src_size, c.pruned_size) for c in result.report.const_changes} == {
         ("wd", 5 * 4 * 9 * 4, 0), ("bd", 5 * 4, 0)}
     assert result.report.weight_bytes_after == result.report.weight_bytes_before - 740
+
+
+# --- alignment ---------------------------------------------------------------------------------
+
+def aligned_chain(dead: list[int]):
+    """x -> conv_a (20 channels, `dead` rows zero, no bias) -> relu -> conv_y -> y."""
+    return model([conv("x", "wa", "a"), node("Relu", ["a"], ["r"]), conv("r", "wy", "y")],
+                 inputs={"x": (1, 4, 4, 8)}, outputs=["y"],
+                 inits={"wa": weights(20, 4, 1, 1, zero_rows=dead), "wy": weights(6, 20, 1, 1)})
+
+
+def test_align_keeps_a_multiple_of_n_channels_choosing_dead_ones():
+    dead = [0, 2, 3, 5, 8, 13, 17]  # 13 of 20 live: 16 with align 8, 14 with align 2
+    assert_cut(aligned_chain(dead), {"conv_a": (4, 13), "conv_y": (13, 6)}, groups=7)
+    result = cut(aligned_chain(dead), align=8)
+    assert kept_channels(result) == {"conv_a": (4, 16), "conv_y": (16, 6)}
+    assert result.report.removed_groups == 4 and result.report.align == 8
+    assert cut(aligned_chain(dead), align=2).report.removed_groups == 6
+    feeds = random_feeds(result.model)
+    np.testing.assert_allclose(run(result.model, feeds)["y"],
+                               run(aligned_chain(dead), feeds)["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_align_larger_than_what_goes_keeps_everything():
+    result = cut(aligned_chain([1, 2, 3]), align=16)  # 17 live: the next multiple is 32 > 20
+    assert result.report.removed_groups == 0 and result.report.layers == []
+
+
+@pytest.mark.parametrize("align", [0, -8, 2.5, True])
+def test_align_must_be_a_positive_whole_number(align):
+    with pytest.raises(ChannelcutError, match="align"):
+        cut(aligned_chain([1]), align=align)
