@@ -55,8 +55,9 @@ def cut(
     unread channels go (RKNN-Toolkit's model_pruning). `objective` ("flops", "params" or
     "latency") decides which folds and reinsertions are worth it; none ever grows the weights.
     `align` > 1 keeps a multiple of that many channels in every tensor that loses some (8 or
-    16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in ONNX Runtime on seeded random inputs and a cosine
-    similarity below `threshold` on any output raises VerificationError.
+    16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
+    ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
+    output raises VerificationError.
     """
     if objective not in OBJECTIVES:
         raise ChannelcutError(

@@ -12,7 +12,8 @@ from channelcut.analysis import connected_components
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.ops.layout import map_reshape
 
-from builders import assert_cut, bias, conv, cut, kept_channels, model, node, random_feeds, run, weights
+from builders import (assert_cut, bias, conv, cut, kept_channels, model, node, random_feeds,
+                      run, weights)
 from channelcut.errors import ChannelcutError
 
 
