@@ -123,11 +123,11 @@ def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:
     how many nodes went, and the deleted constants as size changes to nothing.
     """
     nodes = len(model.graph)
-    sizes = {name: tensor_bytes(v) for name, v in model.graph.initializers.items()
-             if v.const_value is not None}
+    constants = dict(model.graph.initializers)
     common_passes.RemoveUnusedNodesPass()(model)
-    return nodes - len(model.graph), {name: SizeChange(size, 0) for name, size in sizes.items()
-                                      if name not in model.graph.initializers}
+    return nodes - len(model.graph), {
+        name: SizeChange(tensor_bytes(value), 0) for name, value in constants.items()
+        if name not in model.graph.initializers and value.const_value is not None}
 
 
 def _const_changes(changes: dict[str, SizeChange]) -> list[ConstChange]:
@@ -171,6 +171,7 @@ def _channel_map(analysis: Analysis) -> dict[str, tuple[int, np.ndarray]]:
     for value, info in analysis.infos.items():
         deleted = analysis.deleted_positions(value)
         if deleted.size and value.name:
-            kept = np.setdiff1d(np.arange(info.size), deleted)
-            mapping[value.name] = (info.axis, kept)
+            kept = np.ones(info.size, dtype=bool)
+            kept[deleted] = False
+            mapping[value.name] = (info.axis, np.flatnonzero(kept))
     return mapping

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 
 import numpy as np
@@ -152,7 +153,7 @@ def tensor_bytes(value: ir.Value) -> int:
     """Size in bytes of a constant tensor's data."""
     tensor = value.const_value
     assert tensor is not None
-    return int(np.prod(tensor.shape.numpy(), dtype=np.int64)) * int(tensor.dtype.itemsize)
+    return math.ceil(math.prod(tensor.shape.numpy()) * tensor.dtype.itemsize)  # 4-bit: 0.5
 
 
 def attr_int(node: ir.Node, name: str, default: int) -> int:

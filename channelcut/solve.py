@@ -22,6 +22,8 @@ from channelcut.analysis import (Cost, GroupedConv, Link, Pin, Reader, Site, Wal
 from channelcut.channels import ChannelInfo
 
 OBJECTIVES = ("flops", "params", "latency")
+_NOTHING = np.zeros(0, dtype=np.int64)
+_NOTHING.flags.writeable = False
 NODE_OVERHEAD = 1e5  # latency objective: one added op costs about this many FLOPs of work
 
 
@@ -63,6 +65,7 @@ class Analysis:
     sites: list[SiteUse] = field(default_factory=list)
     unsupported: dict[str, list[str]] = field(default_factory=dict)
     consts: dict[ir.Value, np.ndarray | None] = field(default_factory=dict)  # converted once
+    _deleted: dict[ir.Value, np.ndarray] = field(default_factory=dict, repr=False)
 
     def removed(self, value: ir.Value) -> np.ndarray:
         """Per channel of `value`: is it cut? (empty for a value without channels)."""
@@ -75,9 +78,12 @@ class Analysis:
         """Sorted positions along the value's channel axis that the cut deletes."""
         info = self.infos.get(value) if value is not None else None
         if info is None:
-            return np.zeros(0, dtype=np.int64)
-        removed = self.removable[self.group_of[info.ids]]
-        return np.sort(info.positions[removed].ravel())
+            return _NOTHING
+        if value not in self._deleted:  # asked for by every rule that touches the value
+            removed = self.removable[self.group_of[info.ids]]
+            self._deleted[value] = np.sort(info.positions[removed].ravel()) if removed.any() \
+                else _NOTHING
+        return self._deleted[value]
 
     @property
     def removed_groups(self) -> int:
