@@ -82,6 +82,9 @@ def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | No
     parser.add_argument("--repeat", type=int, default=3,
                         help="times each tool runs on a model; its fastest is reported "
                              "(default: 3)")
+    parser.add_argument("--align", type=int, default=1,
+                        help="channelcut.cut(align=N): keep a multiple of N channels in every "
+                             "tensor that loses some (default: 1, no alignment)")
     parser.add_argument("--seed", type=int, default=0, help="model and input seed (default: 0)")
     if more is not None:
         more(parser)
@@ -123,11 +126,12 @@ def export(module: Any, shape: Sequence[int]) -> onnx.ModelProto:
 
 
 def latency_setup(args: argparse.Namespace) -> str:
-    """How latency is measured, and on what machine, for the line above a table."""
+    """How latency is measured, on what machine (and the cut's alignment), for a table's title."""
     threads = f"{args.threads} intra-op thread{'' if args.threads == 1 else 's'}"
+    align = f"; cut aligned to {args.align} channels" if args.align > 1 else ""
     return (f"ONNX Runtime CPU, {threads}, {args.stat} of {args.runs} "
             f"alternated runs after {args.warmup} warm-up; {platform.machine()}, "
-            f"{os.cpu_count()} CPUs")
+            f"{os.cpu_count()} CPUs{align}")
 
 
 def example_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
@@ -328,7 +332,7 @@ def millions(n: Any) -> str:
 
 
 def giga(n: Any) -> str:
-    return f"{n / 1e9:.2f}G" if ok(n) else str(n if n is not None else "-")
+    return f"{n / 1e9:.3f}G" if ok(n) else str(n if n is not None else "-")
 
 
 def seconds(s: Any) -> str:

@@ -114,7 +114,8 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
         sessions["simpl"] = Session(simplified_onnx, args.threads)
 
     result, row.cut_s = common.best_of(args.repeat, failures, name, "channelcut.cut",
-                                       channelcut.cut, original, fold=True, verify=False)
+                                       channelcut.cut, original, fold=True, verify=False,
+                                       align=args.align)
     if ok(result):
         sessions["cut"] = failures.attempt(name, "ORT session of the cut", Session,
                                            result.model, args.threads)

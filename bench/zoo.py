@@ -283,7 +283,7 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
 
         result, row.cut_s = common.best_of(args.repeat, failures, name,
                                            "channelcut.cut (zero)", channelcut.cut, zeroed,
-                                           fold=False, verify=False)
+                                           fold=False, verify=False, align=args.align)
         cut_onnx = result.model if ok(result) else FAIL
         if ok(result):
             row.cut_groups = result.report.removed_groups
@@ -323,7 +323,7 @@ def naive_cut(name: str, model: Any, shape: tuple[int, ...], x: Any, args: Any,
     naive["flops_before"] = failures.attempt(name, "FLOP count", common.onnx_flops, pruned)
     result, naive["seconds"] = common.best_of(args.repeat, failures, name,
                                               "channelcut.cut (naive, full)", channelcut.cut,
-                                              pruned, fold=True, verify=False)
+                                              pruned, fold=True, verify=False, align=args.align)
     if not ok(result):
         naive.update(seconds=FAIL, params_after=FAIL, flops_after=FAIL, error=FAIL)
         return naive
