@@ -93,6 +93,17 @@ def case(request) -> Case:
     return Case(request.param)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run torch on one thread: the exports run the models on tiny inputs, where a second
+    OpenMP thread gains nothing and, on a busy 2-core machine, spin-waits (the TorchScript
+    export of densenet121 took 6.5 s with two threads, 0.5 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def cut(model: onnx.ModelProto, fold: bool) -> channelcut.CutResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
