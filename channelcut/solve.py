@@ -102,12 +102,14 @@ def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return uniform, known, zero
 
 
-def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray],
+                cheap: np.ndarray) -> np.ndarray:
     """Removed channels to keep so that every surviving conv group loses the same number.
 
     Conv groups that lose all inputs and outputs are dropped whole and do not count. In the
-    others, each loses only as many channels as the group that loses fewest; the highest
-    indices of the excess are kept. `removed(ids)` says which channel nodes are cut.
+    others, each loses only as many channels as the group that loses fewest. Of the excess,
+    `cheap` channel nodes (known values: keeping them keeps nothing upstream alive) are kept
+    first, then the highest indices. `removed(ids)` says which channel nodes are cut.
     """
     out_removed = removed(conv.rows)
     whole = out_removed.all(axis=1)
@@ -127,7 +129,9 @@ def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray]) 
         for k in np.flatnonzero(~whole):
             excess = gone[k].sum() - target
             if excess:
-                keep.append(ids[k][gone[k]][-excess:])
+                candidates = ids[k][gone[k]][::-1]
+                order = np.argsort(~cheap[candidates], kind="stable")
+                keep.append(candidates[order][:excess])
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
 
 
@@ -233,6 +237,7 @@ class _Solver:
         checks = [(partial(self._check_reader, r), r.row_ids) for r in reversed(self.walk.readers)]
         checks += [(partial(self._check_link, k), np.concatenate([k.out_ids, k.operand_ids]))
                    for k in self.links]
+        self._first_grouped = len(checks)
         checks += [(partial(self._check_grouped, c),
                     c.rows.ravel() if c.columns is None else
                     np.concatenate([c.rows.ravel(), c.columns.ravel()]))
@@ -260,17 +265,22 @@ class _Solver:
 
     def _settle(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
                 watchers: Callable[[np.ndarray], list[int]], pending: list[int]) -> None:
-        """Run checks until none drops anything, revisiting only those a drop concerns."""
-        queue = deque(pending)
+        """Run checks until none drops anything, revisiting only those a drop concerns.
+
+        Grouped-conv balancing waits until every other check has settled: which channels it
+        keeps is a choice, best made once the others have kept what they must.
+        """
+        queue = deque(i for i in pending if i < self._first_grouped)
+        deferred = deque(i for i in pending if i >= self._first_grouped)
         queued = np.zeros(len(checks), dtype=bool)
         queued[pending] = True
-        while queue:
-            index = queue.popleft()
+        while queue or deferred:
+            index = queue.popleft() if queue else deferred.popleft()
             queued[index] = False
             for other in watchers(checks[index][0]()):
                 if not queued[other]:
                     queued[other] = True
-                    queue.append(other)
+                    (queue if other < self._first_grouped else deferred).append(other)
 
     def _check_reader(self, reader: Reader) -> np.ndarray:
         return self.drop(self.group_of[reader.in_ids[self.needed_columns(reader)]])
@@ -284,7 +294,7 @@ class _Solver:
                                          self.group_of[link.operand_ids[unknown]]]))
 
     def _check_grouped(self, conv: GroupedConv) -> np.ndarray:
-        trimmed = _unbalanced(conv, self.removed)
+        trimmed = _unbalanced(conv, self.removed, self.known_map)
         dropped = self.drop(self.group_of[trimmed])
         if dropped.size:
             self.trims.append(Pin(trimmed, conv.op_type, conv.node,
