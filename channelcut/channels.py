@@ -109,14 +109,20 @@ def per_channel_constant(
     return known, np.where(known, first[:, 0], 0).astype(np.float32)
 
 
+# Up to this many elements on the last axis, OR-ing slices beats numpy's reduction; past it the
+# strided slices waste most of each cache line they load.
+SHORT_AXIS = 16
+
+
 def nonzero_along_last_axis(array: np.ndarray) -> np.ndarray:
     """`(array != 0).any(axis=-1)`, exactly (denormals are non-zero, -0.0 is zero), faster
-    for floats: the bits of each slice are OR-ed together one slice at a time, then the sign
-    bit is ignored. A kernel's k weights lie on the last axis; numpy reduces short axes slowly.
+    for floats on a short last axis (a kernel's k weights): the bits of each slice are OR-ed
+    together one slice at a time, then the sign bit is ignored. numpy reduces short axes
+    slowly.
     """
     if array.shape[-1] == 1:
         return array[..., 0] != 0
-    if array.dtype.kind != "f":
+    if array.dtype.kind != "f" or array.shape[-1] > SHORT_AXIS:
         return (array != 0).any(axis=-1)
     bits = array.view(f"u{array.dtype.itemsize}")
     acc = bits[..., 0].copy()

@@ -9,7 +9,7 @@ from channelcut.channels import nonzero_along_last_axis
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
-@pytest.mark.parametrize("k", [1, 2, 9])
+@pytest.mark.parametrize("k", [1, 2, 9, 49])
 def test_nonzero_along_last_axis_is_exact(dtype, k):
     rng = np.random.default_rng(k)
     array = rng.standard_normal((5, 7, k)).astype(dtype)
