@@ -15,10 +15,11 @@ from channelcut import io, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
-from channelcut.cut import SizeChange, apply_cut, clear_intermediate_shapes, drop_unknown_value_info
+from channelcut.cut import SizeChange, apply_cut
 from channelcut.flops import model_flops
-from channelcut.graph import (infer_shapes, inputs_as_declared, restore_boundary_shapes,
-                              tensor_bytes, to_ir, weight_bytes)
+from channelcut.graph import tensor_bytes, to_ir, weight_bytes
+from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
+                               inputs_as_declared, restore_boundary_shapes, set_value_info)
 from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,17 @@ def cut(
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
     changes = {**unused, **apply_cut(analysis)}
 
+    # the cut model, serialized once; its shapes are inferred on the proto
     clear_intermediate_shapes(graph_model)
-    infer_shapes(graph_model)
-    flops_after = model_flops(graph_model)
-    if inputs_as_declared(graph_model):  # the shapes just inferred are the model's own
-        restore_boundary_shapes(graph_model)
-    else:  # infer again from the declared inputs, so dynamic dimensions stay dynamic
-        clear_intermediate_shapes(graph_model)
-        restore_boundary_shapes(graph_model)
-        infer_shapes(graph_model)
-    drop_unknown_value_info(graph_model)
+    as_declared = inputs_as_declared(graph_model)
+    restore_boundary_shapes(graph_model)
     result_proto = ir.to_proto(graph_model)
+    types = inferred_types(result_proto, shapes)
+    apply_types(graph_model, types)
+    flops_after = model_flops(graph_model)
+    if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
+        types = inferred_types(result_proto)
+    set_value_info(result_proto, types)
 
     report = Report(
         const_changes=_const_changes(changes),

@@ -198,22 +198,3 @@ def apply_cut(analysis: Analysis) -> dict[str, SizeChange]:
         if rule is not None and rule.rewrite is not None and _touches_cut(node, analysis):
             rule.rewrite(node, rw)
     return rw.changes
-
-
-def clear_intermediate_shapes(model: ir.Model) -> None:
-    """Forget inferred shapes inside the graph (they changed); inputs and outputs keep theirs."""
-    boundary = set(model.graph.inputs) | set(model.graph.outputs)
-    for node in model.graph:
-        for value in node.outputs:
-            if value not in boundary:
-                value.shape = None
-
-
-def drop_unknown_value_info(model: ir.Model) -> None:
-    """Intermediate tensors whose shape could not be inferred get no value_info entry at all
-    (an entry with a type but no shape fails `onnx.checker` with full_check)."""
-    boundary = set(model.graph.inputs) | set(model.graph.outputs)
-    for node in model.graph:
-        for value in node.outputs:
-            if value not in boundary and value.shape is None:
-                value.type = None

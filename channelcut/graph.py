@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from functools import partial
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-# onnx-ir's own helper for calling onnx's C API without the large constants
-from onnx_ir.passes.common._c_api_utils import call_onnx_api
 
-from channelcut.io import error_line
+from channelcut.shapes import apply_types, clear_intermediate_shapes, infer_shapes, inferred_types
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +35,8 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     model.meta["declared_weight_bytes"] = weight_bytes(model)  # before any fold adds some
     for value in [*graph.inputs, *graph.outputs]:
         value.meta["declared_shape"] = value.shape
-    if any(node.op_type in SHAPE_OPS for node in graph):
+    folds = any(node.op_type in SHAPE_OPS for node in graph)
+    if folds:
         from channelcut.constfold import fold_constants  # it reads constants with this module
 
         # shapes from the declared inputs: only what no dynamic dimension reaches is folded
@@ -47,41 +45,12 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     for value in graph.inputs:
         if value.name in input_shapes:
             value.shape = ir.Shape(input_shapes[value.name])
-    boundary = set(graph.inputs) | set(graph.outputs)
-    for node in graph:
-        for value in node.outputs:
-            if value not in boundary:
-                value.shape = None
-    infer_shapes(model)
+    clear_intermediate_shapes(model)
+    if folds:  # the graph changed: infer on it
+        infer_shapes(model)
+    else:  # the same graph as the proto's: infer on the proto, faster
+        apply_types(model, inferred_types(proto, input_shapes))
     return model
-
-
-def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference over the graph, in place: every value gets the type and shape
-    ONNX infers for it (where it infers one).
-
-    Large constants are left out of the call (onnx-ir's helper, as its ShapeInferencePass
-    does), and only the inferred types are read back, by value name, instead of the whole
-    model. A failure is one warning line: what ONNX found wrong, and that the channels around
-    unknown shapes are kept.
-    """
-    infer = partial(onnx.shape_inference.infer_shapes, check_type=True, strict_mode=False,
-                    data_prop=True)
-    try:
-        inferred = call_onnx_api(infer, model)
-    except Exception as error:  # noqa: BLE001 - onnx raises several types; the run goes on
-        log.warning("ONNX shape inference failed (%s); shapes it could not infer stay unknown "
-                    "and the channels around them are kept", error_line(error))
-        return
-    values = ir.convenience.create_value_mapping(model.graph)
-    for info in [*inferred.graph.value_info, *inferred.graph.output]:
-        value = values.get(info.name)
-        if value is None or not info.type.HasField("tensor_type"):
-            continue
-        shape = ir.serde.deserialize_type_proto_for_shape(info.type)
-        if shape is not None:
-            value.shape = shape
-        value.type = ir.serde.deserialize_type_proto_for_type(info.type)
 
 
 def _bypass_constant_identities(graph: ir.Graph) -> None:
@@ -98,22 +67,6 @@ def _bypass_constant_identities(graph: ir.Graph) -> None:
             continue
         out.replace_all_uses_with(source)
         graph.remove(node, safe=True)
-
-
-def inputs_as_declared(model: ir.Model) -> bool:
-    """Does every graph input have the shape the user's model declared (no dynamic dimension
-    made concrete)?"""
-    return all(value.shape is not None and "declared_shape" in value.meta and
-               value.meta["declared_shape"] is not None and
-               tuple(value.shape.dims) == tuple(value.meta["declared_shape"].dims)
-               for value in model.graph.inputs)
-
-
-def restore_boundary_shapes(model: ir.Model) -> None:
-    """Put back the input and output shapes the user's model declared (symbolic dims included)."""
-    for value in [*model.graph.inputs, *model.graph.outputs]:
-        if "declared_shape" in value.meta:
-            value.shape = value.meta["declared_shape"]
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
