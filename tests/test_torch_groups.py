@@ -3,8 +3,10 @@ exactly zero in the eval-mode model, and channelcut's zero-only cut then removes
 
 from __future__ import annotations
 
+import io
 import warnings
 
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -147,6 +149,15 @@ SHAPES = {Residual: (1, 3, 8, 8), Concat: (1, 3, 8, 8), Depthwise: (1, 3, 8, 8),
           Upsampling: (1, 3, 8, 8)}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models: a second OpenMP thread gains nothing and spin-waits on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def grouped_models() -> dict[type, tuple[nn.Module, list[ModuleGroup]]]:
     """Each small model with its groups, exported once for the whole module."""
@@ -196,9 +207,6 @@ def assert_exactly_zero(model: nn.Module, groups: list[ModuleGroup], shape) -> N
 
 def export(model: nn.Module, shape) -> channelcut.CutResult:
     """The TorchScript exporter's ONNX of the eval model, cut zero-only."""
-    import io
-
-    import onnx
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

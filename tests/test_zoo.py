@@ -52,7 +52,8 @@ GROUP_FRACTION = 0.4  # of the prunable groups, seeded
 
 
 class Case:
-    """One model and everything its tests share, computed on first use."""
+    """One model and what its tests share, computed on first use. Only small results and the
+    models are kept: vgg16_bn's weights alone are 553 MB."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -79,13 +80,21 @@ class Case:
         zero_module_groups(model, self.picked)
         return model
 
-    @cached_property
-    def consistent_file(self) -> onnx.ModelProto:
-        return zoo.export_onnx(self.zeroed, self.shape)
+    def pruned_export(self, dim: int) -> onnx.ModelProto:
+        """A copy pruned naively with ln_structured along `dim`, every Conv2d and Linear."""
+        model = zoo.prune_ln_structured(self.copy(), NAIVE_AMOUNT, dim=dim, linear=True)
+        return zoo.export_onnx(model, self.shape)
+
+    def consistent_file(self) -> tuple[onnx.ModelProto, channelcut.CutResult]:
+        """(b) through an ONNX file: the zeroed model's TorchScript export, cut zero-only."""
+        proto = zoo.export_onnx(self.zeroed, self.shape)
+        result = cut(proto, fold=False)
+        self.file_removed_groups = result.report.removed_groups
+        return proto, result
 
     @cached_property
-    def consistent_file_cut(self) -> channelcut.CutResult:
-        return cut(self.consistent_file, fold=False)
+    def file_removed_groups(self) -> int:
+        return self.consistent_file()[1].report.removed_groups
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -124,8 +133,7 @@ def assert_verified(result: channelcut.CutResult) -> None:
 # --- (a) naive output channels -------------------------------------------------------------------
 
 def test_naive_output_channels(case):
-    model = zoo.prune_ln_structured(case.copy(), NAIVE_AMOUNT, dim=0, linear=True)
-    proto = zoo.export_onnx(model, case.shape)
+    proto = case.pruned_export(dim=0)
     full, zero = cut(proto, fold=True), cut(proto, fold=False)
     assert_verified(full)
     assert_verified(zero)
@@ -140,9 +148,9 @@ def test_naive_output_channels(case):
 
 def test_consistent_groups_onnx_file(case):
     assert 0.3 <= len(case.picked) / sum(g.prunable for g in case.groups) <= 0.5
-    result = case.consistent_file_cut
+    proto, result = case.consistent_file()
     assert_verified(result)
-    assert_exact_cut(case, case.consistent_file, result)
+    assert_exact_cut(case, proto, result)
 
 
 def test_consistent_groups_front_end(case):
@@ -153,7 +161,7 @@ def test_consistent_groups_front_end(case):
     assert_exact_cut(case, proto, result)
     # Bytes may differ: the TorchScript exporter shares equal (all-zero) biases, and the cut
     # gives each layer its own slice of a shared one; each is exact against its own export.
-    assert result.report.removed_groups == case.consistent_file_cut.report.removed_groups
+    assert result.report.removed_groups == case.file_removed_groups
 
 
 def assert_exact_cut(case: Case, proto: onnx.ModelProto, result: channelcut.CutResult) -> None:
@@ -178,8 +186,7 @@ def assert_exact_cut(case: Case, proto: onnx.ModelProto, result: channelcut.CutR
 # --- (c) input side -----------------------------------------------------------------------------
 
 def test_input_side_columns(case):
-    model = zoo.prune_ln_structured(case.copy(), NAIVE_AMOUNT, dim=1, linear=True)
-    result = cut(zoo.export_onnx(model, case.shape), fold=True)
+    result = cut(case.pruned_export(dim=1), fold=True)
     assert_verified(result)
     # A channel whose every reader reads it through zero columns is dead, in every model.
     assert result.report.removed_groups > 0
