@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +68,27 @@ def cut(
             f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     if isinstance(align, bool) or not isinstance(align, int) or align < 1:
         raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
-    original = io.load_model(model, copy=False)  # read only: the IR copies what changes
+    with _collector_paused():
+        return _cut(io.load_model(model, copy=False), input_shapes, verify, threshold, fold,
+                    objective, align)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cycle collector waits until the cut is done: the graph is many small objects, and a
+    full collection in the middle of a cut can double its time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
+         verify: bool, threshold: float, fold: bool, objective: str, align: int) -> CutResult:
+    """cut() on a loaded model; the model is only read (the IR copies what changes)."""
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
