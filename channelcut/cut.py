@@ -81,7 +81,7 @@ class Rewrite:
             self._consts[new] = array
             self.changes[new.name] = SizeChange(before, array.nbytes)
             return
-        value.const_value = ir.tensor(array, name=value.name)
+        value.const_value = ir.Tensor(array, name=value.name)
         value.shape = ir.Shape(array.shape)
         self._consts[value] = array
         previous = self.changes.get(value.name)
@@ -149,7 +149,7 @@ class Rewrite:
         name = self._unique(stem)
         value = ir.Value(name=name, shape=ir.Shape(array.shape),
                          type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                         const_value=ir.tensor(array, name=name))
+                         const_value=ir.Tensor(array, name=name))
         self.graph.register_initializer(value)
         return value
 
@@ -177,8 +177,9 @@ def delete_positions(array: np.ndarray, deletions: dict[int, np.ndarray]) -> np.
     """`array` without the given indices along each axis (one `take` per axis that loses some)."""
     for axis, deleted in deletions.items():
         if deleted.size:
-            keep = np.setdiff1d(np.arange(array.shape[axis]), deleted)
-            array = np.take(array, keep, axis=axis)
+            keep = np.ones(array.shape[axis], dtype=bool)
+            keep[deleted] = False
+            array = np.compress(keep, array, axis=axis)
     return array
 
 
