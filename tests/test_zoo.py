@@ -5,7 +5,9 @@ verifies, with channels zeroed three ways users prune:
 (b) consistent: whole coupled groups zeroed in torch (channelcut.torch_groups), so residual,
     concat, depthwise and grouped-conv couplings allow removal. The zero-only cut must remove
     every zeroed group and exactly the weight bytes of their rows and of the columns that read
-    them, counted here independently of the cut;
+    them. Which channels go together comes from channelcut.groups; which weight rows and
+    columns they free, and their bytes, is counted here from the exported graph, apart from
+    the cut's own rewrite;
 (c) input side: `ln_structured(dim=1)`, zero input columns.
 
 Outputs must match on every output: cosine >= 0.99999 and max relative error <= 1e-4. Inputs
