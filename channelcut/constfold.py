@@ -24,53 +24,120 @@ log = logging.getLogger(__name__)
 
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform",
                               "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"})
-# A folded result is stored in the model: fold small results (size arithmetic, index lists),
-# or results no larger than the constants they are computed from (a transposed weight).
+# Only values an op with a channel rule reads are stored in the model, and only small integers
+# (size arithmetic, index lists: what Slice, Reshape and Pad read) or results no larger than
+# the constants they come from (a transposed weight). A float mask built from a shape stays
+# computed, and so does all that only feeds it; the Shape nodes it reads become constants.
 SMALL_RESULT = 1024
+# Ops that read a tensor's shape: exporters compute sizes with them at run time.
+SHAPE_OPS = ("Shape", "Size")
 
 
 def fold_constants(model: ir.Model) -> int:
-    """Replace every node computable from constants and static shapes by initializers.
+    """Replace the values computable from constants and static shapes that a channel rule
+    reads by initializers, and delete the nodes that computed only them.
 
-    One sweep in topological order: a folded result makes its readers foldable, and a node
-    whose output shapes only a folded constant could tell (a Pad with computed amounts) has
-    them inferred there, so the Shape nodes after it fold in the same sweep. Returns how many
-    nodes were folded.
+    One sweep in topological order computes every such value (a computed value makes its
+    readers computable, and a node whose output shapes only a computed value could tell, a
+    Pad with computed amounts, has them inferred there, so the Shape nodes after it fold in
+    the same sweep). Returns how many nodes were folded.
     """
     graph = model.graph
     opset = opset_version(model)
-    folded = 0
-    for node in list(graph):
-        results = _evaluate(node, opset)
+    computed: dict[ir.Value, np.ndarray] = {}
+    for node in graph:
+        results = _evaluate(node, opset, computed)
         if results is None:
-            _infer_shapes(node, opset)
-            continue
-        for value, array in zip(node.outputs, results):
-            name = value.name or f"{node.name}_folded"
-            constant = ir.Value(name=name, shape=ir.Shape(array.shape),
-                                type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                                const_value=ir.tensor(array, name=name))
-            value.replace_all_uses_with(constant)
-            value.name = None
-            graph.register_initializer(constant)
-        graph.remove(node, safe=True)
-        folded += 1
+            _infer_shapes(node, opset, computed)
+        else:
+            computed.update(zip(node.outputs, results))
+    constants: dict[tuple, ir.Value] = {}  # equal values share one initializer
+    for value, array in computed.items():
+        if _store(value, array, computed):
+            _replace(graph, value, array, constants)
+    folded = _remove_unread(graph, computed)
+    # A Shape node still there (its result feeds a mask) would read its tensor: a barrier to
+    # the tensor's channels. Its result is a few integers; store it.
+    for node in list(graph):
+        if node.op_type in SHAPE_OPS and node.outputs[0] in computed:
+            _replace(graph, node.outputs[0], computed[node.outputs[0]], constants)
+    folded += _remove_unread(graph, computed)
     if folded:
         log.info("folded %d nodes that compute constants", folded)
     return folded
 
 
-def _evaluate(node: ir.Node, opset: int) -> list[np.ndarray] | None:
-    """The node's output values when they are constants worth storing, else None."""
+def _replace(graph: ir.Graph, value: ir.Value, array: np.ndarray,
+             constants: dict[tuple, ir.Value]) -> None:
+    """Every reader of `value` reads an initializer holding `array` (shared when equal)."""
+    key = (array.dtype.str, array.shape, array.tobytes())
+    if key not in constants:
+        name = value.name or f"{value.producer().name}_folded"
+        constants[key] = ir.Value(name=name, shape=ir.Shape(array.shape),
+                                  type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                                  const_value=ir.Tensor(array, name=name))
+        graph.register_initializer(constants[key])
+    value.replace_all_uses_with(constants[key])
+    value.name = None
+
+
+def _remove_unread(graph: ir.Graph, computed: dict[ir.Value, np.ndarray]) -> int:
+    """Delete the computing nodes whose results nothing reads any more."""
+    removed = 0
+    for node in reversed(list(graph)):  # readers first: a chain goes in one pass
+        if node.outputs and all(v in computed and not v.uses() for v in node.outputs):
+            graph.remove(node, safe=True)
+            removed += 1
+    return removed
+
+
+def _store(value: ir.Value, array: np.ndarray, computed: dict[ir.Value, np.ndarray]) -> bool:
+    """Worth an initializer: a node that is not folded, and has a channel rule, reads it; and
+    it is a small integer array or no larger than the constants it is computed from."""
+    from channelcut.ops import RULES  # the rule modules import the analysis, which needs us
+
+    readers = [use.node for use in value.uses() if not all(v in computed for v in use.node.outputs)]
+    if not any(node.op_type in RULES for node in readers):
+        return False
+    if array.dtype.kind in "iub" and array.size <= SMALL_RESULT:
+        return True
+    return array.nbytes <= _source_bytes(value, computed, array.dtype.kind)
+
+
+def _source_bytes(value: ir.Value, computed: dict[ir.Value, np.ndarray], kind: str) -> int:
+    """Bytes of the initializers of this dtype kind ("f": floats) that `value` is computed
+    from, each counted once: a float table gathered by integer indices pays only with
+    floats."""
+    seen: set[ir.Value] = set()
+    stack, total = [value], 0
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        producer = current.producer()
+        if producer is None or current not in computed:
+            constant = current.const_value
+            if constant is not None and constant.dtype.numpy().kind == kind:
+                total += constant.nbytes
+            continue
+        stack.extend(v for v in producer.inputs if v is not None)
+    return total
+
+
+def _evaluate(node: ir.Node, opset: int, computed: dict[ir.Value, np.ndarray]
+              ) -> list[np.ndarray] | None:
+    """The node's output values when the constants and shapes it reads determine them."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NONDETERMINISTIC or \
             any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
                 for attr in node.attributes.values()) or \
             any(value.is_graph_output() for value in node.outputs):
         return None
-    if node.op_type in ("Shape", "Size"):
-        shape = static_shape(node.inputs[0])
+    if node.op_type in SHAPE_OPS:
+        source = node.inputs[0]
+        shape = computed[source].shape if source in computed else static_shape(source)
         return None if shape is None else [_shape_result(node, shape)]
-    inputs = [None if value is None else const_array(value) for value in node.inputs]
+    inputs = [None if value is None else _value(value, computed) for value in node.inputs]
     if any(array is None for value, array in zip(node.inputs, inputs) if value is not None):
         return None
     try:
@@ -82,10 +149,16 @@ def _evaluate(node: ir.Node, opset: int) -> list[np.ndarray] | None:
         log.debug("not folding %s node %r: %s", node.op_type, node.name, exc)
         return None
     results = [np.asarray(r) for r in results]
+    # a large result only when its inputs were as large (a transposed weight): a mask built
+    # from a shape stays computed at run time, and so does all that reads it
     source_bytes = sum(a.nbytes for a in inputs if a is not None)
     if any(r.size > SMALL_RESULT and r.nbytes > source_bytes for r in results):
         return None
     return results
+
+
+def _value(value: ir.Value, computed: dict[ir.Value, np.ndarray]) -> np.ndarray | None:
+    return computed[value] if value in computed else const_array(value)
 
 
 def _shape_result(node: ir.Node, shape: tuple[int, ...]) -> np.ndarray:
@@ -99,21 +172,23 @@ def _shape_result(node: ir.Node, shape: tuple[int, ...]) -> np.ndarray:
 
 
 
-def _infer_shapes(node: ir.Node, opset: int) -> None:
+def _infer_shapes(node: ir.Node, opset: int, computed: dict[ir.Value, np.ndarray]) -> None:
     """Give the node's outputs the static shapes its inputs now determine, where missing."""
+    def shape(value: ir.Value) -> tuple[int, ...] | None:
+        return computed[value].shape if value in computed else static_shape(value)
+
     if all(static_shape(value) is not None for value in node.outputs) or \
             node.domain not in ("", "ai.onnx") or \
-            any(value is not None and static_shape(value) is None for value in node.inputs):
+            any(value is not None and shape(value) is None for value in node.inputs):
         return
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
         proto = ir.serde.serialize_node(node)
-        types = {value.name: onnx.helper.make_tensor_type_proto(
-                     value.dtype.value, static_shape(value))
+        types = {value.name: onnx.helper.make_tensor_type_proto(value.dtype.value, shape(value))
                  for value in node.inputs if value is not None}
         data = {value.name: onnx.numpy_helper.from_array(array, value.name)
                 for value in node.inputs
-                if value is not None and (array := const_array(value)) is not None
+                if value is not None and (array := _value(value, computed)) is not None
                 and array.size <= SMALL_RESULT}
         inferred = onnx.shape_inference.infer_node_outputs(
             schema, proto, types, data, opset_imports=[onnx.helper.make_opsetid("", opset)])

@@ -15,18 +15,13 @@ from channelcut.shapes import apply_types, clear_intermediate_shapes, infer_shap
 log = logging.getLogger(__name__)
 
 
-# Ops that read a tensor's shape: exporters compute sizes with them at run time.
-SHAPE_OPS = ("Shape", "Size")
-
-
 def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> ir.Model:
     """An onnx-ir copy of `proto` with every input at its concrete shape and shapes inferred.
 
     Constant nodes become initializers so that every constant is read the same way, and size
     arithmetic on static shapes is folded (channelcut.constfold); `meta["declared_weight_bytes"]`
-    keeps the constants' size from before that fold. The
-    declared shapes of graph inputs and outputs are kept in `meta["declared_shape"]` so the
-    rewrite can restore them exactly.
+    keeps the constants' size from before that fold. The declared shapes of graph inputs and
+    outputs are kept in `meta["declared_shape"]` so the rewrite can restore them exactly.
     """
     model = ir.from_proto(proto)
     graph = model.graph
@@ -35,10 +30,10 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     model.meta["declared_weight_bytes"] = weight_bytes(model)  # before any fold adds some
     for value in [*graph.inputs, *graph.outputs]:
         value.meta["declared_shape"] = value.shape
+    from channelcut.constfold import SHAPE_OPS, fold_constants  # it imports this module
+
     folds = any(node.op_type in SHAPE_OPS for node in graph)
     if folds:
-        from channelcut.constfold import fold_constants  # it reads constants with this module
-
         # shapes from the declared inputs: only what no dynamic dimension reaches is folded
         infer_shapes(model)
         fold_constants(model)

@@ -201,9 +201,23 @@ class _Solver:
                             if info.n and removed[info.base:info.base + info.n].all()), None)
             if emptied is None:
                 break
-            pending = watchers(self.drop(self.group_of[emptied.base:emptied.base + 1]))
+            pending = watchers(self.drop(self.group_of[[self._cheapest_to_keep(emptied)]]))
         if self.options.align > 1:
             self._align(checks, watchers)
+
+    def _cheapest_to_keep(self, info: ChannelInfo) -> int:
+        """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
+        that keeps outputs anyway (keeping it there keeps no other group alive), else its
+        first channel."""
+        for conv in self.walk.grouped:
+            if conv.columns is None:
+                continue
+            alive = ~self.removed(conv.rows).all(axis=1)
+            free = conv.columns[alive].ravel()
+            free = free[(free >= info.base) & (free < info.base + info.n)]
+            if free.size:
+                return int(free.min())
+        return info.base
 
     def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
                watchers: Callable[[np.ndarray], list[int]]) -> None:

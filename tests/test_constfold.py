@@ -4,7 +4,6 @@ read constants; nothing that a dynamic input dimension reaches is folded."""
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
 
 from builders import assert_cut, bias, conv, cut, model, node, random_feeds, run, weights
 from channelcut.graph import to_ir
@@ -75,14 +74,34 @@ def test_random_ops_are_not_folded():
     assert [n.op_type for n in to_ir(m, {"x": (1, 4)}).graph] == ["RandomNormalLike", "Add"]
 
 
-def test_reported_weights_before_are_the_models_own():
-    # Expand of a 1-element constant to 4096 elements would grow the weights if folded: it is
-    # not folded, and the report's weights before are the model's.
+def test_a_value_that_would_grow_the_weights_stays_computed():
+    # Expand of a 1-element constant to 4096 elements would grow the weights if folded: it
+    # stays; the Shape it reads (a barrier to x's channels if left) becomes 4 integers. The
+    # report's weights before are the model's.
     nodes = [node("Shape", ["x"], ["shape"]), node("Expand", ["k", "shape"], ["big"]),
              node("Add", ["x", "big"], ["out"])]
     m = model(nodes, {"x": [1, 4, 32, 32]}, ["out"], {"k": np.ones(1, np.float32)})
     graph_model = to_ir(m, {"x": (1, 4, 32, 32)})
     assert [n.op_type for n in graph_model.graph] == ["Expand", "Add"]
     result = cut(m)
-    assert result.report.weight_bytes_before == 4
-    assert isinstance(graph_model.graph.node(0).inputs[1].const_value, ir.TensorProtocol)
+    assert (result.report.weight_bytes_before, result.report.weight_bytes_after) == (4, 4 + 32)
+
+
+def test_only_what_a_channel_rule_reads_is_stored():
+    # Shape -> Gather -> Range -> Less feeds a Where mask (no channel rule): that chain stays
+    # computed, from the stored shape; the Slice's end, Reshape(width), is stored.
+    nodes = [node("Shape", ["x"], ["shape"]),
+             node("Gather", ["shape", "three"], ["width"], axis=0),
+             node("Range", ["zero", "width", "one"], ["positions"]),
+             node("Less", ["positions", "two"], ["left"]),
+             node("Where", ["left", "x", "x"], ["masked"]),
+             node("Reshape", ["width", "one_dim"], ["end"]),
+             node("Slice", ["masked", "zero_1d", "end", "three_1d"], ["out"])]
+    m = model(nodes, {"x": [1, 2, 3, 6]}, ["out"],
+              {"three": np.array(3, np.int64), "zero": np.array(0, np.int64),
+               "one": np.array(1, np.int64), "two": np.array(2, np.int64),
+               "one_dim": ints(1), "zero_1d": ints(0), "three_1d": ints(3)})
+    graph_model = to_ir(m, {"x": (1, 2, 3, 6)})
+    assert [n.op_type for n in graph_model.graph] == ["Gather", "Range", "Less", "Where",
+                                                       "Slice"]
+    np.testing.assert_array_equal(graph_model.graph.node(4).inputs[2].const_value.numpy(), [6])

@@ -381,9 +381,19 @@ TWO_EMPTIED_TENSORS = Recipe(in_channels=1, steps=(("conv", 0), ("conv", 652454)
                              head="gemm", p_row=0.0, p_col=0.5, extra_output=False)
 
 
+# conv4 is read by nothing (conv5 has zero weights) but must keep a channel; conv5 is grouped
+# (3 groups, 2 outputs each) and only its group 2 keeps an output: conv4 keeps that group's
+# input, not channel 0 (which would keep group 0 alive too).
+EMPTIED_BEFORE_A_GROUPED_CONV = Recipe(
+    in_channels=1, steps=(("conv", 0), ("conv", 0), ("conv", 0), ("conv", 0), ("conv", 0),
+                          ("conv", 4294967295), ("bn", 0)),
+    head="gemm", p_row=0.0, p_col=0.6, extra_output=False)
+
+
 @SETTINGS
 @example(recipe=UNREAD_CHANNEL_ZERO)
 @example(recipe=TWO_EMPTIED_TENSORS)
+@example(recipe=EMPTIED_BEFORE_A_GROUPED_CONV)
 @given(recipe=recipes)
 def test_zero_cut_is_a_fixed_point(recipe):
     """What the zero-only cut leaves, a second cut cannot shrink: the first found the largest
