@@ -147,6 +147,33 @@ def parse(text: str) -> onnx.ModelProto:
     return m
 
 
+def dead_channel_model() -> onnx.ModelProto:
+    """x[N,3,8,8] -> conv1 (4 out) -> Relu (r) -> conv2 (2 out) -> y, both convs padded by 1.
+
+    conv1's channel 2 has zero weights and bias -1: Relu makes it 0 for every input, so it
+    and conv2's matching input channel can go. Sizes in bytes: w1 432 -> 324, b1 16 -> 12,
+    w2 288 -> 216; b2 (8) stays.
+    """
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b1 = rng.standard_normal(4).astype(np.float32)
+    w1[2], b1[2] = 0.0, -1.0
+    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    b2 = rng.standard_normal(2).astype(np.float32)
+    pads = {"pads": [1, 1, 1, 1]}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", **pads),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", **pads)],
+        "dead_channel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
+                                                     (b2, "b2"))],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 # --- running and checking ----------------------------------------------------------------------
 
 def random_feeds(m: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None = None,

@@ -8,12 +8,13 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from channelcut.rknn import RKNN, TARGETS  # noqa: E402 - after the torch skip
+from builders import dead_channel_model  # noqa: E402
 
 # The tests save TorchScript files as users do; torch 2.13 calls that API deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
@@ -44,26 +45,6 @@ def torch_out(image_nchw: np.ndarray) -> np.ndarray:
         return pruned_module()(torch.from_numpy(image_nchw.astype(np.float32))).numpy()
 
 
-def dead_channel_onnx() -> onnx.ModelProto:
-    """x[N,3,8,8] -> conv1 (4 out, channel 2 dead) -> Relu (r) -> conv2 (2 out) -> y."""
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    b1 = rng.standard_normal(4).astype(np.float32)
-    w1[2], b1[2] = 0.0, -1.0
-    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
-    b2 = rng.standard_normal(2).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["h"], ["r"], name="relu"),
-         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1])],
-        "dead_channel",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 8, 8])],
-        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
-                                                     (b2, "b2"))])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 @pytest.fixture
 def torchscript_file(tmp_path):
     path = tmp_path / "model.pt"
@@ -74,7 +55,7 @@ def torchscript_file(tmp_path):
 @pytest.fixture
 def onnx_file(tmp_path):
     path = tmp_path / "model.onnx"
-    path.write_bytes(dead_channel_onnx().SerializeToString())
+    path.write_bytes(dead_channel_model().SerializeToString())
     return path
 
 
