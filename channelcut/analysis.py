@@ -273,8 +273,9 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         lo = np.minimum(ra[differ], rb[differ])
         hi = np.maximum(ra[differ], rb[differ])
         np.minimum.at(parent, hi, lo)
-    _, labels = np.unique(parent, return_inverse=True)
-    return labels.astype(np.int64)
+    # every node points at its root, the smallest node of its component: number the roots
+    is_root = parent == np.arange(n)
+    return (np.cumsum(is_root) - 1)[parent]
 
 
 def _extra_outputs_read(node: ir.Node, walk: Walk) -> None:

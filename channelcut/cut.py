@@ -173,13 +173,18 @@ def _attrs(attributes: dict[str, object]) -> list[ir.Attr]:
     return made
 
 
+def kept_mask(size: int, deleted: np.ndarray) -> np.ndarray:
+    """Per position 0..size-1: is it kept (not among `deleted`)?"""
+    keep = np.ones(size, dtype=bool)
+    keep[deleted] = False
+    return keep
+
+
 def delete_positions(array: np.ndarray, deletions: dict[int, np.ndarray]) -> np.ndarray:
     """`array` without the given indices along each axis (one `take` per axis that loses some)."""
     for axis, deleted in deletions.items():
         if deleted.size:
-            keep = np.ones(array.shape[axis], dtype=bool)
-            keep[deleted] = False
-            array = np.compress(keep, array, axis=axis)
+            array = np.compress(kept_mask(array.shape[axis], deleted), array, axis=axis)
     return array
 
 

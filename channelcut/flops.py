@@ -4,7 +4,7 @@ for constant subgraphs (runtimes evaluate them once, at load)."""
 
 from __future__ import annotations
 
-import numpy as np
+import math
 import onnx_ir as ir
 
 from channelcut.graph import attr_ints, static_shape
@@ -18,7 +18,7 @@ MOVES_DATA = frozenset({
 
 def _elements(value: ir.Value | None) -> int:
     shape = static_shape(value)
-    return 0 if shape is None else int(np.prod(shape, dtype=np.int64))
+    return 0 if shape is None else math.prod(shape)
 
 
 def _weight_shape(node: ir.Node) -> tuple[int, ...] | None:
@@ -36,7 +36,7 @@ def node_flops(node: ir.Node) -> int:
         # Conv: each output element sums cin/g * kernel products; ConvTranspose: each input
         # element is spread over cout/g * kernel outputs.
         anchor = out if op == "Conv" else node.inputs[0]
-        return 2 * _elements(anchor) * int(np.prod(w[1:], dtype=np.int64))
+        return 2 * _elements(anchor) * math.prod(w[1:])
     if op in ("Gemm", "MatMul"):
         a = static_shape(node.inputs[0])
         if a is None:
@@ -47,7 +47,7 @@ def node_flops(node: ir.Node) -> int:
     if op in MOVES_DATA:
         return 0
     if op in ("MaxPool", "AveragePool", "LpPool"):
-        return _elements(out) * int(np.prod(attr_ints(node, "kernel_shape", [1]) or [1]))
+        return _elements(out) * math.prod(attr_ints(node, "kernel_shape", [1]) or [1])
     if op.startswith("Global") or op.startswith("Reduce"):
         return _elements(node.inputs[0])
     return _elements(out)

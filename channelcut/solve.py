@@ -270,10 +270,15 @@ class _Solver:
         starts = np.searchsorted(groups, np.arange(self.removable.size + 1))
 
         def watching(dropped: np.ndarray) -> list[int]:
-            if dropped.size == 0:
+            lo, length = starts[dropped], starts[dropped + 1] - starts[dropped]
+            total = int(length.sum())
+            if total == 0:
                 return []
-            hits = np.concatenate([owners[starts[g]:starts[g + 1]] for g in dropped])
-            return np.unique(hits).tolist()
+            # the index ranges lo[i] .. lo[i] + length[i], concatenated
+            at = np.repeat(lo - np.cumsum(length) + length, length) + np.arange(total)
+            hit = np.zeros(len(checks), dtype=bool)
+            hit[owners[at]] = True
+            return np.flatnonzero(hit).tolist()
 
         return watching
 

@@ -220,7 +220,7 @@ def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo, out_shape: tuple
     """Reinserting an operand's constant channels: Pad + Gather (+ Add of the constants)."""
     if opset_version(walk.model) < 11:  # Pad takes its amounts as an input from opset 11
         return None
-    elements = float(np.prod(out_shape))
+    elements = float(math.prod(out_shape))
     # constants (float32) and the Gather order (int64) along the axis, Pad amounts (int64)
     added = out.size * (4 + 8) + 2 * len(out_shape) * 8
     return Site(node, "reinsert", Cost(weight_bytes=added, flops=elements,
@@ -233,8 +233,9 @@ def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
     out = node.outputs[0]
     deleted = rw.deleted(out)
     for value in dict.fromkeys(node.inputs):
-        if rw.info(value) is not None:
-            needed = np.setdiff1d(rw.deleted(value), deleted)
+        taken = rw.deleted(value) if rw.info(value) is not None else deleted
+        if taken is not deleted and not np.array_equal(taken, deleted):
+            needed = np.setdiff1d(taken, deleted)
             if needed.size:
                 reinsert(node, value, rw, needed)
     if deleted.size == 0:

@@ -3,6 +3,7 @@ pieces or joined, but each output channel is exactly one input channel (values c
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import onnx_ir as ir
 
@@ -123,14 +124,14 @@ def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tu
     must match one for one, so the mapping holds for any batch size, not just the analysed one.
     """
     a, s = source.axis, source.span
-    outer, inner = int(np.prod(in_shape[:a])), int(np.prod(in_shape[a + s:]))
+    outer, inner = math.prod(in_shape[:a]), math.prod(in_shape[a + s:])
     max_span = 1 if source.span > 1 or source.block > 1 else len(out_shape)
     for j in range(len(out_shape)):
-        if int(np.prod(out_shape[:j])) != outer:
+        if math.prod(out_shape[:j]) != outer:
             continue
         for span in range(1, min(max_span, len(out_shape) - j) + 1):
-            inner_out = int(np.prod(out_shape[j + span:]))
-            if int(np.prod(out_shape[j:j + span])) * inner_out != source.size * inner:
+            inner_out = math.prod(out_shape[j + span:])
+            if math.prod(out_shape[j:j + span]) * inner_out != source.size * inner:
                 continue
             if list(in_shape[:a]) != list(out_shape[:j]) and \
                     list(in_shape[a + s:]) != list(out_shape[j + span:]):
@@ -201,7 +202,7 @@ def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
     out = rw.info(node.outputs[0])
     shape = rw.shape(node.outputs[0])
     axis = out.axis + out.span - 1
-    rows = int(np.prod(shape[out.axis:axis]))  # the grid's other dims keep their size
+    rows = math.prod(shape[out.axis:axis])  # the grid's other dims keep their size
     if target[axis] != -1:
         target[axis] = shape[axis] - deleted.size // rows
         rw.set_const(node, 1, target)

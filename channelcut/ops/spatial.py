@@ -8,6 +8,7 @@ or linear resize, averages that do not count padding).
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import onnx_ir as ir
@@ -183,7 +184,7 @@ def analyse_reduce(node: ir.Node, walk: Walk) -> None:
     if source.axis in axes:
         walk.barrier(node, f"{node.op_type} over the channel axis")
         return
-    count = int(np.prod([shape[a] for a in axes]))
+    count = math.prod(shape[a] for a in axes)
     out_axis = source.axis if attr_int(node, "keepdims", 1) else \
         source.axis - sum(a < source.axis for a in axes)
     reduce = _REDUCE_CONSTANT[node.op_type]

@@ -8,6 +8,7 @@ channel, or a constant channel and no padding can reach it.
 
 from __future__ import annotations
 
+import math
 import numpy as np
 import onnx_ir as ir
 
@@ -16,7 +17,7 @@ from channelcut.flops import node_flops
 from channelcut.fold import fold_into_conv, fold_into_gemm, fold_into_matmul
 from channelcut.channels import (ChannelInfo, identity_positions, nonzero_along_last_axis,
                                  per_channel_constant)
-from channelcut.cut import Rewrite, delete_positions
+from channelcut.cut import Rewrite, delete_positions, kept_mask
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
 from channelcut.ops import rule
 
@@ -111,7 +112,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
         return
 
     cout_g = cout // groups
-    kernel = int(np.prod(weights.shape[2:]))
+    kernel = math.prod(weights.shape[2:])
     nz_g = nz.reshape(groups, cout_g, cin_g)
     rows = out.ids.reshape(groups, cout_g)
     size = weights.dtype.itemsize
@@ -150,7 +151,7 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
         return None
     plane = 4 * 8 if source.plane is None else source.plane.size * itemsize  # shape, or map
     return Site(node, "border fold", Cost(weight_bytes=cout * kernel * itemsize + plane,
-                                          flops=float(np.prod(out_shape)), nodes=1))
+                                          flops=float(math.prod(out_shape)), nodes=1))
 
 
 def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
@@ -191,8 +192,8 @@ def _cut_groups(weights: np.ndarray, groups: int, deleted_out: np.ndarray,
     rows and (local) columns from each remaining group."""
     cout, cin_g = weights.shape[:2]
     cout_g = cout // groups
-    out_kept = ~np.isin(np.arange(cout), deleted_out).reshape(groups, cout_g)
-    in_kept = ~np.isin(np.arange(cin_g * groups), deleted_in).reshape(groups, cin_g)
+    out_kept = kept_mask(cout, deleted_out).reshape(groups, cout_g)
+    in_kept = kept_mask(cin_g * groups, deleted_in).reshape(groups, cin_g)
     live = out_kept.any(axis=1)
     parts = [weights[k * cout_g:(k + 1) * cout_g][out_kept[k]][:, in_kept[k]]
              for k in range(groups) if live[k]]
@@ -354,7 +355,7 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     source = _pinned_unless(walk, node, walk.info(a), len(a_shape) - 1)
     zeros = np.zeros(out.n, np.float32)
     site = Site(node, "bias fold", Cost(weight_bytes=out.n * weights.dtype.itemsize,
-                                        flops=float(np.prod(out_shape)), nodes=1))
+                                        flops=float(math.prod(out_shape)), nodes=1))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
