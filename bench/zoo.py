@@ -21,7 +21,9 @@ for the cut with align=--latency-align (every tensor keeps a multiple of 16 chan
 ONNX Runtime's blocked CPU kernels apply; misaligned channel counts fall back to slow kernels,
 most visibly on depthwise nets), on which the speed-up target is judged. A second
 table cuts the same architecture pruned naively (50% ln_structured(dim=0) on every conv, "mode
-(a)") with channelcut's full cut (fold=True).
+(a)") with channelcut's full cut (fold=True, default objective "flops"), and again with the
+settings for a CPU (objective "latency", which weighs the copies a reinsertion adds, and
+align=--latency-align).
 
 Targets: on every model channelcut removes at least what Torch-Pruning removes and stays exact;
 its analyse-and-cut time is under Torch-Pruning's; on the convolutional nets the cut's CPU
@@ -77,6 +79,10 @@ NAIVE_COLUMNS = [
     Column("before", 7, "FLOPs"), Column("after", 7, "FLOPs"),
     Column("groups", 6), Column("time", 7), Column("err", 8),
     Column("ORT ms", 7), Column("FLOPs", 6, "speed-up"), Column("ORT", 6, "speed-up"),
+    Column("FLOPs", 7, "latency objective, aligned"), Column("err", 8, "latency objective, aligned"),
+    Column("ORT ms", 7, "latency objective, aligned"),
+    Column("x FLOPs", 7, "latency objective, aligned"),
+    Column("x ORT", 6, "latency objective, aligned"),
 ]
 
 
@@ -142,7 +148,10 @@ class Row:
                 giga(n.get("flops_after")),
                 str(n.get("groups", "-")), seconds(n.get("seconds")), error(n.get("error")),
                 millis(n.get("latency")), ratio(n.get("flops_before"), n.get("flops_after")),
-                ratio(self.latency[0], n.get("latency"))]
+                ratio(self.latency[0], n.get("latency")),
+                giga(n.get("cpu_flops")), error(n.get("cpu_error")), millis(n.get("cpu_latency")),
+                ratio(n.get("flops_before"), n.get("cpu_flops")),
+                ratio(self.latency[0], n.get("cpu_latency"))]
 
     def targets(self) -> dict[str, bool | None]:
         """Each target: held, missed, or None when it was not measured (or does not apply)."""
@@ -330,6 +339,8 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
             row.aligned_latency = latency.get("aligned", FAIL)
         if row.naive:
             row.naive["latency"] = latency.get("naive", FAIL)
+            if args.latency_align > 1:
+                row.naive["cpu_latency"] = latency.get("naive_cpu", FAIL)
     return row
 
 
@@ -379,11 +390,36 @@ def naive_cut(name: str, model: Any, shape: tuple[int, ...], x: Any, args: Any,
         naive["error"] = session
         return naive
     original = Session(pruned, args.threads)
-    naive["error"] = common.output_errors(original.run(x), session.run(x))
+    reference = original.run(x)
+    naive["error"] = common.output_errors(reference, session.run(x))
     # the same architecture as mode (b)'s original, so either times the uncut model
     sessions.setdefault("orig", original)
     sessions["naive"] = session
+    if args.latency_align > 1:
+        cpu_cut(name, pruned, reference, x, args, naive, sessions, failures)
     return naive
+
+
+def cpu_cut(name: str, pruned: Any, reference: Any, x: Any, args: Any, naive: dict[str, Any],
+            sessions: dict[str, Session], failures: Failures) -> None:
+    """Mode (a) with the settings for a CPU: the full cut under objective="latency", aligned
+    to --latency-align channels; adds its ORT session."""
+    import channelcut
+
+    result = failures.attempt(name, "channelcut.cut (naive, latency, aligned)", channelcut.cut,
+                              pruned, fold=True, verify=False, objective="latency",
+                              align=args.latency_align)
+    if not ok(result):
+        naive["cpu_flops"] = naive["cpu_error"] = FAIL
+        return
+    naive["cpu_flops"] = failures.attempt(name, "FLOP count", common.onnx_flops, result.model)
+    session = failures.attempt(name, "ORT session of the CPU cut", Session, result.model,
+                               args.threads)
+    if not ok(session):
+        naive["cpu_error"] = session
+        return
+    naive["cpu_error"] = common.output_errors(reference, session.run(x))
+    sessions["naive_cpu"] = session
 
 
 def _options(parser: Any) -> None:
@@ -411,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.naive:
         emit()
         emit(f"mode (a): naive {AMOUNT:.0%} ln_structured(dim=0) on every Conv2d, channelcut's "
-             "full cut (fold=True); ORT speed-up against the same original")
+             "full cut (fold=True; then objective='latency', align="
+             f"{args.latency_align}); ORT speed-up against the same original")
         emit(naive_table.header())
         for row in rows:
             emit(naive_table.row(row.naive_cells()))

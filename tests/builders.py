@@ -243,8 +243,9 @@ def cut(m: onnx.ModelProto, mode: str = "zero", **kwargs) -> CutResult:
 def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = None, *,
                groups: int | None = None, feeds: Mapping[str, np.ndarray] | None = None,
                input_shapes: Mapping[str, Sequence[int]] | None = None,
-               mode: str = "zero") -> CutResult:
-    """Cut `m` (in `mode`, see `cut`) and check the result; returns it for further asserts.
+               mode: str = "zero", objective: str = "flops") -> CutResult:
+    """Cut `m` (in `mode`, see `cut`, under `objective`) and check the result; returns it for
+    further asserts.
 
     `kept`: weighted node name -> (input channels, output channels) after the cut, for EXACTLY
     the weighted layers that lose channels ({} or None: nothing may be cut). `groups`: the
@@ -253,7 +254,8 @@ def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = 
     same shapes, allclose rtol=1e-4 atol=1e-5) on seeded random inputs.
     """
     before = m.SerializeToString()
-    result = cut(m, mode, input_shapes=dict(input_shapes) if input_shapes else None)
+    result = cut(m, mode, input_shapes=dict(input_shapes) if input_shapes else None,
+                 objective=objective)
     assert m.SerializeToString() == before, "cut() modified its input model"
     onnx.checker.check_model(result.model, full_check=True)
 

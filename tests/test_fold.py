@@ -106,6 +106,18 @@ def test_one_sided_residual_cut_in_a_basic_block():
     assert {"Pad", "Gather"} <= set(ops(result.model))
 
 
+def test_latency_objective_reinserts_only_where_the_saved_flops_outweigh_the_copies():
+    """A reinsertion copies the whole tensor (Pad, Gather, Add): under `latency` that costs
+    about 41 FLOPs per element plus 3 ops, so 2 of 6 rows of a 3x3 conv at 6x6 do not pay
+    (the `flops` objective counts only the Add), while 8 of 64 rows at 32x32 do."""
+    small = basic_block()
+    assert_cut(small, {"conv_b": (6, 4)}, mode="full", objective="flops")
+    assert_cut(small, {}, mode="full", objective="latency")
+    wide = basic_block(zero_rows=range(8), channels=64, size=32)
+    result = assert_cut(wide, {"conv_b": (64, 56)}, mode="full", objective="latency")
+    assert [s.kind for s in result.report.sites] == ["reinsert"]
+
+
 def test_one_sided_residual_cut_in_a_bottleneck_with_downsample():
     c, mid, out = 4, 24, 8
     inits = {"w1": weights(mid, c, 1, 1, seed=1), "b1": bias(mid, seed=1),

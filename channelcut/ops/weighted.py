@@ -151,7 +151,8 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
         return None
     plane = 4 * 8 if source.plane is None else source.plane.size * itemsize  # shape, or map
     return Site(node, "border fold", Cost(weight_bytes=cout * kernel * itemsize + plane,
-                                          flops=float(math.prod(out_shape)), nodes=1))
+                                          flops=float(math.prod(out_shape)),
+                                        moved=float(math.prod(out_shape)), nodes=1))
 
 
 def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
@@ -355,7 +356,8 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     source = _pinned_unless(walk, node, walk.info(a), len(a_shape) - 1)
     zeros = np.zeros(out.n, np.float32)
     site = Site(node, "bias fold", Cost(weight_bytes=out.n * weights.dtype.itemsize,
-                                        flops=float(math.prod(out_shape)), nodes=1))
+                                        flops=float(math.prod(out_shape)),
+                                        moved=float(math.prod(out_shape)), nodes=1))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
