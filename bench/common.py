@@ -402,14 +402,18 @@ def summarize(failures: Failures, verdicts: dict[str, dict[str, bool | None]]) -
     for line in failures.lines:
         emit(f"failure: {line}")
     targets = list(next(iter(verdicts.values()), {}))
-    everywhere = bool(targets)
+    any_missed = any_unknown = False
     for target in targets:
         held = [m for m, v in verdicts.items() if v[target] is True]
         missed = [m for m, v in verdicts.items() if v[target] is False]
         unknown = [m for m, v in verdicts.items() if v[target] is None]
-        everywhere &= not missed and not unknown
+        any_missed, any_unknown = any_missed or bool(missed), any_unknown or bool(unknown)
         emit(f"target {target}: held on {len(held)}/{len(verdicts)}"
              + (f"; MISSED on {', '.join(missed)}" if missed else "")
              + (f"; not measured on {', '.join(unknown)}" if unknown else ""))
-    emit("all targets held on every model" if everywhere else
-         "NOT all targets held on every model")
+    if any_missed or not targets:
+        emit("NOT all targets held")
+    elif any_unknown:
+        emit("every target held wherever it was measured (see 'not measured' above)")
+    else:
+        emit("all targets held on every model")
