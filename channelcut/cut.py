@@ -104,7 +104,8 @@ class Rewrite:
         self.graph.insert_before(before, node)
         return node.outputs[0]
 
-    def append_after(self, value: ir.Value, op_type: str, inputs: list[ir.Value]) -> ir.Value:
+    def append_after(self, value: ir.Value, op_type: str, inputs: list[ir.Value],
+                     attributes: dict[str, object] | None = None) -> ir.Value:
         """Make `value` become op(value, *inputs) for every reader (graph output included).
 
         The new output takes over `value`'s name and channel facts, so later rules and the
@@ -114,7 +115,8 @@ class Rewrite:
         uses = list(value.uses())
         name = value.name
         value.name = self._unique(f"{name}_raw")
-        node = ir.Node("", op_type, [value, *inputs], name=self._unique(f"{name}_{op_type}"))
+        node = ir.Node("", op_type, [value, *inputs], attributes=_attrs(attributes or {}),
+                       name=self._unique(f"{name}_{op_type}"))
         self.graph.insert_after(producer, node)
         new = node.outputs[0]
         for use in uses:

@@ -8,6 +8,8 @@ channel made, computed in float64 and stored in the weights' dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -103,31 +105,55 @@ def fold_into_matmul(node: ir.Node, rw: Rewrite, weights: np.ndarray, deleted_in
 
 def reinsert(node: ir.Node, operand: ir.Value, rw: Rewrite, needed: np.ndarray) -> None:
     """Give the operand back the constant channels at positions `needed` that the cut took from
-    it but the node still computes with: Pad zeros at the end of the channel axis, Gather
-    every position into place, then Add the constants (when any is non-zero). Every input of
-    the node that is this operand reads the result."""
+    it but the node still computes with. Every input of the node that is this operand reads
+    the result."""
     index = next(i for i, value in enumerate(node.inputs) if value is operand)
-    info = rw.info(operand)
-    deleted = rw.deleted(operand)
-    axis, rank = info.axis, len(rw.shape(operand))
-    present = np.setdiff1d(np.arange(info.size), deleted)
-    wanted = np.union1d(present, needed)  # the positions the node reads, in order
-    slot = np.empty(info.size, np.int64)
-    slot[present] = np.arange(present.size)
-    slot[needed] = present.size + np.arange(needed.size)
-    stem = f"{node.name or node.op_type}_in{index}"
-    pads = np.zeros(2 * rank, np.int64)
-    pads[rank + axis] = needed.size
-    padded = rw.add_node(node, "Pad", [operand, rw.new_const(f"{stem}_pads", pads)])
-    full = rw.add_node(node, "Gather", [padded, rw.new_const(f"{stem}_order", slot[wanted])],
-                       {"axis": axis})
-    values = info.by_position(info.const)[wanted] * np.isin(wanted, needed)
-    if np.any(values != 0):
-        dtype = operand.dtype.numpy() if operand.dtype is not None else np.float32
-        shape = [1] * rank
-        shape[axis] = wanted.size
-        constants = rw.new_const(f"{stem}_constants", values.astype(dtype).reshape(shape))
-        full = rw.add_node(node, "Add", [full, constants])
+
+    def before_node(op_type: str, tail: ir.Value, inputs: list[ir.Value],
+                    attributes: dict[str, object] | None = None) -> ir.Value:
+        return rw.add_node(node, op_type, [tail, *inputs], attributes)
+
+    full = _reinsertion(rw, f"{node.name or node.op_type}_in{index}", operand,
+                        rw.deleted(operand), needed, before_node)
     for i, value in enumerate(node.inputs):
         if value is operand:
             node.replace_input_with(i, full)
+
+
+def reinsert_output(node: ir.Node, rw: Rewrite, computed_without: np.ndarray,
+                    needed: np.ndarray) -> None:
+    """The node computes without the positions `computed_without` of its output; give every
+    reader back those at `needed` (known constants there) after it."""
+    def after(op_type: str, tail: ir.Value, inputs: list[ir.Value],
+              attributes: dict[str, object] | None = None) -> ir.Value:
+        return rw.append_after(tail, op_type, inputs, attributes)
+
+    out = node.outputs[0]
+    _reinsertion(rw, f"{node.name or node.op_type}_out", out, computed_without, needed, after)
+
+
+def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
+                 needed: np.ndarray, step: Callable[..., ir.Value]) -> ir.Value:
+    """`value` (without the positions `deleted` along its channel axis) with the known constants
+    at `needed` back in place: Pad zeros at the end of the channel axis, Gather every position
+    into place, then Add the constants (when any is non-zero). `step(op_type, tail, inputs,
+    attributes)` applies each op to the tensor built so far; returns the last one's output."""
+    info = rw.info(value)
+    axis, rank = info.axis, len(rw.shape(value))
+    present = np.setdiff1d(np.arange(info.size), deleted)
+    wanted = np.union1d(present, needed)  # the positions the readers see, in order
+    slot = np.empty(info.size, np.int64)
+    slot[present] = np.arange(present.size)
+    slot[needed] = present.size + np.arange(needed.size)
+    pads = np.zeros(2 * rank, np.int64)
+    pads[rank + axis] = needed.size
+    full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
+    full = step("Gather", full, [rw.new_const(f"{stem}_order", slot[wanted])], {"axis": axis})
+    values = info.by_position(info.const)[wanted] * np.isin(wanted, needed)
+    if np.any(values != 0):
+        dtype = value.dtype.numpy() if value.dtype is not None else np.float32
+        shape = [1] * rank
+        shape[axis] = wanted.size
+        constants = rw.new_const(f"{stem}_constants", values.astype(dtype).reshape(shape))
+        full = step("Add", full, [constants])
+    return full

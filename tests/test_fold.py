@@ -118,6 +118,33 @@ def test_latency_objective_reinserts_only_where_the_saved_flops_outweigh_the_cop
     assert [s.kind for s in result.report.sites] == ["reinsert"]
 
 
+def silu_into_depthwise(size=6):
+    """x -> conv (rows 1 and 4 zero, bias) -> x * sigmoid(x) -> depthwise 3x3 (padded) ->
+    conv 1x1 -> y: the SiLU of EfficientNet's expand stage."""
+    c, cin = 16, 48  # wide enough input that the cut rows outweigh the reinsertion's constants
+    inits = {"w1": weights(c, cin, 1, 1, zero_rows=[1, 4, 9, 12]),
+             "b1": bias(c, {1: 0.7, 4: -0.3, 9: 0.2, 12: 0.0}),
+             "wd": weights(c, 1, 3, 3, seed=2), "bd": bias(c, seed=2),
+             "w3": weights(5, c, 1, 1, seed=3), "b3": bias(5, seed=3)}
+    nodes = [conv("x", "w1", "a", "b1"), node("Sigmoid", ["a"], ["s"]),
+             node("Mul", ["a", "s"], ["m"]), conv("m", "wd", "d", "bd", pads=1, group=c),
+             conv("d", "w3", "y", "b3")]
+    return model(nodes, {"x": [1, cin, size, size]}, ["y"], inits)
+
+
+def test_constants_every_operand_lost_are_put_back_once_after_the_node():
+    """Both operands of x * sigmoid(x) lose the constant channels; the depthwise conv after
+    them needs silu(c) there. One reinsertion after the Mul, which computes 12 channels, not
+    one per operand before it. (Channel 12 has bias 0: silu(0) = 0 goes all the way, through
+    the depthwise conv, whose bias the last conv absorbs.)"""
+    result = assert_cut(silu_into_depthwise(), {"conv_a": (48, 12), "conv_d": (15, 15),
+                                                "conv_y": (15, 5)}, mode="full")
+    assert ops(result.model).count("Gather") == 1
+    mul = next(n for n in result.model.graph.node if n.op_type == "Mul")
+    pad = next(n for n in result.model.graph.node if n.op_type == "Pad")
+    assert pad.input[0] == mul.output[0]
+
+
 def test_one_sided_residual_cut_in_a_bottleneck_with_downsample():
     c, mid, out = 4, 24, 8
     inits = {"w1": weights(mid, c, 1, 1, seed=1), "b1": bias(mid, seed=1),

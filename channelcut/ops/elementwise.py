@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import reduce
 
 import numpy as np
 import onnx_ir as ir
@@ -16,7 +17,7 @@ import onnx_ir as ir
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.channels import ChannelInfo, per_channel_constant
 from channelcut.cut import Rewrite, delete_positions
-from channelcut.fold import reinsert
+from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
 from channelcut.ops import rule
 
@@ -228,16 +229,24 @@ def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo, out_shape: tuple
 
 
 def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
-    """Slice each constant operand that has a full channel axis; give back to each operand the
-    constant channels the cut took from it but the output keeps."""
+    """Slice each constant operand that has a full channel axis; give back the constant
+    channels the cut took from operands but the output keeps: after the node, once, for those
+    every operand lost (x * sigmoid(x) in SiLU); before it, to each operand, for the rest."""
     out = node.outputs[0]
     deleted = rw.deleted(out)
+    needs: dict[ir.Value, np.ndarray] = {}
     for value in dict.fromkeys(node.inputs):
         taken = rw.deleted(value) if rw.info(value) is not None else deleted
         if taken is not deleted and not np.array_equal(taken, deleted):
-            needed = np.setdiff1d(taken, deleted)
-            if needed.size:
-                reinsert(node, value, rw, needed)
+            needs[value] = np.setdiff1d(taken, deleted)
+    shared = _lost_by_every_operand(node, rw, needs)
+    if shared.size:
+        deleted = np.union1d(deleted, shared)  # the node computes without them
+        reinsert_output(node, rw, deleted, shared)
+    for value, needed in needs.items():
+        needed = np.setdiff1d(needed, shared)
+        if needed.size:
+            reinsert(node, value, rw, needed)
     if deleted.size == 0:
         return
     out_rank = len(rw.shape(out))
@@ -249,6 +258,20 @@ def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
         ax = _aligned_axis(axis, out_rank, array.shape)
         if ax >= 0 and array.shape[ax] > 1:
             rw.set_const(node, index, delete_positions(array, {ax: deleted}))
+
+
+def _lost_by_every_operand(node: ir.Node, rw: Rewrite, needs: dict[ir.Value, np.ndarray]
+                           ) -> np.ndarray:
+    """Output positions that every operand with channels lost and the output keeps, where the
+    output is a known constant: the node can compute without them and they can be put back
+    after it. Empty when any operand is neither tracked nor a constant (it could not be sliced)."""
+    carriers = [v for v in dict.fromkeys(node.inputs) if v is not None and rw.info(v) is not None]
+    out_info = rw.info(node.outputs[0])
+    if not needs or len(needs) != len(carriers) or out_info is None or \
+            any(rw.info(v) is None and rw.const(v) is None for v in node.inputs if v is not None):
+        return np.zeros(0, np.int64)
+    shared = reduce(np.intersect1d, needs.values())
+    return shared[out_info.by_position(out_info.known)[shared]]
 
 
 for _op in BROADCAST:
