@@ -321,8 +321,10 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
                 row.cut_error = sessions.pop("cut")
         else:
             row.cut_error = FAIL
-        if args.latency_align > 1:
-            aligned_cut(name, zeroed, reference, x, args, row, sessions, failures)
+        if args.latency_align > 1:  # the same cut in blocks ONNX Runtime's CPU kernels take
+            row.aligned_flops, row.aligned_error = extra_cut(
+                name, "aligned", zeroed, reference, x, args, sessions, "aligned", failures,
+                fold=False, align=args.latency_align)
         models = (zeroed, tp_onnx, cut_onnx)
         row.params = tuple(common.onnx_params(m) if ok(m) else m for m in models)
         row.flops = tuple(failures.attempt(name, "FLOP count", common.onnx_flops, m)
@@ -344,25 +346,25 @@ def run_model(name: str, args: Any, failures: Failures) -> Row:
     return row
 
 
-def aligned_cut(name: str, zeroed: Any, reference: Any, x: Any, args: Any, row: Row,
-                sessions: dict[str, Session], failures: Failures) -> None:
-    """The same zero-only cut keeping a multiple of --latency-align channels in every tensor
-    (ONNX Runtime's blocked CPU kernels need it); adds its ORT session."""
+def extra_cut(name: str, label: str, model: Any, reference: Any, x: Any, args: Any,
+              sessions: dict[str, Session], key: str, failures: Failures,
+              **options: Any) -> tuple[Any, Any]:
+    """Another cut of `model` with these channelcut.cut options (no verification): its FLOPs
+    and output errors against `reference`, FAIL where a step raised; its ORT session is
+    added under `key`, for the alternated latency runs."""
     import channelcut
 
-    result = failures.attempt(name, "channelcut.cut (aligned)", channelcut.cut, zeroed,
-                              fold=False, verify=False, align=args.latency_align)
+    result = failures.attempt(name, f"channelcut.cut ({label})", channelcut.cut, model,
+                              verify=False, **options)
     if not ok(result):
-        row.aligned_flops = row.aligned_error = FAIL
-        return
-    row.aligned_flops = failures.attempt(name, "FLOP count", common.onnx_flops, result.model)
-    session = failures.attempt(name, "ORT session of the aligned cut", Session, result.model,
+        return FAIL, FAIL
+    flops = failures.attempt(name, "FLOP count", common.onnx_flops, result.model)
+    session = failures.attempt(name, f"ORT session of the {label} cut", Session, result.model,
                                args.threads)
     if not ok(session):
-        row.aligned_error = session
-        return
-    row.aligned_error = common.output_errors(reference, session.run(x))
-    sessions["aligned"] = session
+        return flops, session
+    sessions[key] = session
+    return flops, common.output_errors(reference, session.run(x))
 
 
 def naive_cut(name: str, model: Any, shape: tuple[int, ...], x: Any, args: Any,
@@ -395,31 +397,11 @@ def naive_cut(name: str, model: Any, shape: tuple[int, ...], x: Any, args: Any,
     # the same architecture as mode (b)'s original, so either times the uncut model
     sessions.setdefault("orig", original)
     sessions["naive"] = session
-    if args.latency_align > 1:
-        cpu_cut(name, pruned, reference, x, args, naive, sessions, failures)
+    if args.latency_align > 1:  # the settings for a CPU
+        naive["cpu_flops"], naive["cpu_error"] = extra_cut(
+            name, "naive, latency, aligned", pruned, reference, x, args, sessions, "naive_cpu",
+            failures, fold=True, objective="latency", align=args.latency_align)
     return naive
-
-
-def cpu_cut(name: str, pruned: Any, reference: Any, x: Any, args: Any, naive: dict[str, Any],
-            sessions: dict[str, Session], failures: Failures) -> None:
-    """Mode (a) with the settings for a CPU: the full cut under objective="latency", aligned
-    to --latency-align channels; adds its ORT session."""
-    import channelcut
-
-    result = failures.attempt(name, "channelcut.cut (naive, latency, aligned)", channelcut.cut,
-                              pruned, fold=True, verify=False, objective="latency",
-                              align=args.latency_align)
-    if not ok(result):
-        naive["cpu_flops"] = naive["cpu_error"] = FAIL
-        return
-    naive["cpu_flops"] = failures.attempt(name, "FLOP count", common.onnx_flops, result.model)
-    session = failures.attempt(name, "ORT session of the CPU cut", Session, result.model,
-                               args.threads)
-    if not ok(session):
-        naive["cpu_error"] = session
-        return
-    naive["cpu_error"] = common.output_errors(reference, session.run(x))
-    sessions["naive_cpu"] = session
 
 
 def _options(parser: Any) -> None:

@@ -18,7 +18,7 @@ from channelcut import io, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
-from channelcut.cut import SizeChange, apply_cut
+from channelcut.cut import SizeChange, apply_cut, kept_mask
 from channelcut.flops import model_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
@@ -195,7 +195,5 @@ def _channel_map(analysis: Analysis) -> dict[str, tuple[int, np.ndarray]]:
     for value, info in analysis.infos.items():
         deleted = analysis.deleted_positions(value)
         if deleted.size and value.name:
-            kept = np.ones(info.size, dtype=bool)
-            kept[deleted] = False
-            mapping[value.name] = (info.axis, np.flatnonzero(kept))
+            mapping[value.name] = (info.axis, np.flatnonzero(kept_mask(info.size, deleted)))
     return mapping

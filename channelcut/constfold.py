@@ -12,6 +12,7 @@ declared input shapes), so the model accepts every input shape it accepted befor
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import onnx
@@ -134,8 +135,7 @@ def _evaluate(node: ir.Node, opset: int, computed: dict[ir.Value, np.ndarray]
             any(value.is_graph_output() for value in node.outputs):
         return None
     if node.op_type in SHAPE_OPS:
-        source = node.inputs[0]
-        shape = computed[source].shape if source in computed else static_shape(source)
+        shape = _shape(node.inputs[0], computed)
         return None if shape is None else [_shape_result(node, shape)]
     inputs = [None if value is None else _value(value, computed) for value in node.inputs]
     if any(array is None for value, array in zip(node.inputs, inputs) if value is not None):
@@ -161,9 +161,13 @@ def _value(value: ir.Value, computed: dict[ir.Value, np.ndarray]) -> np.ndarray 
     return computed[value] if value in computed else const_array(value)
 
 
+def _shape(value: ir.Value, computed: dict[ir.Value, np.ndarray]) -> tuple[int, ...] | None:
+    return computed[value].shape if value in computed else static_shape(value)
+
+
 def _shape_result(node: ir.Node, shape: tuple[int, ...]) -> np.ndarray:
     if node.op_type == "Size":
-        return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
+        return np.array(math.prod(shape), np.int64)
     start = node.attributes.get("start")
     end = node.attributes.get("end")
     dims = np.array(shape, np.int64)
@@ -174,17 +178,15 @@ def _shape_result(node: ir.Node, shape: tuple[int, ...]) -> np.ndarray:
 
 def _infer_shapes(node: ir.Node, opset: int, computed: dict[ir.Value, np.ndarray]) -> None:
     """Give the node's outputs the static shapes its inputs now determine, where missing."""
-    def shape(value: ir.Value) -> tuple[int, ...] | None:
-        return computed[value].shape if value in computed else static_shape(value)
-
     if all(static_shape(value) is not None for value in node.outputs) or \
             node.domain not in ("", "ai.onnx") or \
-            any(value is not None and shape(value) is None for value in node.inputs):
+            any(value is not None and _shape(value, computed) is None for value in node.inputs):
         return
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
         proto = ir.serde.serialize_node(node)
-        types = {value.name: onnx.helper.make_tensor_type_proto(value.dtype.value, shape(value))
+        types = {value.name: onnx.helper.make_tensor_type_proto(value.dtype.value,
+                                                                _shape(value, computed))
                  for value in node.inputs if value is not None}
         data = {value.name: onnx.numpy_helper.from_array(array, value.name)
                 for value in node.inputs

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from channelcut.cut import Rewrite
+from channelcut.cut import Rewrite, kept_mask
 from channelcut.graph import attr_float, input_at
 
 _CONV_GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
@@ -140,7 +140,7 @@ def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
     attributes)` applies each op to the tensor built so far; returns the last one's output."""
     info = rw.info(value)
     axis, rank = info.axis, len(rw.shape(value))
-    present = np.setdiff1d(np.arange(info.size), deleted)
+    present = np.flatnonzero(kept_mask(info.size, deleted))
     wanted = np.union1d(present, needed)  # the positions the readers see, in order
     slot = np.empty(info.size, np.int64)
     slot[present] = np.arange(present.size)

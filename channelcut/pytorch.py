@@ -20,7 +20,8 @@ import io as bytes_io
 import logging
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,9 +61,7 @@ def to_onnx(model: Any, input_shapes: Sequence[Sequence[int]]) -> onnx.ModelProt
             "torch.nn.Module"
         )
     examples = tuple(torch.zeros(shape) for shape in shapes)
-    modes = {m: m.training for m in module.modules()}
-    module.eval()  # BatchNorm folds into Conv and Dropout vanishes only in eval mode
-    try:
+    with eval_mode(module):  # BatchNorm folds into Conv and Dropout vanishes only in eval mode
         output_count = _count_outputs(torch, module, examples, shapes)
         names = {"input_names": [f"input{i}" for i in range(len(shapes))],
                  "output_names": [f"output{i}" for i in range(output_count)]}
@@ -73,6 +72,15 @@ def to_onnx(model: Any, input_shapes: Sequence[Sequence[int]]) -> onnx.ModelProt
         except Exception as exc:  # noqa: BLE001 - any failure of this exporter: try the other
             log.info("torch.export exporter failed (%s); tracing instead", error_line(exc))
             return _export_torchscript(torch, module, examples, names)
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """The module in eval mode, every submodule's training flag restored afterwards."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
     finally:
         for submodule, training in modes.items():
             submodule.training = training

@@ -59,8 +59,7 @@ def inferred_types(proto: onnx.ModelProto,
     except Exception as error:  # noqa: BLE001 - onnx raises several types; the run goes on
         _warn(error)
         return {}
-    return {info.name: info.type for info in [*inferred.graph.value_info, *inferred.graph.output]
-            if info.type.HasField("tensor_type")}
+    return _types_of(inferred)
 
 
 def infer_shapes(model: ir.Model) -> None:
@@ -71,9 +70,13 @@ def infer_shapes(model: ir.Model) -> None:
     except Exception as error:  # noqa: BLE001
         _warn(error)
         return
-    apply_types(model, {info.name: info.type for info in
-                        [*inferred.graph.value_info, *inferred.graph.output]
-                        if info.type.HasField("tensor_type")})
+    apply_types(model, _types_of(inferred))
+
+
+def _types_of(inferred: onnx.ModelProto) -> Types:
+    """The tensor types ONNX's inference wrote into a model, by value name."""
+    return {info.name: info.type for info in [*inferred.graph.value_info, *inferred.graph.output]
+            if info.type.HasField("tensor_type")}
 
 
 def apply_types(model: ir.Model, types: Types) -> None:

@@ -23,8 +23,8 @@ import random
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
+from collections.abc import Iterable, Sequence
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from channelcut.groups import ChannelGroup, channel_groups
+from channelcut.pytorch import eval_mode
 from channelcut.pytorch import OPSET
 
 log = logging.getLogger(__name__)
@@ -136,24 +137,12 @@ def export_named(module: nn.Module, input_shape: Sequence[int]) -> onnx.ModelPro
     """The eval-mode module exported by the torch.export exporter (BatchNorm folded, names kept)."""
     example = (torch.zeros(tuple(input_shape)),)
     # The exporter prints progress lines and warns about its own choices: not our user's business.
-    with _eval_mode(module), tempfile.TemporaryDirectory(prefix="channelcut-export-") as \
+    with eval_mode(module), tempfile.TemporaryDirectory(prefix="channelcut-export-") as \
             artifacts, warnings.catch_warnings(), redirect_stdout(bytes_io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET,
                                     verbose=False, artifacts_dir=artifacts)
     return program.model_proto
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """The module in eval mode, every submodule's training flag restored afterwards."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for submodule, training in modes.items():
-            submodule.training = training
 
 
 def _parameter_owners(module: nn.Module) -> dict[str, tuple[str, str]]:
@@ -226,7 +215,7 @@ def _norms_after_producers(module: nn.Module, input_shape: Sequence[int]) -> dic
         elif isinstance(layer, NORM_TYPES):
             handles.append(layer.register_forward_pre_hook(norm_hook(name)))
     try:
-        with _eval_mode(module), torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             module(torch.zeros(tuple(input_shape)))
     finally:
         for handle in handles:

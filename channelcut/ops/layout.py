@@ -4,6 +4,7 @@ pieces or joined, but each output channel is exactly one input channel (values c
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import onnx_ir as ir
 

@@ -9,6 +9,7 @@ channel, or a constant channel and no padding can reach it.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import onnx_ir as ir
 
@@ -150,9 +151,14 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
     if not walk.spatial_fixed or out_shape is None:
         return None
     plane = 4 * 8 if source.plane is None else source.plane.size * itemsize  # shape, or map
-    return Site(node, "border fold", Cost(weight_bytes=cout * kernel * itemsize + plane,
-                                          flops=float(math.prod(out_shape)),
-                                        moved=float(math.prod(out_shape)), nodes=1))
+    return Site(node, "border fold", _added_output(cout * kernel * itemsize + plane, out_shape))
+
+
+def _added_output(weight_bytes: float, out_shape: tuple[int, ...]) -> Cost:
+    """An Add of a constant over the whole output: one op, one FLOP and one element moved per
+    output element, and these weight bytes."""
+    elements = float(math.prod(out_shape))
+    return Cost(weight_bytes=weight_bytes, flops=elements, moved=elements, nodes=1)
 
 
 def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
@@ -355,9 +361,7 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     out = walk.new(node.outputs[0], len(out_shape) - 1, weights.shape[1])
     source = _pinned_unless(walk, node, walk.info(a), len(a_shape) - 1)
     zeros = np.zeros(out.n, np.float32)
-    site = Site(node, "bias fold", Cost(weight_bytes=out.n * weights.dtype.itemsize,
-                                        flops=float(math.prod(out_shape)),
-                                        moved=float(math.prod(out_shape)), nodes=1))
+    site = Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, out_shape))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
