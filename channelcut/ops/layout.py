@@ -218,18 +218,22 @@ def analyse_concat(node: ir.Node, walk: Walk) -> None:
     """Along the channel axis: out[offset_k + c] <- in_k[c]. Along another axis: out[c] <- in_k[c]
     for every k (one group per channel across all inputs)."""
     infos = [walk.info(v) for v in node.inputs]
-    carrier = next((i for i in infos if i is not None), None)
     shapes = [walk.shape(v) for v in node.inputs]
-    if carrier is None:
+    if all(i is None for i in infos):
         return
     if any(s is None for s in shapes):
         walk.barrier(node, "Concat shapes unknown")
         return
     axis = attr_int(node, "axis", 0) % len(shapes[0])
-    if carrier.axis == axis:
-        _concat_channels(node, walk, infos, shapes, axis, carrier.block)
+    # Operands may hold their channels on different axes (one came through a Transpose, a
+    # MatMul or a Squeeze): the output follows the operands whose channels are on the concat
+    # axis if there are any, else those on the first operand's axis; every other operand is
+    # read whole, as is the output's share of it.
+    along = next((i for i in infos if i is not None and i.axis == axis), None)
+    if along is not None:
+        _concat_channels(node, walk, infos, shapes, axis, along.block)
     else:
-        _concat_other_axis(node, walk, infos, carrier)
+        _concat_other_axis(node, walk, infos, next(i for i in infos if i is not None))
 
 
 def _concat_channels(node: ir.Node, walk: Walk, infos: list[ChannelInfo | None],
@@ -286,6 +290,8 @@ def _concat_other_axis(node: ir.Node, walk: Walk, infos: list[ChannelInfo | None
             known, const = per_channel_constant(array, carrier.axis, out.positions)
             same &= known & (const == out.const)
             continue
+        if info is not None:  # its channels lie on another axis: the output reads them all
+            walk.pin(info, node, "Concat input channels do not line up")
         walk.pin(out, node, "Concat input whose channels cannot be cut")
         same &= False
     out.set_values(out.known & same, out.const)
