@@ -93,6 +93,90 @@ def test_concat_along_another_axis_of_zero_channel_and_zero_constant_is_zero():
     assert_cut(m, {"matmul_h": (4, 7), "matmul_y": (7, 6)})
 
 
+
+# Concat of operands whose channels lie on different axes: an operand whose channels are not on
+# the output's channel axis is read whole; the output follows the operands on the concat axis.
+
+def mixed_axis_model(zero_rows=(), head: bool = False):
+    """x[1,15,1,1] -> MatMul by M[1,3] (channels on the last axis) and conv_c 15->11 (padded
+    to width 3) -> Concat(mm, mm, c) along axis -3 -> [1,41,1,3], then conv_z 41->2 if `head`."""
+    nodes = [matmul("x", "m", "mm"), conv("x", "w", "c", pads=[0, 1, 0, 1]),
+             node("Concat", ["mm", "mm", "c"], ["cat"], axis=-3)]
+    inits = {"m": weights(1, 3), "w": weights(11, 15, 1, 1, zero_rows=zero_rows, seed=3)}
+    if head:
+        nodes.append(conv("cat", "w2", "z"))
+        inits["w2"] = weights(2, 41, 1, 1, seed=5)
+    return model(nodes, inputs={"x": (1, 15, 1, 1)}, outputs=["z" if head else "cat"],
+                 inits=inits)
+
+
+def test_concat_of_a_matmul_and_a_conv_keeps_every_output_channel():
+    # The MatMul's channels are on the last axis; the conv's, on the concat axis, were taken
+    # as unread and cut to one: 41 -> 31 output channels.
+    assert_cut(mixed_axis_model(), {})
+
+
+def test_concat_of_a_matmul_and_a_conv_cuts_the_conv_part_only():
+    # Its zero rows go, and conv_z loses the matching columns at offset 30 (it kept them, and
+    # ONNX Runtime rejected the model, when the conv part was cut as unread).
+    result = assert_cut(mixed_axis_model(zero_rows=[2, 7], head=True),
+                        {"conv_c": (15, 9), "conv_z": (39, 2)}, groups=2)
+    np.testing.assert_array_equal(result.channel_map["cat"][1],
+                                  np.delete(np.arange(41), [32, 37]))
+
+
+def test_concat_of_a_transposed_operand_keeps_its_channels_and_cuts_the_other():
+    # t has conv_a's channels on axis 2, so they stay; conv_b's zero rows, on the concat axis, go.
+    m = model(
+        [conv("x", "wa", "a"), node("Transpose", ["a"], ["t"], perm=[0, 2, 1, 3]),
+         conv("x", "wb", "b"), node("Concat", ["t", "b"], ["cat"], axis=1),
+         conv("cat", "w2", "z")],
+        inputs={"x": (1, 3, 4, 3)}, outputs=["z"],
+        inits={"wa": weights(4, 3, 1, 1, zero_rows=[0]),
+               "wb": weights(5, 3, 1, 1, zero_rows=[1, 3], seed=3),
+               "w2": weights(2, 9, 1, 1, seed=5)})
+    assert_cut(m, {"conv_b": (3, 3), "conv_z": (7, 2)}, groups=2)
+
+
+def test_concat_of_a_flattened_and_a_squeezed_operand():
+    # f = Flatten(conv_a) [1,6] has its channels on axis 1, s = Squeeze(conv_b) [3,6] on axis 0,
+    # the concat axis: f is read whole (one row of the output), s's zero channel goes.
+    m = model(
+        [conv("x", "wa", "a"), node("Flatten", ["a"], ["f"], axis=1),
+         conv("x", "wb", "b"), node("Squeeze", ["b", "axes"], ["s"]),
+         node("Concat", ["f", "s"], ["cat"], axis=0),
+         node("Transpose", ["cat"], ["t"], perm=[1, 0]), matmul("t", "w2", "y")],
+        inputs={"x": (1, 2, 1, 6)}, outputs=["y"],
+        inits={"wa": weights(6, 2, 1, 6, zero_rows=[2]),
+               "wb": weights(3, 2, 1, 1, zero_rows=[1], seed=3),
+               "axes": i64(0, 2), "w2": weights(4, 2, seed=5)})
+    assert_cut(m, {"conv_b": (2, 2), "matmul_y": (3, 2)}, groups=1)
+
+
+def test_concat_after_a_dfl_head_keeps_the_class_branch():
+    """YOLOv8's head: box distributions -> Reshape -> Transpose -> Softmax -> 1-channel conv
+    (the expected distance) -> Reshape [1,4,A] (its one channel lands on axis 0), concatenated
+    first with the class scores [1,nc,A] along axis 1 into a graph output. The class branch
+    was cut from 5 channels to 1; the stem's zero channels still go."""
+    a = 16  # anchors: a 4x4 map
+    m = model(
+        [conv("x", "ws", "s"),
+         conv("s", "wbox", "box"), node("Reshape", ["box", "shape_dist"], ["dist"]),
+         node("Transpose", ["dist"], ["dist_t"], perm=[0, 2, 1, 3]),
+         node("Softmax", ["dist_t"], ["prob"], axis=1), conv("prob", "wdfl", "expect"),
+         node("Reshape", ["expect", "shape_box"], ["boxes"]),
+         conv("s", "wcls", "cls"), node("Reshape", ["cls", "shape_cls"], ["cls_flat"]),
+         node("Sigmoid", ["cls_flat"], ["scores"]),
+         node("Concat", ["boxes", "scores"], ["y"], axis=1)],
+        inputs={"x": (1, 3, 4, 4)}, outputs=["y"],
+        inits={"ws": weights(6, 3, 1, 1, zero_rows=[1, 4]),
+               "wbox": weights(8, 6, 1, 1, seed=3), "shape_dist": i64(1, 4, 2, a),
+               "wdfl": np.arange(2, dtype=np.float32).reshape(1, 2, 1, 1),
+               "shape_box": i64(1, 4, a), "wcls": weights(5, 6, 1, 1, seed=5),
+               "shape_cls": i64(1, 5, a)})
+    assert_cut(m, {"conv_s": (3, 4), "conv_box": (4, 8), "conv_cls": (4, 5)}, groups=2)
+
+
 # --- Split -------------------------------------------------------------------------------------
 
 def split_model(split, opset: int, sizes: tuple[int, int]):
