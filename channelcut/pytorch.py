@@ -76,14 +76,26 @@ def to_onnx(model: Any, input_shapes: Sequence[Sequence[int]]) -> onnx.ModelProt
 
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """The module in eval mode, every submodule's training flag restored afterwards."""
-    modes = {m: m.training for m in module.modules()}
+    """The module in eval mode; afterwards every submodule's training flag and attributes are
+    as they were.
+
+    Attributes matter because a forward may cache what it computes (ultralytics' Detect keeps
+    its anchors and the input shape they are for): under the torch.export exporter those are
+    fake tensors, which the caller's module must not keep (they fail in deepcopy or the next
+    export).
+    """
+    states = {m: dict(vars(m)) for m in module.modules()}
     module.eval()
     try:
         yield
     finally:
-        for submodule, training in modes.items():
-            submodule.training = training
+        for submodule, state in states.items():
+            attributes = vars(submodule)
+            for name in [n for n in attributes if n not in state]:
+                del attributes[name]
+            for name, value in state.items():
+                if attributes.get(name) is not value:
+                    attributes[name] = value
 
 
 def _import_torch() -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -82,6 +83,31 @@ def test_nn_module_keeps_parameter_names_and_training_mode(x):
     assert module.training and module[1].training  # exported in eval mode, then restored
     np.testing.assert_allclose(run_onnx(model, x)[0], torch_out(module, x), atol=1e-5)
 
+
+
+class CachingHead(nn.Module):
+    """Caches what its forward computes on the module, as ultralytics' Detect keeps its anchors:
+    under the torch.export exporter the cache would be a fake tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.anchors = torch.zeros(0)
+
+    def forward(self, x):
+        if self.anchors.shape != x.shape[2:]:
+            self.anchors = torch.ones(x.shape[2:])
+            self.shape = x.shape
+        return self.conv(x) * self.anchors
+
+
+def test_nn_module_attributes_its_forward_caches_are_restored(x):
+    module = CachingHead()
+    anchors = module.anchors
+    model = to_onnx(module, [SHAPE])
+    assert module.anchors is anchors and not hasattr(module, "shape")
+    copy.deepcopy(module)  # failed on a fake tensor
+    np.testing.assert_allclose(run_onnx(model, x)[0], torch_out(module, x), atol=1e-5)
 
 def test_several_inputs_and_outputs():
     class TwoInTwoOut(nn.Module):

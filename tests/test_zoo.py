@@ -46,7 +46,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 MODELS = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
           "mobilenet_v3_large", "efficientnet_b0", "mnasnet1_0", "densenet121", "googlenet",
           "inception_v3", "squeezenet1_1", "shufflenet_v2_x1_0", "regnet_y_400mf", "vgg16_bn",
-          "convnext_tiny", "vit_b_16", "swin_t", "yolo", "unet"]
+          "convnext_tiny", "vit_b_16", "swin_t", "yolo", "unet",
+          *zoo.ULTRALYTICS]  # yolov8n, yolov8n-seg, yolov8n-pose, yolo11n, when installed
 MIN_COSINE = 0.99999
 MAX_REL_ERROR = 1e-4
 NAIVE_AMOUNT = 0.5
@@ -101,6 +102,9 @@ class Case:
 
 @pytest.fixture(scope="module", params=MODELS)
 def case(request) -> Case:
+    if request.param in zoo.ULTRALYTICS:
+        pytest.importorskip("ultralytics", reason=f"`{zoo.ULTRALYTICS_HINT}` to run it")
+        zoo.import_ultralytics()
     return Case(request.param)
 
 

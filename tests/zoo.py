@@ -1,5 +1,5 @@
-"""Real torchvision architectures (and two of ours: a YOLO-style detector and a U-Net), pruned the
-way users prune, exported to ONNX, for tests and bench.
+"""Real torchvision and ultralytics (YOLOv8, YOLO11) architectures, and two of ours (a YOLO-style
+detector and a U-Net), pruned the way users prune, exported to ONNX, for tests and bench.
 
 torchvision's compiled ops do not load next to the CPU torch wheel, but its pure-Python model
 definitions do (see /work/shared/NOTES.md). Weights are random, so `build` randomizes the
@@ -20,6 +20,7 @@ Bench scripts reach this module with `sys.path.insert(0, "<repo>/tests")`.
 from __future__ import annotations
 
 import io
+import os
 import sys
 import types
 from collections.abc import Iterator
@@ -47,6 +48,9 @@ SMALL_INPUTS: dict[str, tuple[int, ...]] = {
     "vit_b_16": (1, 3, 64, 64),
     "yolo": (1, 3, 64, 64),
     "unet": (1, 3, 64, 64),
+    # ultralytics: the smallest multiple of the heads' largest stride (32) that keeps every
+    # level's map wider than one cell
+    **{name: (1, 3, 128, 128) for name in ("yolov8n", "yolov8n-seg", "yolov8n-pose", "yolo11n")},
 }
 # Constructor arguments for the small inputs: ViT's position embedding fixes its image size.
 SMALL_KWARGS: dict[str, dict[str, object]] = {"vit_b_16": {"image_size": 64}}
@@ -70,14 +74,55 @@ def import_torchvision() -> types.ModuleType:
     return torchvision
 
 
+# Ultralytics models, built from the yaml files its package ships (no download): model name ->
+# (class in ultralytics.nn.tasks, yaml). Their heads run in export mode, as `yolo export` does.
+ULTRALYTICS: dict[str, tuple[str, str]] = {
+    "yolov8n": ("DetectionModel", "yolov8n.yaml"),
+    "yolov8n-seg": ("SegmentationModel", "yolov8n-seg.yaml"),
+    "yolov8n-pose": ("PoseModel", "yolov8n-pose.yaml"),
+    "yolo11n": ("DetectionModel", "yolo11n.yaml"),
+}
+ULTRALYTICS_HINT = "pip install --no-deps ultralytics ultralytics-thop"
+
+
+def import_ultralytics() -> types.ModuleType:
+    """`ultralytics.nn.tasks`, offline (it would otherwise check for updates and fonts).
+
+    Raises ImportError with the install command when ultralytics is not installed.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    try:
+        from ultralytics.nn import tasks
+    except ImportError as error:
+        raise ImportError(f"ultralytics is needed for the YOLOv8/YOLO11 tests: "
+                          f"`{ULTRALYTICS_HINT}` (--no-deps keeps the CPU torch wheel)"
+                          ) from error
+    return tasks
+
+
+def _build_ultralytics(name: str, **kwargs: object) -> nn.Module:
+    kind, yaml = ULTRALYTICS[name]
+    model = getattr(import_ultralytics(), kind)(yaml, verbose=False, **kwargs)
+    head = model.model[-1]
+    head.export, head.format = True, "onnx"  # return the decoded outputs alone
+    return model
+
+
 def build(name: str, seed: int = 0, **kwargs: object) -> nn.Module:
     """A model by name, in eval mode, with non-degenerate random weights: a torchvision
-    classification model, or "yolo" / "unet" (ours). `kwargs` go to the constructor.
+    classification model, "yolo" / "unet" (ours), or an ultralytics one (`ULTRALYTICS`).
+    `kwargs` go to the constructor.
 
     Deterministic for a given seed: the model is built and randomized under its own generator
     state, so the caller's torch RNG is left as it was.
     """
     ours = {"yolo": YoloDetector, "unet": UNet}
+    if name in ULTRALYTICS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _build_ultralytics(name, **kwargs)
+            randomize(model)
+        return model.eval()
     if name not in ours:
         models = import_torchvision().models
         if name not in models.list_models(module=models):
