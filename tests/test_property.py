@@ -3,8 +3,9 @@
 Hypothesis draws a recipe (input channels, a list of ops each with its own seed, the head, how
 often weights are zeroed); `build` turns it into a chain or DAG of supported ops: Conv 1x1/3x3
 with and without padding, depthwise and grouped Conv, BatchNormalization, Relu / LeakyRelu /
-Sigmoid / Clip, Add and Mul of two branches, Concat, Split, MaxPool, per-channel constant Add
-and Mul, and a GlobalAveragePool + Flatten + Gemm head. Weight rows and columns are zeroed at
+Sigmoid / Clip, Add and Mul of two branches, Concat (also of a MatMul over the width axis,
+whose channels lie on another axis), Split, MaxPool, per-channel constant Add and Mul, and a
+GlobalAveragePool + Flatten + Gemm head. Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere. Every cut, in both modes, must give a model that passes the full
 checker, has no more weight bytes, and gives the original's outputs in ONNX Runtime.
@@ -29,7 +30,7 @@ OPSET = 17
 H, W = 4, 8
 MAX_CHANNELS = 16
 OPS = ("conv", "conv", "conv", "bn", "act", "add", "mul", "concat", "split", "maxpool", "const",
-       "avgpool", "slice", "pad", "resize", "prelu", "matmul")
+       "avgpool", "slice", "pad", "resize", "prelu", "matmul", "mixconcat")
 HEADS = ("gemm", "conv", "gemm", "raw")
 
 SETTINGS = settings(
@@ -281,11 +282,29 @@ def add_matmul(net: Net, rng: np.random.Generator) -> None:
     net.add(node("Transpose", [mm], [net.name("nchw")], perm=[0, 3, 1, 2]), cout, h, w)
 
 
+def add_mixed_concat(net: Net, rng: np.random.Generator) -> None:
+    """Concat along axis 1 of a MatMul over the width axis (its own channels lie on that last
+    axis) and a tensor whose channels are on axis 1, in any order, the MatMul once or twice."""
+    first = net.pick(rng)
+    x, c, h, w = first
+    second = net.partner(rng, False, first)
+    copies = int(rng.integers(1, 3))
+    if copies * c + second[1] > MAX_CHANNELS:
+        return
+    weight = (rng.standard_normal((w, w)) / np.sqrt(w)).astype(np.float32)
+    weight[:, rng.random(w) < net.recipe.p_row] = 0
+    mm = net.name("mmw")
+    net.nodes.append(node("MatMul", [x, net.const("ww", weight)], [mm]))
+    operands = [mm] * copies + [second[0]]
+    operands = [operands[k] for k in rng.permutation(len(operands))]
+    net.add(node("Concat", operands, [net.name("mixcat")], axis=1), copies * c + second[1], h, w)
+
+
 BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("Add"),
             "mul": add_binary("Mul"), "concat": add_concat, "split": add_split,
             "maxpool": add_maxpool, "const": add_const, "avgpool": add_avgpool,
             "slice": add_slice, "pad": add_pad, "resize": add_resize, "prelu": add_prelu,
-            "matmul": add_matmul}
+            "matmul": add_matmul, "mixconcat": add_mixed_concat}
 
 
 def build(recipe: Recipe) -> onnx.ModelProto:
@@ -339,8 +358,15 @@ def check_cut(m: onnx.ModelProto, mode: str) -> None:
         np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+# A MatMul over the width axis concatenated with a conv output (issue 10): nothing is zero,
+# yet the conv's channels looked unread and were cut, and the head kept its 7 input columns.
+MIXED_AXIS_CONCAT = Recipe(in_channels=1, steps=(("conv", 1), ("conv", 315), ("mixconcat", 0)),
+                           head="conv", p_row=0.0, p_col=0.0, extra_output=False)
+
+
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@example(recipe=MIXED_AXIS_CONCAT)
 @given(recipe=recipes)
 def test_cut_keeps_outputs(mode, recipe):
     check_cut(build(recipe), mode)
