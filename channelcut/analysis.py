@@ -252,7 +252,7 @@ class Walk:
 
     def charge(self, ids: np.ndarray, weight_bytes: float = 0.0, flops: float = 0.0) -> None:
         """Each of these channels carries this many weight bytes and FLOPs (saved if it goes)."""
-        self._charges.append((np.asarray(ids, np.int64), float(weight_bytes), float(flops)))
+        self._charges.append((self._ids(ids, "charge"), float(weight_bytes), float(flops)))
 
     def charges(self) -> tuple[np.ndarray, np.ndarray]:
         """Per channel node: (weight bytes, flops) it carries."""
@@ -324,7 +324,7 @@ def _check_layouts(node: ir.Node, walk: Walk) -> None:
             continue
         axes = shape[info.axis:info.axis + info.span] if 0 <= info.axis else ()
         if len(axes) != info.span or info.size != int(np.prod(axes, dtype=np.int64)):
-            raise ValueError(f"{info.n} channels of {info.block} do not cover output "
+            raise ValueError(f"{info.n} channels ({info.size} positions) do not cover output "
                              f"{value.name!r} of shape {list(shape)} along axis {info.axis}")
 
 
