@@ -361,7 +361,8 @@ def test_one_channel_broadcast_into_a_grouped_conv(op, groups, mode):
     assert [b.reason for b in blockers(result, op)] == ["a channel broadcast over all channels"]
 
 
-def test_one_channel_broadcast_against_a_constant_gets_fresh_channels():
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_one_channel_broadcast_against_a_constant_gets_fresh_channels(mode):
     # h's zero channel 2 (the only one read) is broadcast over the constant's 8 channels:
     # m = h2 * k is zero everywhere, its channels are m's own (all go but the one a tensor
     # keeps), and the constant is sliced with them.
@@ -372,7 +373,7 @@ def test_one_channel_broadcast_against_a_constant_gets_fresh_channels():
         inits={"w1": weights(C, 4, 1, 1, zero_rows=[ZERO_ROW]),
                "starts": np.array([ZERO_ROW]), "ends": np.array([ZERO_ROW + 1]),
                "axes": np.array([1]), "k": per_channel({}, 2.0), "w2": weights(6, C, 1, 1)})
-    result = assert_cut(m, {"conv_h": (4, 1), "conv_y": (1, 6)})
+    result = assert_cut(m, {"conv_h": (4, 1), "conv_y": (1, 6)}, mode=mode)
     assert initializer(result.model, "k").shape == (1, 1, 1, 1)
 
 
@@ -386,3 +387,17 @@ def test_one_channel_broadcast_cuts_from_the_cli_without_a_traceback(flags, tmp_
     _, err = capsys.readouterr()
     assert code == 0 and "Traceback" not in err, err
     assert const_input(onnx.load(str(out)), "conv_a").shape == (1, 4, 1, 1)
+
+
+def test_unread_channels_of_a_one_channel_tensor_plus_a_constant_are_cut():
+    # m = h0 + k: h0 is one live channel, m's 8 channels are its own; conv_y reads none of
+    # m's channels 3 and 5, so they go and k loses them.
+    k = per_channel({c: float(c) for c in range(C)})
+    m = model(
+        [conv("x", "w1", "h"), node("Slice", ["h", "starts", "ends", "axes"], ["h0"]),
+         node("Add", ["h0", "k"], ["m"]), conv("m", "w2", "y")],
+        inputs={"x": X_SHAPE}, outputs=["y"],
+        inits={"w1": weights(C, 4, 1, 1), "starts": np.array([0]), "ends": np.array([1]),
+               "axes": np.array([1]), "k": k, "w2": weights(6, C, 1, 1, zero_cols=[3, 5])})
+    result = assert_cut(m, {"conv_h": (4, 1), "conv_y": (6, 6)})
+    np.testing.assert_array_equal(initializer(result.model, "k"), np.delete(k, [3, 5], axis=1))
