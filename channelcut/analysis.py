@@ -177,7 +177,7 @@ class Walk:
 
     def couple(self, a_ids: np.ndarray, b_ids: np.ndarray) -> None:
         """These channels share one fate: cut together or kept together."""
-        self._edges.append((np.asarray(a_ids, np.int64), np.asarray(b_ids, np.int64)))
+        self._edges.append(self._pairs(a_ids, b_ids, "coupling"))
 
     def align(self, a: ChannelInfo, b: ChannelInfo, node: ir.Node) -> np.ndarray | None:
         """For two tensors aligned position by position: the channel of `a` under each
@@ -198,6 +198,21 @@ class Walk:
         if owner is not None:
             self.couple(a.ids[owner], b.ids)
         return owner is not None
+
+    def _ids(self, ids: np.ndarray, what: str) -> np.ndarray:
+        """Channel node ids a rule records, checked: a rule bug must fail in its own rule
+        (which walk_graph turns into a barrier), not later in the solver."""
+        ids = np.asarray(ids, np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_nodes):
+            raise ValueError(f"{what} names channels that do not exist")
+        return ids
+
+    def _pairs(self, a_ids: np.ndarray, b_ids: np.ndarray, what: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+        a_ids, b_ids = self._ids(a_ids, what), self._ids(b_ids, what)
+        if a_ids.shape != b_ids.shape:
+            raise ValueError(f"{what} pairs {a_ids.size} channels with {b_ids.size}")
+        return a_ids, b_ids
 
     def pin(self, info: ChannelInfo, node: ir.Node | str, reason: str,
             channels: np.ndarray | None = None, name: str = "") -> None:
@@ -224,16 +239,20 @@ class Walk:
 
     def reader_ids(self, in_ids: np.ndarray, row_ids: np.ndarray, nz: np.ndarray,
                    site: Site | None = None) -> None:
-        self.readers.append(Reader(in_ids, row_ids, np.asarray(nz, dtype=bool), site))
+        in_ids, row_ids = self._ids(in_ids, "reader"), self._ids(row_ids, "reader")
+        nz = np.asarray(nz, dtype=bool)
+        if nz.shape != (row_ids.size, in_ids.size):
+            raise ValueError(f"reader weights {nz.shape} do not match {row_ids.size} rows "
+                             f"and {in_ids.size} inputs")
+        self.readers.append(Reader(in_ids, row_ids, nz, site))
 
     def link(self, operand_ids: np.ndarray, out_ids: np.ndarray, site: Site | None) -> None:
         """Operand channel `operand_ids[k]` lines up with output channel `out_ids[k]`."""
-        self.links.append(Link(np.asarray(operand_ids, np.int64), np.asarray(out_ids, np.int64),
-                               site))
+        self.links.append(Link(*self._pairs(operand_ids, out_ids, "link"), site))
 
     def charge(self, ids: np.ndarray, weight_bytes: float = 0.0, flops: float = 0.0) -> None:
         """Each of these channels carries this many weight bytes and FLOPs (saved if it goes)."""
-        self._charges.append((np.asarray(ids, np.int64), float(weight_bytes), float(flops)))
+        self._charges.append((self._ids(ids, "charge"), float(weight_bytes), float(flops)))
 
     def charges(self) -> tuple[np.ndarray, np.ndarray]:
         """Per channel node: (weight bytes, flops) it carries."""
@@ -244,6 +263,11 @@ class Walk:
         return weight_bytes, flops
 
     def grouped_conv(self, columns: np.ndarray | None, rows: np.ndarray, node: ir.Node) -> None:
+        rows = self._ids(rows, "grouped conv")
+        if columns is not None:
+            columns = self._ids(columns, "grouped conv")
+            if rows.ndim != 2 or columns.ndim != 2 or columns.shape[0] != rows.shape[0]:
+                raise ValueError("grouped conv rows and columns differ in groups")
         self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or ""))
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +315,19 @@ def _extra_outputs_read(node: ir.Node, walk: Walk) -> None:
             return
 
 
+def _check_layouts(node: ir.Node, walk: Walk) -> None:
+    """Each output's channels cover its channel axis exactly (where its shape is known): a
+    rule that gets this wrong would mislead every rule downstream."""
+    for value in node.outputs:
+        info, shape = walk.infos.get(value), walk.shape(value)
+        if info is None or shape is None:
+            continue
+        axes = shape[info.axis:info.axis + info.span] if 0 <= info.axis else ()
+        if len(axes) != info.span or info.size != int(np.prod(axes, dtype=np.int64)):
+            raise ValueError(f"{info.n} channels ({info.size} positions) do not cover output "
+                             f"{value.name!r} of shape {list(shape)} along axis {info.axis}")
+
+
 def walk_graph(model: ir.Model) -> Walk:
     """Walk the graph once in topological order, asking each node's rule what it does."""
     from channelcut.flops import node_flops
@@ -312,12 +349,17 @@ def walk_graph(model: ir.Model) -> Walk:
             walk.hide_planes(node)
         try:
             rule.analyse(node, walk)
+            _check_layouts(node, walk)
         except Exception as exc:  # a rule bug must not cut anything: keep what the node touches
             if os.environ.get("CHANNELCUT_STRICT"):
                 raise
             log.warning("analysis of %s node %r failed (%s); its channels are kept",
                         node.op_type, node.name, exc)
             walk.barrier(node, f"analysis failed: {exc}")
+            # what the rule said of its outputs cannot be trusted: downstream sees them as
+            # after an op without a rule
+            for value in node.outputs:
+                walk.infos.pop(value, None)
         walk.show_planes()
         _extra_outputs_read(node, walk)
         out = walk.info(node.outputs[0]) if node.outputs else None

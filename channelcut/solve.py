@@ -212,16 +212,17 @@ class _Solver:
 
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
-        that keeps outputs anyway (keeping it there keeps no other group alive), else its
-        first channel."""
+        that keeps outputs anyway, or writes in one that keeps inputs anyway (keeping it there
+        keeps no other conv group alive), else its first channel."""
         for conv in self.walk.grouped:
             if conv.columns is None:
                 continue
-            alive = ~self.removed(conv.rows).all(axis=1)
-            free = conv.columns[alive].ravel()
-            free = free[(free >= info.base) & (free < info.base + info.n)]
-            if free.size:
-                return int(free.min())
+            for ids, other in ((conv.columns, conv.rows), (conv.rows, conv.columns)):
+                alive = ~self.removed(other).all(axis=1)
+                free = ids[alive].ravel()
+                free = free[(free >= info.base) & (free < info.base + info.n)]
+                if free.size:
+                    return int(free.min())
         return info.base
 
     def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],

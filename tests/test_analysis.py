@@ -12,8 +12,8 @@ from channelcut.analysis import connected_components
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.ops.layout import map_reshape
 
-from builders import (assert_cut, bias, conv, cut, kept_channels, model, node, random_feeds,
-                      run, weights)
+from builders import (assert_cut, bias, blockers, conv, cut, kept_channels, model, node,
+                      random_feeds, run, weights)
 from channelcut.errors import ChannelcutError
 
 
@@ -264,3 +264,41 @@ def test_align_larger_than_what_goes_keeps_everything():
 def test_align_must_be_a_positive_whole_number(align):
     with pytest.raises(ChannelcutError, match="align"):
         cut(aligned_chain([1]), align=align)
+
+
+# --- a rule that records bad facts is a barrier, not a crash -----------------------------------
+
+def _relu_with_bad_facts(bad: str):
+    """A Relu rule with one bug: output channels that do not cover the tensor, a coupling of
+    unequal lengths, or an id past the last channel."""
+    from channelcut.ops.elementwise import transparent
+
+    def analyse(node, walk):
+        source = walk.info(node.inputs[0])
+        if bad == "layout":
+            walk.new(node.outputs[0], source.axis, 1)
+            return
+        out = transparent(node, walk, lambda x: np.maximum(x, 0))
+        if bad == "coupling":
+            walk.couple(source.ids[:1], out.ids)
+        else:
+            walk.couple(source.ids, out.ids + out.n)
+
+    return analyse
+
+
+@pytest.mark.parametrize("bad", ["layout", "coupling", "id"])
+def test_a_rule_recording_bad_ids_becomes_a_barrier(bad, monkeypatch):
+    from channelcut.ops import RULES, Rule
+
+    monkeypatch.delenv("CHANNELCUT_STRICT")
+    monkeypatch.setitem(RULES, "Relu", Rule(_relu_with_bad_facts(bad)))
+    # conv_y's row 2 is zero: without the Relu it would go; the Relu's facts are not trusted,
+    # so conv_h and everything after the Relu keep their channels, and no traceback
+    m = model([conv("x", "w1", "h"), node("Relu", ["h"], ["r"]), conv("r", "w2", "y"),
+               conv("y", "w3", "z")],
+              inputs={"x": [1, 3, 4, 4]}, outputs=["z"],
+              inits={"w1": weights(4, 3, 1, 1, zero_rows=[1]), "w2": weights(4, 4, 1, 1),
+                     "w3": weights(2, 4, 1, 1, zero_cols=[2])})
+    result = assert_cut(m, {"conv_y": (4, 3), "conv_z": (3, 2)})
+    assert [b.reason.split(":")[0] for b in blockers(result, "Relu")] == ["analysis failed"]

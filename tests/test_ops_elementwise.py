@@ -14,8 +14,11 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from channelcut import cli
+
 from builders import (
-    assert_cut, bias, blockers, conv, cut, find_node, initializer, model, node, random_feeds, run, weights,
+    assert_cut, bias, blockers, const_input, conv, cut, find_node, initializer, model, node,
+    random_feeds, run, weights,
 )
 
 C = 8
@@ -317,3 +320,84 @@ def test_full_cut_reinsertion_never_grows_weights():
     assert result.report.weight_bytes_after <= result.report.weight_bytes_before
     np.testing.assert_allclose(run(result.model, random_feeds(m))["y"],
                                run(m, random_feeds(m))["y"], rtol=1e-4, atol=1e-5)
+
+
+# --- a one-channel tensor broadcast over the channels of another -------------------------------
+
+# One channel against four, then a grouped conv (2 groups) or a depthwise one (4 groups):
+# conv_a's rows 1 and 3 are zero, conv_b's only row is zero. Add/Sub: s = +-a, channels 1 and 3
+# zero (one per conv group, so the groups stay balanced). Mul: s is zero everywhere, a tensor
+# keeps one channel. Div: 0/a is unknown where a is (NaN where a is zero): nothing goes.
+BROADCAST_CUTS = {
+    ("Add", 4): {"conv_a": (4, 2), "conv_d": (2, 2), "conv_y": (2, 3)},
+    ("Add", 2): {"conv_a": (4, 2), "conv_d": (2, 4)},
+    ("Sub", 4): {"conv_a": (4, 2), "conv_d": (2, 2), "conv_y": (2, 3)},
+    ("Sub", 2): {"conv_a": (4, 2), "conv_d": (2, 4)},
+    ("Mul", 4): {"conv_a": (4, 1), "conv_d": (1, 1), "conv_y": (1, 3)},
+    ("Mul", 2): {"conv_a": (4, 1), "conv_d": (1, 1), "conv_y": (1, 3)},
+    ("Div", 4): {},
+    ("Div", 2): {},
+}
+
+
+def one_channel_broadcast(op: str, groups: int) -> onnx.ModelProto:
+    """x -> conv_a (4 channels) and conv_b (1 zero channel) -> op(b, a) -> conv_d (grouped,
+    4 outputs) -> conv_y -> y. The broadcast operand comes first, as in the models that
+    crashed: the output's channels must come from a, not from b."""
+    return model(
+        [conv("x", "wa", "a"), conv("x", "wb", "b"), node(op, ["b", "a"], ["s"]),
+         conv("s", "wd", "d", group=groups, pads=1), conv("d", "wy", "y")],
+        inputs={"x": (1, 4, 6, 6)}, outputs=["y"],
+        inits={"wa": weights(4, 4, 1, 1, zero_rows=[1, 3]),
+               "wb": np.zeros((1, 4, 1, 1), np.float32),
+               "wd": weights(4, 4 // groups, 3, 3, seed=2), "wy": weights(3, 4, 1, 1, seed=3)})
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+@pytest.mark.parametrize("op, groups", list(BROADCAST_CUTS))
+def test_one_channel_broadcast_into_a_grouped_conv(op, groups, mode):
+    result = assert_cut(one_channel_broadcast(op, groups), BROADCAST_CUTS[op, groups], mode=mode)
+    # b's one channel is broadcast: it stays, whatever its value
+    assert [b.reason for b in blockers(result, op)] == ["a channel broadcast over all channels"]
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_one_channel_broadcast_against_a_constant_gets_fresh_channels(mode):
+    # h's zero channel 2 (the only one read) is broadcast over the constant's 8 channels:
+    # m = h2 * k is zero everywhere, its channels are m's own (all go but the one a tensor
+    # keeps), and the constant is sliced with them.
+    m = model(
+        [conv("x", "w1", "h"), node("Slice", ["h", "starts", "ends", "axes"], ["h2"]),
+         node("Mul", ["h2", "k"], ["m"]), conv("m", "w2", "y")],
+        inputs={"x": X_SHAPE}, outputs=["y"],
+        inits={"w1": weights(C, 4, 1, 1, zero_rows=[ZERO_ROW]),
+               "starts": np.array([ZERO_ROW]), "ends": np.array([ZERO_ROW + 1]),
+               "axes": np.array([1]), "k": per_channel({}, 2.0), "w2": weights(6, C, 1, 1)})
+    result = assert_cut(m, {"conv_h": (4, 1), "conv_y": (1, 6)}, mode=mode)
+    assert initializer(result.model, "k").shape == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("flags", [[], ["--zero-only"]])
+def test_one_channel_broadcast_cuts_from_the_cli_without_a_traceback(flags, tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.delenv("CHANNELCUT_STRICT")  # as a user runs it
+    path, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(one_channel_broadcast("Mul", 4), str(path))
+    code = cli.main(["cut", str(path), "-o", str(out), *flags])
+    _, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in err, err
+    assert const_input(onnx.load(str(out)), "conv_a").shape == (1, 4, 1, 1)
+
+
+def test_unread_channels_of_a_one_channel_tensor_plus_a_constant_are_cut():
+    # m = h0 + k: h0 is one live channel, m's 8 channels are its own; conv_y reads none of
+    # m's channels 3 and 5, so they go and k loses them.
+    k = per_channel({c: float(c) for c in range(C)})
+    m = model(
+        [conv("x", "w1", "h"), node("Slice", ["h", "starts", "ends", "axes"], ["h0"]),
+         node("Add", ["h0", "k"], ["m"]), conv("m", "w2", "y")],
+        inputs={"x": X_SHAPE}, outputs=["y"],
+        inits={"w1": weights(C, 4, 1, 1), "starts": np.array([0]), "ends": np.array([1]),
+               "axes": np.array([1]), "k": k, "w2": weights(6, C, 1, 1, zero_cols=[3, 5])})
+    result = assert_cut(m, {"conv_h": (4, 1), "conv_y": (6, 6)})
+    np.testing.assert_array_equal(initializer(result.model, "k"), np.delete(k, [3, 5], axis=1))

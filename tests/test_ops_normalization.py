@@ -75,6 +75,40 @@ def test_batch_norm_with_computed_parameters_is_a_barrier():
         ("BatchNormalization", 3)]
 
 
+def slimmed_batch_norm(var_at_zero_scale: float | None = None):
+    """Network slimming: live conv_y (8 channels) -> BatchNormalization whose scale is zero at
+    channels 2 (B 0), 5 (B -0.5) and 7 (B 0.7) -> Relu -> conv_out. The BN outputs B there for
+    every input; Relu makes channels 2 and 5 zero, channel 7 stays the constant 0.7.
+    `var_at_zero_scale`: the running variance of those channels."""
+    nodes, inits = producer(dead=())
+    hn, hi = head("a")
+    params = batch_norm_params()
+    params["scale"][[2, 5, 7]] = 0.0
+    params["bn_b"][[2, 5, 7]] = [0.0, -0.5, 0.7]
+    if var_at_zero_scale is not None:
+        params["var"][[2, 5, 7]] = var_at_zero_scale
+    nodes += [node("BatchNormalization", ["y", "scale", "bn_b", "mean", "var"], ["bn"]),
+              relu("bn", "a"), *hn]
+    return model(nodes, X, ["out"], inits | params | hi), params
+
+
+@pytest.mark.parametrize("mode, cut_channels", [("zero", [2, 5]), ("full", [2, 5, 7])])
+def test_batch_norm_zero_scale_cuts_like_a_zero_conv_row(mode, cut_channels):
+    m, params = slimmed_batch_norm()
+    n = 8 - len(cut_channels)
+    result = assert_cut(m, {"conv_y": (3, n), "conv_out": (n, 4)}, groups=len(cut_channels),
+                        mode=mode)
+    for name in ("scale", "bn_b", "mean", "var"):
+        np.testing.assert_array_equal(initializer(result.model, name),
+                                      np.delete(params[name], cut_channels))
+
+
+def test_batch_norm_zero_scale_with_zero_variance_plus_epsilon_is_kept():
+    # sqrt(var + eps) = 0: (x - mean) / 0 * 0 is NaN, not B
+    m, _ = slimmed_batch_norm(var_at_zero_scale=-1e-5)
+    assert_cut(m, {})
+    assert_cut(m, {}, mode="full")
+
 # --- InstanceNormalization ---------------------------------------------------------------------
 
 def test_instance_norm_of_a_zero_channel_is_its_bias():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from builders import (assert_cut, attribute, bias, const_input, conv, gemm, matmul, model, node,
-                      relu, weights)
+from builders import (assert_cut, attribute, bias, const_input, conv, cut, gemm, matmul, model,
+                      node, relu, weights)
 
 X = {"x": [1, 3, 8, 8]}
 
@@ -155,6 +155,25 @@ def test_grouped_conv_trims_the_excess_to_the_smallest_group_loss():
     [blocker] = result.report.blockers
     assert (blocker.op_type, blocker.channels) == ("Conv", 1)
 
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_emptied_output_of_a_grouped_conv_keeps_a_row_whose_input_stays_anyway(mode):
+    # a -> Slice of channel 3 -> out; a -> depthwise x2 with zero weights and biases -> conv_z.
+    # Nothing reads yd, but it keeps one channel: one of conv group 3, whose input the Slice
+    # keeps anyway. Keeping row 0 instead kept a's channel 0 too (each remaining conv group
+    # keeps as many inputs), which a second cut then removed.
+    nodes, inits = producer(4)
+    nodes += [node("Slice", ["a", "starts", "ends", "axes"], ["s"]), conv("s", "ws", "out"),
+              conv("a", "wd", "yd", pads=1, group=4), conv("yd", "wz", "z")]
+    inits |= {"starts": np.array([3]), "ends": np.array([4]), "axes": np.array([1]),
+              "ws": weights(2, 1, 1, 1, seed=3), "wd": np.zeros((8, 1, 3, 3), np.float32),
+              "wz": weights(3, 8, 1, 1, seed=4)}
+    m = model(nodes, X, ["out", "z"], inits)
+    result = assert_cut(m, {"conv_y0": (3, 1), "conv_yd": (1, 1), "conv_z": (1, 3)}, mode=mode)
+    assert attribute(result.model, "conv_yd", "group") == 1
+    again = cut(result.model, mode)
+    assert again.report.removed_groups == 0 and again.report.layers == []
 
 # --- ConvTranspose -----------------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
 Hypothesis draws a recipe (input channels, a list of ops each with its own seed, the head, how
 often weights are zeroed); `build` turns it into a chain or DAG of supported ops: Conv 1x1/3x3
 with and without padding, depthwise and grouped Conv, BatchNormalization, Relu / LeakyRelu /
-Sigmoid / Clip, Add and Mul of two branches, Concat (also of a MatMul over the width axis,
-whose channels lie on another axis), Split, MaxPool, per-channel constant Add and Mul, and a
+Sigmoid / Clip, Add and Mul of two branches, Add / Sub / Mul of a one-channel tensor
+broadcast over another's channels, Concat (also of a MatMul over the width axis, whose
+channels lie on another axis), Split, MaxPool, per-channel constant Add and Mul, and a
 GlobalAveragePool + Flatten + Gemm head. Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere. Every cut, in both modes, must give a model that passes the full
@@ -30,7 +31,7 @@ OPSET = 17
 H, W = 4, 8
 MAX_CHANNELS = 16
 OPS = ("conv", "conv", "conv", "bn", "act", "add", "mul", "concat", "split", "maxpool", "const",
-       "avgpool", "slice", "pad", "resize", "prelu", "matmul", "mixconcat")
+       "avgpool", "slice", "pad", "resize", "prelu", "matmul", "mixconcat", "broadcast")
 HEADS = ("gemm", "conv", "gemm", "raw")
 
 SETTINGS = settings(
@@ -172,6 +173,21 @@ def add_binary(op: str):
     return add
 
 
+def add_broadcast(net: Net, rng: np.random.Generator) -> None:
+    """Add, Sub or Mul of a one-channel tensor (a 1x1 Conv, all zero at the rate of zero rows)
+    broadcast over the channels of another, in either operand order."""
+    x, c, h, w = net.pick(rng)
+    weight = (rng.standard_normal((1, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
+    if rng.random() < net.recipe.p_row:
+        weight[:] = 0
+    one = net.name("one")
+    net.nodes.append(conv(x, net.const("w1c", weight), one))
+    other = net.partner(rng, False, (x, c, h, w))
+    op = str(rng.choice(["Add", "Sub", "Mul"]))
+    operands = [one, other[0]] if rng.random() < 0.5 else [other[0], one]
+    net.add(node(op, operands, [net.name(op.lower())]), *other[1:])
+
+
 def add_concat(net: Net, rng: np.random.Generator) -> None:
     first = net.pick(rng)
     second = net.partner(rng, False, first)
@@ -304,7 +320,7 @@ BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("A
             "mul": add_binary("Mul"), "concat": add_concat, "split": add_split,
             "maxpool": add_maxpool, "const": add_const, "avgpool": add_avgpool,
             "slice": add_slice, "pad": add_pad, "resize": add_resize, "prelu": add_prelu,
-            "matmul": add_matmul, "mixconcat": add_mixed_concat}
+            "matmul": add_matmul, "mixconcat": add_mixed_concat, "broadcast": add_broadcast}
 
 
 def build(recipe: Recipe) -> onnx.ModelProto:

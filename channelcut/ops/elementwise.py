@@ -175,15 +175,14 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     out_value = node.outputs[0]
     out_shape = walk.shape(out_value)
     operands = [v for v in node.inputs if v is not None]
-    carrier = next((v for v in operands if walk.info(v) is not None), None)
-    if carrier is None:
+    tracked = [v for v in operands if walk.info(v) is not None]
+    if not tracked:
         return
     if out_shape is None or any(walk.shape(v) is None for v in operands):
         walk.barrier(node, "shapes unknown")
         return
-    source = walk.info(carrier)
-    axis = source.axis + len(out_shape) - len(walk.shape(carrier))
-    out = walk.new(out_value, axis, source.positions)
+    out = _output_channels(node, walk, tracked, out_shape)
+    axis = out.axis
     values: list[Values] = []
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
     linked: set[ir.Value] = set()
@@ -201,6 +200,12 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
             continue
+        if info is not None and info.axis == ax and shape[ax] == 1:
+            # one channel broadcast over all of the output's: it stays (a tensor keeps at
+            # least one channel), and its value is every output channel's operand value
+            walk.pin(info, node, "a channel broadcast over all channels")
+            values.append((np.full(out.n, info.known[0]), np.full(out.n, info.const[0])))
+            continue
         if info is not None:
             walk.pin(info, node, "operand channels lie on another axis")
         array = walk.const(value)
@@ -214,6 +219,21 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             walk.pin(out, node, "an operand's channels cannot be cut")
             values.append(unknown)
     out.set_values(*BROADCAST[node.op_type](values))
+
+
+def _output_channels(node: ir.Node, walk: Walk, tracked: list[ir.Value],
+                     out_shape: tuple[int, ...]) -> ChannelInfo:
+    """The output's channels: those of the first tracked operand that spans the output's
+    channel axis; when every tracked operand is broadcast along it (one channel against a
+    constant or an untracked tensor), fresh ones along the first one's axis."""
+    for value in tracked:
+        info, shape = walk.info(value), walk.shape(value)
+        axis = info.axis + len(out_shape) - len(shape)
+        if info.size == out_shape[axis]:
+            return walk.new(node.outputs[0], axis, info.positions)
+    first = walk.info(tracked[0])
+    axis = first.axis + len(out_shape) - len(walk.shape(tracked[0]))
+    return walk.new(node.outputs[0], axis, out_shape[axis])
 
 
 def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo, out_shape: tuple[int, ...]

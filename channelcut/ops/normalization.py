@@ -21,7 +21,13 @@ def _per_channel_params(node: ir.Node, walk: Walk, indices: range) -> list[np.nd
 
 
 def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- (in[c] - mean[c]) / sqrt(var[c] + eps) * scale[c] + B[c]."""
+    """out[c] <- (in[c] - mean[c]) / sqrt(var[c] + eps) * scale[c] + B[c]; B[c] when scale[c] is 0.
+
+    A zero scale (network slimming zeroes them) makes the channel the constant B[c] whatever
+    its input, as a zero weight row makes a conv's: where mean, B and sqrt(var + eps) are
+    finite and the latter non-zero. (For an input that may be NaN or Inf, 0 * inf is NaN: as
+    for a zero weight, that is for the analysis of non-finite values to rule out.)
+    """
     params = _per_channel_params(node, walk, range(1, 5))
     source = walk.info(node.inputs[0])
     if params is None:
@@ -36,10 +42,14 @@ def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
     eps = np.float32(attr_float(node, "epsilon", 1e-5))
     const_pos = source.by_position(source.const)
     with np.errstate(all="ignore"):
-        y = ((const_pos - mean) / np.sqrt(var + eps) * scale + bias).astype(np.float32)
+        std = np.sqrt(var + eps)
+        y = ((const_pos - mean) / std * scale + bias).astype(np.float32)
+        ignores_input = (scale == 0) & np.isfinite(mean) & np.isfinite(bias) & \
+            np.isfinite(std) & (std > 0)
+    y = np.where(ignores_input, bias, y)
     uniform, value = per_channel_constant(y, 0, source.positions)
     out = walk.like(node.outputs[0], source)
-    out.set_values(source.known & uniform, value)
+    out.set_values((source.known | ignores_input[source.positions].all(axis=1)) & uniform, value)
     walk.charge(out.ids, weight_bytes=4 * source.block * 4)  # scale, B, mean, var
 
 
