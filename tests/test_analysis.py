@@ -264,3 +264,37 @@ def test_align_larger_than_what_goes_keeps_everything():
 def test_align_must_be_a_positive_whole_number(align):
     with pytest.raises(ChannelcutError, match="align"):
         cut(aligned_chain([1]), align=align)
+
+
+# --- barriers: what is provable after an op the analysis does not understand -------------------
+
+def after_custom_op(*extra, conv_input: str = "c", inits=None):
+    """x -> Gelu of ORT's com.microsoft domain (no channel rule, and ONNX infers no shape for
+    it) -> conv_y (8 filters, 0, 2, 4 and 6 zero; input channel 1 read by none) -> [extra] ->
+    relu -> conv_z."""
+    nodes = [node("Gelu", ["x"], ["c"], domain="com.microsoft"),
+             conv("c", "w1", "y"), *extra, node("Relu", [conv_input], ["r"]),
+             conv("r", "w2", "z")]
+    return model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 4, 6, 6]},
+                 {"w1": weights(8, 3, 3, 3, zero_rows=[0, 2, 4, 6], zero_cols=[1]),
+                  "w2": weights(4, 8, 1, 1, seed=2), **(inits or {})},
+                 extra_opsets={"com.microsoft": 1}, check=False)
+
+
+def test_a_conv_after_a_custom_op_cuts_its_zero_filters_and_names_the_op():
+    # The conv's channel counts come from its weights: its zero filters go although its
+    # input's shape is unknown; its input channels stay (their producer is not understood),
+    # and the unread one is reported as kept by the custom op.
+    result = assert_cut(after_custom_op(conv_input="y"), {"conv_y": (3, 4), "conv_z": (4, 4)})
+    [blocker] = result.report.blockers
+    assert (blocker.op_type, blocker.node, blocker.channels) == ("Gelu", "gelu_c", 1)
+    assert "com.microsoft" in blocker.reason
+
+
+def test_a_rule_stopped_by_an_unknown_shape_names_the_op_that_made_it_unknown():
+    # The Add needs ranks to align its operands; the report says which op lost them.
+    m = after_custom_op(node("Add", ["y", "b"], ["yb"]), conv_input="yb",
+                        inits={"b": -np.abs(weights(1, 8, 1, 1, seed=4))})
+    result = assert_cut(m, {})
+    reasons = {b.op_type: b.reason for b in result.report.blockers}
+    assert "after Gelu node 'gelu_c'" in reasons["Add"]
