@@ -34,6 +34,17 @@ SMALL_RESULT = 1024
 SHAPE_OPS = ("Shape", "Size")
 
 
+def has_foldable(graph: ir.Graph) -> bool:
+    """Is there anything to fold: a node that reads a shape, or one that computes only from
+    constants (pads built by ConstantOfShape -> Concat -> Reshape -> Cast, or a conv's weights
+    standardised at run time)?"""
+    return any(node.op_type in SHAPE_OPS or (
+        node.inputs and node.domain in ("", "ai.onnx") and
+        node.op_type not in NONDETERMINISTIC and
+        all(value is None or const_array(value) is not None for value in node.inputs))
+        for node in graph)
+
+
 def fold_constants(model: ir.Model) -> int:
     """Replace the values computable from constants and static shapes that a channel rule
     reads by initializers, and delete the nodes that computed only them.

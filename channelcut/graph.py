@@ -30,9 +30,9 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     model.meta["declared_weight_bytes"] = weight_bytes(model)  # before any fold adds some
     for value in [*graph.inputs, *graph.outputs]:
         value.meta["declared_shape"] = value.shape
-    from channelcut.constfold import SHAPE_OPS, fold_constants  # it imports this module
+    from channelcut.constfold import fold_constants, has_foldable  # it imports this module
 
-    folds = any(node.op_type in SHAPE_OPS for node in graph)
+    folds = has_foldable(graph)
     if folds:
         # shapes from the declared inputs: only what no dynamic dimension reaches is folded
         infer_shapes(model)
