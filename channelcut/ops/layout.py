@@ -212,6 +212,42 @@ def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
 rule("Reshape", "Flatten", rewrite=rewrite_reshape, spans=True)(analyse_reshape)
 
 
+# -- Expand and Tile over other axes ---------------------------------------------------------
+
+@rule("Expand", "Tile")
+def analyse_expand(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c], repeated over the other axes; Expand may prepend axes (shapes align
+    from the right), so the channel axis shifts by the ranks' difference."""
+    source = walk.info(node.inputs[0])
+    if source is None:
+        return
+    shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
+    if shape is None or out_shape is None or walk.const(node.inputs[1]) is None:
+        walk.barrier(node, f"{node.op_type} to a computed shape")
+        return
+    axis = source.axis + len(out_shape) - len(shape)
+    if out_shape[axis] != shape[source.axis]:
+        walk.barrier(node, f"{node.op_type} repeats the channel axis")
+        return
+    walk.like(node.outputs[0], source, axis=axis)
+
+
+def rewrite_expand(node: ir.Node, rw: Rewrite) -> None:
+    """Expand's target shape names the channel count where it is not 1 (broadcast): shrink it.
+    Tile's repeats are 1 on the channel axis and stay."""
+    deleted = rw.deleted(node.outputs[0])
+    if node.op_type != "Expand" or deleted.size == 0:
+        return
+    target = rw.const(node.inputs[1]).copy()
+    axis = rw.info(node.outputs[0]).axis - (len(rw.shape(node.outputs[0])) - target.size)
+    if axis >= 0 and target[axis] != 1:
+        target[axis] -= deleted.size
+        rw.set_const(node, 1, target)
+
+
+rule("Expand", "Tile", rewrite=rewrite_expand)(analyse_expand)
+
+
 # -- Concat -------------------------------------------------------------------------------
 
 def analyse_concat(node: ir.Node, walk: Walk) -> None:
