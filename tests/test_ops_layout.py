@@ -1,7 +1,7 @@
-"""Layout rules: Concat, Split, Slice, Transpose, Reshape/Flatten, Squeeze/Unsqueeze, Gather, Expand
-and Tile move channels (to other positions, pieces or axes) without computing, so a zero channel stays
-zero and a cut on one side is the same cut on the other; the op's own constants and attributes
-are rewritten to the new sizes."""
+"""Layout rules: Concat, Split, Slice, Transpose, Reshape/Flatten, Squeeze/Unsqueeze, Gather,
+Expand and Tile move channels (to other positions, pieces or axes) without computing, so a zero
+channel stays zero and a cut on one side is the same cut on the other; the op's own constants
+and attributes are rewritten to the new sizes."""
 
 from __future__ import annotations
 
