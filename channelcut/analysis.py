@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.channels import ChannelInfo, identity_positions
-from channelcut.graph import cached_const, static_shape
+from channelcut.graph import cached_const, partial_shape, static_shape
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,11 @@ class Walk:
 
     def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         return static_shape(value)
+
+    def dims(self, value: ir.Value | None) -> tuple[int | None, ...] | None:
+        """The shape with unknown dimensions None (after a custom op only ranks and channel
+        counts may be known); None when the rank is unknown."""
+        return partial_shape(value)
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         """A constant's value (converted once: large weights are read by several rules)."""

@@ -291,10 +291,32 @@ def test_a_conv_after_a_custom_op_cuts_its_zero_filters_and_names_the_op():
     assert "com.microsoft" in blocker.reason
 
 
-def test_a_rule_stopped_by_an_unknown_shape_names_the_op_that_made_it_unknown():
-    # The Add needs ranks to align its operands; the report says which op lost them.
+def test_a_broadcast_after_a_custom_op_aligns_operands_by_rank():
+    # ONNX infers no shape for the custom op; the conv after it proves its input's rank, and
+    # the Add's operands align by rank and channel count alone.
     m = after_custom_op(node("Add", ["y", "b"], ["yb"]), conv_input="yb",
                         inits={"b": -np.abs(weights(1, 8, 1, 1, seed=4))})
+    assert_cut(m, {"conv_y": (3, 4), "conv_z": (4, 4)})
+
+
+def test_a_rule_stopped_by_an_unknown_shape_names_the_op_that_made_it_unknown():
+    # Flatten needs every dim; the report says which op upstream lost them.
+    nodes = [node("Gelu", ["x"], ["c"], domain="com.microsoft"), conv("c", "w1", "y"),
+             node("Flatten", ["y"], ["f"]), node("Gemm", ["f", "w2"], ["z"])]
+    m = model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 5]},
+              {"w1": weights(8, 3, 3, 3, zero_rows=[0, 2, 4, 6]),
+               "w2": weights(288, 5, seed=2)},
+              extra_opsets={"com.microsoft": 1}, check=False)
     result = assert_cut(m, {})
-    reasons = {b.op_type: b.reason for b in result.report.blockers}
-    assert "after Gelu node 'gelu_c'" in reasons["Add"]
+    [blocker] = result.report.blockers
+    assert (blocker.op_type, blocker.channels) == ("Flatten", 4)
+    assert blocker.reason == "Flatten shapes unknown (input shape unknown after Gelu node 'gelu_c')"
+
+
+def test_a_matmul_after_a_custom_op_and_a_transpose_cuts_by_rank():
+    # channels last after the conv: Transpose and MatMul need only the ranks
+    m = after_custom_op(node("Transpose", ["y"], ["t"], perm=[0, 2, 3, 1]),
+                        node("MatMul", ["t", "wm"], ["mm"]),
+                        node("Transpose", ["mm"], ["back"], perm=[0, 3, 1, 2]),
+                        conv_input="back", inits={"wm": weights(8, 8, zero_cols=[3], seed=5)})
+    assert_cut(m, {"conv_y": (3, 4), "matmul_mm": (4, 7), "conv_z": (7, 4)})

@@ -39,10 +39,10 @@ def _axes_operand(node: ir.Node, walk: Walk, index: int, attr: str) -> list[int]
 def analyse_transpose(node: ir.Node, walk: Walk) -> None:
     """out[c] <- in[c]; the channel axis moves to where `perm` puts it. Channels spread over
     several axes (a shuffle) get their flat positions reordered like those axes."""
-    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    source, shape = walk.info(node.inputs[0]), walk.dims(node.inputs[0])  # the rank suffices
     if source is None:
         return
-    if shape is None:
+    if shape is None or (source.span > 1 and walk.shape(node.inputs[0]) is None):
         walk.barrier(node, "Transpose shape unknown")
         return
     perm = attr_ints(node, "perm") or list(reversed(range(len(shape))))
@@ -177,8 +177,10 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     if node.op_type == "Reshape" and walk.const(node.inputs[1]) is None:
         walk.barrier(node, "Reshape to a computed shape")
         return
-    mapped = None if in_shape is None or out_shape is None else \
-        reshape_layout(source, in_shape, out_shape)
+    if in_shape is None or out_shape is None:
+        walk.barrier(node, f"{node.op_type} shapes unknown")
+        return
+    mapped = reshape_layout(source, in_shape, out_shape)
     if mapped is None:
         walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
         return

@@ -284,7 +284,7 @@ rule("ConvTranspose", rewrite=rewrite_conv_transpose)(analyse_conv_transpose)
 
 def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndarray,
             out: ChannelInfo, bias_known: np.ndarray, bias: np.ndarray, alpha: float,
-            site: Site) -> None:
+            site: Site | None) -> None:
     """out[n] <- bias[n] + alpha * sum_k W[n, k] * in[k], a channel being a block of k's."""
     n_out = w_nk.shape[0]
     size = w_nk.dtype.itemsize
@@ -360,15 +360,21 @@ def _matrix(weights: np.ndarray | None) -> np.ndarray | None:
 def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     """out[..., n] <- sum_k B[k, n] * A[..., k] for a constant B."""
     a, b = node.inputs
-    weights, a_shape = _matrix(walk.const(b)), walk.shape(a)
-    out_shape = walk.shape(node.outputs[0])
-    if weights is None or a_shape is None or out_shape is None or len(a_shape) < 2:
+    weights = _matrix(walk.const(b))
+    # the ranks place the channel axes (the dims may be unknown after a custom op)
+    a_shape, out_shape = walk.dims(a), walk.dims(node.outputs[0])
+    if weights is None:
         walk.barrier(node, "MatMul without a constant weight matrix")
+        return
+    if a_shape is None or out_shape is None or len(a_shape) < 2:
+        walk.barrier(node, "MatMul shapes unknown")
         return
     out = walk.new(node.outputs[0], len(out_shape) - 1, weights.shape[1])
     source = _pinned_unless(walk, node, a, len(a_shape) - 1, weights.shape[0])
     zeros = np.zeros(out.n, np.float32)
-    site = Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, out_shape))
+    static = walk.shape(node.outputs[0])  # what folding adds is priced by the output's size
+    site = None if static is None else \
+        Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, static))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
