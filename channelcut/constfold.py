@@ -118,8 +118,9 @@ def _store(value: ir.Value, array: np.ndarray, computed: dict[ir.Value, np.ndarr
 
 def _source_bytes(value: ir.Value, computed: dict[ir.Value, np.ndarray], kind: str) -> int:
     """Bytes of the initializers of this dtype kind ("f": floats) that `value` is computed
-    from, each counted once: a float table gathered by integer indices pays only with
-    floats."""
+    from and that go with the fold, each counted once: a float table gathered by integer
+    indices pays only with floats, and a weight another node reads as it is stays (a conv's
+    weights also read through a Mul)."""
     seen: set[ir.Value] = set()
     stack, total = [value], 0
     while stack:
@@ -130,7 +131,8 @@ def _source_bytes(value: ir.Value, computed: dict[ir.Value, np.ndarray], kind: s
         producer = current.producer()
         if producer is None or current not in computed:
             constant = current.const_value
-            if constant is not None and constant.dtype.numpy().kind == kind:
+            if constant is not None and constant.dtype.numpy().kind == kind and \
+                    all(all(v in computed for v in use.node.outputs) for use in current.uses()):
                 total += constant.nbytes
             continue
         stack.extend(v for v in producer.inputs if v is not None)

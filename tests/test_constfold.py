@@ -142,3 +142,16 @@ def test_pads_built_by_expand_are_folded_and_the_pad_cut():
              node("Concat", ["zeros", "one_one"], ["pads"], axis=0)]
     m = padded_pair(nodes, {"zero": ints(0), "six": ints(6), "one_one": ints(1, 1)})
     assert_cut(m, {"conv_y": (3, 6), "conv_z": (6, 4)}, groups=2)
+
+
+def test_a_weight_computed_from_one_another_conv_reads_stays_computed():
+    # conv_b's weights are 2 * conv_a's: stored, they would add conv_a's weight bytes again
+    # (conv_a still reads the original), so the Mul stays and the weights do not grow.
+    nodes = [conv("x", "w", "a"), node("Mul", ["w", "two"], ["w2"]), conv("x", "w2", "b"),
+             node("Add", ["a", "b"], ["out"])]
+    m = model(nodes, {"x": [1, 4, 6, 6]}, ["out"],
+              {"w": weights(8, 4, 3, 3), "two": np.array(2.0, np.float32)})
+    assert [n.op_type for n in to_ir(m, {"x": (1, 4, 6, 6)}).graph] == ["Conv", "Mul", "Conv",
+                                                                         "Add"]
+    result = cut(m)
+    assert result.report.weight_bytes_after <= result.report.weight_bytes_before
