@@ -41,8 +41,13 @@ def has_foldable(graph: ir.Graph) -> bool:
     return any(node.op_type in SHAPE_OPS or (
         node.inputs and node.domain in ("", "ai.onnx") and
         node.op_type not in NONDETERMINISTIC and
-        all(value is None or const_array(value) is not None for value in node.inputs))
+        all(value is None or _is_constant(value) for value in node.inputs))
         for node in graph)
+
+
+def _is_constant(value: ir.Value) -> bool:
+    """`const_array(value) is not None` without converting the tensor (weights are large)."""
+    return value.const_value is not None and not value.is_graph_input()
 
 
 def fold_constants(model: ir.Model) -> int:
@@ -150,6 +155,9 @@ def _evaluate(node: ir.Node, opset: int, computed: dict[ir.Value, np.ndarray]
     if node.op_type in SHAPE_OPS:
         shape = _shape(node.inputs[0], computed)
         return None if shape is None else [_shape_result(node, shape)]
+    if any(value is not None and value not in computed and not _is_constant(value)
+           for value in node.inputs):
+        return None  # before converting the constants it reads: a conv's weights are large
     inputs = [None if value is None else _value(value, computed) for value in node.inputs]
     if any(array is None for value, array in zip(node.inputs, inputs) if value is not None):
         return None
