@@ -155,3 +155,23 @@ def test_a_weight_computed_from_one_another_conv_reads_stays_computed():
                                                                          "Add"]
     result = cut(m)
     assert result.report.weight_bytes_after <= result.report.weight_bytes_before
+
+
+def test_weights_standardised_at_run_time_are_folded_and_counted():
+    # timm's ScaledStdConv2d (nfnet): the conv's weights are BatchNormalization (training
+    # mode) over the reshaped weight, computed from initializers alone. Folded, the conv has
+    # constant weights (its zero filters go) and a shape, so its FLOPs count.
+    w = weights(8, 3, 3, 3, zero_rows=[1, 5])
+    nodes = [node("Reshape", ["w", "rows"], ["flat"]),
+             node("BatchNormalization", ["flat", "gain", "zeros8", "zeros8", "ones8"],
+                  ["standard", "mean", "var"], training_mode=1, momentum=0.0, epsilon=1e-6),
+             node("Reshape", ["standard", "w_shape"], ["w_std"]),
+             conv("x", "w_std", "y"), node("Relu", ["y"], ["r"]), conv("r", "w2", "z")]
+    m = model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 4, 6, 6]},
+              {"w": w, "rows": ints(1, 8, -1), "w_shape": ints(8, 3, 3, 3),
+               "gain": np.full(8, 0.5, np.float32), "zeros8": np.zeros(8, np.float32),
+               "ones8": np.ones(8, np.float32), "w2": weights(4, 8, 1, 1, seed=3)})
+    result = assert_cut(m, {"conv_y": (3, 6), "conv_z": (6, 4)}, groups=2)
+    conv_y, relu, conv_z = 2 * 8 * 36 * 27, 8 * 36, 2 * 4 * 36 * 8
+    assert (result.report.flops_before, result.report.flops_unknown_before) == \
+        (conv_y + relu + conv_z, 0)
