@@ -320,3 +320,16 @@ def test_a_matmul_after_a_custom_op_and_a_transpose_cuts_by_rank():
                         node("Transpose", ["mm"], ["back"], perm=[0, 3, 1, 2]),
                         conv_input="back", inits={"wm": weights(8, 8, zero_cols=[3], seed=5)})
     assert_cut(m, {"conv_y": (3, 4), "matmul_mm": (4, 7), "conv_z": (7, 4)})
+
+
+def test_a_classifier_head_after_a_custom_op_is_cut_through_flatten():
+    # After the custom op the batch dim is unknown too; Flatten only merges it into the outer
+    # rows, so the pooled channels still map one to one onto the Gemm's columns.
+    nodes = [node("Gelu", ["x"], ["c"], domain="com.microsoft"), conv("c", "w1", "y"),
+             node("GlobalAveragePool", ["y"], ["pooled"]), node("Flatten", ["pooled"], ["f"]),
+             node("Gemm", ["f", "w2"], ["z"])]
+    m = model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 5]},
+              {"w1": weights(8, 3, 3, 3, zero_rows=[0, 2, 4, 6]),
+               "w2": weights(8, 5, seed=2)},
+              extra_opsets={"com.microsoft": 1}, check=False)
+    assert_cut(m, {"conv_y": (3, 4), "gemm_z": (4, 5)})

@@ -177,6 +177,8 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     if node.op_type == "Reshape" and walk.const(node.inputs[1]) is None:
         walk.barrier(node, "Reshape to a computed shape")
         return
+    if node.op_type == "Flatten" and (in_shape is None or out_shape is None):
+        in_shape, out_shape = _flatten_shapes(node, walk, source)
     if in_shape is None or out_shape is None:
         walk.barrier(node, f"{node.op_type} shapes unknown")
         return
@@ -193,6 +195,23 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         owner = out.channel_at_position()
         members = out.ids[owner].reshape(-1, last)  # row-major: one row per leading index
         walk.couple(np.broadcast_to(members[:1], members.shape).ravel(), members.ravel())
+
+
+def _flatten_shapes(node: ir.Node, walk: Walk, source: ChannelInfo
+                    ) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Flatten's shapes when only dims before the channel axis and before `axis` are unknown
+    (a batch after a custom op): they only multiply the outer rows, which reshape_layout
+    requires to match one for one anyway, so 1 stands for each."""
+    dims = walk.dims(node.inputs[0])
+    if dims is None:
+        return None, None
+    axis = attr_int(node, "axis", 1)
+    axis += len(dims) if axis < 0 else 0  # -r..r: r flattens everything into the outer dim
+    lead = min(axis, source.axis)
+    if any(d is None for d in dims[lead:]):
+        return None, None
+    in_shape = tuple(1 if d is None else d for d in dims)
+    return in_shape, (math.prod(in_shape[:axis]), math.prod(in_shape[axis:]))
 
 
 def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
