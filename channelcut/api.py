@@ -19,7 +19,7 @@ from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.cut import SizeChange, apply_cut, kept_mask
-from channelcut.flops import model_flops
+from channelcut.flops import count_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
                                inputs_as_declared, restore_boundary_shapes, set_value_info)
@@ -92,7 +92,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
-    flops_before = model_flops(graph_model)
+    flops_before = count_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
     analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective,
                                                        align=align))
@@ -108,7 +108,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     result_proto = ir.to_proto(graph_model)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)
-    flops_after = model_flops(graph_model)
+    flops_after = count_flops(graph_model)
     if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
         types = inferred_types(result_proto)
     set_value_info(result_proto, types)
@@ -126,8 +126,10 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         align=align,
         weight_bytes_before=weights_before,
         weight_bytes_after=weight_bytes(graph_model),
-        flops_before=flops_before,
-        flops_after=flops_after,
+        flops_before=flops_before.flops,
+        flops_after=flops_after.flops,
+        flops_unknown_before=flops_before.unknown_nodes,
+        flops_unknown_after=flops_after.unknown_nodes,
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
         removed_nodes=removed_nodes,
