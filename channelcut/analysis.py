@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.graph import cached_const, partial_shape, static_shape
+from channelcut.ranges import RangeFact
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class Walk:
         # their channel count from its weights (see `channels_after_barrier`)
         self._barrier_outputs: dict[ir.Value, tuple[ir.Node, str]] = {}
         self._shape_origins: dict[ir.Value, str] = {}
+        # graph inputs the user bounded: value -> (lo, hi) per channel on axis 1, or one pair
+        self.input_ranges: dict[ir.Value, tuple[np.ndarray, np.ndarray]] = {}
+        self.range_facts: list[RangeFact] = []  # channels made constant by their interval
 
     # -- reading the graph ------------------------------------------------------------------
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
@@ -384,12 +388,17 @@ def _name_shape_origin(node: ir.Node, walk: Walk, pins: list[Pin]) -> None:
                 pin.reason += f" (input shape unknown after {origin})"
 
 
-def walk_graph(model: ir.Model) -> Walk:
-    """Walk the graph once in topological order, asking each node's rule what it does."""
+def walk_graph(model: ir.Model,
+               input_ranges: dict[ir.Value, tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> Walk:
+    """Walk the graph once in topological order, asking each node's rule what it does (and
+    its bounds rule what interval each output channel lies in, given `input_ranges`)."""
     from channelcut.flops import node_flops
     from channelcut.ops import RULES  # the rule modules import this one
+    from channelcut.ops.bounds import bound_outputs
 
     walk = Walk(model)
+    walk.input_ranges = dict(input_ranges or {})
     graph = model.graph
     for node in graph:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -406,7 +415,7 @@ def walk_graph(model: ir.Model) -> Walk:
             continue
         if not rule.planes:
             walk.hide_planes(node)
-        pins_before = len(walk.pins)
+        pins_before, edges_before = len(walk.pins), len(walk._edges)
         try:
             rule.analyse(node, walk)
             _check_layouts(node, walk)
@@ -421,6 +430,7 @@ def walk_graph(model: ir.Model) -> Walk:
             for value in node.outputs:
                 walk.infos.pop(value, None)
         walk.show_planes()
+        bound_outputs(node, walk, edges_before)
         _name_shape_origin(node, walk, walk.pins[pins_before:])
         walk.note_shape_origins(node)
         _extra_outputs_read(node, walk)

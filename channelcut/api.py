@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from channelcut import io, verify as verification
-from channelcut.analysis import walk_graph
+from channelcut.analysis import Walk, walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.cut import SizeChange, apply_cut, kept_mask
@@ -23,7 +23,8 @@ from channelcut.flops import count_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
                                inputs_as_declared, restore_boundary_shapes, set_value_info)
-from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
+from channelcut.ranges import InputRange, describe_input_ranges, resolve_input_ranges
+from channelcut.report import Blocker, ConstChange, LayerChange, RangeCut, Report, SiteChange
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def cut(
     fold: bool = True,
     objective: str = "flops",
     align: int = 1,
+    input_ranges: Mapping[str, InputRange] | None = None,
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
@@ -61,7 +63,9 @@ def cut(
     `align` > 1 keeps a multiple of that many channels in every tensor that loses some (8 or
     16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
-    output raises VerificationError.
+    output raises VerificationError. `input_ranges` bounds graph inputs (name -> (lo, hi), or
+    one (lo, hi) per channel on axis 1): channels the bounds prove constant then cut or fold
+    (reported as cut by range), and the check draws its inputs inside them, edges included.
     """
     if objective not in OBJECTIVES:
         raise ChannelcutError(
@@ -70,7 +74,7 @@ def cut(
         raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
     with _collector_paused():
         return _cut(io.load_model(model, copy=False), input_shapes, verify, threshold, fold,
-                    objective, align)
+                    objective, align, input_ranges)
 
 
 @contextmanager
@@ -87,15 +91,18 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
-         verify: bool, threshold: float, fold: bool, objective: str, align: int) -> CutResult:
+         verify: bool, threshold: float, fold: bool, objective: str, align: int,
+         input_ranges: Mapping[str, InputRange] | None = None) -> CutResult:
     """cut() on a loaded model; the model is only read (the IR copies what changes)."""
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = count_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
-    analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective,
-                                                       align=align))
+    ranges = resolve_input_ranges(graph_model, input_ranges)
+    walk = walk_graph(graph_model, ranges)
+    analysis = solve(walk, Options(fold=fold, objective=objective, align=align))
+    range_cuts = _range_cuts(walk, analysis)
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
@@ -133,13 +140,31 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
         removed_nodes=removed_nodes,
+        range_cuts=range_cuts,
+        input_ranges=describe_input_ranges(ranges),
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
     if verify:
-        report.checks = verification.compare(original, result_proto, shapes)
+        report.checks = verification.compare(original, result_proto, shapes,
+                                             ranges={v.name: r for v, r in ranges.items()})
         verification.check(report.checks, threshold)
     return CutResult(result_proto, report, channel_map)
+
+
+def _range_cuts(walk: Walk, analysis: Analysis) -> list[RangeCut]:
+    """The channels whose interval made them constant, where the cut removed them."""
+    cuts = []
+    for fact in walk.range_facts:
+        removed = analysis.removable[analysis.group_of[fact.ids]]
+        if not removed.any():
+            continue
+        bounds = [b for b, r in zip(fact.input_bounds, removed) if r]
+        cuts.append(RangeCut(
+            fact.tensor, fact.node, fact.op_type, int(removed.sum()),
+            [int(c) for c in fact.channels[removed]], fact.value,
+            (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else None))
+    return cuts
 
 
 def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:

@@ -29,12 +29,20 @@ class ChannelInfo:
     # after the channel axis, the same for every channel: known channel k is const[k] * plane
     # (a constant averaged with zero padding; see Rule.planes for who may read it).
     plane: np.ndarray | None = None
+    # A sound interval holding every value of channel k, in float64 (infinite: unbounded);
+    # set by channelcut.ops.bounds after the node's rule (see channelcut.ranges).
+    lo: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) float64
+    hi: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) float64
 
     def __post_init__(self) -> None:
         if self.known is None:
             self.known = np.zeros(self.n, dtype=bool)
         if self.const is None:
             self.const = np.zeros(self.n, dtype=np.float32)
+        if self.lo is None:
+            self.lo = np.full(self.n, -np.inf)
+        if self.hi is None:
+            self.hi = np.full(self.n, np.inf)
 
     @property
     def n(self) -> int:

@@ -22,6 +22,7 @@ from channelcut import __version__
 from channelcut.errors import ChannelcutError, VerificationError
 from channelcut.io import check_paths, save_model, write_atomic
 from channelcut.render import plain_lines, print_report
+from channelcut.ranges import parse_input_range
 from channelcut.report import Report
 from channelcut.solve import OBJECTIVES
 from channelcut.verify import parse_input_shape
@@ -129,6 +130,9 @@ def _add_mode(parser: argparse.ArgumentParser) -> None:
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
                         help="concrete shape of one input (repeatable); dynamic dims default to 1")
+    parser.add_argument("--input-range", action="append", default=[], metavar="NAME:LO,HI",
+                        help="every value of this input lies in [LO, HI] (repeatable); channels "
+                             "this proves constant are cut, and verification stays inside it")
 
 
 def _cut(args: argparse.Namespace) -> int:
@@ -145,7 +149,8 @@ def _cut(args: argparse.Namespace) -> int:
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape),
                  verify=not args.no_verify, threshold=args.threshold,
-                 fold=not args.zero_only, objective=args.objective, align=args.align)
+                 fold=not args.zero_only, objective=args.objective, align=args.align,
+                 input_ranges=_input_ranges(args.input_range))
     save_model(result.model, args.output)
     if args.report_json is not None:
         text = json.dumps(_json_safe(result.report.to_dict()), indent=2) + "\n"
@@ -160,7 +165,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from channelcut.api import cut  # noqa: PLC0415
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False,
-                 fold=not args.zero_only, objective=args.objective, align=args.align)
+                 fold=not args.zero_only, objective=args.objective, align=args.align,
+                 input_ranges=_input_ranges(args.input_range))
     _show(result.report, None)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK
@@ -189,6 +195,16 @@ def _input_shapes(texts: list[str]) -> dict[str, list[int]] | None:
             raise ChannelcutError(f"--input-shape {name}: given twice; give each input once")
         shapes[name] = list(dims)
     return shapes or None
+
+
+def _input_ranges(texts: list[str]) -> dict[str, tuple[float, float]] | None:
+    ranges: dict[str, tuple[float, float]] = {}
+    for text in texts:
+        name, bounds = parse_input_range(text)
+        if name in ranges:
+            raise ChannelcutError(f"--input-range {name}: given twice; give each input once")
+        ranges[name] = bounds
+    return ranges or None
 
 
 def _show(report: Report, threshold: float | None) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from channelcut.report import Report, const_change_lines, summary_lines
+from channelcut.report import Report, const_change_lines, range_lines, summary_lines
 
 SECTION_TITLES = {
     "consts": "const change detail",
@@ -26,7 +26,8 @@ SECTION_TITLES = {
 def plain_lines(report: Report, *, threshold: float | None = None) -> list[str]:
     """The whole report as plain text lines: consts, summary, layers, blockers, verification."""
     lines = [SECTION_TITLES["consts"], *const_change_lines(report), ""]
-    lines += [SECTION_TITLES["summary"], *summary_lines(report), _removed_line(report), ""]
+    lines += [SECTION_TITLES["summary"], *summary_lines(report), _removed_line(report),
+              *range_lines(report), ""]
     lines.append(SECTION_TITLES["layers"])
     lines += _columns(["node", "op_type", "in_channels", "out_channels"], _layer_rows(report))
     lines += ["", SECTION_TITLES["sites"]]
@@ -47,7 +48,7 @@ def print_report(report: Report, console: Console, *, threshold: float | None = 
     _print_section(console, SECTION_TITLES["consts"],
                    ["const name", "src_size", "pruned_size", "diff"], consts, numeric_from=1)
     console.print(f"[bold]{SECTION_TITLES['summary']}[/bold]")
-    for line in [*summary_lines(report), _removed_line(report)]:
+    for line in [*summary_lines(report), _removed_line(report), *range_lines(report)]:
         console.print(line, highlight=False)
     console.print()
     _print_section(console, SECTION_TITLES["layers"],

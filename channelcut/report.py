@@ -54,6 +54,21 @@ class SiteChange:
 
 
 @dataclass(frozen=True)
+class RangeCut:
+    """Channels cut because their interval is one point: `op_type` (a clamp such as Relu or
+    Clip) always outputs `value` there, as its input never leaves `bound` (the hull of their
+    inputs' intervals)."""
+
+    tensor: str
+    node: str
+    op_type: str
+    count: int
+    channels: list[int]
+    value: float
+    bound: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
 class OutputCheck:
     """Original vs cut model, one graph output, on the same seeded random inputs."""
 
@@ -86,11 +101,37 @@ class Report:
     removed_channels: int = 0  # channel positions removed, summed over every tensor
     removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
     checks: list[OutputCheck] = field(default_factory=list)
+    range_cuts: list[RangeCut] = field(default_factory=list)  # constant by their interval
+    # graph inputs assumed bounded: name -> [[lo, hi]] (or one pair per channel)
+    input_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    @property
+    def range_channels(self) -> int:
+        """Channels cut because their interval is one point (see RangeCut)."""
+        return sum(c.count for c in self.range_cuts)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["const_changes"] = [{**asdict(c), "diff": c.diff} for c in self.const_changes]
+        data["range_channels"] = self.range_channels
         return data
+
+
+def range_lines(report: Report) -> list[str]:
+    """Which input ranges were assumed, and the channels cut because of their interval."""
+    lines = []
+    for name, pairs in report.input_ranges.items():
+        shown = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in pairs[:4])
+        more = f", ... ({len(pairs)} channels)" if len(pairs) > 4 else ""
+        lines.append(f"assumed input range: {name} in {shown}{more}")
+    if report.range_cuts:
+        lines.append(f"cut by range: {report.range_channels} channels")
+        for c in report.range_cuts:
+            bound = "" if c.bound is None else \
+                f" (its input lies in [{c.bound[0]:.4g}, {c.bound[1]:.4g}])"
+            lines.append(f"  {c.tensor} ({c.op_type} {c.node}): {c.count} channels always "
+                         f"{c.value:g}{bound}")
+    return lines
 
 
 def const_change_lines(report: Report) -> list[str]:
