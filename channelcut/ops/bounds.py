@@ -42,6 +42,7 @@ def bound_outputs(node: ir.Node, walk: Walk, edges_before: int) -> None:
 
     infos = [(v, walk.infos.get(v)) for v in node.outputs if v is not None]
     if not any(info is not None for _, info in infos):
+        _bound_untracked(node, walk)
         return
     source = walk.info(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
     input_bounds = (source.lo, source.hi) if source is not None else None
@@ -68,6 +69,41 @@ def bound_outputs(node: ir.Node, walk: Walk, edges_before: int) -> None:
             info.lo, info.hi = lo, hi
         same_channels = input_bounds is not None and input_bounds[0].size == info.n
         settle(node, value, info, input_bounds if same_channels else None, walk.range_facts)
+
+
+def _bound_untracked(node: ir.Node, walk: Walk) -> None:
+    """A node whose output has no channels (it reads a graph input, say): one interval for
+    every element of it, where the op is elementwise or only moves values; kept with the
+    graph inputs' ranges, where readers look them up."""
+    if not node.outputs or node.outputs[0] is None or \
+            node.op_type not in FOLLOW and node.op_type not in BOUNDS or \
+            node.op_type in WEIGHTED or _added_value(node, walk) is False:
+        return
+    one = ChannelInfo(axis=1, positions=np.zeros((1, 1), np.int64), base=0)
+    try:
+        if node.op_type in FOLLOW:
+            lo, hi = _data_hull(node, walk)
+            extra = _added_value(node, walk)
+            if extra is not None:
+                lo, hi = min(lo, extra), max(hi, extra)
+            lo, hi = widen(np.array([lo]), np.array([hi]), max(abs(lo), abs(hi)), terms=8)
+        else:
+            lo, hi = (np.asarray(b, np.float64).reshape(-1)[:1]
+                      for b in BOUNDS[node.op_type](node, walk, one))
+    except Exception:  # noqa: BLE001 - then simply unbounded
+        return
+    if np.isfinite(lo[0]) or np.isfinite(hi[0]):
+        walk.input_ranges[node.outputs[0]] = (lo, hi)
+
+
+def _data_hull(node: ir.Node, walk: Walk) -> tuple[float, float]:
+    """The hull of every value the op's data inputs hold (all of Concat's, else the first)."""
+    data = node.inputs if node.op_type == "Concat" else node.inputs[:1]
+    lo, hi = np.inf, -np.inf
+    for value in data:
+        a, b = positions_range(walk, value, 0, 1)
+        lo, hi = min(lo, float(a[0])), max(hi, float(b[0]))
+    return (lo, hi) if lo <= hi else (-np.inf, np.inf)
 
 
 # -- where input intervals come from -------------------------------------------------------
@@ -162,7 +198,8 @@ def _followed(node: ir.Node, walk: Walk, infos: list[tuple[ir.Value, ChannelInfo
                 np.minimum.at(lo, rows, in_lo[where[hit]])
                 np.maximum.at(hi, rows, in_hi[where[hit]])
         unmapped = lo > hi
-        lo[unmapped], hi[unmapped] = -np.inf, np.inf
+        if unmapped.any():  # channels the rule made afresh: from any of the data inputs
+            lo[unmapped], hi[unmapped] = _data_hull(node, walk)
         if extra is not None:
             lo, hi = np.minimum(lo, extra), np.maximum(hi, extra)
         if averages:  # a mean or an interpolation rounds: it may land an ulp outside
@@ -468,6 +505,8 @@ def _silu_operand(node: ir.Node, values: list[ir.Value]) -> int | None:
 
 
 # -- weighted ops -------------------------------------------------------------------------
+
+WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
     if attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
