@@ -32,7 +32,8 @@ import onnx
 
 from channelcut import io, simulator
 from channelcut.errors import ChannelcutError
-from channelcut.preprocess import (Preprocess, has_preprocessing, preprocess_config,
+from channelcut.preprocess import (Preprocess, has_preprocessing, normalised_input_ranges,
+                                   preprocess_config,
                                    preprocess_steps, with_preprocessing)
 
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
@@ -179,16 +180,21 @@ class RKNN:
                                                       dict[str, tuple[int, np.ndarray]]]:
         """The cut model and its channel map; logs the const change table (and the folds)."""
         from channelcut.api import cut  # noqa: PLC0415 - keeps `import rknn` light
-        from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
+        from channelcut.report import (const_change_lines, range_lines,  # noqa: PLC0415
+                                       summary_lines)
 
         shapes = simulator.input_shapes(model)
+        # raw uint8 pixels through mean/std: the model's inputs are bounded (the cut proves
+        # more channels dead by their range)
+        ranges = normalised_input_ranges(model, preprocess_steps(model, self._preprocess_config))
         if self._pruning == "full":
             result = cut(model, input_shapes=shapes, fold=True,
-                         objective=self._pruning_objective)
+                         objective=self._pruning_objective, input_ranges=ranges)
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
-            result = cut(model, input_shapes=shapes, fold=False)
+            result = cut(model, input_shapes=shapes, fold=False, input_ranges=ranges)
         self._log.info("Pruning: const change detail")
-        for line in const_change_lines(result.report) + summary_lines(result.report):
+        for line in (const_change_lines(result.report) + summary_lines(result.report)
+                     + range_lines(result.report)):
             self._log.info(line)
         for site in result.report.sites:
             # The cost fields under their report names (the --report-json keys).

@@ -329,7 +329,8 @@ def test_cli_passes_options_to_cut(capsys, model_file, tmp_path, monkeypatch):
                            "--threshold", "0.99", "--input-shape", "x:2,3,8,8")
     assert code == cli.EXIT_USER_ERROR and err.strip() == "channelcut: error: stop here"
     assert seen == {"model": model_file, "input_shapes": {"x": [2, 3, 8, 8]}, "verify": False,
-                    "threshold": 0.99, "fold": True, "objective": "flops", "align": 1}
+                    "threshold": 0.99, "fold": True, "objective": "flops", "align": 1,
+                    "input_ranges": None}
     run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params", "--align", "8")
     assert (seen["fold"], seen["objective"], seen["align"]) == (False, "params", 8)
 

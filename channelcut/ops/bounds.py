@@ -96,6 +96,29 @@ def _bound_untracked(node: ir.Node, walk: Walk) -> None:
         walk.input_ranges[node.outputs[0]] = (lo, hi)
 
 
+def _concat_across(node: ir.Node, walk: Walk, out: ChannelInfo,
+                   edges: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float] | None:
+    """A Concat along an axis other than the channels': the hull of the operands that no
+    output channel is coupled to (constants, channels on another axis), which every output
+    channel holds a piece of. None for a Concat along the channel axis (each output channel
+    is one operand's) and for other ops."""
+    if node.op_type != "Concat":
+        return None
+    rank = len(walk.dims(node.outputs[0]) or ())
+    if rank and attr_int(node, "axis", 0) % rank == out.axis and out.span == 1:
+        return None
+    coupled = np.concatenate([np.concatenate([a, b]) for a, b in edges]) if edges else \
+        np.zeros(0, np.int64)
+    lo, hi = np.inf, -np.inf
+    for value in node.inputs:
+        info = walk.info(value)
+        if info is not None and np.isin(info.ids, coupled).all():
+            continue
+        a, b = positions_range(walk, value, 0, 1)
+        lo, hi = min(lo, float(a[0])), max(hi, float(b[0]))
+    return None if lo > hi else (lo, hi)
+
+
 def _data_hull(node: ir.Node, walk: Walk) -> tuple[float, float]:
     """The hull of every value the op's data inputs hold (all of Concat's, else the first)."""
     data = node.inputs if node.op_type == "Concat" else node.inputs[:1]
@@ -200,6 +223,9 @@ def _followed(node: ir.Node, walk: Walk, infos: list[tuple[ir.Value, ChannelInfo
         unmapped = lo > hi
         if unmapped.any():  # channels the rule made afresh: from any of the data inputs
             lo[unmapped], hi[unmapped] = _data_hull(node, walk)
+        across = _concat_across(node, walk, out, edges)
+        if across is not None:  # every channel also holds the operands not coupled to it
+            lo, hi = np.minimum(lo, across[0]), np.maximum(hi, across[1])
         if extra is not None:
             lo, hi = np.minimum(lo, extra), np.maximum(hi, extra)
         if averages:  # a mean or an interpolation rounds: it may land an ulp outside
@@ -337,21 +363,29 @@ def _quasi_convex(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | Non
 
 @bounds("Clip")
 def _clip(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
-    """out[c] <- clip(in[c], a, b): [clip(lo), clip(hi)], exactly; a and b hold whatever lo, hi."""
+    """out[c] <- clip(in[c], a, b): [clip(lo), clip(hi)], exactly. A computed a (b) may be
+    anything: the output is then only at most b (at least a) and at least min(lo, b)."""
+    dynamic = [False, False]
     if len(node.inputs) > 1 or "min" not in node.attributes:
-        a, b = (walk.const(input_at(node, i)) for i in (1, 2))
-        present = [input_at(node, i) is not None for i in (1, 2)]
-        a = -np.inf if a is None else float(np.asarray(a).reshape(-1)[0])
-        b = np.inf if b is None else float(np.asarray(b).reshape(-1)[0])
-        if present[0] and walk.const(input_at(node, 1)) is None:
-            a = -np.inf
-        if present[1] and walk.const(input_at(node, 2)) is None:
-            b = np.inf
+        bounds = [-np.inf, np.inf]
+        for k, i in enumerate((1, 2)):
+            value = input_at(node, i)
+            array = walk.const(value) if value is not None else None
+            if array is not None:
+                bounds[k] = float(np.asarray(array).reshape(-1)[0])
+            dynamic[k] = value is not None and array is None
+        a, b = bounds
     else:
         a = attr_float(node, "min", -np.inf)
         b = attr_float(node, "max", np.inf)
     a, b = float(np.float32(a)), float(np.float32(b))  # the runtime compares in float32
     lo, hi = _input_channels(node, walk, out)
+    if dynamic[0] and dynamic[1]:
+        return np.full(out.n, -np.inf), np.full(out.n, np.inf)
+    if dynamic[0]:
+        return np.minimum(lo, b), np.full(out.n, b)
+    if dynamic[1]:
+        return np.full(out.n, a), np.maximum(hi, a)
     return np.clip(lo, a, b), np.clip(hi, a, b)
 
 
