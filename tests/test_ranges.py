@@ -219,3 +219,52 @@ def test_cut_by_range_needs_the_declared_range_in_verification() -> None:
     assert all(c.cosine >= 0.9999 for c in result.report.checks)
     outside = {"x": np.full((1, 3, 4, 4), 5.0, np.float32)}
     assert not np.allclose(run(m, outside)["y"], run(result.model, outside)["y"])
+
+
+# --- property: random graphs under a declared input range ------------------------------------
+
+try:  # the shared generator, where it has moved
+    from randomgraphs import build, recipes  # type: ignore[import-not-found]
+except ImportError:
+    from test_property import build, recipes
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+RANGES = [(0.0, 1.0), (-1.0, 1.0), (-2.1179, 2.64), (0.0, 6.0), (-0.5, -0.25)]
+
+
+def push_biases_down(m: onnx.ModelProto, seed: int) -> onnx.ModelProto:
+    """Lower a third of the conv biases by 1 to 6 times their row's weight mass: rows that a
+    bounded input (or a bounded activation) keeps negative appear, next to rows that only
+    nearly are."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        w = onnx.numpy_helper.to_array(inits[n.input[1]])
+        b = onnx.numpy_helper.to_array(inits[n.input[2]]).copy()
+        mass = np.abs(w).reshape(w.shape[0], -1).sum(axis=1)
+        lower = rng.random(b.size) < 1 / 3
+        b[lower] -= (mass * rng.choice([1.0, 3.0, 6.0], size=b.size))[lower].astype(np.float32)
+        inits[n.input[2]].CopyFrom(onnx.numpy_helper.from_array(b.astype(np.float32),
+                                                                n.input[2]))
+    return m
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+@settings(max_examples=int(__import__("os").environ.get("CHANNELCUT_PROPERTY_EXAMPLES", 40)),
+          deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          derandomize=__import__("os").environ.get("CI", "").lower() == "true")
+@given(recipe=recipes, bounds=st.sampled_from(RANGES), seed=st.integers(0, 2**16))
+def test_random_graphs_under_an_input_range_keep_outputs_at_the_edges(mode, recipe, bounds,
+                                                                       seed) -> None:
+    m = push_biases_down(build(recipe), seed)
+    lo, hi = bounds
+    result = cut(m, mode, verify=False, input_ranges={"x": bounds})
+    onnx.checker.check_model(result.model, full_check=True)
+    shape = tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
+    for feeds in ({"x": np.full(shape, lo, np.float32)}, {"x": np.full(shape, hi, np.float32)},
+                  edge_feeds(shape, lo, hi, seed), edge_feeds(shape, lo, hi, seed + 1)):
+        assert_same(m, result.model, feeds)
