@@ -63,6 +63,16 @@ class OutputCheck:
     max_rel_error: float
 
 
+@dataclass(frozen=True)
+class AlignedGain:
+    """What the same cut aligned to the target's channel multiple would give (reported when
+    the cut itself was not aligned, as the seed's zero-only table is not)."""
+
+    align: int
+    weight_bytes_after: int
+    flops_after: int
+
+
 @dataclass
 class Report:
     """Everything `channelcut cut` prints; `to_dict()` is the `--report-json` content."""
@@ -83,6 +93,12 @@ class Report:
     removed_channels: int = 0  # channel positions removed, summed over every tensor
     removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
     checks: list[OutputCheck] = field(default_factory=list)
+    target: str = ""  # channelcut.targets name the cut was made for
+    # the guard's ONNX Runtime CPU times (seconds per run, median) by candidate, and which
+    # candidate it kept: "cut", "zero-only" (aligned) or "original"
+    latencies: dict[str, float] = field(default_factory=dict)
+    kept: str = ""
+    aligned: AlignedGain | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -108,7 +124,17 @@ def summary_lines(report: Report) -> list[str]:
     """Weights (bytes, MB = 10^6) and FLOPs (2 per multiply-add) before, after and the change."""
     wb, wa, fb, fa = (report.weight_bytes_before, report.weight_bytes_after,
                       report.flops_before, report.flops_after)
-    return [
+    lines = [
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
         f"FLOPs:   {fb / 1e9:.5f} G -> {fa / 1e9:.5f} G, {_signed_change(fb, fa, 1e9, 'GFLOPs')}",
     ]
+    if report.latencies:
+        times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"
+                          for name, seconds in report.latencies.items())
+        lines.append(f"ONNX Runtime CPU, 1 thread, median: {times}; kept: {report.kept}")
+    if report.aligned is not None:
+        a = report.aligned
+        lines.append(f"aligned to {a.align} channels (what {report.target or 'the target'} "
+                     f"runs best): weights {_signed_change(wb, a.weight_bytes_after, 1e6, 'MB')},"
+                     f" FLOPs {_signed_change(fb, a.flops_after, 1e9, 'GFLOPs')}")
+    return lines

@@ -22,6 +22,7 @@ from channelcut.analysis import (Cost, GroupedConv, Link, Pin, Reader, Site, Wal
 from channelcut.channels import ChannelInfo
 
 OBJECTIVES = ("flops", "params", "latency")
+SITE_KINDS = frozenset({"bias fold", "border fold", "reinsert"})
 _NOTHING = np.zeros(0, dtype=np.int64)
 _NOTHING.flags.writeable = False
 # Latency objective, in FLOPs of conv work: ONNX Runtime's CPU convs run at 60-110 GFLOP/s on
@@ -37,11 +38,25 @@ class Options:
     """`fold`: allow folding constants and reinserting them (the full cut); `objective`:
     what a fold or reinsertion must reduce to be worth doing; `align`: every tensor that
     loses channels keeps a multiple of this many (CPU and NPU kernels work on blocks of 8 or
-    16 channels and fall back to slow paths otherwise; 1: cut all that can go)."""
+    16 channels and fall back to slow paths otherwise; 1: cut all that can go); `sites`: the
+    kinds of fold or reinsertion the runtime runs well, and `added_ops`: whether one may add
+    ops to the graph (a target's choice, channelcut.targets); `node_overhead` and
+    `moved_element`: the latency objective's constants, in FLOPs."""
 
     fold: bool = True
     objective: str = "flops"
     align: int = 1
+    # only tensors that already hold a multiple of `align` must keep one: a runtime runs the
+    # others on its slow path anyway, so cutting them loses nothing there
+    align_where_aligned: bool = False
+    sites: frozenset[str] = SITE_KINDS
+    added_ops: bool = True
+    node_overhead: float = NODE_OVERHEAD
+    moved_element: float = MOVED_ELEMENT
+
+    def allows(self, site: Site) -> bool:
+        """May the cut use this fold or reinsertion at all?"""
+        return site.kind in self.sites and (self.added_ops or site.cost.nodes == 0)
 
 
 @dataclass
@@ -233,7 +248,8 @@ class _Solver:
         while changed:
             changed = False
             for info in self.walk.infos.values():
-                if info.block != 1 or info.span != 1:
+                if info.block != 1 or info.span != 1 or (
+                        self.options.align_where_aligned and info.n % align):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -343,17 +359,18 @@ class _Solver:
         return {key: np.unique(np.concatenate(parts)) for key, parts in used.items()}
 
 
-def _metric(cost: Cost, objective: str) -> float:
+def _metric(cost: Cost, objective: str, options: Options = Options()) -> float:
     if objective == "params":
         return cost.weight_bytes
     if objective == "latency":
-        return cost.flops + MOVED_ELEMENT * cost.moved + NODE_OVERHEAD * cost.nodes
+        return (cost.flops + options.moved_element * cost.moved
+                + options.node_overhead * cost.nodes)
     return cost.flops
 
 
-def pays(saved: Cost, added: Cost, objective: str) -> bool:
+def pays(saved: Cost, added: Cost, objective: str, options: Options = Options()) -> bool:
     """Worth doing: the objective goes down, and the weights never grow."""
-    return (_metric(saved, objective) > _metric(added, objective)
+    return (_metric(saved, objective, options) > _metric(added, objective, options)
             and saved.weight_bytes >= added.weight_bytes)
 
 
@@ -375,7 +392,7 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
     """
     if options.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-    sites = {id(s): s for s in _all_sites(walk)} if options.fold else {}
+    sites = {id(s): s for s in _all_sites(walk) if options.allows(s)} if options.fold else {}
     allowed = set(sites)
     weight_bytes, flops = walk.charges()
     while True:
@@ -390,10 +407,10 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             site = sites[key]
             saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
                          flops=float(group_flops[groups].sum()))
-            if not pays(saved, site.cost, options.objective):
+            if not pays(saved, site.cost, options.objective, options):
                 refused.add(key)
-            margins[key] = _metric(saved, options.objective) - _metric(site.cost,
-                                                                        options.objective)
+            margins[key] = (_metric(saved, options.objective, options)
+                            - _metric(site.cost, options.objective, options))
             uses.append(SiteUse(site.node.name or "", site.node.op_type, site.kind,
                                 int(groups.size), site.cost, saved))
         if not refused and used:
@@ -402,7 +419,7 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
                             flops=float(group_flops[freed].sum()))
             added = Cost(*(sum(getattr(sites[k].cost, f) for k in used)
                            for f in ("weight_bytes", "flops", "moved", "nodes")))
-            if not pays(together, added, options.objective):
+            if not pays(together, added, options.objective, options):
                 refused.add(min(margins, key=margins.__getitem__))
         if not refused:
             break

@@ -1,0 +1,109 @@
+"""Where the cut model will run: each target decides the channel alignment, which rewrites the
+cut may make (and so the form each takes there), and the cost model that decides which pay.
+
+A rewrite is one of the solver's site kinds (channelcut.solve.SITE_KINDS), each written by
+channelcut.fold in one form:
+  "bias fold"    a constant input channel of a Conv or Gemm goes into its bias (a bias input is
+                 created when there is none: no op is added); after a MatMul it is an Add
+  "border fold"  a constant channel a padded Conv reads: Conv(ConstantOfShape(ones), U) + Add
+  "reinsert"     an operand's constant channels put back for a one-sided cut: Pad, Gather (and
+                 an Add of the constants)
+A target lists the kinds its runtime runs well and whether a rewrite may add ops; the rest are
+not made (those channels stay). Adding a target is one entry in TARGETS.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from channelcut.errors import ChannelcutError
+from channelcut.solve import MOVED_ELEMENT, NODE_OVERHEAD, SITE_KINDS, Options
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_vector_channels(cpuinfo: str | None = None, machine: str | None = None) -> int:
+    """Channels per block of ONNX Runtime's blocked (NCHWc) CPU kernels on this machine.
+
+    MLAS picks the block from the CPU (onnxruntime/core/mlas/lib/platform.cpp): 16 floats (one
+    512-bit register) with AVX-512F, 8 on other x86-64 (SSE, AVX, AVX2: two 128-bit or one
+    256-bit register); on ARM64 its NEON NCHWc kernels use 16 (MLAS_NEON_NCHWC_BLOCK_SIZE;
+    builds without them run the GEMM path, for which 16 is a multiple of NEON's 4 lanes too).
+    A tensor whose channel count is not a multiple of the block runs the slow NCHW path.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64"):
+        return 16
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.startswith("flags")), [])
+    return 16 if "avx512f" in flags else 8
+
+
+@dataclass(frozen=True)
+class Target:
+    """One runtime: the alignment it wants, the rewrites it runs well, its cost model, and
+    whether the cut is timed on this machine against the original (`guard`)."""
+
+    name: str
+    summary: str
+    align: int | Callable[[], int]
+    sites: frozenset[str]
+    added_ops: bool
+    objective: str
+    node_overhead: float = NODE_OVERHEAD
+    moved_element: float = MOVED_ELEMENT
+    guard: bool = False
+    # only tensors that hold a multiple of the alignment keep one (channelcut.solve.Options)
+    align_where_aligned: bool = True
+
+    def alignment(self) -> int:
+        return self.align() if callable(self.align) else self.align
+
+    def options(self, *, fold: bool = True, objective: str | None = None,
+                align: int | None = None) -> Options:
+        """The solver's options for this target; explicit choices win over the target's."""
+        return Options(fold=fold, objective=objective or self.objective,
+                       align=self.alignment() if align is None else align,
+                       align_where_aligned=self.align_where_aligned, sites=self.sites,
+                       added_ops=self.added_ops, node_overhead=self.node_overhead,
+                       moved_element=self.moved_element)
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    # Every rewrite, judged by FLOPs, no alignment: the fewest FLOPs, whatever runs it.
+    Target("min-flops", "every rewrite, fewest FLOPs; no alignment (cut()'s default)",
+           1, SITE_KINDS, True, "flops", align_where_aligned=False),
+    # ONNX Runtime on this CPU: the latency objective was calibrated there (channelcut.solve);
+    # the guard times the result against the original and keeps the faster.
+    Target("ort-cpu", "ONNX Runtime on this CPU: aligned to its vector width, latency "
+           "objective, timed against the original", cpu_vector_channels, SITE_KINDS, True,
+           "latency", guard=True),
+    # RKNN-Toolkit2: it aligns removed Concat channels to multiples of 8; a border map becomes
+    # a full-size constant, a Gather a one-hot 1x1 conv, a Pad runs on the CPU: only folds
+    # into an existing layer's bias (issue 11; bench/rknn_calibrate.py).
+    Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: aligned to 8, bias folds only",
+           8, frozenset({"bias fold"}), False, "latency"),
+    # What every runtime runs natively: slicing, and folds into a layer's bias (no added op).
+    Target("portable", "slicing and bias folds only, aligned to 16 (a multiple of 8): "
+           "never worse on ONNX Runtime CPU or RKNN", 16, frozenset({"bias fold"}), False,
+           "flops"),
+)}
+DEFAULT = "min-flops"  # cut()'s: the library keeps its behaviour
+CLI_DEFAULT = "portable"  # the console script's: see the README (targets)
+
+
+def get(name: str) -> Target:
+    """The target called `name`; a ChannelcutError naming the known ones otherwise."""
+    target = TARGETS.get(name) if isinstance(name, str) else None
+    if target is None:
+        raise ChannelcutError(f"unknown target {name!r}: use one of {', '.join(TARGETS)}")
+    return target
+
