@@ -1,0 +1,251 @@
+"""Targets (issue 11): per runtime, the alignment applied, the rewrites allowed and the form each
+takes, and the ort-cpu guard keeping the fastest model (timed by an injected measure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import channelcut
+from builders import (assert_cut, bias, conv, kept_channels, model, node, random_feeds, relu,
+                      run, weights)
+from channelcut import cli, guard, targets
+from channelcut.errors import ChannelcutError
+from channelcut.targets import cpu_vector_channels
+from test_fold import basic_block, ops, producer_then
+
+ORT_ALIGN = targets.get("ort-cpu").alignment()
+
+
+def fastest_is(name: str):
+    """A measure (see channelcut.guard) that times `name` fastest: "cut", "zero-only" or
+    "original" (candidates come in that order, the original last); records what it got."""
+    def measure(models, feeds):
+        measure.models, measure.feeds = list(models), feeds
+        names = ["cut", "zero-only", "original"] if len(models) == 3 else ["cut", "original"]
+        return [1e-3 if n == name else 2e-3 + 1e-4 * k for k, n in enumerate(names)]
+    return measure
+
+
+# --- alignment -----------------------------------------------------------------------------
+
+def test_ort_cpu_alignment_is_the_vector_width_of_this_cpu():
+    assert cpu_vector_channels("flags\t\t: fpu sse2 avx avx2 avx512f avx512bw\n", "x86_64") == 16
+    assert cpu_vector_channels("flags\t\t: fpu sse2 avx avx2 fma\n", "x86_64") == 8
+    assert cpu_vector_channels("", "x86_64") == 8  # SSE: MLAS's NCHWc block of 8
+    assert cpu_vector_channels("Features\t: fp asimd\n", "aarch64") == 16
+    with open("/proc/cpuinfo") as f:
+        assert ORT_ALIGN == (16 if " avx512f" in f.read() else 8)
+
+
+def two_layers():
+    """x -> conv_a (32 rows, 27 zero) -> relu -> conv_b (24 rows, 19 zero) -> relu -> conv_y:
+    5 live channels in each; 32 is a multiple of 8 and 16, 24 only of 8."""
+    dead_a, dead_b = list(range(27)), list(range(5, 24))
+    return model([conv("x", "wa", "a"), relu("a", "ra"), conv("ra", "wb", "b"), relu("b", "rb"),
+                  conv("rb", "wy", "y")], {"x": [1, 4, 4, 4]}, ["y"],
+                 {"wa": weights(32, 4, 1, 1, zero_rows=dead_a),
+                  "wb": weights(24, 32, 1, 1, zero_rows=dead_b, seed=2),
+                  "wy": weights(6, 24, 1, 1, seed=3)})
+
+
+@pytest.mark.parametrize("target, a, b", [
+    ("min-flops", 5, 5),  # no alignment
+    ("rknn", 8, 8),  # RKNN-Toolkit2's block of 8
+    ("portable", 16, 5),  # 16 (a multiple of 8 too); 24 channels were not aligned: cut freely
+    ("ort-cpu", ORT_ALIGN, 8 if ORT_ALIGN == 8 else 5),
+])
+def test_each_target_keeps_its_multiple_where_the_tensor_had_one(target, a, b):
+    result = assert_cut(two_layers(), {"conv_a": (4, a), "conv_b": (a, b), "conv_y": (b, 6)},
+                        mode="full", objective=None, target=target,
+                        measure=fastest_is("cut"))
+    assert result.report.target == target
+    assert result.report.align == targets.get(target).alignment()
+
+
+def test_zero_only_keeps_the_seed_table_and_reports_the_aligned_cut():
+    m = two_layers()
+    result = assert_cut(m, {"conv_a": (4, 5), "conv_b": (5, 5), "conv_y": (5, 6)},
+                        mode="zero", objective=None, target="rknn")
+    assert result.report.align == 1
+    gain = result.report.aligned
+    aligned = channelcut.cut(m, fold=False, align=8, target="rknn", verify=False).report
+    assert kept_channels(channelcut.cut(m, fold=False, align=8, target="rknn")) == {
+        "conv_a": (4, 8), "conv_b": (8, 8), "conv_y": (8, 6)}
+    assert (gain.align, gain.weight_bytes_after, gain.flops_after) == (
+        8, aligned.weight_bytes_after, aligned.flops_after)
+    # nothing to gain where the target does not align
+    assert channelcut.cut(m, fold=False, target="min-flops").report.aligned is None
+
+
+# --- rewrites allowed, and their form ------------------------------------------------------
+
+ALL_TARGETS = list(targets.TARGETS)
+
+
+@pytest.mark.parametrize("target", ALL_TARGETS)
+def test_bias_fold_adds_no_op_and_every_target_makes_it(target):
+    """A constant channel read by an unpadded 1x1 conv goes into its bias, also creating the
+    bias input when the conv has none: slicing and a bias every runtime runs natively."""
+    for reader, inits in ((conv("r1", "w2", "y", "b2"), {"b2": bias(5, seed=3)}),
+                          (conv("r1", "w2", "y"), {})):
+        m = producer_then([reader], {"w2": weights(5, 6, 1, 1, seed=3), **inits})
+        result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full",
+                            objective="flops", target=target, measure=fastest_is("cut"))
+        assert ops(result.model) == ["Conv", "Relu", "Conv"]
+        assert [s.kind for s in result.report.sites] == ["bias fold"]
+
+
+@pytest.mark.parametrize("target, folded", [("min-flops", True), ("ort-cpu", True),
+                                            ("rknn", False), ("portable", False)])
+def test_border_fold_only_where_the_runtime_runs_its_map(target, folded):
+    """A constant read by a padded conv needs a border map: Conv(ConstantOfShape(ones)) + Add,
+    which RKNN-Toolkit2 compiles into a full-size constant; rknn and portable keep the
+    channels instead."""
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)],
+                      {"w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3)})
+    kept = {"conv_c1": (3, 4), "conv_y": (4, 5)} if folded else {}
+    # flops: the latency objective would refuse a map on an 8x8 toy; the form is what is tested
+    result = assert_cut(m, kept, mode="full", objective="flops", target=target,
+                        measure=fastest_is("cut"))
+    assert [s.kind for s in result.report.sites] == (["border fold"] if folded else [])
+    assert ("ConstantOfShape" in ops(result.model)) == folded
+
+
+@pytest.mark.parametrize("target, folded", [("min-flops", True), ("ort-cpu", True),
+                                            ("rknn", False), ("portable", False)])
+def test_matmul_fold_adds_an_add_so_only_targets_that_allow_added_ops_make_it(target, folded):
+    d, hidden = 6, 10
+    w1, w2 = weights(d, hidden, zero_cols=[2, 7], seed=1), weights(hidden, d, seed=2)
+    m = model([node("MatMul", ["x", "w1"], ["h"]), node("Add", ["h", "b1"], ["hb"]),
+               node("Gelu", ["hb"], ["g"]), node("MatMul", ["g", "w2"], ["y"])],
+              {"x": [1, 4, d]}, ["y"], {"w1": w1, "b1": bias(hidden, {2: 0.5, 7: -0.5}, seed=1),
+                                        "w2": w2}, opset=20)
+    kept = {"matmul_h": (d, hidden - 2), "matmul_y": (hidden - 2, d)} if folded else {}
+    result = assert_cut(m, kept, mode="full", objective="flops", target=target,
+                        measure=fastest_is("cut"))
+    assert ops(result.model).count("Add") == (2 if folded else 1)
+
+
+@pytest.mark.parametrize("target, reinserted", [("min-flops", True), ("ort-cpu", True),
+                                                ("rknn", False), ("portable", False)])
+def test_reinsertion_only_where_the_runtime_runs_pad_and_gather(target, reinserted):
+    """A one-sided residual cut reinserts the constants with Pad and Gather: RKNN-Toolkit2
+    runs the Pad on the CPU and turns the Gather into a one-hot conv."""
+    m = basic_block(zero_rows=range(16), channels=64, size=32)  # 48 kept: aligned to 8 and 16
+    kept = {"conv_b": (64, 48)} if reinserted else {}
+    result = assert_cut(m, kept, mode="full", objective=None, target=target,
+                        measure=fastest_is("cut"))
+    assert ({"Pad", "Gather"} <= set(ops(result.model))) == reinserted
+    assert [s.kind for s in result.report.sites] == (["reinsert"] if reinserted else [])
+
+
+def test_target_costs_reach_the_solver():
+    """ort-cpu judges by latency: the reinsertion that pays in FLOPs on a 6x6 toy does not
+    pay for its copies there."""
+    assert_cut(basic_block(), {"conv_b": (6, 4)}, mode="full", objective=None,
+               target="min-flops")
+    assert_cut(basic_block(), {}, mode="full", objective=None, target="ort-cpu",
+               measure=fastest_is("cut"))
+
+
+def test_unknown_target_is_a_user_error():
+    with pytest.raises(ChannelcutError, match="unknown target 'gpu': use one of min-flops"):
+        channelcut.cut(two_layers(), target="gpu")
+
+
+# --- the ort-cpu guard ---------------------------------------------------------------------
+
+def test_guard_keeps_the_cut_when_it_is_fastest():
+    m, measure = two_layers(), fastest_is("cut")
+    result = channelcut.cut(m, target="ort-cpu", measure=measure)
+    assert result.report.kept == "cut" and result.report.mode == "full"
+    assert list(result.report.latencies) == ["cut", "zero-only", "original"]
+    assert result.report.latencies["cut"] == 1e-3
+    # the candidates: the cut, the aligned zero-only cut, the original, all on one input set
+    cut_model, zero_only, original = measure.models
+    assert cut_model is result.model and original.SerializeToString() == m.SerializeToString()
+    assert set(measure.feeds) == {"x"}
+
+
+def test_guard_keeps_the_original_when_the_cut_is_slower():
+    m = two_layers()
+    result = channelcut.cut(m, target="ort-cpu", measure=fastest_is("original"))
+    assert result.report.kept == "original"
+    assert result.model.SerializeToString() == m.SerializeToString() and result.model is not m
+    assert result.report.removed_channels == 0 and result.report.const_changes == []
+    assert result.report.weight_bytes_after == result.report.weight_bytes_before
+    assert set(result.report.latencies) == {"cut", "zero-only", "original"}
+
+
+def test_guard_keeps_the_aligned_zero_only_cut_when_it_is_fastest():
+    m = basic_block(zero_rows=range(16), channels=64, size=32)
+    result = channelcut.cut(m, target="ort-cpu", measure=fastest_is("zero-only"))
+    assert result.report.kept == "zero-only" and result.report.mode == "zero"
+    assert kept_channels(result) == {} and "Pad" not in ops(result.model)  # nothing is zero
+    feeds = random_feeds(m)
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"], rtol=1e-5)
+
+
+def test_guard_with_zero_only_compares_the_cut_and_the_original_only():
+    m = two_layers()
+    measure = fastest_is("cut")
+    result = channelcut.cut(m, target="ort-cpu", fold=False, align=ORT_ALIGN, measure=measure)
+    assert len(measure.models) == 2 and list(result.report.latencies) == ["cut", "original"]
+
+
+def test_no_guard_off_ort_cpu():
+    def measure(models, feeds):
+        raise AssertionError("only ort-cpu is timed")
+    assert channelcut.cut(two_layers(), target="portable", measure=measure).report.kept == ""
+
+
+def test_fastest_prefers_the_first_listed_on_a_tie():
+    assert guard.fastest({"cut": 1.0, "zero-only": 1.0, "original": 1.0}) == "cut"
+    assert guard.fastest({"cut": 2.0, "zero-only": 1.5, "original": 1.0}) == "original"
+
+
+def test_ort_latencies_times_each_model():
+    m = two_layers()
+    times = guard.ort_latencies([m, m], random_feeds(m), budget=0.01)
+    assert len(times) == 2 and all(t > 0 for t in times)
+
+
+# --- command line and facade ---------------------------------------------------------------
+
+def test_cli_target_decides_alignment_and_reports_the_guard(tmp_path, capsys, monkeypatch):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(two_layers(), src)
+    assert cli.main(["cut", str(src), "-o", str(out), "--target", "rknn"]) == 0
+    cut_model = onnx.load(out)
+    sizes = {i.name: onnx.numpy_helper.to_array(i).shape for i in cut_model.graph.initializer}
+    assert sizes["wa"][0] == 8 and sizes["wb"][0] == 8
+
+    monkeypatch.setattr(guard, "ort_latencies", fastest_is("original"))
+    capsys.readouterr()
+    assert cli.main(["cut", str(src), "-o", str(out), "--target", "ort-cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "ONNX Runtime CPU, 1 thread, median: cut 2.000 ms, zero-only 2.100 ms, original " \
+           "1.000 ms; kept: original" in text
+    assert onnx.load(out).SerializeToString() == onnx.load(src).SerializeToString()
+
+    # the default target aligns to 16; with --zero-only it cuts like the seed and says so
+    assert cli.main(["cut", str(src), "-o", str(out), "--zero-only"]) == 0
+    text = capsys.readouterr().out
+    assert "aligned to 16 channels, as portable runs best, it would be: weights" in text
+    assert cli.main(["cut", str(src), "-o", str(out), "--target", "tpu"]) == cli.EXIT_USER_ERROR
+
+
+def test_facade_cuts_for_the_npu_it_builds_for(capsys):
+    from channelcut.rknn import RKNN
+
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)],
+                      {"w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3)})
+    rknn = RKNN()
+    assert rknn.config(target_platform="rk3588", model_pruning="full") == 0
+    assert rknn.load_onnx(m) == 0 and rknn.build() == 0
+    assert rknn._cut_target == "rknn"
+    # no border map for the NPU: the constant channels stay
+    assert [n.op_type for n in rknn._core.graph.node] == ["Conv", "Relu", "Conv"]
+    assert {i.name: len(i.dims) and i.dims[0] for i in rknn._core.graph.initializer}["w1"] == 6
