@@ -69,8 +69,9 @@ def cut(
     decides the rewrites allowed, and `objective` and `align` when they are not given. The
     zero-only cut (fold=False) stays unaligned unless `align` is given (the seed's table); the
     report then says what the target's alignment would give. A target with a guard (ort-cpu)
-    times the cut, the aligned zero-only cut and the original with `measure` (default: ONNX
-    Runtime here, channelcut.guard) and returns the fastest; the report gives the times.
+    times the cut, the cut with only folds that add no op, the aligned zero-only cut and the
+    original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
+    fastest; the report gives the times.
     """
     chosen = targets.get(targets.DEFAULT if target is None else target)
     if objective is not None and objective not in OBJECTIVES:
@@ -93,7 +94,7 @@ def cut(
             result.report.aligned = AlignedGain(what_if, aligned.weight_bytes_after,
                                                 aligned.flops_after)
         if chosen.guard:
-            result = _guarded(original, result, input_shapes, verify, threshold,
+            result = _guarded(original, result, input_shapes, verify, threshold, options,
                               replace(options, fold=False, align=zero_align),
                               measure or guard.ort_latencies)
         return result
@@ -101,20 +102,30 @@ def cut(
 
 def _guarded(original: onnx.ModelProto, result: CutResult,
              input_shapes: dict[str, list[int] | tuple[int, ...]] | None, verify: bool,
-             threshold: float, zero_only: Options, measure: guard.Measure) -> CutResult:
-    """The fastest of the cut, the aligned zero-only cut (`zero_only`, unless that is the cut)
-    and the original, timed by `measure`; the report of the one kept, with every time."""
+             threshold: float, options: Options, zero_only: Options,
+             measure: guard.Measure) -> CutResult:
+    """The fastest of the cut, the same cut with only the folds that add no op, the aligned
+    zero-only cut (`zero_only`) and the original, timed by `measure` (a candidate that comes
+    out the same as an earlier one is timed once); the report of the one kept, with the times."""
     candidates = {"cut": result}
-    if (zero_only.fold, zero_only.align) != (result.report.mode == "full", result.report.align):
-        candidates["zero-only"] = _cut(original, input_shapes, verify, threshold, zero_only)
-        candidates["zero-only"].report.target = result.report.target
+    seen = {result.model.SerializeToString()}
+    no_added_ops = replace(options, sites=frozenset({"bias fold"}), added_ops=False)
+    for name, variant in (("no added ops", no_added_ops), ("zero-only", zero_only)):
+        if variant == options:
+            continue
+        other = _cut(original, input_shapes, verify, threshold, variant)
+        serialized = other.model.SerializeToString()
+        if serialized not in seen:
+            seen.add(serialized)
+            other.report.target = result.report.target
+            candidates[name] = other
     if not any(c.report.removed_channels or c.report.removed_nodes
                for c in candidates.values()):
         return result  # nothing cut: the model is the original
     shapes = verification.resolve_input_shapes(original, input_shapes)
     feeds = verification.random_inputs(original, shapes)
-    models = [c.model for c in candidates.values()] + [original]
-    latencies = dict(zip([*candidates, "original"], measure(models, feeds)))
+    latencies = measure({**{k: c.model for k, c in candidates.items()}, "original": original},
+                        feeds)
     kept = guard.fastest(latencies)
     if kept == "original":
         before = result.report

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,8 @@ BUDGET_SECONDS = 0.3
 MAX_SECONDS = 5.0
 MIN_ROUNDS, MAX_ROUNDS = 3, 50
 
-# models, feeds -> seconds per run of each model
-Measure = Callable[[Sequence[onnx.ModelProto], dict[str, np.ndarray]], list[float]]
+# candidate name -> model, feeds -> candidate name -> seconds per run
+Measure = Callable[[dict[str, onnx.ModelProto], dict[str, np.ndarray]], dict[str, float]]
 
 
 def _session(model: onnx.ModelProto, workdir: Path) -> object:
@@ -43,15 +43,15 @@ def _session(model: onnx.ModelProto, workdir: Path) -> object:
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
 
 
-def ort_latencies(models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray],
-                  budget: float = BUDGET_SECONDS) -> list[float]:
-    """Median seconds per run of each model, in ONNX Runtime on one CPU thread.
+def ort_latencies(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray],
+                  budget: float = BUDGET_SECONDS) -> dict[str, float]:
+    """Median seconds per run of each model, by name, in ONNX Runtime on one CPU thread.
 
     Runs alternate (the order rotates each round) so that drift hits every model alike; one
     untimed warm-up run each, whose time sets how many rounds fit in `budget`.
     """
     with tempfile.TemporaryDirectory(prefix="channelcut-guard-") as tmp:
-        sessions = [_session(m, Path(tmp)) for m in models]
+        sessions = [_session(m, Path(tmp)) for m in models.values()]
         inputs = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
         warm = []
         for session, feed in zip(sessions, inputs):
@@ -68,7 +68,7 @@ def ort_latencies(models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray
                 start = time.perf_counter()
                 sessions[k].run(None, inputs[k])
                 times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return {name: statistics.median(t) for name, t in zip(models, times)}
 
 
 def fastest(latencies: dict[str, float]) -> str:
