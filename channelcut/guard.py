@@ -16,9 +16,9 @@ from channelcut import io
 
 # Seconds of timed runs in all: a few hundred ms for a small model. A big one gets at least
 # MIN_ROUNDS runs of each candidate (bounded by MAX_SECONDS), a tiny one at most MAX_ROUNDS.
-BUDGET_SECONDS = 0.3
+BUDGET_SECONDS = 0.4
 MAX_SECONDS = 5.0
-MIN_ROUNDS, MAX_ROUNDS = 3, 50
+MIN_ROUNDS, MAX_ROUNDS = 5, 50
 
 # candidate name -> model, feeds -> candidate name -> seconds per run
 Measure = Callable[[dict[str, onnx.ModelProto], dict[str, np.ndarray]], dict[str, float]]
