@@ -80,23 +80,23 @@ def cut(
     if align is not None and (isinstance(align, bool) or not isinstance(align, int)
                               or align < 1):
         raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
-    what_if, zero_align = None, chosen.alignment() if align is None else align
-    if align is None and not fold:  # the seed's mode keeps its table
-        align, what_if = 1, chosen.alignment()
-    options = chosen.options(fold=fold, objective=objective, align=align)
+    # the seed's mode keeps its table: zero-only is unaligned unless asked
+    seed_mode = align is None and not fold
+    options = chosen.options(fold=fold, objective=objective, align=1 if seed_mode else align)
+    zero_only = chosen.options(fold=False, objective=objective, align=align)
     with _collector_paused():
         original = io.load_model(model, copy=False)
         result = _cut(original, input_shapes, verify, threshold, options)
         result.report.target = chosen.name
-        if what_if is not None and what_if > 1 and result.report.removed_channels:
-            aligned = _cut(original, input_shapes, False, threshold,
-                           replace(options, align=what_if)).report
-            result.report.aligned = AlignedGain(what_if, aligned.weight_bytes_after,
+        if seed_mode and chosen.alignment() > 1 and result.report.removed_channels:
+            # what --align N (model_pruning="aligned") would make
+            aligned = _cut(original, input_shapes, False, threshold, replace(
+                options, align=chosen.alignment())).report
+            result.report.aligned = AlignedGain(chosen.alignment(), aligned.weight_bytes_after,
                                                 aligned.flops_after)
         if chosen.guard:
             result = _guarded(original, result, input_shapes, verify, threshold, options,
-                              replace(options, fold=False, align=zero_align),
-                              measure or guard.ort_latencies)
+                              zero_only, measure or guard.ort_latencies)
         return result
 
 

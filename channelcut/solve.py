@@ -38,7 +38,8 @@ class Options:
     """`fold`: allow folding constants and reinserting them (the full cut); `objective`:
     what a fold or reinsertion must reduce to be worth doing; `align`: every tensor that
     loses channels keeps a multiple of this many (CPU and NPU kernels work on blocks of 8 or
-    16 channels and fall back to slow paths otherwise; 1: cut all that can go); `sites`: the
+    16 channels and fall back to slow paths otherwise; 1: cut all that can go; `blocks`: the
+    same per tensor, only where the tensor was aligned); `sites`: the
     kinds of fold or reinsertion the runtime runs well, and `added_ops`: whether one may add
     ops to the graph (a target's choice, channelcut.targets); `node_overhead` and
     `moved_element`: the latency objective's constants, in FLOPs."""
@@ -46,9 +47,10 @@ class Options:
     fold: bool = True
     objective: str = "flops"
     align: int = 1
-    # only tensors that already hold a multiple of `align` must keep one: a runtime runs the
-    # others on its slow path anyway, so cutting them loses nothing there
-    align_where_aligned: bool = False
+    # a target's channel blocks, largest first, used instead of `align` when given: a tensor
+    # whose channel count a block divides keeps a multiple of the largest such block (else it
+    # would lose the fast layout it had); the others run the slow path anyway and may lose any
+    blocks: tuple[int, ...] = ()
     sites: frozenset[str] = SITE_KINDS
     added_ops: bool = True
     node_overhead: float = NODE_OVERHEAD
@@ -222,7 +224,7 @@ class _Solver:
             if emptied is None:
                 break
             pending = watchers(self.drop(self.group_of[[self._cheapest_to_keep(emptied)]]))
-        if self.options.align > 1:
+        if self.options.align > 1 or self.options.blocks:
             self._align(checks, watchers)
 
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
@@ -244,12 +246,13 @@ class _Solver:
         """Keep removed channels until every tensor that loses some keeps a multiple of
         `align` (or all of them). Keeping is always exact; known channels are kept first,
         since their rows read nothing unknown and keep nothing else alive."""
-        align, changed = self.options.align, True
+        blocks, changed = self.options.blocks, True
         while changed:
             changed = False
             for info in self.walk.infos.values():
-                if info.block != 1 or info.span != 1 or (
-                        self.options.align_where_aligned and info.n % align):
+                align = self.options.align if not blocks else \
+                    next((b for b in blocks if info.n % b == 0), 1)
+                if info.block != 1 or info.span != 1 or align == 1:
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align

@@ -54,48 +54,53 @@ class Target:
 
     name: str
     summary: str
-    align: int | Callable[[], int]
+    blocks: tuple[int, ...] | Callable[[], tuple[int, ...]]  # channel blocks, largest first
     sites: frozenset[str]
     added_ops: bool
     objective: str
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
     guard: bool = False
-    # only tensors that hold a multiple of the alignment keep one (channelcut.solve.Options)
-    align_where_aligned: bool = True
+
+    def channel_blocks(self) -> tuple[int, ...]:
+        return tuple(self.blocks() if callable(self.blocks) else self.blocks)
 
     def alignment(self) -> int:
-        return self.align() if callable(self.align) else self.align
+        """The largest block (1: none)."""
+        return max(self.channel_blocks(), default=1)
 
     def options(self, *, fold: bool = True, objective: str | None = None,
                 align: int | None = None) -> Options:
-        """The solver's options for this target; explicit choices win over the target's."""
+        """The solver's options for this target; explicit choices win over the target's (an
+        explicit `align` applies to every tensor, the target's blocks only where a tensor was
+        aligned)."""
+        blocks = self.channel_blocks() if align is None else ()
         return Options(fold=fold, objective=objective or self.objective,
-                       align=self.alignment() if align is None else align,
-                       align_where_aligned=self.align_where_aligned, sites=self.sites,
-                       added_ops=self.added_ops, node_overhead=self.node_overhead,
-                       moved_element=self.moved_element)
+                       align=self.alignment() if align is None else align, blocks=blocks,
+                       sites=self.sites, added_ops=self.added_ops,
+                       node_overhead=self.node_overhead, moved_element=self.moved_element)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     # Every rewrite, judged by FLOPs, no alignment: the fewest FLOPs, whatever runs it.
     Target("min-flops", "every rewrite, fewest FLOPs; no alignment (cut()'s default)",
-           1, SITE_KINDS, True, "flops", align_where_aligned=False),
+           (), SITE_KINDS, True, "flops"),
     # ONNX Runtime on this CPU: the latency objective was calibrated there (channelcut.solve);
     # the guard times the result against the original and keeps the faster.
     Target("ort-cpu", "ONNX Runtime on this CPU: aligned to its vector width, latency "
-           "objective, timed against the original", cpu_vector_channels, SITE_KINDS, True,
-           "latency", guard=True),
+           "objective, timed against the original", lambda: (cpu_vector_channels(),),
+           SITE_KINDS, True, "latency", guard=True),
     # RKNN-Toolkit2: it aligns removed Concat channels to multiples of 8; a border map becomes
     # a full-size constant, a Gather a one-hot 1x1 conv, a Pad runs on the CPU: only folds
     # into an existing layer's bias (issue 11; bench/rknn_calibrate.py).
     # With only bias folds, no rewrite adds an op or traffic, so every objective agrees.
     Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: aligned to 8, bias folds only",
-           8, frozenset({"bias fold"}), False, "flops"),
-    # What every runtime runs natively: slicing, and folds into a layer's bias (no added op).
-    Target("portable", "slicing and bias folds only, aligned to 16 (a multiple of 8): "
-           "never worse on ONNX Runtime CPU or RKNN", 16, frozenset({"bias fold"}), False,
-           "flops"),
+           (8,), frozenset({"bias fold"}), False, "flops"),
+    # What every runtime runs natively: slicing, and folds into a layer's bias (no added op);
+    # ONNX Runtime's blocks (16 with AVX-512, 8 with AVX2) and RKNN-Toolkit2's 8.
+    Target("portable", "slicing and bias folds only, aligned to 16 (or 8 where a tensor held "
+           "a multiple of 8 only): never worse on ONNX Runtime CPU or RKNN", (16, 8),
+           frozenset({"bias fold"}), False, "flops"),
 )}
 DEFAULT = "min-flops"  # cut()'s: the library keeps its behaviour
 CLI_DEFAULT = "portable"  # the console script's: see the README (targets)

@@ -38,21 +38,22 @@ def test_ort_cpu_alignment_is_the_vector_width_of_this_cpu():
         assert ORT_ALIGN == (16 if " avx512f" in f.read() else 8)
 
 
-def two_layers():
+def two_layers(b_rows: int = 24):
     """x -> conv_a (32 rows, 27 zero) -> relu -> conv_b (24 rows, 19 zero) -> relu -> conv_y:
-    5 live channels in each; 32 is a multiple of 8 and 16, 24 only of 8."""
-    dead_a, dead_b = list(range(27)), list(range(5, 24))
+    5 live channels in each; 32 is a multiple of 8 and 16, 24 only of 8 (`wide`: conv_b has
+    20 rows, a multiple of neither)."""
+    dead_a, dead_b = list(range(27)), list(range(5, b_rows))
     return model([conv("x", "wa", "a"), relu("a", "ra"), conv("ra", "wb", "b"), relu("b", "rb"),
                   conv("rb", "wy", "y")], {"x": [1, 4, 4, 4]}, ["y"],
                  {"wa": weights(32, 4, 1, 1, zero_rows=dead_a),
-                  "wb": weights(24, 32, 1, 1, zero_rows=dead_b, seed=2),
-                  "wy": weights(6, 24, 1, 1, seed=3)})
+                  "wb": weights(b_rows, 32, 1, 1, zero_rows=dead_b, seed=2),
+                  "wy": weights(6, b_rows, 1, 1, seed=3)})
 
 
 @pytest.mark.parametrize("target, a, b", [
     ("min-flops", 5, 5),  # no alignment
     ("rknn", 8, 8),  # RKNN-Toolkit2's block of 8
-    ("portable", 16, 5),  # 16 (a multiple of 8 too); 24 channels were not aligned: cut freely
+    ("portable", 16, 8),  # 16 (a multiple of 8 too); 24 channels only to 8
     ("ort-cpu", ORT_ALIGN, 8 if ORT_ALIGN == 8 else 5),
 ])
 def test_each_target_keeps_its_multiple_where_the_tensor_had_one(target, a, b):
@@ -61,6 +62,16 @@ def test_each_target_keeps_its_multiple_where_the_tensor_had_one(target, a, b):
                         measure=fastest_is("cut"))
     assert result.report.target == target
     assert result.report.align == targets.get(target).alignment()
+
+
+@pytest.mark.parametrize("target", ["rknn", "portable"])
+def test_a_tensor_no_block_divides_may_lose_any_channel(target):
+    """20 channels run the slow path already; an explicit --align still applies to them."""
+    a = targets.get(target).alignment()
+    assert_cut(two_layers(20), {"conv_a": (4, a), "conv_b": (a, 5), "conv_y": (5, 6)},
+               mode="full", objective=None, target=target)
+    assert_cut(two_layers(20), {"conv_a": (4, 8), "conv_b": (8, 8), "conv_y": (8, 6)},
+               mode="full", objective=None, target=target, align=8)
 
 
 def test_zero_only_keeps_the_seed_table_and_reports_the_aligned_cut():
