@@ -170,7 +170,7 @@ def ort_cells(row: Row) -> list[str]:
 
 # ---------------------------------------------------------------------------- RKNN
 
-def rknn_build(python: str, model: Any, workdir: Path, key: str, int8: bool,
+def rknn_build(python: str, script: Path, model: Any, workdir: Path, key: str, int8: bool,
                model_pruning: bool, platform: str) -> dict[str, Any]:
     """bench/rknn_build.py on one ONNX model in RKNN-Toolkit2's python; its JSON."""
     import onnx
@@ -178,13 +178,14 @@ def rknn_build(python: str, model: Any, workdir: Path, key: str, int8: bool,
     path = workdir / f"{key}.onnx"
     if not path.exists():
         onnx.save(model, str(path))
-    command = [python, str(RKNN_BUILD), str(path), "--target", platform]
+    command = [python, str(script), str(path), "--target", platform]
     command += ["--int8"] * int8 + ["--model-pruning"] * model_pruning
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:]}
+    text = done.stdout
+    try:  # one JSON object, possibly indented, after anything the toolkit printed
+        return json.loads(text[text.index("{"):]) if "{" in text else json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return {"error": (done.stderr or text).strip().splitlines()[-1:]}
 
 
 def rknn_row(row: Row, models: dict, args: Any) -> None:
@@ -195,8 +196,9 @@ def rknn_row(row: Row, models: dict, args: Any) -> None:
         for label, key, toolkit_pruning in builds:
             for int8 in (False, True):
                 build = f"{label} {'int8' if int8 else 'fp16'}"
-                row.rknn[build] = rknn_build(args.rknn_python, models[key], Path(tmp), key,
-                                             int8, toolkit_pruning, args.rknn_platform)
+                row.rknn[build] = rknn_build(args.rknn_python, args.rknn_build, models[key],
+                                             Path(tmp), key, int8, toolkit_pruning,
+                                             args.rknn_platform)
 
 
 def _rknn_figure(build: dict[str, Any] | None, what: str) -> Any:
@@ -252,6 +254,8 @@ def _options(parser: Any) -> None:
     parser.add_argument("--rknn-targets", nargs="+", default=["rknn"], choices=TARGETS,
                         help="whose cuts the RKNN section builds (default: rknn)")
     parser.add_argument("--rknn-platform", default="rk3588")
+    parser.add_argument("--rknn-build", type=Path, default=RKNN_BUILD, metavar="PATH",
+                        help="the build script run in --rknn-python (default: %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             row, models = measure_row(name, pruning, args, failures)
             emit(table.row(ort_cells(row)))
             if args.rknn_python and models:
-                if RKNN_BUILD.exists():
+                if args.rknn_build.exists():
                     rknn_row(row, models, args)
                 else:
                     row.note = row.note or "no bench/rknn_build.py"

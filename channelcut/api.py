@@ -49,7 +49,7 @@ def cut(
     threshold: float = 0.9999,
     fold: bool = True,
     objective: str | None = None,
-    align: int | None = None,
+    align: int | str | None = None,
     target: str | None = None,
     measure: guard.Measure | None = None,
 ) -> CutResult:
@@ -66,34 +66,43 @@ def cut(
     output raises VerificationError.
 
     `target` (channelcut.targets.TARGETS; default "min-flops") is where the model will run: it
-    decides the rewrites allowed, and `objective` and `align` when they are not given. The
-    zero-only cut (fold=False) stays unaligned unless `align` is given (the seed's table); the
+    decides the rewrites allowed, and `objective` and `align` when they are not given (a
+    target aligns only the tensors that had its channel block). The zero-only cut (fold=False)
+    stays unaligned unless `align` is given (the seed's table; "target": the target's); the
     report then says what the target's alignment would give. A target with a guard (ort-cpu)
     times the cut, the cut with only folds that add no op, the aligned zero-only cut and the
     original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
     fastest; the report gives the times.
     """
     chosen = targets.get(targets.DEFAULT if target is None else target)
+    seed_mode = False
     if objective is not None and objective not in OBJECTIVES:
         raise ChannelcutError(
             f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if align == "target":
+        align = None  # the target's alignment, also for the zero-only cut
+    elif align is None and not fold:
+        align = 1  # the seed's mode keeps its table: zero-only is unaligned unless asked
+        seed_mode = True
     if align is not None and (isinstance(align, bool) or not isinstance(align, int)
                               or align < 1):
-        raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
-    # the seed's mode keeps its table: zero-only is unaligned unless asked
-    seed_mode = align is None and not fold
-    options = chosen.options(fold=fold, objective=objective, align=1 if seed_mode else align)
-    zero_only = chosen.options(fold=False, objective=objective, align=align)
+        raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more, "
+                              "or 'target'")
+    options = chosen.options(fold=fold, objective=objective, align=align)
+    zero_only = chosen.options(fold=False, objective=objective,
+                               align=None if seed_mode else align)
     with _collector_paused():
         original = io.load_model(model, copy=False)
         result = _cut(original, input_shapes, verify, threshold, options)
         result.report.target = chosen.name
         if seed_mode and chosen.alignment() > 1 and result.report.removed_channels:
-            # what --align N (model_pruning="aligned") would make
-            aligned = _cut(original, input_shapes, False, threshold, replace(
-                options, align=chosen.alignment())).report
-            result.report.aligned = AlignedGain(chosen.alignment(), aligned.weight_bytes_after,
-                                                aligned.flops_after)
+            # what align="target" (the facade's model_pruning="aligned") would make
+            aligned = _cut(original, input_shapes, False, threshold, zero_only).report
+            if (aligned.weight_bytes_after, aligned.flops_after) != (
+                    result.report.weight_bytes_after, result.report.flops_after):
+                result.report.aligned = AlignedGain(chosen.alignment(),
+                                                    aligned.weight_bytes_after,
+                                                    aligned.flops_after)
         if chosen.guard:
             result = _guarded(original, result, input_shapes, verify, threshold, options,
                               zero_only, measure or guard.ort_latencies)

@@ -128,9 +128,20 @@ def _add_mode(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, default=None,
                         help="what a fold or reinsertion must reduce to be made (default: the "
                              "target's); none ever grows the weights")
-    parser.add_argument("--align", type=int, default=None, metavar="N",
+    parser.add_argument("--align", type=_alignment, default=None, metavar="N",
                         help="keep a multiple of N channels in every tensor that loses some "
-                             "(default: the target's; 1 with --zero-only, the seed's table)")
+                             "('target': the target's, also with --zero-only; default: the "
+                             "target's, 1 with --zero-only: the seed's table)")
+
+
+def _alignment(text: str) -> int | str:
+    """--align: a whole number, or "target"; cut() checks the number."""
+    if text == "target":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number or 'target'") from None
 
 
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:

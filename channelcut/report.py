@@ -134,8 +134,8 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(f"ONNX Runtime CPU, 1 thread, median: {times}; kept: {report.kept}")
     if report.aligned is not None:
         a = report.aligned
-        lines.append(f"aligned to {a.align} channels, as {report.target or 'the target'} runs "
-                     f"best, it would be: weights "
+        lines.append(f"aligned as {report.target or 'the target'} runs best (blocks of "
+                     f"{a.align}; --align target), it would be: weights "
                      f"{_signed_change(wb, a.weight_bytes_after, 1e6, 'MB')}, FLOPs "
                      f"{_signed_change(fb, a.flops_after, 1e9, 'GFLOPs')}")
     return lines

@@ -193,8 +193,6 @@ class RKNN:
         from channelcut.api import cut  # noqa: PLC0415 - keeps `import rknn` light
         from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
 
-        from channelcut.targets import get  # noqa: PLC0415
-
         shapes = simulator.input_shapes(model)
         target = self._cut_target
         if self._pruning == "full":
@@ -202,7 +200,7 @@ class RKNN:
                          objective=self._pruning_objective)
         elif self._pruning == "aligned":  # zero or unread channels, the NPU's multiple kept
             result = cut(model, input_shapes=shapes, fold=False, target=target,
-                         align=get(target).alignment())
+                         align="target")
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
             result = cut(model, input_shapes=shapes, fold=False, target=target)
         self._log.info("Pruning: const change detail")

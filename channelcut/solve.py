@@ -51,6 +51,9 @@ class Options:
     # whose channel count a block divides keeps a multiple of the largest such block (else it
     # would lose the fast layout it had); the others run the slow path anyway and may lose any
     blocks: tuple[int, ...] = ()
+    # when given, only tensors an op of these types reads are aligned (RKNN-Toolkit2 pads the
+    # Concat inputs it sees unaligned; elsewhere its cycles step in blocks either way)
+    align_readers: frozenset[str] = frozenset()
     sites: frozenset[str] = SITE_KINDS
     added_ops: bool = True
     node_overhead: float = NODE_OVERHEAD
@@ -246,13 +249,14 @@ class _Solver:
         """Keep removed channels until every tensor that loses some keeps a multiple of
         `align` (or all of them). Keeping is always exact; known channels are kept first,
         since their rows read nothing unknown and keep nothing else alive."""
-        blocks, changed = self.options.blocks, True
+        blocks, readers, changed = self.options.blocks, self.options.align_readers, True
         while changed:
             changed = False
-            for info in self.walk.infos.values():
+            for value, info in self.walk.infos.items():
                 align = self.options.align if not blocks else \
                     next((b for b in blocks if info.n % b == 0), 1)
-                if info.block != 1 or info.span != 1 or align == 1:
+                if info.block != 1 or info.span != 1 or align == 1 or (
+                        readers and not any(u.node.op_type in readers for u in value.uses())):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align

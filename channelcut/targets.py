@@ -61,6 +61,7 @@ class Target:
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
     guard: bool = False
+    align_readers: frozenset[str] = frozenset()  # align only what these ops read (all: empty)
 
     def channel_blocks(self) -> tuple[int, ...]:
         return tuple(self.blocks() if callable(self.blocks) else self.blocks)
@@ -77,6 +78,7 @@ class Target:
         blocks = self.channel_blocks() if align is None else ()
         return Options(fold=fold, objective=objective or self.objective,
                        align=self.alignment() if align is None else align, blocks=blocks,
+                       align_readers=self.align_readers if align is None else frozenset(),
                        sites=self.sites, added_ops=self.added_ops,
                        node_overhead=self.node_overhead, moved_element=self.moved_element)
 
@@ -90,12 +92,17 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("ort-cpu", "ONNX Runtime on this CPU: aligned to its vector width, latency "
            "objective, timed against the original", lambda: (cpu_vector_channels(),),
            SITE_KINDS, True, "latency", guard=True),
-    # RKNN-Toolkit2: it aligns removed Concat channels to multiples of 8; a border map becomes
-    # a full-size constant, a Gather a one-hot 1x1 conv, a Pad runs on the CPU: only folds
-    # into an existing layer's bias (issue 11; bench/rknn_calibrate.py).
-    # With only bias folds, no rewrite adds an op or traffic, so every objective agrees.
-    Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: aligned to 8, bias folds only",
-           (8,), frozenset({"bias fold"}), False, "flops"),
+    # RKNN-Toolkit2 2.5.0, measured with its compiler (rk3588, bench/rknn_build.py): a border
+    # map becomes a full-size constant, a Gather a one-hot 1x1 conv, a channel Pad runs on the
+    # CPU unless its input holds a multiple of 8: only folds into a layer's bias. Conv cycles
+    # step in blocks of 16/32 output and 32 input channels whatever the count, so an unaligned
+    # cut never costs a cycle and is the smallest .rknn (the seed demo: 187.6 KB unaligned,
+    # 218.1 KB aligned to 8, same cycles); but Concat inputs left unaligned are padded by the
+    # toolkit (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those only. With only bias
+    # folds, no rewrite adds an op or traffic, so every objective agrees.
+    Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: bias folds only, Concat inputs "
+           "aligned to 8", (8,), frozenset({"bias fold"}), False, "flops",
+           align_readers=frozenset({"Concat"})),
     # What every runtime runs natively: slicing, and folds into a layer's bias (no added op);
     # ONNX Runtime's blocks (16 with AVX-512, 8 with AVX2) and RKNN-Toolkit2's 8.
     Target("portable", "slicing and bias folds only, aligned to 16 (or 8 where a tensor held "
