@@ -118,7 +118,7 @@ def _guarded(original: onnx.ModelProto, result: CutResult,
     out the same as an earlier one is timed once); the report of the one kept, with the times."""
     candidates = {"cut": result}
     seen = {result.model.SerializeToString()}
-    no_added_ops = replace(options, sites=frozenset({"bias fold"}), added_ops=False)
+    no_added_ops = replace(options, added_ops=False, border_form="carrier")
     for name, variant in (("no added ops", no_added_ops), ("zero-only", zero_only)):
         if variant == options:
             continue

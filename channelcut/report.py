@@ -45,7 +45,7 @@ class SiteChange:
 
     node: str
     op_type: str
-    kind: str  # "bias fold", "border fold" or "reinsert"
+    kind: str  # "bias fold", "border fold", "carrier fold" or "reinsert"
     groups: int
     added_bytes: int
     added_flops: int

@@ -59,9 +59,20 @@ class Options:
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
 
+    # how a border fold is written: "map" (a constant border map Conv(ones) plus an Add) or
+    # "carrier" (one constant input channel stays and carries the others in its weight
+    # column: no op added; RKNN-Toolkit2 compiles a map into a full-size constant)
+    border_form: str = "map"
+
+    def cost(self, site: Site) -> Cost:
+        """What the site adds, in the form this target writes it."""
+        if site.kind == "border fold" and self.border_form == "carrier":
+            return Cost()  # a weight column changes; the carrier's own cost is a kept channel
+        return site.cost
+
     def allows(self, site: Site) -> bool:
         """May the cut use this fold or reinsertion at all?"""
-        return site.kind in self.sites and (self.added_ops or site.cost.nodes == 0)
+        return site.kind in self.sites and (self.added_ops or self.cost(site).nodes == 0)
 
 
 @dataclass
@@ -225,10 +236,30 @@ class _Solver:
             emptied = next((info for info in reversed(self.walk.infos.values())
                             if info.n and removed[info.base:info.base + info.n].all()), None)
             if emptied is None:
-                break
+                carriers = self._carriers()
+                if carriers.size == 0:
+                    break
+                pending = watchers(self.drop(carriers))
+                continue
             pending = watchers(self.drop(self.group_of[[self._cheapest_to_keep(emptied)]]))
         if self.options.align > 1 or self.options.blocks:
             self._align(checks, watchers)
+
+    def _carriers(self) -> np.ndarray:
+        """Groups to keep so that every carrier-form border fold has its carrier: a kept
+        non-zero constant input channel that the folded ones are multiples of."""
+        if self.options.border_form != "carrier":
+            return np.zeros(0, np.int64)
+        removed, keep = self.removable[self.group_of], []
+        for reader in self.walk.readers:
+            if not self.folds(reader) or reader.site.kind != "border fold":
+                continue
+            constant = self.known[reader.in_ids] & ~self.zero[reader.in_ids]
+            gone = removed[reader.in_ids]
+            folded = gone & constant & reader.live_columns(removed[reader.row_ids])
+            if folded.any() and not (constant & ~gone).any():
+                keep.append(self.group_of[reader.in_ids[np.flatnonzero(folded)[0]]])
+        return np.unique(np.array(keep, np.int64))
 
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
@@ -399,7 +430,9 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
     """
     if options.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-    sites = {id(s): s for s in _all_sites(walk) if options.allows(s)} if options.fold else {}
+    sites = {id(s): s for s in _all_sites(walk) if options.allows(s) and _writable(walk, s,
+                                                                                 options)} \
+        if options.fold else {}
     allowed = set(sites)
     weight_bytes, flops = walk.charges()
     while True:
@@ -414,17 +447,19 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             site = sites[key]
             saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
                          flops=float(group_flops[groups].sum()))
-            if not pays(saved, site.cost, options.objective, options):
+            cost = options.cost(site)
+            if not pays(saved, cost, options.objective, options):
                 refused.add(key)
             margins[key] = (_metric(saved, options.objective, options)
-                            - _metric(site.cost, options.objective, options))
-            uses.append(SiteUse(site.node.name or "", site.node.op_type, site.kind,
-                                int(groups.size), site.cost, saved))
+                            - _metric(cost, options.objective, options))
+            kind = "carrier fold" if cost is not site.cost else site.kind
+            uses.append(SiteUse(site.node.name or "", site.node.op_type, kind,
+                                int(groups.size), cost, saved))
         if not refused and used:
             freed = np.unique(np.concatenate(list(used.values())))
             together = Cost(weight_bytes=float(group_bytes[freed].sum()),
                             flops=float(group_flops[freed].sum()))
-            added = Cost(*(sum(getattr(sites[k].cost, f) for k in used)
+            added = Cost(*(sum(getattr(options.cost(sites[k]), f) for k in used)
                            for f in ("weight_bytes", "flops", "moved", "nodes")))
             if not pays(together, added, options.objective, options):
                 refused.add(min(margins, key=margins.__getitem__))
@@ -434,6 +469,16 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
     blockers = _blockers(walk, solver)
     return Analysis(walk.model, walk.infos, solver.group_of, solver.removable, options,
                     blockers, uses, walk.unsupported, walk.consts)
+
+
+def _writable(walk: Walk, site: Site, options: Options) -> bool:
+    """Can the site be written in the target's form? A carrier needs one conv group and
+    input channels that are constants, not maps (a multiple of a map is no carrier)."""
+    if site.kind != "border fold" or options.border_form != "carrier":
+        return True
+    info = walk.infos.get(site.node.inputs[0])
+    group = site.node.attributes.get("group")
+    return info is not None and info.plane is None and (group is None or group.value == 1)
 
 
 def _all_sites(walk: Walk) -> list[Site]:

@@ -124,20 +124,41 @@ def test_bias_fold_adds_no_op_and_every_target_makes_it(target):
         assert [s.kind for s in result.report.sites] == ["bias fold"]
 
 
-@pytest.mark.parametrize("target, folded", [("min-flops", True), ("ort-cpu", True),
-                                            ("rknn", False), ("portable", False)])
-def test_border_fold_only_where_the_runtime_runs_its_map(target, folded):
-    """A constant read by a padded conv needs a border map: Conv(ConstantOfShape(ones)) + Add,
-    which RKNN-Toolkit2 compiles into a full-size constant; rknn and portable keep the
-    channels instead."""
+@pytest.mark.parametrize("target, form", [("min-flops", "map"), ("ort-cpu", "map"),
+                                          ("rknn", "carrier"), ("portable", "carrier")])
+def test_border_fold_as_a_map_or_a_carrier(target, form):
+    """A constant read by a padded conv: on ONNX Runtime a border map, Conv(ConstantOfShape
+    (ones)) + Add, folded at load; RKNN-Toolkit2 compiles a map into a full-size constant, so
+    rknn and portable keep one constant channel and fold the other into its weight column."""
     m = producer_then([conv("r1", "w2", "y", "b2", pads=1)],
                       {"w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3)})
-    kept = {"conv_c1": (3, 4), "conv_y": (4, 5)} if folded else {}
+    kept = 4 if form == "map" else 5  # rows 1 and 4 are constants; the carrier is one of them
     # flops: the latency objective would refuse a map on an 8x8 toy; the form is what is tested
-    result = assert_cut(m, kept, mode="full", objective="flops", target=target,
-                        measure=fastest_is("cut"))
-    assert [s.kind for s in result.report.sites] == (["border fold"] if folded else [])
-    assert ("ConstantOfShape" in ops(result.model)) == folded
+    result = assert_cut(m, {"conv_c1": (3, kept), "conv_y": (kept, 5)}, mode="full",
+                        objective="flops", target=target, measure=fastest_is("cut"))
+    assert [s.kind for s in result.report.sites] == [
+        "border fold" if form == "map" else "carrier fold"]
+    assert ops(result.model) == (["Conv", "Relu", "Conv"] if form == "carrier" else
+                                 ["Conv", "Relu", "ConstantOfShape", "Conv", "Conv", "Add"])
+
+
+def test_one_carrier_serves_every_padded_reader():
+    """Two padded convs (one strided and dilated) read the constants: one channel stays for
+    both, each folds the other into its own weights."""
+    inits = {"w1": weights(6, 3, 1, 1, zero_rows=[1, 4]), "b1": bias(6, POSITIVE),
+             "w2": weights(5, 6, 3, 3, seed=3), "w3": weights(4, 6, 3, 3, seed=4)}
+    m = model([conv("x", "w1", "c1", "b1"), relu("c1", "r1"), conv("r1", "w2", "y2", pads=1),
+               node("Conv", ["r1", "w3"], ["y3"], pads=[2, 1, 0, 2], strides=[2, 1],
+                    dilations=[1, 2])], {"x": [1, 3, 9, 9]}, ["y2", "y3"], inits)
+    result = assert_cut(m, {"conv_c1": (3, 5), "conv_y2": (5, 5), "conv_y3": (5, 4)}, mode="full",
+                        objective="flops", target="rknn")
+    assert sorted(s.kind for s in result.report.sites) == ["carrier fold", "carrier fold"]
+
+
+def test_no_carrier_for_a_grouped_conv():
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1, group=2)],
+                      {"w2": weights(4, 3, 3, 3, seed=3), "b2": bias(4, seed=3)})
+    assert_cut(m, {}, mode="full", objective="flops", target="rknn")
 
 
 @pytest.mark.parametrize("target, folded", [("min-flops", True), ("ort-cpu", True),
@@ -187,7 +208,7 @@ def test_unknown_target_is_a_user_error():
 def two_branches():
     """x -> 1x1 conv (rows 1, 4 constant after Relu) -> padded 3x3 conv -> y1 (a border fold),
     and x -> 1x1 conv (rows 1, 4 constant, row 2 zero) -> 1x1 conv -> y2 (bias folds): the
-    guard's four candidates all differ."""
+    guard's four candidates all differ (without added ops, y1's fold is a carrier)."""
     inits = {"w1": weights(6, 3, 1, 1, zero_rows=[1, 4]), "b1": bias(6, POSITIVE),
              "w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3),
              "w3": weights(6, 3, 1, 1, zero_rows=[1, 2, 4], seed=4),
@@ -200,7 +221,8 @@ def two_branches():
 
 GUARD_KEPT = {  # the candidate kept -> the layers that lose channels in the result
     "cut": {"conv_c1": (3, 4), "conv_y1": (4, 5), "conv_c3": (3, 3), "conv_y2": (3, 5)},
-    "no added ops": {"conv_c3": (3, 3), "conv_y2": (3, 5)},
+    "no added ops": {"conv_c1": (3, 5), "conv_y1": (5, 5),  # a carrier instead of the map
+                     "conv_c3": (3, 3), "conv_y2": (3, 5)},
     "zero-only": {"conv_c3": (3, 5), "conv_y2": (5, 5)},
     "original": {},
 }
@@ -289,6 +311,6 @@ def test_facade_cuts_for_the_npu_it_builds_for(capsys):
     assert rknn.config(target_platform="rk3588", model_pruning="full") == 0
     assert rknn.load_onnx(m) == 0 and rknn.build() == 0
     assert rknn._cut_target == "rknn"
-    # no border map for the NPU: the constant channels stay
+    # no border map for the NPU: one constant channel stays and carries the other
     assert [n.op_type for n in rknn._core.graph.node] == ["Conv", "Relu", "Conv"]
-    assert {i.name: len(i.dims) and i.dims[0] for i in rknn._core.graph.initializer}["w1"] == 6
+    assert {i.name: i.dims[0] for i in rknn._core.graph.initializer}["w1"] == 5
