@@ -168,13 +168,21 @@ def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
     slot = np.empty(info.size, np.int64)
     slot[present] = np.arange(present.size)
     slot[needed] = present.size + np.arange(needed.size)
+    values = info.by_position(info.const)[wanted] * np.isin(wanted, needed)
+    dtype = value.dtype.numpy() if value.dtype is not None else np.float32
+    if rw.analysis.options.reinsert_form == "conv" and rank == 4 and axis == 1:
+        # one 1x1 Conv: out[j] = in[slot[j]] for the present channels, the constant otherwise
+        order = slot[wanted]
+        onehot = np.zeros((wanted.size, present.size, 1, 1), dtype)
+        rows = np.flatnonzero(order < present.size)
+        onehot[rows, order[rows], 0, 0] = 1
+        return step("Conv", value, [rw.new_const(f"{stem}_onehot", onehot),
+                                    rw.new_const(f"{stem}_constants", values.astype(dtype))])
     pads = np.zeros(2 * rank, np.int64)
     pads[rank + axis] = needed.size
     full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
     full = step("Gather", full, [rw.new_const(f"{stem}_order", slot[wanted])], {"axis": axis})
-    values = info.by_position(info.const)[wanted] * np.isin(wanted, needed)
     if np.any(values != 0):
-        dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         shape = [1] * rank
         shape[axis] = wanted.size
         constants = rw.new_const(f"{stem}_constants", values.astype(dtype).reshape(shape))

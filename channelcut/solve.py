@@ -9,6 +9,7 @@ something; the cost model keeps only the sites that pay under the chosen objecti
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import onnx_ir as ir
 from channelcut.analysis import (Cost, GroupedConv, Link, Pin, Reader, Site, Walk,
                                  connected_components)
 from channelcut.channels import ChannelInfo
+from channelcut.graph import static_shape
 
 OBJECTIVES = ("flops", "params", "latency")
 SITE_KINDS = frozenset({"bias fold", "border fold", "reinsert"})
@@ -63,11 +65,21 @@ class Options:
     # "carrier" (one constant input channel stays and carries the others in its weight
     # column: no op added; RKNN-Toolkit2 compiles a map into a full-size constant)
     border_form: str = "map"
+    # how a reinsertion is written: "pad-gather" (Pad, Gather, Add) or "conv" (one 1x1 Conv
+    # with one-hot weights and the constants as its bias: one NPU layer for RKNN-Toolkit2,
+    # which runs a channel Pad on the CPU and turns a Gather into such a conv anyway)
+    reinsert_form: str = "pad-gather"
 
     def cost(self, site: Site) -> Cost:
         """What the site adds, in the form this target writes it."""
         if site.kind == "border fold" and self.border_form == "carrier":
             return Cost()  # a weight column changes; the carrier's own cost is a kept channel
+        if site.kind == "reinsert" and self.reinsert_form == "conv":
+            shape = static_shape(site.node.outputs[0])
+            channels, elements = shape[1], math.prod(shape)
+            # at most every channel kept: channels x channels one-hot weights and a bias
+            return Cost(weight_bytes=4.0 * channels * (channels + 1),
+                        flops=2.0 * channels * elements, moved=elements, nodes=1)
         return site.cost
 
     def allows(self, site: Site) -> bool:
@@ -452,7 +464,8 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
                 refused.add(key)
             margins[key] = (_metric(saved, options.objective, options)
                             - _metric(cost, options.objective, options))
-            kind = "carrier fold" if cost is not site.cost else site.kind
+            kind = "carrier fold" if site.kind == "border fold" and \
+                options.border_form == "carrier" else site.kind
             uses.append(SiteUse(site.node.name or "", site.node.op_type, kind,
                                 int(groups.size), cost, saved))
         if not refused and used:
@@ -474,6 +487,9 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
 def _writable(walk: Walk, site: Site, options: Options) -> bool:
     """Can the site be written in the target's form? A carrier needs one conv group and
     input channels that are constants, not maps (a multiple of a map is no carrier)."""
+    if site.kind == "reinsert" and options.reinsert_form == "conv":  # a 1x1 Conv: NCHW
+        info, shape = walk.infos.get(site.node.outputs[0]), static_shape(site.node.outputs[0])
+        return info is not None and info.axis == 1 and shape is not None and len(shape) == 4
     if site.kind != "border fold" or options.border_form != "carrier":
         return True
     info = walk.infos.get(site.node.inputs[0])

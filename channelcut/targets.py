@@ -63,6 +63,7 @@ class Target:
     guard: bool = False
     align_readers: frozenset[str] = frozenset()  # align only what these ops read (all: empty)
     border_form: str = "map"  # how a border fold is written (channelcut.solve.Options)
+    reinsert_form: str = "pad-gather"  # how a reinsertion is written
 
     def channel_blocks(self) -> tuple[int, ...]:
         return tuple(self.blocks() if callable(self.blocks) else self.blocks)
@@ -81,6 +82,7 @@ class Target:
                        align=self.alignment() if align is None else align, blocks=blocks,
                        align_readers=self.align_readers if align is None else frozenset(),
                        sites=self.sites, added_ops=self.added_ops, border_form=self.border_form,
+                       reinsert_form=self.reinsert_form,
                        node_overhead=self.node_overhead, moved_element=self.moved_element)
 
 
@@ -95,17 +97,20 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            SITE_KINDS, True, "latency", guard=True),
     # RKNN-Toolkit2 2.5.0, measured with its compiler (rk3588, bench/rknn_build.py): a border
     # map becomes a full-size constant, a Gather a one-hot 1x1 conv, a channel Pad runs on the
-    # CPU unless its input holds a multiple of 8: only folds into a layer's bias. Conv cycles
-    # step in blocks of 16/32 output and 32 input channels whatever the count, so an unaligned
+    # CPU unless its input holds a multiple of 8; a bias, or an Add after a conv, is free.
+    # Conv cycles step in blocks of 16/32 output and 32 input channels whatever the count, so an unaligned
     # cut never costs a cycle and is the smallest .rknn (the seed demo: 187.6 KB unaligned,
     # 218.1 KB aligned to 8, same cycles); but Concat inputs left unaligned are padded by the
-    # toolkit (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those only. With only bias
-    # folds, no rewrite adds an op or traffic, so every objective agrees.
-    # A border fold is written as a carrier instead (one constant channel stays and carries
-    # the others in its weight column: exact, no op added; measured: no cycle, +0.3 KB).
-    Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: bias and carrier folds, Concat "
-           "inputs aligned to 8", (8,), frozenset({"bias fold", "border fold"}), False, "flops",
-           align_readers=frozenset({"Concat"}), border_form="carrier"),
+    # toolkit (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those only.
+    # So a border fold is written as a carrier (one constant channel stays and carries the
+    # others in its weight column: exact, no op added; measured: no cycle, +0.3 KB), and a
+    # reinsertion as one 1x1 Conv with one-hot weights (one NPU layer; naive resnet18: 11.5 MB,
+    # 2.79 M cycles, no CPU op, against 17.6 MB, 5.43 M with bias folds only). Objective flops:
+    # the cycle estimate is conv MACs in channel blocks; the one-hot conv is counted in full.
+    Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: bias and carrier folds, "
+           "reinsertions as one-hot 1x1 convs, Concat inputs aligned to 8", (8,), SITE_KINDS,
+           True, "flops", align_readers=frozenset({"Concat"}), border_form="carrier",
+           reinsert_form="conv"),
     # What every runtime runs natively: slicing, and folds into a layer's bias (no added op);
     # ONNX Runtime's blocks (16 with AVX-512, 8 with AVX2) and RKNN-Toolkit2's 8.
     Target("portable", "slicing, bias and carrier folds (no op added), aligned to 16 (or 8 "

@@ -162,7 +162,7 @@ def test_no_carrier_for_a_grouped_conv():
 
 
 @pytest.mark.parametrize("target, folded", [("min-flops", True), ("ort-cpu", True),
-                                            ("rknn", False), ("portable", False)])
+                                            ("rknn", True), ("portable", False)])
 def test_matmul_fold_adds_an_add_so_only_targets_that_allow_added_ops_make_it(target, folded):
     d, hidden = 6, 10
     w1, w2 = weights(d, hidden, zero_cols=[2, 7], seed=1), weights(hidden, d, seed=2)
@@ -176,17 +176,21 @@ def test_matmul_fold_adds_an_add_so_only_targets_that_allow_added_ops_make_it(ta
     assert ops(result.model).count("Add") == (2 if folded else 1)
 
 
-@pytest.mark.parametrize("target, reinserted", [("min-flops", True), ("ort-cpu", True),
-                                                ("rknn", False), ("portable", False)])
-def test_reinsertion_only_where_the_runtime_runs_pad_and_gather(target, reinserted):
-    """A one-sided residual cut reinserts the constants with Pad and Gather: RKNN-Toolkit2
-    runs the Pad on the CPU and turns the Gather into a one-hot conv."""
+@pytest.mark.parametrize("target, form", [("min-flops", "pad-gather"), ("ort-cpu", "pad-gather"),
+                                          ("rknn", "conv"), ("portable", None)])
+def test_reinsertion_as_each_runtime_runs_it(target, form):
+    """A one-sided residual cut reinserts the constants: Pad, Gather and Add on ONNX Runtime;
+    RKNN-Toolkit2 runs a channel Pad on the CPU and turns a Gather into a one-hot 1x1 conv, so
+    rknn writes that conv directly (constants in its bias); portable adds no op, no cut."""
     m = basic_block(zero_rows=range(16), channels=64, size=32)  # 48 kept: aligned to 8 and 16
-    kept = {"conv_b": (64, 48)} if reinserted else {}
-    result = assert_cut(m, kept, mode="full", objective=None, target=target,
-                        measure=fastest_is("cut"))
-    assert ({"Pad", "Gather"} <= set(ops(result.model))) == reinserted
-    assert [s.kind for s in result.report.sites] == (["reinsert"] if reinserted else [])
+    result = assert_cut(m, {"conv_b": (64, 48)} if form else {}, mode="full", objective=None,
+                        target=target, measure=fastest_is("cut"))
+    assert [s.kind for s in result.report.sites] == (["reinsert"] if form else [])
+    assert ({"Pad", "Gather"} <= set(ops(result.model))) == (form == "pad-gather")
+    assert ops(result.model).count("Conv") == (3 if form == "conv" else 2)
+    if form == "conv":
+        onehot = next(i for i in result.model.graph.initializer if i.name.endswith("_onehot"))
+        assert list(onehot.dims) == [64, 48, 1, 1]
 
 
 def test_target_costs_reach_the_solver():
