@@ -13,6 +13,7 @@ Prints one JSON object:
   cpu_layers      those rows whose Target is CPU (op type and full name), and cpu_ops_unknown:
                   how many "Unkown op target" errors the compiler printed (the op it could not
                   place on the NPU, run by the CPU runtime)
+  rows            with --rows, the layer table itself (id, op, dtype, target, shapes, cycles)
   op_types        layer count per compiled op type (ConvRelu, Add, exSoftmax, ...)
   weight_kib      "Total Weight Memory Size", internal_kib "Total Internal Memory Size"
   pruning         with --model-pruning, the toolkit's own summary lines (weights and GFLOPs)
@@ -84,6 +85,7 @@ def parse_log(text: str) -> dict[str, Any]:
         "cpu_layers": [f"{r['op']} {r['name']}" for r in layers if r["target"] != "NPU"],
         "cpu_ops_unknown": sum(bool(_UNKNOWN_TARGET.search(line)) for line in lines),
         "table_found": bool(rows),
+        "rows": rows,
     }
     for kind, kib in _KIB.findall(text):
         result[f"{kind.lower()}_kib"] = float(kib)
@@ -199,7 +201,7 @@ def build(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="ONNX file")
     parser.add_argument("--target", default="rk3588", help="target_platform (default rk3588)")
@@ -215,21 +217,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated input")
     parser.add_argument("--keep", type=Path, help="keep the scratch directory here "
                         "(model.rknn, build.log, check*.onnx)")
+    parser.add_argument("--rows", action="store_true",
+                        help="include the parsed layer table (one object per row)")
     parser.add_argument("--log", help="also write the build log to this file")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds (default 1800)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return _build_or_timeout(args, args.keep)
+    with tempfile.TemporaryDirectory(prefix="rknn_build_") as scratch:
+        return _build_or_timeout(args, Path(scratch))
+
+
+def _build_or_timeout(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    try:
+        return build(args, scratch)
+    except subprocess.TimeoutExpired:
+        return {"model": str(args.model), "error": f"build ran past {args.timeout:g} s"}
+
+
+def measure(model: Path | str, *flags: str) -> dict[str, Any]:
+    """The JSON object for one model, with the command line's flags ("--int8", ...); the
+    layer table is always included (as "rows"). For scripts such as rknn_calibrate.py."""
+    return _measure(_parser().parse_args([str(model), *flags]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.worker:
         return worker(args)
     if not args.model.is_file():
         print(f"rknn_build: {args.model}: no such file; give an ONNX model", file=sys.stderr)
         return 2
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        result = build(args, args.keep)
-    else:
-        with tempfile.TemporaryDirectory(prefix="rknn_build_") as scratch:
-            result = build(args, Path(scratch))
+    result = _measure(args)
+    if not args.rows:
+        result.pop("rows", None)
     print(json.dumps(result, indent=1))
     return 1 if "error" in result else 0
 
