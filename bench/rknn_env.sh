@@ -18,6 +18,9 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import rknn.api" >/dev/nu
 fi
 
 "$PY" -m venv "$VENV"
+# pip prints "rknn-toolkit2 2.5.0 requires torch<=2.4.0 ... / opencv-python" as ERROR lines: they
+# are the pins this script overrides on purpose (the toolkit runs with these versions), not a
+# failure; pip exits 0.
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --no-deps "rknn-toolkit2==2.5.0"
 "${PIP[@]}" "protobuf>=4.21.6,<=4.25.4" psutil ruamel.yaml scipy tqdm opencv-python-headless \
