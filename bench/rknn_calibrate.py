@@ -19,6 +19,9 @@ built by rknn_build.measure; the tables print as markdown. Sections:
           Hout * Wout * kh * kw) and its DDR cycles per byte of feature map moved
   concat  Concat of c1 + 16 channels read by a 1x1 conv: does the Concat stay one op?
   pad     a channel Pad from c channels: NPU or CPU?
+
+and last, how many fp16 conv layers of the run npu_cycles_fp16 (the compiler's NPU cycles in
+closed form) reproduces exactly. Import npu_cycles_fp16 for a cost model.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -329,6 +333,56 @@ def section_pad(scratch: Path, target: str, widths: list[int]) -> dict[str, Any]
     return found
 
 
+_SHAPES = re.compile(r"\((\d+),(\d+),(\d+),(\d+)\),\((\d+),(\d+),(\d+),(\d+)\)")
+_OUT = re.compile(r"\((\d+),(\d+),(\d+),(\d+)\)")
+
+
+def npu_cycles_fp16(cin: int, cout: int, depthwise: bool, kh: int, kw: int, hout: int,
+                    wout: int) -> int:
+    """The rk3588 fp16 compiler's NPU cycles for one conv layer, as its layer table states them:
+    output channels in blocks of 16, input channels in blocks of 32 (64 for depthwise), at least 2
+    (input block x kernel tap) steps, output pixels in blocks of 16. Exact on every fp16 conv layer
+    of the lab's builds (demo, resnet18, mobilenet_v2, every cut variant: ~1500 layers)."""
+    pixels = -(-hout * wout // 16) * 16
+    if depthwise:
+        return math.ceil(cin / 64) * pixels * kh * kw
+    return math.ceil(cout / 16) * max(math.ceil(cin / 32) * kh * kw, 2) * pixels
+
+
+def check_npu_formula(results: list[dict[str, Any]]) -> tuple[int, list[str]]:
+    """Conv rows of fp16 builds whose NPU cycles npu_cycles_fp16 reproduces, and the misses."""
+    exact, misses = 0, []
+    for result in results:
+        if result.get("dtype") != "fp16":
+            continue
+        for row in _layers(result):
+            weights = _SHAPES.match(row["shapes"][0]) if row["shapes"] else None
+            out = _OUT.match(row["shapes"][1]) if len(row["shapes"]) > 1 else None
+            if not row["op"].startswith("Conv") or not weights or not out:
+                continue
+            _, cin, _, _, cout, cin_w, kh, kw = map(int, weights.groups())
+            hout, wout = map(int, out.groups()[2:])
+            # RKNN writes a depthwise weight as (1, C, kh, kw)
+            depthwise = cout == 1 and cin_w == cin
+            want = npu_cycles_fp16(cin, cin if depthwise else cout, depthwise, kh, kw, hout, wout)
+            if want == row["npu"]:
+                exact += 1
+            else:
+                misses.append(f"{row['name']} {row['shapes'][:2]}: {row['npu']} vs {want}")
+    return exact, misses
+
+
+def section_formula(results: dict[str, Any]) -> None:
+    builds = [r for found in results.values()
+              for r in (found if isinstance(found, list) else found.values())
+              if isinstance(r, dict) and "rows" in r]
+    exact, misses = check_npu_formula(builds)
+    print(f"\n## NPU cycle formula (npu_cycles_fp16) on this run's fp16 conv layers: "
+          f"{exact} exact, {len(misses)} off\n")
+    for miss in misses[:10]:
+        print(f"- {miss}")
+
+
 SECTIONS: dict[str, Callable[[Path, str], Any]] = {
     "forms": section_forms,
     "align": lambda s, t: section_align(s, t, [8, 9, 16, 17, 24, 32, 33, 48, 64]),
@@ -354,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rknn_calibrate_") as scratch:
         for name in chosen:
             results[name] = SECTIONS[name](Path(scratch), args.target)
+    section_formula(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0

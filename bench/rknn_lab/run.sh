@@ -41,8 +41,10 @@ cut() {  # cut MODEL VARIANT [env assignments --] [channelcut options]
     local envs=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
     [ $# -gt 0 ] && shift
-    env "${envs[@]}" PYTHONPATH="$WORK/cc" "$PY" -m channelcut.cli cut "$WORK/models/$m.onnx" \
-        -o "$WORK/cuts/$m.$v.onnx" -q "$@"
+    # from the patched copy's folder: `python -m` puts the working directory first on sys.path,
+    # and the repository's own (unpatched) channelcut must not shadow it
+    (cd "$WORK/cc" && env "${envs[@]}" PYTHONPATH="$WORK/cc" "$PY" -m channelcut.cli cut \
+        "$WORK/models/$m.onnx" -o "$WORK/cuts/$m.$v.onnx" -q "$@")
 }
 for m in demo resnet18 mobilenet_v2; do
     cut $m full --
