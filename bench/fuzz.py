@@ -100,7 +100,7 @@ def shrink(recipe: randomgraphs.Recipe, mode: str, category: str) -> randomgraph
         for i in range(len(r.steps)):
             if len(r.steps) > 1:
                 yield replace(r, steps=r.steps[:i] + r.steps[i + 1:])
-        for name, simple in (("extra_output", False), ("input_is_output", False),
+        for name, simple in (("extra_output", False), ("input_is_output", ""),
                              ("dynamic_batch", False), ("special", 0.0), ("head", "raw"),
                              ("head", "conv"), ("p_col", 0.0), ("p_row", 0.0)):
             if getattr(r, name) != simple:

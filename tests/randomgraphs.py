@@ -59,7 +59,10 @@ class Recipe:
     p_col: float  # chance that a weight column (an input channel) is all zero
     extra_output: bool  # also make an intermediate tensor a graph output (it keeps its channels)
     special: float = 0.0  # chance that a float constant gets a non-finite, huge or tiny entry
-    input_is_output: bool = False  # the graph input "x" is a graph output too
+    # "x" is a graph output too, declared with the input's dims ("same"), with batch 1
+    # ("fixed"), with dims of unknown size ("unknown") or a batch named otherwise ("renamed");
+    # "" when it is not an output
+    input_is_output: str = ""
     dynamic_batch: bool = False  # the batch dim of the input (and of every output) is "N"
 
 
@@ -70,7 +73,7 @@ CHOICES = {
     "p_col": (0.0, 0.3, 0.6),
     "extra_output": (False, True),
     "special": (0.0, 0.0, 0.0, 0.1, 0.3),
-    "input_is_output": (False, False, True),
+    "input_is_output": ("", "", "", "same", "fixed", "unknown", "renamed"),
     "dynamic_batch": (False, True),
 }
 MAX_STEPS = 8
@@ -461,6 +464,20 @@ def add_shared(net: Net, rng: np.random.Generator) -> None:
     bias), or equal but separate copies of it (what an exporter may leave)."""
     first = net.pick(rng)
     second = net.partner(rng, True, first)
+    others = [t for t in net.tensors if t[1:] == first[1:] and t != first]
+    if others and rng.random() < 0.8:  # two inputs that may lose different channels
+        second = others[int(rng.integers(len(others)))]
+    if rng.random() < 0.5:  # two fresh inputs, each with its own zero channels
+        c = int(rng.integers(2, 9))
+        fresh = []
+        for _ in range(2):
+            weight = (rng.standard_normal((c, first[1], 1, 1)) / np.sqrt(first[1])).astype(
+                np.float32)
+            weight[rng.random(c) < 0.5] = 0
+            y = net.name("sin")
+            net.nodes.append(conv(first[0], net.weight("w", weight, rng), y))
+            fresh.append((y, c, *first[2:]))
+        first, second = fresh
     c, h, w = first[1:]
     k, pad = (3, 1) if rng.random() < 0.5 else (1, 0)
     cout = int(rng.integers(2, 9))
@@ -555,16 +572,23 @@ def build(recipe: Recipe) -> onnx.ModelProto:
         extra = net.tensors[int(rng.integers(len(net.tensors)))]
         if extra[0] not in (o[0] for o in outputs) and extra[0] != "x":
             outputs.append((extra[0], extra[1:]))
-    if recipe.input_is_output:
-        outputs.append(("x", (recipe.in_channels, H, W)))
     batch = "N" if recipe.dynamic_batch else 1
 
-    def declared(name: str, dims: tuple[int, ...]) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, *dims[1:]])
+    def declared(name: str, dims: tuple[int, ...], first: int | str | None = batch
+                 ) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [first, *dims[1:]])
 
+    x_dims = (1, recipe.in_channels, H, W)
+    declared_outputs = [declared(name, (1, *dims) if len(dims) == 3 else dims)
+                        for name, dims in outputs]
+    if recipe.input_is_output == "unknown":
+        declared_outputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                              [None] * 4))
+    elif recipe.input_is_output:
+        first = {"same": batch, "fixed": 1, "renamed": "batch"}[recipe.input_is_output]
+        declared_outputs.append(declared("x", x_dims, first))
     graph = helper.make_graph(
-        net.nodes, "random", [declared("x", (1, recipe.in_channels, H, W))],
-        [declared(name, (1, *dims[-3:]) if len(dims) == 3 else dims) for name, dims in outputs],
+        net.nodes, "random", [declared("x", x_dims)], declared_outputs,
         [numpy_helper.from_array(a, name) for name, a in net.inits.items()])
     opsets = [helper.make_opsetid("", OPSET)]
     opsets += [helper.make_opsetid(d, v) for d, v in net.domains.items()]
