@@ -19,6 +19,8 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +40,7 @@ import cutcheck  # noqa: E402
 import randomgraphs  # noqa: E402
 
 SHRINK_ATTEMPTS = 300
+KINDS_SHOWN = 4
 
 
 def case_recipe(seed: int, index: int) -> randomgraphs.Recipe:
@@ -82,21 +85,27 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def still_fails(recipe: randomgraphs.Recipe, mode: str, category: str) -> bool:
+def kind(finding: cutcheck.Finding) -> str:
+    """What a finding says with its numbers (sizes, node name suffixes) blanked: one failure
+    mode, whatever graph shows it."""
+    return re.sub(r"\d+", "#", finding.detail)[:150]
+
+
+def still_fails(recipe: randomgraphs.Recipe, mode: str, category: str, detail: str) -> bool:
     try:
         model = randomgraphs.build(recipe)
     except Exception:  # noqa: BLE001 - a recipe the generator cannot build is no reproducer
         return False
     with quiet_stderr():
-        return any(f.category == category for f in cutcheck.judge(model, mode))
+        return any(f.category == category and kind(f) == detail
+                   for f in cutcheck.judge(model, mode))
 
 
-def shrink(recipe: randomgraphs.Recipe, mode: str, category: str) -> randomgraphs.Recipe:
-    """A smaller recipe that still fails in `category`: steps dropped one at a time, the
+def shrink(recipe: randomgraphs.Recipe, mode: str, category: str, detail: str
+           ) -> randomgraphs.Recipe:
+    """A smaller recipe that still fails the same way: steps dropped one at a time, the
     interface and the special values simplified, fewer input channels, while it fails."""
-    attempts = 0
-
-    def candidates(r: randomgraphs.Recipe):
+    def candidates(r: randomgraphs.Recipe) -> Iterator[randomgraphs.Recipe]:
         for i in range(len(r.steps)):
             if len(r.steps) > 1:
                 yield replace(r, steps=r.steps[:i] + r.steps[i + 1:])
@@ -108,12 +117,12 @@ def shrink(recipe: randomgraphs.Recipe, mode: str, category: str) -> randomgraph
         for c in range(1, r.in_channels):
             yield replace(r, in_channels=c)
 
-    progress = True
+    attempts, progress = 0, True
     while progress and attempts < SHRINK_ATTEMPTS:
         progress = False
         for candidate in candidates(recipe):
             attempts += 1
-            if still_fails(candidate, mode, category):
+            if still_fails(candidate, mode, category, detail):
                 recipe, progress = candidate, True
                 break
             if attempts >= SHRINK_ATTEMPTS:
@@ -121,28 +130,29 @@ def shrink(recipe: randomgraphs.Recipe, mode: str, category: str) -> randomgraph
     return recipe
 
 
-def save_case(out: Path, category: str, recipe: randomgraphs.Recipe, mode: str) -> str:
-    """Write the case's models and description; returns its one-line summary."""
-    folder = out / category
+def save_case(folder: Path, category: str, detail: str, recipe: randomgraphs.Recipe,
+              mode: str, count: int) -> str:
+    """Write the case's models and description to `folder`; returns its one-line summary."""
+    import channelcut  # noqa: PLC0415
+
     folder.mkdir(parents=True, exist_ok=True)
     model = randomgraphs.build(recipe)
     with quiet_stderr():
-        findings = [f for f in cutcheck.judge(model, mode) if f.category == category]
+        findings = [f for f in cutcheck.judge(model, mode)
+                    if f.category == category and kind(f) == detail]
     onnx.save(model, folder / "original.onnx")
     try:
-        import channelcut  # noqa: PLC0415
-
         onnx.save(channelcut.cut(model, verify=False, **cutcheck.MODES[mode]).model,
                   folder / "cut.onnx")
     except Exception:  # noqa: BLE001 - a crash has no cut model
         pass
-    ops = " -> ".join(f"{n.op_type}" for n in model.graph.node)
-    text = (f"category: {category}\nmode: {mode} ({cutcheck.MODES[mode]})\n"
-            f"finding: {findings[0] if findings else '(no longer reproduces)'}\n"
+    ops = " -> ".join(n.op_type for n in model.graph.node)
+    finding = str(findings[0]) if findings else f"{category}: {detail} (no longer reproduces)"
+    text = (f"category: {category} ({count} cases failed this way)\n"
+            f"mode: {mode} {cutcheck.MODES[mode]}\nfinding: {finding}\n"
             f"recipe: {randomgraphs.describe(recipe)}\nnodes ({len(model.graph.node)}): {ops}\n")
     (folder / "case.txt").write_text(text)
-    return f"{category:9} {mode:7} {len(model.graph.node):2} nodes: " + (
-        str(findings[0]) if findings else "(no longer reproduces)")
+    return f"{folder.parent.name}/{folder.name}: {mode}, {len(model.graph.node)} nodes: {finding}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(cutcheck.MODES),
                         choices=list(cutcheck.MODES), help="(default: all)")
     parser.add_argument("--out", type=Path, default=Path("fuzz-failures"),
-                        help="folder for the smallest failing case of each category "
-                             "(default: %(default)s)")
+                        help="folder for the smallest failing case of each way each category "
+                             "failed; its category folders are replaced (default: %(default)s)")
     parser.add_argument("--no-shrink", action="store_true",
                         help="save the smallest failing cases as found")
     args = parser.parse_args(argv)
@@ -175,17 +185,23 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             rows += _worker(job)
     elapsed = time.perf_counter() - start
+    for category in (*cutcheck.CATEGORIES, "declined"):  # no stale cases of an earlier run
+        shutil.rmtree(args.out / category, ignore_errors=True)
 
     categories = [*cutcheck.CATEGORIES, "declined", "invalid"]
     counts = collections.Counter()
-    smallest: dict[str, tuple] = {}
+    kinds: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    smallest: dict[tuple[str, str], tuple[int, int, str]] = {}  # -> (nodes, graph, mode)
     for index, mode, nodes, findings in rows:
         counts["cases", mode] += mode != "invalid"
         for category in {f.category for f in findings}:
             counts[category, mode] += 1
             counts[category, "all"] += 1
-            if category not in smallest or nodes < smallest[category][0]:
-                smallest[category] = (nodes, index, mode)
+        for finding in findings:
+            key = (finding.category, kind(finding))
+            kinds[finding.category][key[1]] += 1
+            if key not in smallest or nodes < smallest[key][0]:
+                smallest[key] = (nodes, index, mode)
     modes = [*args.modes, *(["invalid"] if counts["cases", "invalid"] or any(
         counts[c, "invalid"] for c in categories) else [])]
     cases = sum(counts["cases", m] for m in args.modes)
@@ -197,22 +213,27 @@ def main(argv: list[str] | None = None) -> int:
     for category in categories:
         print(f"{category:10}" + "".join(f"{counts[category, m]:>9}" for m in modes)
               + f"{counts[category, 'all']:>9}")
-    failed = sum(counts[c, "all"] for c in cutcheck.CATEGORIES)
-    if smallest:
-        print(f"\nsmallest case of each category{'' if args.no_shrink else ', shrunk'}, "
-              f"in {args.out}/:")
-        for category, (_, index, mode) in sorted(smallest.items()):
+    if kinds:
+        print(f"\nthe most frequent ways each category failed (numbers as #; up to {KINDS_SHOWN}), "
+              f"the smallest case of each{'' if args.no_shrink else ' shrunk'}, in {args.out}/:")
+    for category in categories:
+        for n, (detail, count) in enumerate(kinds[category].most_common(KINDS_SHOWN), 1):
+            _, index, mode = smallest[category, detail]
             recipe = case_recipe(args.seed, index)
-            if category != "invalid" and not args.no_shrink:
-                recipe = shrink(recipe, mode, category)
+            print(f"  {category:9} {count:6}  {detail}")
             if category == "invalid":
-                print(f"invalid   graph {index}: {randomgraphs.describe(recipe)}")
+                print(f"      graph {index}: {randomgraphs.describe(recipe)}")
                 continue
-            print("  " + save_case(args.out, category, recipe, mode))
-    print(f"\n{'FAIL' if failed else 'PASS'}: {failed} failing cases "
-          f"(0 crashes, mismatches, refused cuts, checker errors, interface changes, weight "
-          f"growth and fixpoint misses wanted)")
-    return 1 if failed else 0
+            if not args.no_shrink:
+                recipe = shrink(recipe, mode, category, detail)
+            print("      " + save_case(args.out / category / str(n), category, detail, recipe,
+                                       mode, count))
+    failing = sum(1 for row in rows if cutcheck.failures(row[3]))
+    print(f"\n{'FAIL' if failing else 'PASS'}: {failing} of {cases} cases fail (wanted: 0 "
+          "crashes, refused cuts, mismatches, checker errors, interface changes, weight growth "
+          "and fixpoint misses)")
+    print(f"total time {time.perf_counter() - start:.0f} s (shrinking and saving included)")
+    return 1 if failing else 0
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ CHOICES = {
     "p_col": (0.0, 0.3, 0.6),
     "extra_output": (False, True),
     "special": (0.0, 0.0, 0.0, 0.1, 0.3),
-    "input_is_output": ("", "", "", "same", "fixed", "unknown", "renamed"),
+    "input_is_output": ("",) * 12 + ("same", "fixed", "unknown", "renamed"),
     "dynamic_batch": (False, True),
 }
 MAX_STEPS = 8
