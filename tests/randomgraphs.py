@@ -11,7 +11,7 @@ HardSwish, Add and Mul of two branches, Concat (axis 1 or -3), Split, MaxPool, p
 constant Add/Sub/Mul/Div, average pools, Slice (of one channel too), Pad, Resize, PRelu, a
 channels-last MatMul, and the patterns of issue 10: Concat of operands whose channels lie on
 different axes (through a Transpose, a MatMul on the last axis, Squeeze + Flatten in the
-`mixflat` head), a 1-channel tensor broadcast by Add/Sub/Mul/Div against an n-channel one and
+`mixflat` head, YOLOv8's box branch in the `dfl` head), a 1-channel tensor broadcast by Add/Sub/Mul/Div against an n-channel one and
 then a grouped or depthwise conv, one constant read by two convs and equal but separate
 constants, and ops channelcut does not know (a model-local function in a custom domain, and
 com.microsoft's QuickGelu, which ONNX Runtime runs). Weight rows and columns are zeroed at
@@ -42,7 +42,7 @@ BASE_OPS = ("conv", "conv", "conv", "bn", "act", "add", "mul", "concat", "split"
 NEW_OPS = ("mixconcat", "bcast", "shared", "custom")
 OPS = BASE_OPS + NEW_OPS
 BASE_HEADS = ("gemm", "conv", "gemm", "raw")
-HEADS = BASE_HEADS + ("mixflat",)
+HEADS = BASE_HEADS + ("mixflat", "dfl")
 
 # What a constant's entry may become when `special` strikes ("-0" turns its zeros into -0.0).
 SPECIALS = (np.nan, np.inf, -np.inf, 1e30, -1e30, 1e18, 1e-40, -1e-40, "-0")
@@ -413,9 +413,12 @@ def add_mixconcat(net: Net, rng: np.random.Generator) -> None:
     if other[1] + operand[1] > MAX_CHANNELS:
         net.tensors.append(operand)
         return
-    pair = [other[0], operand[0]] if rng.random() < 0.5 else [operand[0], other[0]]
+    pair = [other, operand] if rng.random() < 0.5 else [operand, other]
+    if other[1] + 2 * operand[1] <= MAX_CHANNELS and rng.random() < 0.3:
+        pair.insert(0, operand)  # the issue's Concat(mm, mm, conv)
     axis = 1 if rng.random() < 0.5 else -3
-    net.add(node("Concat", pair, [net.name("mixcat")], axis=axis), other[1] + operand[1], h, w)
+    net.add(node("Concat", [t[0] for t in pair], [net.name("mixcat")], axis=axis),
+            sum(t[1] for t in pair), h, w)
 
 
 def add_bcast(net: Net, rng: np.random.Generator) -> None:
@@ -525,6 +528,33 @@ BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("A
             "shared": add_shared, "custom": add_custom}
 
 
+def add_dfl_head(net: Net, rng: np.random.Generator) -> tuple[str, tuple[int, ...]]:
+    """YOLOv8's detect head: a box branch (conv to 4 x bins, Reshape, Transpose, Softmax over
+    the bins, a 1-channel conv taking their expectation, Reshape to [N, 4, HW]) first in an
+    axis-1 Concat with a class branch (conv to n classes, Reshape to [N, n, HW])."""
+    last, c, h, w = net.tensors[-1]
+    bins, classes = int(rng.integers(2, 5)), int(rng.integers(2, 9))
+    box, box4, moved, soft, expect, boxes = (net.name(s) for s in (
+        "box", "box4", "boxt", "soft", "expect", "boxes"))
+    cls, scores = net.name("cls"), net.name("scores")
+    for out, n in ((box, 4 * bins), (cls, classes)):
+        weight, zero_rows = conv_weight(net, rng, n, c, 1)
+        net.nodes.append(conv(last, net.weight("w", weight, rng), out,
+                              net.weight("b", dead_biases(rng, n, zero_rows), rng)))
+    shape = net.const("shape", np.array([-1, 4, bins, h * w], np.int64))
+    net.nodes += [node("Reshape", [box, shape], [box4]),
+                  node("Transpose", [box4], [moved], perm=[0, 2, 1, 3]),
+                  node("Softmax", [moved], [soft], axis=1),
+                  conv(soft, net.const("dfl", np.arange(bins, dtype=np.float32).reshape(
+                      1, bins, 1, 1)), expect),
+                  node("Reshape", [expect, net.const("shape", np.array([-1, 4, h * w],
+                                                                      np.int64))], [boxes]),
+                  node("Reshape", [cls, net.const("shape", np.array([-1, classes, h * w],
+                                                                    np.int64))], [scores]),
+                  node("Concat", [boxes, scores], ["y"], axis=1)]
+    return "y", (1, 4 + classes, h * w)
+
+
 def add_head(net: Net, rng: np.random.Generator) -> tuple[str, tuple[int, ...]]:
     """The recipe's head on the newest tensor; its output's name and shape (batch 1)."""
     last, c, h, w = net.tensors[-1]
@@ -550,6 +580,8 @@ def add_head(net: Net, rng: np.random.Generator) -> tuple[str, tuple[int, ...]]:
         net.nodes.append(node("Gemm", [flat, net.weight("fc", weight, rng),
                                        net.const("fc_b", np.ones(5, np.float32))], ["y"]))
         return "y", (1, 5)
+    if head == "dfl":
+        return add_dfl_head(net, rng)
     if head == "conv":
         weight = (rng.standard_normal((3, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
         weight[:, rng.random(c) < net.recipe.p_col] = 0
@@ -579,8 +611,9 @@ def build(recipe: Recipe) -> onnx.ModelProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [first, *dims[1:]])
 
     x_dims = (1, recipe.in_channels, H, W)
-    declared_outputs = [declared(name, (1, *dims) if len(dims) == 3 else dims)
-                        for name, dims in outputs]
+    # the head's output has the rank its head gives; the extra output is 4-D ((C, H, W) given)
+    declared_outputs = [declared(*outputs[0])] + [declared(name, (1, *dims))
+                                                  for name, dims in outputs[1:]]
     if recipe.input_is_output == "unknown":
         declared_outputs.append(helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                               [None] * 4))

@@ -105,6 +105,16 @@ def test_concat_of_channels_on_different_axes(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@given(recipe=recipes(BASE_OPS, ("dfl",), special=0.0, input_is_output="",
+                      dynamic_batch=(False, True)))
+def test_yolo_detect_head(mode, recipe):
+    """YOLOv8's box branch (Reshape, Transpose, Softmax, 1-channel Conv, Reshape) first in an
+    axis-1 Concat with the class branch, feeding the graph output."""
+    assert_exact(recipe, mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+@SETTINGS
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("bcast",), **PLAIN))
 def test_one_channel_broadcast_into_grouped_conv(mode, recipe):
     """A 1-channel tensor broadcast by Add/Sub/Mul/Div, then a grouped or depthwise conv."""
