@@ -63,6 +63,66 @@ EMPTIED_BEFORE_A_GROUPED_CONV = Recipe(
                           ("conv", 4294967295), ("bn", 0)),
     head="gemm", p_row=0.0, p_col=0.6, extra_output=False)
 
+# The smallest cases bench/fuzz.py found for each pattern of issue 10 (all failed on the code
+# before its fixes). A full cut of conv0 -> two convs reading one weight, cut again, removes
+# 4 more groups.
+SHARED_WEIGHT_RECUT = Recipe(in_channels=1, steps=(("conv", 3743126992), ("shared", 183)),
+                             head="raw", p_row=0.6, p_col=0.0, extra_output=False)
+# Two convs share a weight on inputs that lose different channels: zero-only cut 720 -> 928 bytes.
+SHARED_WEIGHT_GROWS = Recipe(in_channels=2, steps=(("matmul", 2127244213), ("act", 392869866),
+                                                   ("shared", 189)),
+                             head="conv", p_row=0.6, p_col=0.0, extra_output=True)
+# Zero-only cut, cut again, removes 2 more groups (8 channels).
+ZERO_CUT_RECUT = Recipe(in_channels=2, steps=(("bn", 2851740176), ("avgpool", 1713431358),
+                                              ("conv", 1146780049), ("conv", 1875584834),
+                                              ("const", 443157552), ("avgpool", 31661626),
+                                              ("slice", 89)),
+                        head="conv", p_row=0.0, p_col=0.6, extra_output=False)
+# NaN in the weights of a channel that a zero weight column does not read: cut, the NaN goes.
+NAN_CHANNEL_UNREAD = Recipe(in_channels=1, steps=(("add", 3232108949), ("conv", 1171870400),
+                                                  ("conv", 827282748)),
+                            head="conv", p_row=0.3, p_col=0.0, extra_output=False, special=0.3)
+NAN_AFTER_PRELU = Recipe(in_channels=1, steps=(("resize", 2935923865), ("prelu", 1777471567),
+                                               ("conv", 780791381)),
+                         head="conv", p_row=0.6, p_col=0.0, extra_output=False, special=0.3)
+# Conv 3x3 valid -> Conv to 2 channels, Transpose (channels to axis 2), Concat on axis 1: the
+# output loses a channel (8 -> 7).
+TRANSPOSED_CONCAT = Recipe(in_channels=1, steps=(("conv", 506833802), ("mixconcat", 129)),
+                           head="raw", p_row=0.0, p_col=0.3, extra_output=False)
+# ... then GlobalAveragePool, Flatten, Gemm: the cut model fails in ONNX Runtime.
+TRANSPOSED_CONCAT_GEMM = Recipe(in_channels=1, steps=(("conv", 506833802), ("mixconcat", 129)),
+                                head="gemm", p_row=0.0, p_col=0.3, extra_output=False)
+# A full cut through BN, MatMul on the last axis, Transpose and the mixflat head, cut again,
+# removes 3 more groups.
+MIXED_AXES_RECUT = Recipe(in_channels=2, steps=(("conv", 1326494862), ("split", 1251337212),
+                                                ("avgpool", 1481618864), ("bn", 1469357800),
+                                                ("mixconcat", 3716027968),
+                                                ("matmul", 3146590501)),
+                          head="mixflat", p_row=0.6, p_col=0.0, extra_output=False)
+# Conv 2->1 (a zero weight), Div, then a depthwise conv: the analysis crashes (reshape).
+ONE_CHANNEL_DIV_DEPTHWISE = Recipe(in_channels=2, steps=(("bcast", 3666321497),), head="conv",
+                                   p_row=0.0, p_col=0.3, extra_output=False)
+# Conv 5->1, GlobalAveragePool, Div, depthwise conv: crash in connected_components.
+POOLED_ONE_CHANNEL_DIV = Recipe(in_channels=5, steps=(("bcast", 576158323),), head="raw",
+                                p_row=0.6, p_col=0.6, extra_output=False)
+SLICE_THEN_ONE_CHANNEL_ADD = Recipe(in_channels=6, steps=(("slice", 3708914385),
+                                                          ("bcast", 867283775)),
+                                    head="conv", p_row=0.6, p_col=0.3, extra_output=False)
+# The input is an output too, declared with dims of unknown size / batch "batch" / batch 1:
+# the cut model's input takes those dims.
+INPUT_OUTPUT_UNKNOWN = Recipe(in_channels=6, steps=(("split", 892633604),), head="raw",
+                              p_row=0.6, p_col=0.0, extra_output=False,
+                              input_is_output="unknown", dynamic_batch=True)
+INPUT_OUTPUT_RENAMED = Recipe(in_channels=3, steps=(("act", 4019161254),), head="conv",
+                              p_row=0.6, p_col=0.3, extra_output=False,
+                              input_is_output="renamed")
+INPUT_OUTPUT_FIXED = Recipe(in_channels=2, steps=(("maxpool", 1790415858),), head="conv",
+                            p_row=0.6, p_col=0.0, extra_output=False, input_is_output="fixed",
+                            dynamic_batch=True)
+# The YOLOv8 head after a per-channel Mul: output [1, 9, 32] becomes [1, 5, 32].
+YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_row=0.6,
+                   p_col=0.6, extra_output=True)
+
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
@@ -71,6 +131,7 @@ EMPTIED_BEFORE_A_GROUPED_CONV = Recipe(
 @example(recipe=UNREAD_CHANNEL_ZERO)
 @example(recipe=TWO_EMPTIED_TENSORS)
 @example(recipe=EMPTIED_BEFORE_A_GROUPED_CONV)
+@example(recipe=ZERO_CUT_RECUT)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, **PLAIN))
 def test_cut_is_exact(mode, recipe):
     assert_exact(recipe, mode)
@@ -86,7 +147,9 @@ def test_batchnorm_with_zero_scales(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
-@given(recipe=recipes(OPS, HEADS, special=(0.1, 0.3), input_is_output="",
+@example(recipe=NAN_CHANNEL_UNREAD)
+@example(recipe=NAN_AFTER_PRELU)
+@given(recipe=recipes(OPS, HEADS, special=(0.3, 0.6), input_is_output="",
                       dynamic_batch=False))
 def test_nonfinite_huge_and_tiny_weights(mode, recipe):
     """NaN, +-Inf, huge, denormal and -0.0 entries in weights, biases and BN parameters."""
@@ -95,6 +158,9 @@ def test_nonfinite_huge_and_tiny_weights(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@example(recipe=TRANSPOSED_CONCAT)
+@example(recipe=TRANSPOSED_CONCAT_GEMM)
+@example(recipe=MIXED_AXES_RECUT)
 @given(recipe=recipes(BASE_OPS, ("mixflat", "mixflat", *BASE_HEADS), must_use=("mixconcat",),
                       **PLAIN))
 def test_concat_of_channels_on_different_axes(mode, recipe):
@@ -105,6 +171,7 @@ def test_concat_of_channels_on_different_axes(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@example(recipe=YOLO_HEAD)
 @given(recipe=recipes(BASE_OPS, ("dfl",), special=0.0, input_is_output="",
                       dynamic_batch=(False, True)))
 def test_yolo_detect_head(mode, recipe):
@@ -115,6 +182,9 @@ def test_yolo_detect_head(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@example(recipe=ONE_CHANNEL_DIV_DEPTHWISE)
+@example(recipe=POOLED_ONE_CHANNEL_DIV)
+@example(recipe=SLICE_THEN_ONE_CHANNEL_ADD)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("bcast",), **PLAIN))
 def test_one_channel_broadcast_into_grouped_conv(mode, recipe):
     """A 1-channel tensor broadcast by Add/Sub/Mul/Div, then a grouped or depthwise conv."""
@@ -123,6 +193,9 @@ def test_one_channel_broadcast_into_grouped_conv(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@example(recipe=INPUT_OUTPUT_UNKNOWN)
+@example(recipe=INPUT_OUTPUT_RENAMED)
+@example(recipe=INPUT_OUTPUT_FIXED)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, special=0.0,
                       input_is_output=("same", "fixed", "unknown", "renamed"),
                       dynamic_batch=(False, True)))
@@ -133,6 +206,8 @@ def test_graph_input_that_is_an_output(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@example(recipe=SHARED_WEIGHT_RECUT)
+@example(recipe=SHARED_WEIGHT_GROWS)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("shared",), **PLAIN))
 def test_shared_and_equal_initializers(mode, recipe):
     """One constant read by two convs, or equal but separate copies of it."""
