@@ -108,7 +108,8 @@ def weight_bytes(m: onnx.ModelProto) -> int:
     total = sum(numpy_helper.to_array(t).nbytes for t in m.graph.initializer)
     for n in m.graph.node:
         if n.op_type == "Constant":
-            total += sum(numpy_helper.to_array(a.t).nbytes for a in n.attribute if a.name == "value")
+            total += sum(numpy_helper.to_array(a.t).nbytes for a in n.attribute
+                         if a.name == "value")
     return total
 
 
@@ -133,7 +134,8 @@ def compare(name: str, want: np.ndarray, got: np.ndarray) -> str | None:
     """Why `got` is not `want` (None when it is): NaN and +-Inf at the same positions exactly,
     finite values within RTOL of the output's largest finite magnitude (plus ATOL)."""
     if got.shape != want.shape or got.dtype != want.dtype:
-        return f"output {name!r} is {got.dtype}{list(got.shape)}, was {want.dtype}{list(want.shape)}"
+        return (f"output {name!r} is {got.dtype}{list(got.shape)}, "
+                f"was {want.dtype}{list(want.shape)}")
     if not np.issubdtype(want.dtype, np.floating):
         return None if np.array_equal(want, got) else f"output {name!r} differs"
     for what, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):

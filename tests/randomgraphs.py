@@ -9,16 +9,18 @@ The ops: Conv 1x1/3x3 with and without padding, depthwise (channel multiplier 1 
 grouped Conv, BatchNormalization (some scales exactly 0), Relu / LeakyRelu / Sigmoid / Clip /
 HardSwish, Add and Mul of two branches, Concat (axis 1 or -3), Split, MaxPool, per-channel
 constant Add/Sub/Mul/Div, average pools, Slice (of one channel too), Pad, Resize, PRelu, a
-channels-last MatMul, and the patterns of issue 10: Concat of operands whose channels lie on
-different axes (through a Transpose, a MatMul on the last axis, Squeeze + Flatten in the
-`mixflat` head, YOLOv8's box branch in the `dfl` head), a 1-channel tensor broadcast by Add/Sub/Mul/Div against an n-channel one and
-then a grouped or depthwise conv, one constant read by two convs and equal but separate
+channels-last MatMul, a MatMul over the width axis concatenated on axis 1 (`mixconcat`), a one-
+channel tensor broadcast over another's channels (`broadcast`), and the patterns of issue 10:
+Concat of operands whose channels lie on different axes (`axisconcat`: through a Transpose, a
+MatMul on the last axis; Squeeze + Flatten in the `mixflat` head, YOLOv8's box branch in the
+`dfl` head), a 1-channel tensor broadcast by Add/Sub/Mul/Div against an n-channel one and then a
+grouped or depthwise conv (`bcast`), one constant read by two convs and equal but separate
 constants, and ops channelcut does not know (a model-local function in a custom domain, and
 com.microsoft's QuickGelu, which ONNX Runtime runs). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
-channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value,
-a denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch
-a dim_param.
+channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
+denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
+dim_param.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ H, W = 4, 8
 MAX_CHANNELS = 16
 CUSTOM_DOMAIN = "custom.fuzz"
 
-# The ops the first property tests drew (finite weights, channels on one axis).
+# The ops the first property tests drew (finite weights), with the two main added for issue 10
+# (a MatMul over the width axis concatenated on axis 1, a one-channel broadcast).
 BASE_OPS = ("conv", "conv", "conv", "bn", "act", "add", "mul", "concat", "split", "maxpool",
-            "const", "avgpool", "slice", "pad", "resize", "prelu", "matmul")
+            "const", "avgpool", "slice", "pad", "resize", "prelu", "matmul", "mixconcat",
+            "broadcast")
 # The patterns of issue 10, each one op of a recipe.
-NEW_OPS = ("mixconcat", "bcast", "shared", "custom")
+NEW_OPS = ("axisconcat", "bcast", "shared", "custom")
 OPS = BASE_OPS + NEW_OPS
 BASE_HEADS = ("gemm", "conv", "gemm", "raw")
 HEADS = BASE_HEADS + ("mixflat", "dfl")
@@ -275,6 +279,21 @@ def add_binary(op: str):
     return add
 
 
+def add_broadcast(net: Net, rng: np.random.Generator) -> None:
+    """Add, Sub or Mul of a one-channel tensor (a 1x1 Conv, all zero at the rate of zero rows)
+    broadcast over the channels of another, in either operand order."""
+    x, c, h, w = net.pick(rng)
+    weight = (rng.standard_normal((1, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
+    if rng.random() < net.recipe.p_row:
+        weight[:] = 0
+    one = net.name("one")
+    net.nodes.append(conv(x, net.weight("w1c", weight, rng), one))
+    other = net.partner(rng, False, (x, c, h, w))
+    op = str(rng.choice(["Add", "Sub", "Mul"]))
+    operands = [one, other[0]] if rng.random() < 0.5 else [other[0], one]
+    net.add(node(op, operands, [net.name(op.lower())]), *other[1:])
+
+
 def add_concat(net: Net, rng: np.random.Generator) -> None:
     first = net.pick(rng)
     second = net.partner(rng, False, first)
@@ -389,7 +408,25 @@ def add_matmul(net: Net, rng: np.random.Generator) -> None:
     net.add(node("Transpose", [mm], [net.name("nchw")], perm=[0, 3, 1, 2]), cout, h, w)
 
 
-def add_mixconcat(net: Net, rng: np.random.Generator) -> None:
+def add_mixed_concat(net: Net, rng: np.random.Generator) -> None:
+    """Concat along axis 1 of a MatMul over the width axis (its own channels lie on that last
+    axis) and a tensor whose channels are on axis 1, in any order, the MatMul once or twice."""
+    first = net.pick(rng)
+    x, c, h, w = first
+    second = net.partner(rng, False, first)
+    copies = int(rng.integers(1, 3))
+    if copies * c + second[1] > MAX_CHANNELS:
+        return
+    weight = (rng.standard_normal((w, w)) / np.sqrt(w)).astype(np.float32)
+    weight[:, rng.random(w) < net.recipe.p_row] = 0
+    mm = net.name("mmw")
+    net.nodes.append(node("MatMul", [x, net.weight("ww", weight, rng)], [mm]))
+    operands = [mm] * copies + [second[0]]
+    operands = [operands[k] for k in rng.permutation(len(operands))]
+    net.add(node("Concat", operands, [net.name("mixcat")], axis=1), copies * c + second[1], h, w)
+
+
+def add_axis_concat(net: Net, rng: np.random.Generator) -> None:
     """Concat on axis 1 of a tensor whose channels are on axis 1 with one whose axis 1 is not
     channels: a conv's output moved to axis 2 by a Transpose (its axis 1 is then a spatial
     one), or a MatMul on the last axis (its zero columns make zero positions along W)."""
@@ -524,7 +561,8 @@ BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("A
             "mul": add_binary("Mul"), "concat": add_concat, "split": add_split,
             "maxpool": add_maxpool, "const": add_const, "avgpool": add_avgpool,
             "slice": add_slice, "pad": add_pad, "resize": add_resize, "prelu": add_prelu,
-            "matmul": add_matmul, "mixconcat": add_mixconcat, "bcast": add_bcast,
+            "matmul": add_matmul, "mixconcat": add_mixed_concat,
+            "broadcast": add_broadcast, "axisconcat": add_axis_concat, "bcast": add_bcast,
             "shared": add_shared, "custom": add_custom}
 
 

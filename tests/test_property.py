@@ -91,16 +91,18 @@ NAN_AFTER_PRELU = Recipe(in_channels=1, steps=(("resize", 2935923865), ("prelu",
                          head="conv", p_row=0.6, p_col=0.0, extra_output=False, special=0.3)
 # Conv 3x3 valid -> Conv to 2 channels, Transpose (channels to axis 2), Concat on axis 1: the
 # output loses a channel (8 -> 7).
-TRANSPOSED_CONCAT = Recipe(in_channels=1, steps=(("conv", 506833802), ("mixconcat", 129)),
-                           head="raw", p_row=0.0, p_col=0.3, extra_output=False)
+TRANSPOSED_CONCAT = Recipe(in_channels=1,
+                           steps=(("conv", 506833802), ("axisconcat", 129)), head="raw",
+                           p_row=0.0, p_col=0.3, extra_output=False)
 # ... then GlobalAveragePool, Flatten, Gemm: the cut model fails in ONNX Runtime.
-TRANSPOSED_CONCAT_GEMM = Recipe(in_channels=1, steps=(("conv", 506833802), ("mixconcat", 129)),
-                                head="gemm", p_row=0.0, p_col=0.3, extra_output=False)
+TRANSPOSED_CONCAT_GEMM = Recipe(in_channels=1,
+                                steps=(("conv", 506833802), ("axisconcat", 129)), head="gemm",
+                                p_row=0.0, p_col=0.3, extra_output=False)
 # A full cut through BN, MatMul on the last axis, Transpose and the mixflat head, cut again,
 # removes 3 more groups.
 MIXED_AXES_RECUT = Recipe(in_channels=2, steps=(("conv", 1326494862), ("split", 1251337212),
                                                 ("avgpool", 1481618864), ("bn", 1469357800),
-                                                ("mixconcat", 3716027968),
+                                                ("axisconcat", 3716027968),
                                                 ("matmul", 3146590501)),
                           head="mixflat", p_row=0.6, p_col=0.0, extra_output=False)
 # Conv 2->1 (a zero weight), Div, then a depthwise conv: the analysis crashes (reshape).
@@ -128,8 +130,16 @@ YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_
                    p_col=0.6, extra_output=True)
 
 
+# A MatMul over the width axis concatenated with a conv output (issue 10): nothing is zero,
+# yet the conv's channels looked unread and were cut, and the head kept its 7 input columns.
+MIXED_AXIS_CONCAT = Recipe(in_channels=1,
+                           steps=(("conv", 1), ("conv", 315), ("mixconcat", 0)), head="conv",
+                           p_row=0.0, p_col=0.0, extra_output=False)
+
+
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @SETTINGS
+@example(recipe=MIXED_AXIS_CONCAT)
 @example(recipe=ADD_TO_ITSELF)
 @example(recipe=BN_ADDED_TO_ITSELF)
 @example(recipe=UNREAD_CHANNEL_ZERO)
@@ -165,7 +175,7 @@ def test_nonfinite_huge_and_tiny_weights(mode, recipe):
 @example(recipe=TRANSPOSED_CONCAT)
 @example(recipe=TRANSPOSED_CONCAT_GEMM)
 @example(recipe=MIXED_AXES_RECUT)
-@given(recipe=recipes(BASE_OPS, ("mixflat", "mixflat", *BASE_HEADS), must_use=("mixconcat",),
+@given(recipe=recipes(BASE_OPS, ("mixflat", "mixflat", *BASE_HEADS), must_use=("axisconcat",),
                       **PLAIN))
 def test_concat_of_channels_on_different_axes(mode, recipe):
     """Concat of an operand whose axis 1 is not its channel axis (through a Transpose, a MatMul
