@@ -9,10 +9,10 @@ The ops: Conv 1x1/3x3 with and without padding, depthwise (channel multiplier 1 
 grouped Conv, BatchNormalization (some scales exactly 0), Relu / LeakyRelu / Sigmoid / Clip /
 HardSwish, Add and Mul of two branches, Concat (axis 1 or -3), Split, MaxPool, per-channel
 constant Add/Sub/Mul/Div, average pools, Slice (of one channel too), Pad, Resize, PRelu, a
-channels-last MatMul, a MatMul over the width axis concatenated on axis 1 (`mixconcat`), a one-
-channel tensor broadcast over another's channels (`broadcast`), and the patterns of issue 10:
-Concat of operands whose channels lie on different axes (`axisconcat`: through a Transpose, a
-MatMul on the last axis; Squeeze + Flatten in the `mixflat` head, YOLOv8's box branch in the
+channels-last MatMul, a MatMul over the width axis concatenated on axis 1 (`mixconcat`), a
+one-channel tensor broadcast over another's channels (`broadcast`), and the patterns of issue
+10: Concat of operands whose channels lie on different axes (`axisconcat`: through a Transpose,
+a MatMul on the last axis; Squeeze + Flatten in the `mixflat` head, YOLOv8's box branch in the
 `dfl` head), a 1-channel tensor broadcast by Add/Sub/Mul/Div against an n-channel one and then a
 grouped or depthwise conv (`bcast`), one constant read by two convs and equal but separate
 constants, and ops channelcut does not know (a model-local function in a custom domain, and
