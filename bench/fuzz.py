@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # an installed or PYTHONPATH channelcut comes first
 # An op rule that raises is a crash here, as in the tests (it would otherwise become a barrier).
 os.environ["CHANNELCUT_STRICT"] = "1"
 
