@@ -125,6 +125,16 @@ INPUT_OUTPUT_RENAMED = Recipe(in_channels=3, steps=(("act", 4019161254),), head=
 INPUT_OUTPUT_FIXED = Recipe(in_channels=2, steps=(("maxpool", 1790415858),), head="conv",
                             p_row=0.6, p_col=0.0, extra_output=False, input_is_output="fixed",
                             dynamic_batch=True)
+# Conv, BN (a scale 0), Conv, Conv, Gemm head: a full cut, cut again, removes 1 more group
+# (on main after the BN scale-0 fix as well).
+BN_FULL_RECUT = Recipe(in_channels=1, steps=(("conv", 23563), ("bn", 2198257139), ("conv", 0),
+                                             ("conv", 1)),
+                       head="gemm", p_row=0.3, p_col=0.0, extra_output=False)
+# Three convs on x, two convs sharing one weight whose outputs nothing reads, a 3x3 conv: a full
+# cut, cut again, removes 8 more groups.
+SHARED_UNUSED_RECUT = Recipe(in_channels=1, steps=(("conv", 2236086385), ("shared", 511847140),
+                                                   ("conv", 1510256977)),
+                             head="raw", p_row=0.6, p_col=0.0, extra_output=False)
 # The YOLOv8 head after a per-channel Mul: output [1, 9, 32] becomes [1, 5, 32].
 YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_row=0.6,
                    p_col=0.6, extra_output=True)
@@ -153,6 +163,7 @@ def test_cut_is_exact(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @PATTERN_SETTINGS
+@example(recipe=BN_FULL_RECUT)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("bn",), p_row=(0.3, 0.6), **PLAIN))
 def test_batchnorm_with_zero_scales(mode, recipe):
     """Network slimming: BatchNormalization scales exactly 0 on some channels."""
@@ -222,6 +233,7 @@ def test_graph_input_that_is_an_output(mode, recipe):
 @PATTERN_SETTINGS
 @example(recipe=SHARED_WEIGHT_RECUT)
 @example(recipe=SHARED_WEIGHT_GROWS)
+@example(recipe=SHARED_UNUSED_RECUT)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("shared",), **PLAIN))
 def test_shared_and_equal_initializers(mode, recipe):
     """One constant read by two convs, or equal but separate copies of it."""
