@@ -243,10 +243,10 @@ def cut(m: onnx.ModelProto, mode: str = "zero", **kwargs) -> CutResult:
 def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = None, *,
                groups: int | None = None, feeds: Mapping[str, np.ndarray] | None = None,
                input_shapes: Mapping[str, Sequence[int]] | None = None,
-               mode: str = "zero", objective: str = "flops",
-               input_ranges: Mapping[str, tuple[float, float]] | None = None) -> CutResult:
-    """Cut `m` (in `mode`, see `cut`, under `objective`, assuming `input_ranges`) and check
-    the result; returns it for further asserts.
+               mode: str = "zero", objective: str | None = "flops", **options) -> CutResult:
+    """Cut `m` (in `mode`, see `cut`, under `objective`; None: the target's; `options`: more
+    channelcut.cut arguments, such as target) and check the result; returns it for further
+    asserts.
 
     `kept`: weighted node name -> (input channels, output channels) after the cut, for EXACTLY
     the weighted layers that lose channels ({} or None: nothing may be cut). `groups`: the
@@ -256,7 +256,7 @@ def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = 
     """
     before = m.SerializeToString()
     result = cut(m, mode, input_shapes=dict(input_shapes) if input_shapes else None,
-                 objective=objective, input_ranges=input_ranges)
+                 objective=objective, **options)
     assert m.SerializeToString() == before, "cut() modified its input model"
     onnx.checker.check_model(result.model, full_check=True)
 
