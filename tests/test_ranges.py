@@ -331,3 +331,41 @@ def test_random_graphs_under_an_input_range_keep_outputs_at_the_edges(mode, reci
     for feeds in ({"x": np.full(shape, lo, np.float32)}, {"x": np.full(shape, hi, np.float32)},
                   edge_feeds(shape, lo, hi, seed), edge_feeds(shape, lo, hi, seed + 1)):
         assert_same(m, result.model, feeds)
+
+
+# --- the RKNN facade: mean/std bound the model's input ----------------------------------------
+
+def test_rknn_mean_std_bound_the_input_and_cut_what_it_proves_dead(capsys) -> None:
+    """Raw uint8 pixels normalised by mean 128, std 128 lie in [-1, 0.9921875]: conv rows whose
+    bias is below -sum|w| are dead there (not for an unbounded input, which the same model
+    without mean/std keeps)."""
+    torch = pytest.importorskip("torch")
+    from channelcut.rknn import RKNN
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        mass = module[0].weight.abs().sum(dim=(1, 2, 3))
+        module[0].bias[:] = 0.5
+        module[0].bias[[2, 5]] = -mass[[2, 5]] - 0.01
+    images = [np.zeros((1, 4, 4, 3), np.uint8), np.full((1, 4, 4, 3), 255, np.uint8),
+              np.random.default_rng(0).choice([0, 255], (1, 4, 4, 3)).astype(np.uint8)]
+
+    def build(pruning: bool, **config) -> tuple[RKNN, list[str]]:
+        rknn = RKNN(verbose=True)
+        assert rknn.config(model_pruning=pruning, **config) == 0
+        assert rknn.load_pytorch(module, [[3, 4, 4]]) == 0
+        assert rknn.build(do_quantization=False) == 0
+        assert rknn.init_runtime() == 0
+        return rknn, capsys.readouterr().out.splitlines()
+
+    reference, _ = build(False, mean_values=[[128] * 3], std_values=[[128] * 3])
+    pruned, lines = build(True, mean_values=[[128] * 3], std_values=[[128] * 3])
+    assert "I cut by range: 2 channels" in lines
+    assert any(line.startswith("I assumed input range: ") for line in lines)
+    for image in images:
+        np.testing.assert_allclose(pruned.inference([image])[0],
+                                   reference.inference([image])[0], rtol=1e-4, atol=1e-5)
+    _, lines = build(True)  # no mean/std: the input is unbounded, nothing is dead
+    assert not any("cut by range" in line for line in lines)
