@@ -56,13 +56,13 @@ def toolkit_pruning(python: str, onnx_path: Path, timeout: float) -> dict[str, A
                                str(onnx_path)], cwd=scratch, capture_output=True,
                               timeout=timeout)
     text = (proc.stdout + proc.stderr).decode(errors="replace")
-    lines = [re.sub(r"^[DIWE] RKNN: \[[\d:.]+\] ?", "", line).strip()
+    lines = [re.sub(r"^([DIWE] RKNN: \[[\d:.]+\] ?|[DIWE]\s+)", "", line).strip()
              for line in text.splitlines()]
     pruning = [line for line in lines if PRUNING_LINE.search(line) and "Memory" not in line]
     result: dict[str, Any] = {"lines": pruning, "returncode": proc.returncode}
     for line in pruning:
         numbers = [float(n) for n in NUMBER.findall(line.split(":", 1)[1])]
-        key = "weight_mb" if line.lower().startswith("weight") else "gflops"
+        key = "weight_mb" if "weight" in line.split(":", 1)[0].lower() else "gflops"
         if numbers:
             result[key] = numbers
     if proc.returncode != 0:

@@ -439,9 +439,13 @@ def _softmax(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
 
 @bounds("Cast")
 def _cast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
-    """A float cast rounds: the bounds by a relative margin (float16's is 2^-11)."""
+    """A float cast rounds to the target's precision (bounds widened by its unit roundoff),
+    and overflows to Inf past its largest value (then unbounded)."""
+    info = np.finfo(ir.DataType(attr_int(node, "to", 1)).numpy())
     lo, hi = _input_channels(node, walk, out)
-    return relative(lo, hi, 2.0 ** -10)
+    lo, hi = relative(lo, hi, 2.0 * float(info.eps))
+    past = np.maximum(np.abs(lo), np.abs(hi)) >= float(info.max)
+    return np.where(past, -np.inf, lo), np.where(past, np.inf, hi)
 
 
 @bounds("BatchNormalization")
