@@ -73,10 +73,10 @@ UNARY: dict[str, Callable[[np.ndarray, ir.Node], np.ndarray]] = {
 
 
 def apply(fn: Callable[[np.ndarray], np.ndarray], known: np.ndarray, const: np.ndarray) -> Values:
-    """Push known constants through `fn` in float32; a NaN result counts as unknown."""
+    """Push known constants through `fn` in float32; a NaN or Inf result is recorded as such
+    (ChannelInfo.set_values), never as a constant."""
     with np.errstate(all="ignore"):
         out = np.asarray(fn(const.astype(np.float32)), dtype=np.float32)
-    known = known & ~np.isnan(out)
     return known, out
 
 

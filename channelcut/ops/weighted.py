@@ -16,8 +16,8 @@ import onnx_ir as ir
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.flops import node_flops
 from channelcut.fold import fold_into_conv, fold_into_gemm, fold_into_matmul
-from channelcut.channels import (ChannelInfo, identity_positions, nonzero_along_last_axis,
-                                 per_channel_constant)
+from channelcut.channels import (HUGE, ChannelInfo, identity_positions,
+                                 nonzero_along_last_axis, per_channel_constant)
 from channelcut.cut import Rewrite, delete_positions, kept_mask
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
 from channelcut.ops import rule
@@ -62,6 +62,24 @@ def _row_values(nz: np.ndarray, weights: np.ndarray, in_known: np.ndarray,
         with np.errstate(all="ignore"):
             value[g, rows] = (sums * in_const[g, cols]).sum(axis=-1) * np.float32(scale)
     return ~row_unknown.reshape(-1), (bias + value.reshape(-1)).astype(np.float32)
+
+
+def _foldable(weights: np.ndarray, in_known: np.ndarray, in_const: np.ndarray
+              ) -> np.ndarray | None:
+    """Columns whose known constant folds into the reader without overflow: each of its
+    folded terms, sum_k |W[o, c, k]| * |const[c]|, times the number of columns stays within
+    HUGE, so no row's folded sum nears float32's range (the runtime sums in float32: a sum
+    that overflows there must not become finite in a fold). None: every column does.
+
+    weights: [G, rows, cols, k]; in_known, in_const: [G, cols].
+    """
+    carries = in_known & (in_const != 0)
+    if not carries.any():  # the usual case: nothing to fold, the weights need not be read
+        return None
+    with np.errstate(all="ignore"):
+        largest = np.abs(weights.astype(np.float64)).sum(axis=-1).max(axis=1, initial=0.0)
+        bound = largest * np.abs(in_const.astype(np.float64)) * weights.shape[2]
+    return (bound <= HUGE) | ~carries
 
 
 def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
@@ -124,8 +142,11 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
         walk.charge(source.ids, weight_bytes=cout_g * kernel * size,
                     flops=node_flops(node) / cin)
         site = _conv_fold_site(node, walk, source, cout, kernel, b is not None, size)
+        foldable = _foldable(flat.reshape(groups, cout_g, cin_g, -1),
+                             in_known.reshape(groups, cin_g), in_const.reshape(groups, cin_g))
         for k in range(groups):
-            walk.reader_ids(columns[k], rows[k], nz_g[k], site)
+            walk.reader_ids(columns[k], rows[k], nz_g[k], site,
+                            None if foldable is None else foldable[k])
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
     out.set_values(*_row_values(nz_g, flat.reshape(groups, cout_g, cin_g, -1),
@@ -294,7 +315,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     nz = nonzero_along_last_axis(blocks)
     walk.charge(source.ids, weight_bytes=n_out * source.block * size,
                 flops=node_flops(node) / source.n)
-    walk.reader(source, out, nz, site)
+    foldable = _foldable(blocks[None], source.known[None], source.const[None])
+    walk.reader(source, out, nz, site, None if foldable is None else foldable[0])
     known, const = _row_values(nz[None], blocks[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias, alpha)
     out.set_values(known & bias_known, const)
