@@ -86,6 +86,8 @@ class Report:
     removed_channels: int = 0  # channel positions removed, summed over every tensor
     removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
     checks: list[OutputCheck] = field(default_factory=list)
+    # one line when dynamic input dims took the default size: which, and how to set them
+    assumed_dims: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -114,4 +116,5 @@ def summary_lines(report: Report) -> list[str]:
     return [
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
         f"FLOPs:   {fb / 1e9:.5f} G -> {fa / 1e9:.5f} G, {_signed_change(fb, fa, 1e9, 'GFLOPs')}",
+        *([f"note: {report.assumed_dims}"] if report.assumed_dims else []),
     ]

@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,13 @@ from channelcut.report import OutputCheck
 
 log = logging.getLogger(__name__)
 
-# Values a dynamic dimension takes when no --input-shape sets it.
+# Values a dynamic dimension takes when no --input-shape sets it. Verification also runs with
+# every such dimension at OTHER_DYNAMIC_DIM, so a cut that baked the assumed size in is found.
 DEFAULT_DYNAMIC_DIM = 1
+OTHER_DYNAMIC_DIM = 3
+# How messages tell the user to set input shapes: "api" (the input_shapes= argument of cut) or
+# "cli" (the --input-shape flag; the console script sets it while it runs).
+shape_wording: ContextVar[str] = ContextVar("shape_wording", default="api")
 # Integer inputs are usually indices or lengths: keep them small so they are in range.
 INT_INPUT_HIGH = 4
 # ONNX Runtime threads per session: enough to be quick, not so many that a small CI box thrashes.
@@ -77,6 +83,53 @@ def resolve_input_shapes(
     return shapes
 
 
+def assumed_dims(model: onnx.ModelProto, overrides: dict[str, Sequence[int]] | None
+                 ) -> dict[str, list[int]]:
+    """Per input, the axes that are dynamic and that no override sets (they take
+    DEFAULT_DYNAMIC_DIM); inputs with none are left out."""
+    assumed = {}
+    for value in graph_inputs(model):
+        dims = _declared_dims(value)
+        if dims is not None and value.name not in (overrides or {}):
+            axes = [axis for axis, d in enumerate(dims) if d is None]
+            if axes:
+                assumed[value.name] = axes
+    return assumed
+
+
+def assumed_dims_line(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                      assumed: dict[str, list[int]], verified: bool = True) -> str:
+    """One line: which dynamic dims took the default size, what that means, how to set them
+    (worded for the caller: see `shape_wording`)."""
+    declared = {v.name: v.type.tensor_type.shape.dim for v in graph_inputs(model)}
+    taken, settings, names = [], [], []
+    for name, axes in assumed.items():
+        dims = declared[name]
+        labels = {axis: dims[axis].dim_param or f"D{axis}" for axis in axes}
+        names += labels.values()
+        taken.append(f"{name!r} {', '.join(labels.values())}")
+        example = [labels.get(axis, str(d)) for axis, d in enumerate(shapes[name])]
+        if shape_wording.get() == "cli":
+            settings.append(f"--input-shape {name}:{','.join(example)}")
+        else:
+            settings.append(f"{name!r}: [{', '.join(example)}]")
+    how = " ".join(settings) if shape_wording.get() == "cli" else \
+        f"input_shapes={{{', '.join(settings)}}}"
+    sizes = ", ".join(f"{name!r} {'x'.join(map(str, shapes[name]))}" for name in assumed)
+    also = f", and verification also runs with them at {OTHER_DYNAMIC_DIM}" if verified else ""
+    return (f"dynamic input dims taken as {DEFAULT_DYNAMIC_DIM}: {'; '.join(taken)}; FLOPs are "
+            f"counted for {sizes}{also}; set the real sizes with {how} (numbers for "
+            f"{', '.join(dict.fromkeys(names))})")
+
+
+def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]]
+                 ) -> dict[str, tuple[int, ...]]:
+    """`shapes` with every assumed dim at OTHER_DYNAMIC_DIM (one value for all: dims that must
+    agree still do)."""
+    return {name: tuple(OTHER_DYNAMIC_DIM if axis in assumed.get(name, ()) else d
+                        for axis, d in enumerate(dims)) for name, dims in shapes.items()}
+
+
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """Read a CLI `NAME:1,3,224,224` into (name, dims); the name may itself contain ':'."""
     name, sep, dims_text = text.rpartition(":")
@@ -110,7 +163,8 @@ def random_inputs(
             feeds[value.name] = rng.integers(0, INT_INPUT_HIGH, size=shape).astype(dtype)
         elif np.issubdtype(dtype, np.floating):
             limit = float(np.finfo(dtype).max) ** 0.25
-            feeds[value.name] = (rng.standard_normal(shape) * min(scale, limit)).astype(dtype)
+            values = rng.standard_normal(shape) * min(scale, limit)
+            feeds[value.name] = np.asarray(values, dtype=dtype)  # a 0-d array stays one
         else:
             type_name = onnx.TensorProto.DataType.Name(elem_type)
             raise ChannelcutError(
@@ -167,6 +221,25 @@ def compare(
             checks.append(_compare_output(name, want, actual[name]))
         per_set.append(checks)
     return worst(per_set)
+
+
+def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
+                  shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]]
+                  ) -> list[OutputCheck]:
+    """`compare` at `shapes` and, where dims were assumed, again with them at
+    OTHER_DYNAMIC_DIM (skipped, with a warning, when the original does not run there)."""
+    per_size = [compare(original, cut, shapes)]
+    if assumed:
+        other = other_shapes(shapes, assumed)
+        try:
+            per_size.append(compare(original, cut, other))
+        except VerificationError:
+            raise
+        except ChannelcutError as exc:
+            log.warning("verification at the second input size (%s) skipped: %s",
+                        ", ".join(f"{n!r} {'x'.join(map(str, d))}" for n, d in other.items()),
+                        exc)
+    return worst(per_size)
 
 
 def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:

@@ -431,3 +431,22 @@ def test_rich_report_of_an_empty_cut():
     text = buffer.getvalue()
     assert text.count("(none)") == 4  # consts, layers, folds, blockers: no empty tables
     assert text.rstrip().endswith("verification: not run")
+
+
+def test_dynamic_spatial_dims_get_one_warning_line_with_the_flag(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    model = dead_channel_model()
+    model.graph.input[0].CopyFrom(x)
+    del model.graph.output[0].type.tensor_type.shape.dim[2:]
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_param = "H"
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_param = "W"
+    path = tmp_path / "in.onnx"
+    onnx.save(model, str(path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "channelcut.cli", "cut", str(path), "-o", str(tmp_path / "o.onnx")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    [warning] = proc.stderr.strip().splitlines()
+    assert warning.startswith("channelcut: WARNING: dynamic input dims taken as 1: 'x' N, H, W")
+    assert "--input-shape x:N,3,H,W" in warning and "input_shapes" not in warning
+    assert any(line.startswith("note: dynamic input dims") for line in proc.stdout.splitlines())

@@ -335,3 +335,69 @@ def test_large_inputs_stay_in_a_narrow_type():
 def test_errors_are_measured_where_both_are_finite():
     [check] = verify.compare(unary_model("Log"), unary_model("Log"), {"x": (2, 50)})
     assert check == OutputCheck("y", 1.0, 0.0, 0.0, 0)
+
+
+# --- dynamic dims: say which were assumed, verify at two sizes ----------------------------------
+
+def dynamic_conv_model() -> onnx.ModelProto:
+    """x [N, 3, H, W] -> Conv (pads 1, channel 1 zero) -> Relu -> Conv -> y."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w1[1] = 0.0
+    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    return make_model(
+        [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+
+
+def test_assumed_dims_are_named_with_the_api_argument(caplog):
+    import channelcut  # noqa: PLC0415
+
+    with caplog.at_level("WARNING", logger="channelcut"):
+        result = channelcut.cut(dynamic_conv_model())
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "'x' N, H, W" in warning and "1x3x1x1" in warning
+    assert "input_shapes={'x': [N, 3, H, W]}" in warning and "--input-shape" not in warning
+    assert result.report.assumed_dims == warning
+    caplog.clear()
+    with caplog.at_level("INFO", logger="channelcut"):
+        fixed = channelcut.cut(dynamic_conv_model(), input_shapes={"x": [1, 3, 8, 8]})
+    assert fixed.report.assumed_dims == ""
+    assert not [r for r in caplog.records if "dynamic input dims" in r.getMessage()]
+
+
+def test_free_dims_are_verified_at_two_sizes(monkeypatch):
+    import channelcut  # noqa: PLC0415
+
+    sizes = []
+    real_compare = verify.compare
+
+    def recording(original, cut, shapes, seed=0):
+        sizes.append(dict(shapes))
+        return real_compare(original, cut, shapes, seed)
+
+    monkeypatch.setattr(verify, "compare", recording)
+    result = channelcut.cut(dynamic_conv_model())
+    assert sizes == [{"x": (1, 3, 1, 1)}, {"x": (3, 3, 3, 3)}]
+    assert result.report.removed_groups == 1
+    sizes.clear()
+    channelcut.cut(dynamic_conv_model(), input_shapes={"x": [2, 3, 8, 8]})
+    assert sizes == [{"x": (2, 3, 8, 8)}]
+
+
+def test_a_second_size_the_original_cannot_run_is_skipped_with_a_warning(caplog):
+    # a Reshape to the fixed shape [1, 12] runs only with N = 1: not at the second size
+    model = make_model(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 12], np.int64), "shape")])
+    shapes = verify.resolve_input_shapes(model, None)
+    with caplog.at_level("WARNING", logger="channelcut"):
+        checks = verify.compare_sizes(model, model, shapes, verify.assumed_dims(model, None))
+    assert checks[0].cosine == 1.0
+    assert any("second input size" in r.getMessage() for r in caplog.records)
