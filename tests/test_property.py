@@ -6,7 +6,8 @@ with and without padding, depthwise and grouped Conv, BatchNormalization, Relu /
 Sigmoid / Clip, Add and Mul of two branches, Concat, Split, MaxPool, per-channel constant Add
 and Mul, and a GlobalAveragePool + Flatten + Gemm head. Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
-channels appear everywhere. Every cut, in both modes, must give a model that passes the full
+channels appear everywhere; some recipes plant NaN, -Inf, huge (1e35), -0.0 or denormal values
+in conv weights and biases, and outputs are compared on large (x 1e4) inputs too. Every cut, in both modes, must give a model that passes the full
 checker, has no more weight bytes, and gives the original's outputs in ONNX Runtime.
 
 With CI=true the examples are derandomized, so a CI run is reproducible.
@@ -50,6 +51,7 @@ class Recipe:
     p_row: float  # chance that a weight row (an output channel) is all zero
     p_col: float  # chance that a weight column (an input channel) is all zero
     extra_output: bool  # also make an intermediate tensor a graph output (it keeps its channels)
+    special: str = "none"  # a value planted in some conv weights and biases (SPECIALS)
 
 
 recipes = st.builds(
@@ -61,7 +63,25 @@ recipes = st.builds(
     p_row=st.sampled_from([0.0, 0.3, 0.6]),
     p_col=st.sampled_from([0.0, 0.3, 0.6]),
     extra_output=st.booleans(),
+    special=st.sampled_from(["none", "none", "nan", "inf", "huge", "-0", "denormal"]),
 )
+
+# Planted values: 0 * NaN is NaN, a huge weight overflows on large inputs, -0.0 is a zero and a
+# denormal is not.
+SPECIALS = {"nan": np.nan, "inf": -np.inf, "huge": 1e35, "-0": -0.0, "denormal": 1e-40}
+
+
+def plant(net: Net, rng: np.random.Generator, array: np.ndarray, zero_rows: np.ndarray) -> None:
+    """Half the time, put the recipe's special value somewhere in `array` (a zero row first:
+    -0.0 and denormals only matter there)."""
+    if net.recipe.special == "none" or rng.random() < 0.5:
+        return
+    rows = np.flatnonzero(zero_rows) if zero_rows.any() and rng.random() < 0.7 else \
+        np.arange(array.shape[0])
+    index = (int(rng.choice(rows)), *(int(rng.integers(d)) for d in array.shape[1:]))
+    array[index] = SPECIALS[net.recipe.special]
+    if net.recipe.special == "-0":  # the whole zero row negative zero
+        array[index[0]] = -0.0
 
 
 @dataclass
@@ -129,9 +149,12 @@ def add_conv(net: Net, rng: np.random.Generator) -> None:
     zero_rows = rng.random(cout) < net.recipe.p_row
     weight[zero_rows] = 0
     weight[:, rng.random(cin_g) < net.recipe.p_col] = 0
+    plant(net, rng, weight, zero_rows)
     inputs = [x, net.const("w", weight)]
     if rng.random() < 0.8:
-        inputs.append(net.const("b", dead_biases(rng, cout, zero_rows)))
+        biases = dead_biases(rng, cout, zero_rows)
+        plant(net, rng, biases, zero_rows)
+        inputs.append(net.const("b", biases))
     y = net.name("conv")
     net.add(conv(*inputs[:2], y, *inputs[2:], pads=pad, group=group), cout,
             h - 2 * (1 - pad) * (k // 2), w - 2 * (1 - pad) * (k // 2))
@@ -332,11 +355,14 @@ def check_cut(m: onnx.ModelProto, mode: str) -> None:
     onnx.checker.check_model(result.model, full_check=True)
 
     feeds = random_feeds(m, seed=11)
-    expected, actual = run(m, feeds), run(result.model, feeds)
-    assert list(actual) == list(expected)
-    for name, want in expected.items():
-        assert actual[name].shape == want.shape, name
-        np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
+    large = {name: 1e4 * x for name, x in feeds.items()}  # where a huge weight overflows
+    for inputs in (feeds, large):
+        expected, actual = run(m, inputs), run(result.model, inputs)
+        assert list(actual) == list(expected)
+        for name, want in expected.items():
+            assert actual[name].shape == want.shape, name
+            # NaN and Inf at the same places; the finite values close
+            np.testing.assert_allclose(actual[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
