@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from channelcut.channels import HUGE, ChannelInfo, identity_positions
+from channelcut.channels import ChannelInfo, identity_positions
+from channelcut.finite import bounded, track_nonfinite
 from channelcut.graph import cached_const, static_shape
 
 log = logging.getLogger(__name__)
@@ -250,10 +251,11 @@ class Walk:
         if value is None:
             return True
         if value not in self._bounded:
-            self._bounded[value] = _bounded(self.const(value))
+            self._bounded[value] = bounded(self.const(value))
         return self._bounded[value]
 
     def record_finite(self, info: ChannelInfo) -> None:
+        """Copy the channels' finiteness where readers registered later look it up by id."""
         end = info.base + info.n
         if end > self._finite.size:
             grown = np.ones(max(end, 2 * self._finite.size), dtype=bool)
@@ -313,64 +315,6 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.cumsum(is_root) - 1)[parent]
 
 
-def _bounded(array: np.ndarray | None) -> bool:
-    """A constant whose every element is finite and at most HUGE in magnitude (or no float)."""
-    if array is None or array.dtype.kind not in "fc" or array.size == 0:
-        return True
-    with np.errstate(invalid="ignore"):
-        return bool(np.all(np.abs(array) <= HUGE))  # False for NaN and Inf as well
-
-
-def _attribute_arrays(node: ir.Node) -> list[np.ndarray]:
-    """The float values a node takes as attributes (ConstantOfShape's value, Pad's value...)."""
-    arrays = []
-    for attr in node.attributes.values():
-        if attr.type in (ir.AttributeType.FLOAT, ir.AttributeType.FLOATS):
-            arrays.append(np.asarray(attr.value, dtype=np.float64))
-        elif attr.type == ir.AttributeType.TENSOR:
-            arrays.append(np.asarray(attr.value.numpy()))
-    return arrays
-
-
-# Ops whose constants only bound the input (clip(x, -inf, inf) is x): no NaN or Inf from them.
-BOUNDS_ONLY = frozenset({"Clip"})
-
-
-def _may_make_nonfinite(node: ir.Node, walk: Walk) -> bool:
-    """May the node's outputs carry NaN or Inf when the graph inputs are finite?
-
-    Yes when it reads a value that may, when it holds a subgraph (whose constants are not
-    looked at), and when one of its float constants is NaN, Inf or beyond HUGE (a huge weight
-    times an ordinary input overflows). Arithmetic of finite values that overflows or divides
-    by zero is outside what this tracks: graph inputs are assumed finite and such that the
-    model's results do not overflow (README: non-finite values).
-    """
-    if any(v is not None and v in walk.nonfinite for v in node.inputs):
-        return True
-    if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-           for a in node.attributes.values()):
-        return True
-    if node.op_type in BOUNDS_ONLY:
-        return False
-    return not (all(walk.bounded(v) for v in node.inputs)
-                and all(_bounded(a) for a in _attribute_arrays(node)))
-
-
-def _track_nonfinite(node: ir.Node, walk: Walk) -> None:
-    """Mark the node's outputs that may carry NaN or Inf: every channel of each, when the node
-    may make them, else those whose known value the rule computed to NaN or Inf."""
-    makes = _may_make_nonfinite(node, walk)
-    for value in node.outputs:
-        info = walk.infos.get(value)
-        if info is not None:
-            if makes:
-                info.make_nonfinite()
-            walk.record_finite(info)
-        may = makes or (info is not None and not info.finite.all())
-        if may and (value.dtype is None or value.dtype.is_floating_point()):
-            walk.nonfinite.add(value)  # integers and booleans are never NaN
-
-
 def _extra_outputs_read(node: ir.Node, walk: Walk) -> None:
     """An output the rule gave no channels to (MaxPool indices, LayerNorm statistics, a
     Dropout mask) may still depend on the channel count: if anything reads it, or it is a
@@ -396,12 +340,12 @@ def walk_graph(model: ir.Model) -> Walk:
         if rule is None:
             walk.unsupported.setdefault(node.op_type, []).append(node.name or "")
             walk.barrier(node, f"no channel rule for {node.op_type}")
-            _track_nonfinite(node, walk)
+            track_nonfinite(node, walk)
             continue
         if not rule.spans and any(i is not None and i.span > 1
                                   for i in map(walk.info, node.inputs)):
             walk.barrier(node, f"{node.op_type} inside a channel shuffle")
-            _track_nonfinite(node, walk)
+            track_nonfinite(node, walk)
             continue
         if not rule.planes:
             walk.hide_planes(node)
@@ -415,7 +359,7 @@ def walk_graph(model: ir.Model) -> Walk:
             walk.barrier(node, f"analysis failed: {exc}")
         walk.show_planes()
         _extra_outputs_read(node, walk)
-        _track_nonfinite(node, walk)
+        track_nonfinite(node, walk)
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:
             walk.charge(out.ids, flops=node_flops(node) / out.n)
