@@ -42,18 +42,22 @@ def _attribute_arrays(node: ir.Node) -> list[np.ndarray]:
 
 # Ops whose constants only bound the input (clip(x, -inf, inf) is x): no NaN or Inf from them.
 BOUNDS_ONLY = frozenset({"Clip"})
+# Ops that overflow on ordinary inputs (exp(89) is Inf in float32): what they make may be Inf.
+OVERFLOWS = frozenset({"Exp"})
 
 
 def _may_make_nonfinite(node: ir.Node, walk: Walk) -> bool:
     """May the node's outputs carry NaN or Inf when the graph inputs are finite?
 
-    Yes when it reads a value that may, when it holds a subgraph (whose constants are not
-    looked at), and when one of its float constants is NaN, Inf or beyond HUGE (a huge weight
-    times an ordinary input overflows). Arithmetic of finite values that overflows or divides
-    by zero is outside what this tracks: graph inputs are assumed finite and such that the
-    model's results do not overflow (README: non-finite values).
+    Yes when it reads a value that may, when it overflows easily (OVERFLOWS), when it holds a
+    subgraph (whose constants are not looked at), and when one of its float constants is NaN,
+    Inf or beyond HUGE (a huge weight times an ordinary input overflows). Other arithmetic of
+    finite values that overflows or divides by zero is outside what this tracks: graph inputs
+    are assumed finite and such that the model's results do not overflow (README: non-finite
+    values).
     """
-    if any(v is not None and v in walk.nonfinite for v in node.inputs):
+    if node.op_type in OVERFLOWS or any(v is not None and v in walk.nonfinite
+                                        for v in node.inputs):
         return True
     if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
            for a in node.attributes.values()):

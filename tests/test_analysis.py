@@ -354,3 +354,12 @@ def test_a_huge_weight_overflows_on_large_inputs_and_is_kept(mode):
     m = nonfinite_model(wa, weights(2, 4, 1, 1, zero_cols=[0]))
     large = {"x": 1e4 * random_feeds(m)["x"]}
     assert_cut(m, FINITE_BRANCH, groups=1, mode=mode, feeds=large)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_exp_overflows_on_large_inputs_and_is_kept(mode):
+    # exp(x) is Inf from x = 89 on: behind a zero column that is NaN
+    m = nonfinite_model(weights(4, 3, 1, 1), weights(2, 4, 1, 1, zero_cols=[2]),
+                        mid=[node("Exp", ["a"], ["m"])])
+    large = {"x": 1e4 * random_feeds(m)["x"]}
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode, feeds=large)
