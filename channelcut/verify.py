@@ -101,25 +101,38 @@ def assumed_dims_line(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                       assumed: dict[str, list[int]], verified: bool = True) -> str:
     """One line: which dynamic dims took the default size, what that means, how to set them
     (worded for the caller: see `shape_wording`)."""
+    labels = _dim_labels(model, assumed)
+    taken = "; ".join(f"{name!r} {', '.join(labels[name].values())}" for name in assumed)
+    also = f", and verification also runs with them at {OTHER_DYNAMIC_DIM}" if verified else ""
+    return (f"dynamic input dims taken as {DEFAULT_DYNAMIC_DIM}: {taken}; FLOPs are counted for "
+            f"{_sizes(shapes, assumed)}{also}; {_how_to_set(shapes, labels)}")
+
+
+def _dim_labels(model: onnx.ModelProto, assumed: dict[str, list[int]]
+                ) -> dict[str, dict[int, str]]:
+    """Per input, a name for each assumed axis: its dim_param, else D<axis>."""
     declared = {v.name: v.type.tensor_type.shape.dim for v in graph_inputs(model)}
-    taken, settings, names = [], [], []
-    for name, axes in assumed.items():
-        dims = declared[name]
-        labels = {axis: dims[axis].dim_param or f"D{axis}" for axis in axes}
-        names += labels.values()
-        taken.append(f"{name!r} {', '.join(labels.values())}")
-        example = [labels.get(axis, str(d)) for axis, d in enumerate(shapes[name])]
+    return {name: {axis: declared[name][axis].dim_param or f"D{axis}" for axis in axes}
+            for name, axes in assumed.items()}
+
+
+def _sizes(shapes: dict[str, tuple[int, ...]], names: Sequence[str]) -> str:
+    return ", ".join(f"{name!r} {'x'.join(map(str, shapes[name]))}" for name in names)
+
+
+def _how_to_set(shapes: dict[str, tuple[int, ...]], labels: dict[str, dict[int, str]]) -> str:
+    """`set the real sizes with ...`: the --input-shape flags or the input_shapes= argument."""
+    settings = []
+    for name, named in labels.items():
+        example = [named.get(axis, str(d)) for axis, d in enumerate(shapes[name])]
         if shape_wording.get() == "cli":
             settings.append(f"--input-shape {name}:{','.join(example)}")
         else:
             settings.append(f"{name!r}: [{', '.join(example)}]")
     how = " ".join(settings) if shape_wording.get() == "cli" else \
         f"input_shapes={{{', '.join(settings)}}}"
-    sizes = ", ".join(f"{name!r} {'x'.join(map(str, shapes[name]))}" for name in assumed)
-    also = f", and verification also runs with them at {OTHER_DYNAMIC_DIM}" if verified else ""
-    return (f"dynamic input dims taken as {DEFAULT_DYNAMIC_DIM}: {'; '.join(taken)}; FLOPs are "
-            f"counted for {sizes}{also}; set the real sizes with {how} (numbers for "
-            f"{', '.join(dict.fromkeys(names))})")
+    placeholders = dict.fromkeys(label for named in labels.values() for label in named.values())
+    return f"set the real sizes with {how} (numbers for {', '.join(placeholders)})"
 
 
 def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]]
@@ -201,10 +214,7 @@ def compare(
                 sessions["original"] = _session(original)
             expected = _run(sessions["original"], feeds)
         except runtime_errors as exc:
-            raise ChannelcutError(
-                f"the original model does not run in ONNX Runtime ({io.error_line(exc)}); "
-                "fix the model or skip verification with --no-verify"
-            ) from None
+            raise _OriginalFails(io.error_line(exc)) from None
         try:
             if "cut" not in sessions:
                 sessions["cut"] = _session(cut)
@@ -228,17 +238,25 @@ def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
                   ) -> list[OutputCheck]:
     """`compare` at `shapes` and, where dims were assumed, again with them at
     OTHER_DYNAMIC_DIM (skipped, with a warning, when the original does not run there)."""
-    per_size = [compare(original, cut, shapes)]
+    try:
+        per_size = [compare(original, cut, shapes)]
+    except _OriginalFails as exc:
+        if not any(axis > 0 for axes in assumed.values() for axis in axes):
+            raise
+        # a spatial size of 1 is often what it cannot run at
+        raise ChannelcutError(
+            f"the original model does not run in ONNX Runtime ({exc.reason}) at the input size "
+            f"assumed for its dynamic dims, {_sizes(shapes, list(assumed))}: "
+            f"{_how_to_set(shapes, _dim_labels(original, assumed))}, or fix the model or skip "
+            "verification with --no-verify") from None
     if assumed:
         other = other_shapes(shapes, assumed)
         try:
             per_size.append(compare(original, cut, other))
-        except VerificationError:
-            raise
-        except ChannelcutError as exc:
-            log.warning("verification at the second input size (%s) skipped: %s",
-                        ", ".join(f"{n!r} {'x'.join(map(str, d))}" for n, d in other.items()),
-                        exc)
+        except _OriginalFails as exc:
+            log.warning("verification at the second input size (%s) skipped: the original "
+                        "model does not run there (%s)", _sizes(other, list(assumed)),
+                        exc.reason)
     return worst(per_size)
 
 
@@ -278,6 +296,15 @@ def check(checks: list[OutputCheck], threshold: float) -> None:
         )
 
 
+class _OriginalFails(ChannelcutError):
+    """The original model does not run in ONNX Runtime at the size verification feeds."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the original model does not run in ONNX Runtime ({reason}); fix "
+                         "the model or skip verification with --no-verify")
+        self.reason = reason
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs a caller feeds; initializers listed as inputs (old exporters) are not."""
     initializers = {t.name for t in model.graph.initializer}
@@ -310,7 +337,9 @@ def _session(model: onnx.ModelProto) -> object:
     # as written: optimizations change where NaN and Inf appear (0 * Inf folded into weights)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = _thread_count()
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    # fatal only: ORT's warnings are not the user's business, and its errors reach us as
+    # exceptions (a size the original cannot run at is reported in one line, or skipped)
+    options.log_severity_level = 4
     providers = ["CPUExecutionProvider"]
     if io.needs_external_data(model):
         # Protobuf cannot hand a >2 GB model over in memory: ORT reads it from disk instead.
