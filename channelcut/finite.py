@@ -36,7 +36,10 @@ def _attribute_arrays(node: ir.Node) -> list[np.ndarray]:
         if attr.type in (ir.AttributeType.FLOAT, ir.AttributeType.FLOATS):
             arrays.append(np.asarray(attr.value, dtype=np.float64))
         elif attr.type == ir.AttributeType.TENSOR:
-            arrays.append(np.asarray(attr.value.numpy()))
+            try:
+                arrays.append(np.asarray(attr.value.numpy()))
+            except Exception:  # unreadable (external data gone...): assume the worst, no crash
+                arrays.append(np.array(np.nan))
     return arrays
 
 
