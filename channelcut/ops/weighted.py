@@ -74,12 +74,16 @@ def _foldable(weights: np.ndarray, in_known: np.ndarray, in_const: np.ndarray
     weights: [G, rows, cols, k]; in_known, in_const: [G, cols].
     """
     carries = in_known & (in_const != 0)
-    if not carries.any():  # the usual case: nothing to fold, the weights need not be read
+    if not carries.any():  # nothing to fold: the weights need not be read
         return None
+    cols = np.flatnonzero(carries.any(axis=0))  # only the weights that read a constant
     with np.errstate(all="ignore"):
-        largest = np.abs(weights.astype(np.float64)).sum(axis=-1).max(axis=1, initial=0.0)
-        bound = largest * np.abs(in_const.astype(np.float64)) * weights.shape[2]
-    return (bound <= HUGE) | ~carries
+        largest = np.abs(weights[:, :, cols].astype(np.float64)).sum(axis=-1).max(axis=1,
+                                                                                  initial=0.0)
+        bound = largest * np.abs(in_const[:, cols].astype(np.float64)) * weights.shape[2]
+    foldable = np.ones(carries.shape, dtype=bool)
+    foldable[:, cols] = bound <= HUGE
+    return foldable
 
 
 def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
