@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
 def bounded(array: np.ndarray | None) -> bool:
     """A constant whose every element is finite and at most HUGE in magnitude (or no float)."""
-    if array is None or array.dtype.kind not in "fc" or array.size == 0:
+    if array is None or array.dtype.kind != "f" or array.size == 0:
         return True
-    with np.errstate(invalid="ignore"):
-        return bool(np.max(np.abs(array)) <= HUGE)  # False for NaN and Inf as well
+    # max and min propagate NaN, and the comparisons are then False; no temporary array
+    return bool(array.max() <= HUGE) and bool(array.min() >= -HUGE)
 
 
 def _attribute_arrays(node: ir.Node) -> list[np.ndarray]:
