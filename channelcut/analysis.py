@@ -67,6 +67,9 @@ class Reader:
     site: Site | None = None  # None: this reader cannot fold constants
     # (n_in,) bool: columns whose known constant folds without overflow; None: all of them
     foldable: np.ndarray | None = None
+    # (n_in,) bool: columns whose weights are all finite; None: all are. A zero channel read
+    # through a NaN or Inf weight is not ignored (NaN * 0 is NaN), nor is a constant folded.
+    finite_weights: np.ndarray | None = None
     _readers_per_column: np.ndarray | None = field(default=None, repr=False)
 
     def live_columns(self, removed_rows: np.ndarray) -> np.ndarray:
@@ -226,17 +229,19 @@ class Walk:
                 self.pin(info, node, reason)
 
     def reader(self, source: ChannelInfo, rows: ChannelInfo, nz: np.ndarray,
-               site: Site | None = None, foldable: np.ndarray | None = None) -> None:
+               site: Site | None = None, foldable: np.ndarray | None = None,
+               finite_weights: np.ndarray | None = None) -> None:
         """`rows` read `source`'s channels through weights with non-zero pattern `nz`."""
-        self.reader_ids(source.ids, rows.ids, nz, site, foldable)
+        self.reader_ids(source.ids, rows.ids, nz, site, foldable, finite_weights)
 
     def reader_ids(self, in_ids: np.ndarray, row_ids: np.ndarray, nz: np.ndarray,
-                   site: Site | None = None, foldable: np.ndarray | None = None) -> None:
+                   site: Site | None = None, foldable: np.ndarray | None = None,
+                   finite_weights: np.ndarray | None = None) -> None:
         nz = np.asarray(nz, dtype=bool)
         nonfinite = ~self.finite_ids(in_ids)
         if nonfinite.any():  # 0 * NaN is NaN: every row reads such a channel, zero weight or not
             nz = nz | nonfinite[None, :]
-        self.readers.append(Reader(in_ids, row_ids, nz, site, foldable))
+        self.readers.append(Reader(in_ids, row_ids, nz, site, foldable, finite_weights))
 
     def finite_ids(self, ids: np.ndarray) -> np.ndarray:
         """Per channel node: is it finite (as far as the nodes walked so far say)?"""

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from channelcut import io, verify as verification
+from channelcut import dynamic_dims, io, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
@@ -92,7 +92,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     """cut() on a loaded model; the model is only read (the IR copies what changes)."""
     shapes = verification.resolve_input_shapes(original, input_shapes)
     assumed = verification.assumed_dims(original, input_shapes)
-    assumed_line = verification.assumed_dims_line(original, shapes, assumed, verify) \
+    assumed_line = dynamic_dims.assumed_dims_line(original, shapes, assumed, verify) \
         if assumed else ""
     if assumed_line:  # a batch of 1 is what a user expects; any other size is a guess
         guessed = any(axis > 0 for axes in assumed.values() for axis in axes)
@@ -144,7 +144,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
     if verify:
-        report.checks = verification.compare_sizes(original, result_proto, shapes, assumed)
+        report.checks = dynamic_dims.compare_sizes(original, result_proto, shapes, assumed)
         verification.check(report.checks, threshold)
     return CutResult(result_proto, report, channel_map)
 

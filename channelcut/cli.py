@@ -24,7 +24,8 @@ from channelcut.io import check_paths, save_model, write_atomic
 from channelcut.render import plain_lines, print_report
 from channelcut.report import Report
 from channelcut.solve import OBJECTIVES
-from channelcut.verify import parse_input_shape, shape_wording
+from channelcut.dynamic_dims import shape_wording
+from channelcut.verify import parse_input_shape
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1

@@ -7,7 +7,6 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,9 @@ from channelcut.report import OutputCheck
 
 log = logging.getLogger(__name__)
 
-# Values a dynamic dimension takes when no --input-shape sets it. Verification also runs with
-# every such dimension at OTHER_DYNAMIC_DIM, so a cut that baked the assumed size in is found.
+# Values a dynamic dimension takes when no --input-shape sets it (channelcut.dynamic_dims says
+# so, and verifies at a second size too).
 DEFAULT_DYNAMIC_DIM = 1
-OTHER_DYNAMIC_DIM = 3
-# How messages tell the user to set input shapes: "api" (the input_shapes= argument of cut) or
-# "cli" (the --input-shape flag; the console script sets it while it runs).
-shape_wording: ContextVar[str] = ContextVar("shape_wording", default="api")
 # Integer inputs are usually indices or lengths: keep them small so they are in range.
 INT_INPUT_HIGH = 4
 # ONNX Runtime threads per session: enough to be quick, not so many that a small CI box thrashes.
@@ -95,52 +90,6 @@ def assumed_dims(model: onnx.ModelProto, overrides: dict[str, Sequence[int]] | N
             if axes:
                 assumed[value.name] = axes
     return assumed
-
-
-def assumed_dims_line(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                      assumed: dict[str, list[int]], verified: bool = True) -> str:
-    """One line: which dynamic dims took the default size, what that means, how to set them
-    (worded for the caller: see `shape_wording`)."""
-    labels = _dim_labels(model, assumed)
-    taken = "; ".join(f"{name!r} {', '.join(labels[name].values())}" for name in assumed)
-    also = f", and verification also runs with them at {OTHER_DYNAMIC_DIM}" if verified else ""
-    return (f"dynamic input dims taken as {DEFAULT_DYNAMIC_DIM}: {taken}; FLOPs are counted for "
-            f"{_sizes(shapes, assumed)}{also}; {_how_to_set(shapes, labels)}")
-
-
-def _dim_labels(model: onnx.ModelProto, assumed: dict[str, list[int]]
-                ) -> dict[str, dict[int, str]]:
-    """Per input, a name for each assumed axis: its dim_param, else D<axis>."""
-    declared = {v.name: v.type.tensor_type.shape.dim for v in graph_inputs(model)}
-    return {name: {axis: declared[name][axis].dim_param or f"D{axis}" for axis in axes}
-            for name, axes in assumed.items()}
-
-
-def _sizes(shapes: dict[str, tuple[int, ...]], names: Sequence[str]) -> str:
-    return ", ".join(f"{name!r} {'x'.join(map(str, shapes[name]))}" for name in names)
-
-
-def _how_to_set(shapes: dict[str, tuple[int, ...]], labels: dict[str, dict[int, str]]) -> str:
-    """`set the real sizes with ...`: the --input-shape flags or the input_shapes= argument."""
-    settings = []
-    for name, named in labels.items():
-        example = [named.get(axis, str(d)) for axis, d in enumerate(shapes[name])]
-        if shape_wording.get() == "cli":
-            settings.append(f"--input-shape {name}:{','.join(example)}")
-        else:
-            settings.append(f"{name!r}: [{', '.join(example)}]")
-    how = " ".join(settings) if shape_wording.get() == "cli" else \
-        f"input_shapes={{{', '.join(settings)}}}"
-    placeholders = dict.fromkeys(label for named in labels.values() for label in named.values())
-    return f"set the real sizes with {how} (numbers for {', '.join(placeholders)})"
-
-
-def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]]
-                 ) -> dict[str, tuple[int, ...]]:
-    """`shapes` with every assumed dim at OTHER_DYNAMIC_DIM (one value for all: dims that must
-    agree still do)."""
-    return {name: tuple(OTHER_DYNAMIC_DIM if axis in assumed.get(name, ()) else d
-                        for axis, d in enumerate(dims)) for name, dims in shapes.items()}
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -214,7 +163,7 @@ def compare(
                 sessions["original"] = _session(original)
             expected = _run(sessions["original"], feeds)
         except runtime_errors as exc:
-            raise _OriginalFails(io.error_line(exc)) from None
+            raise OriginalDoesNotRun(io.error_line(exc)) from None
         try:
             if "cut" not in sessions:
                 sessions["cut"] = _session(cut)
@@ -231,33 +180,6 @@ def compare(
             checks.append(_compare_output(name, want, actual[name]))
         per_set.append(checks)
     return worst(per_set)
-
-
-def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
-                  shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]]
-                  ) -> list[OutputCheck]:
-    """`compare` at `shapes` and, where dims were assumed, again with them at
-    OTHER_DYNAMIC_DIM (skipped, with a warning, when the original does not run there)."""
-    try:
-        per_size = [compare(original, cut, shapes)]
-    except _OriginalFails as exc:
-        if not any(axis > 0 for axes in assumed.values() for axis in axes):
-            raise
-        # a spatial size of 1 is often what it cannot run at
-        raise ChannelcutError(
-            f"the original model does not run in ONNX Runtime ({exc.reason}) at the input size "
-            f"assumed for its dynamic dims, {_sizes(shapes, list(assumed))}: "
-            f"{_how_to_set(shapes, _dim_labels(original, assumed))}, or fix the model or skip "
-            "verification with --no-verify") from None
-    if assumed:
-        other = other_shapes(shapes, assumed)
-        try:
-            per_size.append(compare(original, cut, other))
-        except _OriginalFails as exc:
-            log.warning("verification at the second input size (%s) skipped: the original "
-                        "model does not run there (%s)", _sizes(other, list(assumed)),
-                        exc.reason)
-    return worst(per_size)
 
 
 def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:
@@ -296,7 +218,7 @@ def check(checks: list[OutputCheck], threshold: float) -> None:
         )
 
 
-class _OriginalFails(ChannelcutError):
+class OriginalDoesNotRun(ChannelcutError):
     """The original model does not run in ONNX Runtime at the size verification feeds."""
 
     def __init__(self, reason: str) -> None:

@@ -363,3 +363,20 @@ def test_exp_overflows_on_large_inputs_and_is_kept(mode):
                         mid=[node("Exp", ["a"], ["m"])])
     large = {"x": 1e4 * random_feeds(m)["x"]}
     assert_cut(m, FINITE_BRANCH, groups=1, mode=mode, feeds=large)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_zero_channel_read_through_a_nan_weight_is_kept(mode):
+    # a[2] is zero (zero row, no bias), but b[0] = ... + NaN * a[2] is NaN
+    wb = weights(2, 4, 1, 1)
+    wb[0, 2] = np.nan
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), wb)
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
+
+
+def test_a_constant_channel_read_through_an_inf_weight_is_not_folded():
+    # a[2] is the constant 0.5; b[0] reads it through -Inf: the fold must not make it finite
+    wb = weights(2, 4, 1, 1)
+    wb[0, 2] = -np.inf
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), wb, ba=bias(4, at={2: 0.5}))
+    assert_cut(m, FINITE_BRANCH, groups=1, mode="full")

@@ -148,9 +148,12 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
         site = _conv_fold_site(node, walk, source, cout, kernel, b is not None, size)
         foldable = _foldable(flat.reshape(groups, cout_g, cin_g, -1),
                              in_known.reshape(groups, cin_g), in_const.reshape(groups, cin_g))
+        finite = None if walk.bounded(w) else \
+            np.isfinite(flat).all(axis=2).reshape(groups, cout_g, cin_g).all(axis=1)
         for k in range(groups):
             walk.reader_ids(columns[k], rows[k], nz_g[k], site,
-                            None if foldable is None else foldable[k])
+                            None if foldable is None else foldable[k],
+                            None if finite is None else finite[k])
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
     out.set_values(*_row_values(nz_g, flat.reshape(groups, cout_g, cin_g, -1),
@@ -276,7 +279,9 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
         row_unknown = nz[0] & not_zero
     else:
         if source is not None:
-            walk.reader(source, out, nz[:, source.positions[:, 0]])
+            finite = None if walk.bounded(w) else \
+                np.isfinite(weights.reshape(cin, -1)).all(axis=1)[source.positions[:, 0]]
+            walk.reader(source, out, nz[:, source.positions[:, 0]], finite_weights=finite)
         row_unknown = (nz & not_zero[None, :]).any(axis=1)
     out.set_values(~row_unknown, bias)
 
@@ -320,7 +325,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     walk.charge(source.ids, weight_bytes=n_out * source.block * size,
                 flops=node_flops(node) / source.n)
     foldable = _foldable(blocks[None], source.known[None], source.const[None])
-    walk.reader(source, out, nz, site, None if foldable is None else foldable[0])
+    finite = None if np.isfinite(w_nk).all() else np.isfinite(blocks).all(axis=(0, 2))
+    walk.reader(source, out, nz, site, None if foldable is None else foldable[0], finite)
     known, const = _row_values(nz[None], blocks[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias, alpha)
     out.set_values(known & bias_known, const)
