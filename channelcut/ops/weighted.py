@@ -325,7 +325,7 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     walk.charge(source.ids, weight_bytes=n_out * source.block * size,
                 flops=node_flops(node) / source.n)
     foldable = _foldable(blocks[None], source.known[None], source.const[None])
-    finite = None if np.isfinite(w_nk).all() else np.isfinite(blocks).all(axis=(0, 2))
+    finite = None if walk.bounded(node.inputs[1]) else np.isfinite(blocks).all(axis=(0, 2))
     walk.reader(source, out, nz, site, None if foldable is None else foldable[0], finite)
     known, const = _row_values(nz[None], blocks[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias, alpha)
