@@ -67,9 +67,10 @@ class Reader:
     site: Site | None = None  # None: this reader cannot fold constants
     # (n_in,) bool: columns whose known constant folds without overflow; None: all of them
     foldable: np.ndarray | None = None
-    # (n_in,) bool: columns whose weights are all finite; None: all are. A zero channel read
-    # through a NaN or Inf weight is not ignored (NaN * 0 is NaN), nor is a constant folded.
-    finite_weights: np.ndarray | None = None
+    # (n_out, n_in) bool: row o reads column c through a NaN or Inf weight; None: no row does.
+    # While such a row is kept, a zero channel there is not ignored (NaN * 0 is NaN), nor is a
+    # constant one folded.
+    nonfinite_weights: np.ndarray | None = None
     _readers_per_column: np.ndarray | None = field(default=None, repr=False)
 
     def live_columns(self, removed_rows: np.ndarray) -> np.ndarray:
@@ -230,18 +231,18 @@ class Walk:
 
     def reader(self, source: ChannelInfo, rows: ChannelInfo, nz: np.ndarray,
                site: Site | None = None, foldable: np.ndarray | None = None,
-               finite_weights: np.ndarray | None = None) -> None:
+               nonfinite_weights: np.ndarray | None = None) -> None:
         """`rows` read `source`'s channels through weights with non-zero pattern `nz`."""
-        self.reader_ids(source.ids, rows.ids, nz, site, foldable, finite_weights)
+        self.reader_ids(source.ids, rows.ids, nz, site, foldable, nonfinite_weights)
 
     def reader_ids(self, in_ids: np.ndarray, row_ids: np.ndarray, nz: np.ndarray,
                    site: Site | None = None, foldable: np.ndarray | None = None,
-                   finite_weights: np.ndarray | None = None) -> None:
+                   nonfinite_weights: np.ndarray | None = None) -> None:
         nz = np.asarray(nz, dtype=bool)
         nonfinite = ~self.finite_ids(in_ids)
         if nonfinite.any():  # 0 * NaN is NaN: every row reads such a channel, zero weight or not
             nz = nz | nonfinite[None, :]
-        self.readers.append(Reader(in_ids, row_ids, nz, site, foldable, finite_weights))
+        self.readers.append(Reader(in_ids, row_ids, nz, site, foldable, nonfinite_weights))
 
     def finite_ids(self, ids: np.ndarray) -> np.ndarray:
         """Per channel node: is it finite (as far as the nodes walked so far say)?"""
@@ -258,6 +259,11 @@ class Walk:
         if value not in self._bounded:
             self._bounded[value] = bounded(self.const(value))
         return self._bounded[value]
+
+    def mark(self) -> tuple[int, int, int, int]:
+        """How many couplings, readers, links and pins are recorded so far (what a node
+        records comes after)."""
+        return len(self._edges), len(self.readers), len(self.links), len(self.pins)
 
     def record_finite(self, info: ChannelInfo) -> None:
         """Copy the channels' finiteness where readers registered later look it up by id."""
@@ -342,18 +348,20 @@ def walk_graph(model: ir.Model) -> Walk:
     graph = model.graph
     for node in graph:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        mark = walk.mark()
         if rule is None:
             walk.unsupported.setdefault(node.op_type, []).append(node.name or "")
             walk.barrier(node, f"no channel rule for {node.op_type}")
-            track_nonfinite(node, walk)
+            track_nonfinite(node, walk, mark)
             continue
         if not rule.spans and any(i is not None and i.span > 1
                                   for i in map(walk.info, node.inputs)):
             walk.barrier(node, f"{node.op_type} inside a channel shuffle")
-            track_nonfinite(node, walk)
+            track_nonfinite(node, walk, mark)
             continue
         if not rule.planes:
             walk.hide_planes(node)
+        own = rule.own_constants
         try:
             rule.analyse(node, walk)
         except Exception as exc:  # a rule bug must not cut anything: keep what the node touches
@@ -362,9 +370,10 @@ def walk_graph(model: ir.Model) -> Walk:
             log.warning("analysis of %s node %r failed (%s); its channels are kept",
                         node.op_type, node.name, exc)
             walk.barrier(node, f"analysis failed: {exc}")
+            own = False  # the rule may not have marked what its constants make
         walk.show_planes()
         _extra_outputs_read(node, walk)
-        track_nonfinite(node, walk)
+        track_nonfinite(node, walk, mark, own)
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:
             walk.charge(out.ids, flops=node_flops(node) / out.n)

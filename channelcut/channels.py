@@ -83,11 +83,12 @@ class ChannelInfo:
         self.known = known & ~nonfinite & ~(np.abs(const) > HUGE)
         self.const = np.where(self.known, const, 0).astype(np.float32)
 
-    def make_nonfinite(self) -> None:
-        """Every channel may carry NaN or Inf: none is known, none finite."""
-        self.finite = np.zeros(self.n, dtype=bool)
-        self.known = np.zeros(self.n, dtype=bool)
-        self.const = np.zeros(self.n, dtype=np.float32)
+    def mark_nonfinite(self, channels: np.ndarray | None = None) -> None:
+        """These channels (a mask; None: all) may carry NaN or Inf: not known, not finite."""
+        channels = np.ones(self.n, dtype=bool) if channels is None else channels
+        self.finite = self.finite & ~channels
+        self.known = self.known & ~channels
+        self.const = np.where(self.known, self.const, 0).astype(np.float32)
 
     @property
     def uniform(self) -> np.ndarray:

@@ -4,8 +4,10 @@ when the channel is finite.
 Graph inputs are assumed finite, and the model's arithmetic on them is assumed not to overflow
 (README: non-finite values). What can still bring NaN or Inf in is a constant: a NaN, an Inf,
 or a magnitude beyond HUGE that overflows float32 once multiplied by an ordinary input. The walk
-marks every output of a node that reads such a constant or a marked value; op rules mark the
-channels whose known value computes to NaN or Inf (ChannelInfo.set_values).
+marks the output channels that such a constant makes (every channel of the node's outputs, or
+the rows a weighted rule marks), those that NaN in an input channel reaches through what the
+node records (couplings, links, readers), and those whose known value computes to NaN or Inf
+(ChannelInfo.set_values).
 """
 
 from __future__ import annotations
@@ -49,38 +51,79 @@ BOUNDS_ONLY = frozenset({"Clip"})
 OVERFLOWS = frozenset({"Exp"})
 
 
-def _may_make_nonfinite(node: ir.Node, walk: Walk) -> bool:
-    """May the node's outputs carry NaN or Inf when the graph inputs are finite?
+def _makes_every_channel_nonfinite(node: ir.Node, walk: Walk, own: bool) -> bool:
+    """May the node make NaN or Inf in every output channel from finite inputs?
 
-    Yes when it reads a value that may, when it overflows easily (OVERFLOWS), when it holds a
-    subgraph (whose constants are not looked at), and when one of its float constants is NaN,
-    Inf or beyond HUGE (a huge weight times an ordinary input overflows). Other arithmetic of
-    finite values that overflows or divides by zero is outside what this tracks: graph inputs
-    are assumed finite and such that the model's results do not overflow (README: non-finite
-    values).
+    Yes when it overflows easily (OVERFLOWS), when it holds a subgraph (whose constants are not
+    looked at), and when one of its float constants is NaN, Inf or beyond HUGE (a huge weight
+    times an ordinary input overflows), unless its rule marks what they make (`own`). Other
+    arithmetic of finite values that overflows or divides by zero is outside what this tracks:
+    graph inputs are assumed finite and such that the model's results do not overflow (README:
+    non-finite values).
     """
-    if node.op_type in OVERFLOWS or any(v is not None and v in walk.nonfinite
-                                        for v in node.inputs):
+    if node.op_type in OVERFLOWS:
         return True
     if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
            for a in node.attributes.values()):
         return True
     if node.op_type in BOUNDS_ONLY:
         return False
-    return not (all(walk.bounded(v) for v in node.inputs)
+    return not ((own or all(walk.bounded(v) for v in node.inputs))
                 and all(bounded(a) for a in _attribute_arrays(node)))
 
 
-def track_nonfinite(node: ir.Node, walk: Walk) -> None:
-    """Mark the node's outputs that may carry NaN or Inf: every channel of each, when the node
-    may make them, else those whose known value the rule computed to NaN or Inf."""
-    makes = _may_make_nonfinite(node, walk)
+def _reached(walk: Walk, mark: tuple[int, int, int, int], sources: np.ndarray
+             ) -> np.ndarray | None:
+    """The channel nodes that NaN in `sources` (input channels) reaches through what the node
+    recorded since `mark`: couplings and links (both ways), readers (every row of a reader
+    that reads one). None when the node pins one of them: it reads it in ways not recorded."""
+    edges, readers, links, pins = mark
+    if any(np.isin(pin.ids, sources).any() for pin in walk.pins[pins:]):
+        return None
+    pairs = walk._edges[edges:] + [(k.operand_ids, k.out_ids) for k in walk.links[links:]]
+    a = np.concatenate([x for x, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    b = np.concatenate([y for _, y in pairs]) if pairs else np.zeros(0, np.int64)
+    new_readers = walk.readers[readers:]
+    reached = np.unique(sources)
+    while True:  # the closure: a node couples few channels, this ends after a few rounds
+        grown = [reached, b[np.isin(a, reached)], a[np.isin(b, reached)]]
+        grown += [r.row_ids for r in new_readers if np.isin(r.in_ids, reached).any()]
+        grown = np.unique(np.concatenate(grown))
+        if grown.size == reached.size:
+            return reached
+        reached = grown
+
+
+def track_nonfinite(node: ir.Node, walk: Walk, mark: tuple[int, int, int, int],
+                    own: bool = False) -> None:
+    """Mark the node's output channels that may carry NaN or Inf, once its rule has run.
+
+    Every channel of every output when the node makes NaN or Inf itself, or reads a value that
+    may carry some and has no channels to say where; else the channels that the non-finite
+    input channels reach (see `_reached`), and those the rule marked (a weight row with a NaN,
+    a known value that computes to Inf). An output without channels may carry NaN or Inf when
+    anything the node reads may.
+    """
+    inputs = [v for v in node.inputs if v is not None]
+    every = _makes_every_channel_nonfinite(node, walk, own) or any(
+        walk.info(v) is None and v in walk.nonfinite for v in inputs)
+    sources = [info.ids[~info.finite] for v in inputs if (info := walk.info(v)) is not None]
+    sources = np.concatenate(sources) if sources else np.zeros(0, np.int64)
+    reached = None if every or sources.size == 0 else _reached(walk, mark, sources)
+    every = every or (sources.size > 0 and reached is None)
+    own_unbounded = own and not all(walk.bounded(v) for v in inputs)
     for value in node.outputs:
+        if value is None:
+            continue
         info = walk.infos.get(value)
-        if info is not None:
-            if makes:
-                info.make_nonfinite()
+        if info is None:
+            may = every or sources.size > 0 or own_unbounded
+        else:
+            if every:
+                info.mark_nonfinite()
+            elif reached is not None:
+                info.mark_nonfinite(np.isin(info.ids, reached))
             walk.record_finite(info)
-        may = makes or (info is not None and not info.finite.all())
+            may = not info.finite.all()
         if may and (value.dtype is None or value.dtype.is_floating_point()):
             walk.nonfinite.add(value)  # integers and booleans are never NaN

@@ -380,3 +380,24 @@ def test_a_constant_channel_read_through_an_inf_weight_is_not_folded():
     wb[0, 2] = -np.inf
     m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), wb, ba=bias(4, at={2: 0.5}))
     assert_cut(m, FINITE_BRANCH, groups=1, mode="full")
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_nan_weight_row_marks_its_own_channel_only(mode):
+    # a[2] is NaN (a NaN weight in its row), a[1] is finite: conv_b's zero column drops a[1]
+    wa = weights(4, 3, 1, 1)
+    wa[2, 0] = np.nan
+    m = nonfinite_model(wa, weights(2, 4, 1, 1, zero_cols=[1, 2]))
+    assert_cut(m, {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}, groups=2, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_nan_reaches_only_the_channels_it_flows_into(mode):
+    # a[2] + NaN makes s[2] NaN; a Relu keeps channels apart: conv_b drops m[1], keeps m[2]
+    nan_at_2 = np.ones((1, 4, 1, 1), np.float32)
+    nan_at_2[0, 2] = np.nan
+    m = nonfinite_model(weights(4, 3, 1, 1), weights(2, 4, 1, 1, zero_cols=[1, 2]),
+                        mid=[node("Add", ["a", "cn"], ["s"]), relu("s", "m")],
+                        inits={"cn": nan_at_2})
+    result = cut(m, mode)
+    assert kept_channels(result) == {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
-from channelcut.channels import ChannelInfo, per_channel_constant
+from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
 from channelcut.cut import Rewrite, delete_positions
 from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
@@ -187,7 +187,8 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     values: list[Values] = []
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
     linked: set[ir.Value] = set()
-    for value in operands:
+    nonfinite = np.zeros(out.n, bool)  # channels a constant operand makes NaN or Inf
+    for index, value in enumerate(operands):
         shape = walk.shape(value)
         ax = _aligned_axis(axis, len(out_shape), shape)
         info = walk.info(value)
@@ -208,12 +209,36 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             if ax < 0:
                 array, ax = array.reshape((1,) * (-ax) + array.shape), 0
             values.append(per_channel_constant(array, ax, out.positions))
+            nonfinite |= _makes_nonfinite(node.op_type, index, array, ax, out)
         elif ax < 0 or shape[ax] == 1:
             values.append(unknown)  # one unknown value broadcast over all channels
         else:
             walk.pin(out, node, "an operand's channels cannot be cut")
             values.append(unknown)
+            if array is not None:
+                nonfinite |= _makes_nonfinite(node.op_type, index, array.reshape(-1), 0, None)
     out.set_values(*BROADCAST[node.op_type](values))
+    out.mark_nonfinite(nonfinite)
+
+
+def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
+                     out: ChannelInfo | None) -> np.ndarray | bool:
+    """Per output channel (`array` laid along `axis` like `out`'s channels; None: one answer for
+    all): does this constant operand make NaN or Inf from finite inputs? It does where it is
+    NaN, Inf or huge, where it divides by zero, and where it is an exponent that is negative or
+    not a whole number (0 ** -1 is Inf, (-1) ** 0.5 NaN)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(array) <= HUGE)
+        if index == 1 and op_type == "Div":
+            bad |= array == 0
+        if index == 1 and op_type == "Pow":
+            bad |= (array < 0) | (array != np.round(array))
+    if out is None or bad.ndim == 0:
+        return bool(bad.any())
+    per_position = np.moveaxis(bad, axis, 0).reshape(bad.shape[axis], -1).any(axis=1)
+    if per_position.size == 1:
+        return np.full(out.n, bool(per_position[0]))
+    return per_position[out.positions].any(axis=1)
 
 
 def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo, out_shape: tuple[int, ...]
@@ -275,4 +300,4 @@ def _lost_by_every_operand(node: ir.Node, rw: Rewrite, needs: dict[ir.Value, np.
 
 
 for _op in BROADCAST:
-    rule(_op, rewrite=rewrite_broadcast)(analyse_broadcast)
+    rule(_op, rewrite=rewrite_broadcast, own_constants=True)(analyse_broadcast)

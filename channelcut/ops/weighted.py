@@ -86,6 +86,18 @@ def _foldable(weights: np.ndarray, in_known: np.ndarray, in_const: np.ndarray
     return foldable
 
 
+def _unbounded_rows(walk: Walk, value: ir.Value | None, array: np.ndarray | None,
+                    axis: int, n: int) -> np.ndarray:
+    """Per output channel (`n`, laid along `axis` of the constant, or one for all when that
+    axis is 1 long): does its part of the constant hold a NaN, an Inf or a value beyond HUGE?"""
+    if value is None or array is None or walk.bounded(value):
+        return np.zeros(n, dtype=bool)
+    moved = np.moveaxis(np.atleast_1d(array), axis, 0)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(moved.reshape(moved.shape[0], -1)) <= HUGE).all(axis=1)
+    return np.broadcast_to(bad, (n,)) if bad.size == 1 else bad
+
+
 def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
                    block_ok: bool = True) -> ChannelInfo | None:
     """The input's channels if they lie on the axis the op contracts; otherwise pin them."""
@@ -132,6 +144,8 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
             walk.pin(out, node, "depthwise Conv of a tensor whose channels cannot be cut")
         out.set_values(*_depthwise_values(nz[:, 0], flat[:, 0].sum(axis=-1, dtype=np.float32),
                                           in_known, in_const, blocked, bias))
+        out.mark_nonfinite(_unbounded_rows(walk, w, weights, 0, cout)
+                           | _unbounded_rows(walk, b, bias, 0, cout))
         return
 
     cout_g = cout // groups
@@ -148,18 +162,20 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
         site = _conv_fold_site(node, walk, source, cout, kernel, b is not None, size)
         foldable = _foldable(flat.reshape(groups, cout_g, cin_g, -1),
                              in_known.reshape(groups, cin_g), in_const.reshape(groups, cin_g))
-        finite = None if walk.bounded(w) else \
-            np.isfinite(flat).all(axis=2).reshape(groups, cout_g, cin_g).all(axis=1)
+        nonfinite = None if walk.bounded(w) else \
+            ~np.isfinite(flat).all(axis=2).reshape(groups, cout_g, cin_g)
         for k in range(groups):
             walk.reader_ids(columns[k], rows[k], nz_g[k], site,
                             None if foldable is None else foldable[k],
-                            None if finite is None else finite[k])
+                            None if nonfinite is None else nonfinite[k])
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
     out.set_values(*_row_values(nz_g, flat.reshape(groups, cout_g, cin_g, -1),
                                 in_known.reshape(groups, cin_g),
                                 in_const.reshape(groups, cin_g),
                                 blocked.reshape(groups, cin_g), bias))
+    out.mark_nonfinite(_unbounded_rows(walk, w, weights, 0, cout)
+                       | _unbounded_rows(walk, b, bias, 0, cout))
 
 
 def _depthwise(groups: int, cin_g: int, cout: int) -> bool:
@@ -243,7 +259,7 @@ def _rewrite_bias(node: ir.Node, rw: Rewrite, index: int, deleted: np.ndarray, a
         rw.set_const(node, index, delete_positions(bias, {axis: deleted}))
 
 
-rule("Conv", rewrite=rewrite_conv, planes=True)(analyse_conv)
+rule("Conv", rewrite=rewrite_conv, planes=True, own_constants=True)(analyse_conv)
 
 
 # -- ConvTranspose ------------------------------------------------------------------------
@@ -279,11 +295,14 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
         row_unknown = nz[0] & not_zero
     else:
         if source is not None:
-            finite = None if walk.bounded(w) else \
-                np.isfinite(weights.reshape(cin, -1)).all(axis=1)[source.positions[:, 0]]
-            walk.reader(source, out, nz[:, source.positions[:, 0]], finite_weights=finite)
+            nonfinite = None if walk.bounded(w) else \
+                ~np.isfinite(weights.reshape(cin, cout_g, -1)).all(axis=2).T
+            walk.reader(source, out, nz[:, source.positions[:, 0]], nonfinite_weights=None
+                        if nonfinite is None else nonfinite[:, source.positions[:, 0]])
         row_unknown = (nz & not_zero[None, :]).any(axis=1)
     out.set_values(~row_unknown, bias)
+    out.mark_nonfinite(_unbounded_rows(walk, w, weights, 0 if depthwise else 1, cout)
+                       | _unbounded_rows(walk, b, bias, 0, cout))
 
 
 def rewrite_conv_transpose(node: ir.Node, rw: Rewrite) -> None:
@@ -301,7 +320,8 @@ def rewrite_conv_transpose(node: ir.Node, rw: Rewrite) -> None:
     _rewrite_bias(node, rw, 2, deleted_out, axis=0)
 
 
-rule("ConvTranspose", rewrite=rewrite_conv_transpose)(analyse_conv_transpose)
+rule("ConvTranspose", rewrite=rewrite_conv_transpose, own_constants=True)(
+    analyse_conv_transpose)
 
 
 # -- Gemm and MatMul ----------------------------------------------------------------------
@@ -325,8 +345,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     walk.charge(source.ids, weight_bytes=n_out * source.block * size,
                 flops=node_flops(node) / source.n)
     foldable = _foldable(blocks[None], source.known[None], source.const[None])
-    finite = None if walk.bounded(node.inputs[1]) else np.isfinite(blocks).all(axis=(0, 2))
-    walk.reader(source, out, nz, site, None if foldable is None else foldable[0], finite)
+    nonfinite = None if walk.bounded(node.inputs[1]) else ~np.isfinite(blocks).all(axis=2)
+    walk.reader(source, out, nz, site, None if foldable is None else foldable[0], nonfinite)
     known, const = _row_values(nz[None], blocks[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias, alpha)
     out.set_values(known & bias_known, const)
@@ -358,6 +378,9 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
     site = Site(node, "bias fold",
                 Cost(weight_bytes=0 if has_bias else out.n * weights.dtype.itemsize))
     _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0), site)
+    rows_axis = 0 if attr_int(node, "transB", 0) else 1
+    out.mark_nonfinite(_unbounded_rows(walk, b, weights, rows_axis, out.n)
+                       | _unbounded_rows(walk, c, walk.const(c), -1, out.n))  # C: n is last
 
 
 def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
@@ -372,7 +395,7 @@ def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
     fold_into_gemm(node, rw, original if out_axis == 0 else original.T, deleted_in, deleted_out)
 
 
-rule("Gemm", rewrite=rewrite_gemm)(analyse_gemm)
+rule("Gemm", rewrite=rewrite_gemm, own_constants=True)(analyse_gemm)
 
 
 def _matrix(weights: np.ndarray | None) -> np.ndarray | None:
@@ -395,6 +418,7 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     zeros = np.zeros(out.n, np.float32)
     site = Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, out_shape))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
+    out.mark_nonfinite(_unbounded_rows(walk, b, weights, 1, out.n))
 
 
 def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
@@ -407,4 +431,4 @@ def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
     fold_into_matmul(node, rw, _matrix(original), deleted_in, deleted_out)
 
 
-rule("MatMul", rewrite=rewrite_matmul)(analyse_matmul)
+rule("MatMul", rewrite=rewrite_matmul, own_constants=True)(analyse_matmul)
