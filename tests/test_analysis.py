@@ -401,3 +401,12 @@ def test_nan_reaches_only_the_channels_it_flows_into(mode):
                         inits={"cn": nan_at_2})
     result = cut(m, mode)
     assert kept_channels(result) == {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}
+
+
+def test_a_constant_channel_padded_with_another_value_is_unknown_not_nonfinite():
+    # a[2] is the constant 0.5; after Pad with 0 it is unknown (not a constant), yet finite:
+    # conv_b's zero column still drops it
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), weights(2, 4, 1, 1, zero_cols=[2]),
+                        ba=bias(4, at={2: 0.5}), mid=[node("Pad", ["a", "pads"], ["m"])],
+                        inits={"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
+    assert_cut(m, {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}, groups=2)

@@ -72,16 +72,18 @@ UNARY: dict[str, Callable[[np.ndarray, ir.Node], np.ndarray]] = {
 }
 
 
-def apply(fn: Callable[[np.ndarray], np.ndarray], known: np.ndarray, const: np.ndarray) -> Values:
-    """Push known constants through `fn` in float32; a NaN or Inf result is recorded as such
-    (ChannelInfo.set_values), never as a constant."""
+def apply(fn: Callable[[np.ndarray], np.ndarray], known: np.ndarray, const: np.ndarray,
+          nan_unknown: bool = False) -> Values:
+    """Push known constants through `fn` in float32. A NaN or Inf result is what the channel
+    carries (ChannelInfo.set_values records it as such, never as a constant); with
+    `nan_unknown`, `fn` marks the channels it cannot tell with NaN instead."""
     with np.errstate(all="ignore"):
         out = np.asarray(fn(const.astype(np.float32)), dtype=np.float32)
-    return known, out
+    return (known & ~np.isnan(out) if nan_unknown else known), out
 
 
-def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray] | None
-                ) -> ChannelInfo | None:
+def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray] | None,
+                nan_unknown: bool = False) -> ChannelInfo | None:
     """out[c] <- fn(in[c]) for the first input and first output; fn None: values unknown."""
     source = walk.info(node.inputs[0])
     if source is None:
@@ -90,7 +92,7 @@ def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray
     if fn is None:
         out.set_values(np.zeros(out.n, bool), out.const)
     else:
-        out.set_values(*apply(fn, source.known, source.const))
+        out.set_values(*apply(fn, source.known, source.const, nan_unknown))
     return out
 
 
