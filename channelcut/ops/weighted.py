@@ -98,6 +98,19 @@ def _unbounded_rows(walk: Walk, value: ir.Value | None, array: np.ndarray | None
     return np.broadcast_to(bad, (n,)) if bad.size == 1 else bad
 
 
+def _unbounded_weight_rows(walk: Walk, value: ir.Value, w3: np.ndarray, in_zero: np.ndarray
+                           ) -> np.ndarray:
+    """Per row of weights [rows, cols, k]: does it make NaN or Inf? It does with a NaN or Inf
+    anywhere (NaN * 0 is NaN), or with a huge weight on a column that is not known to be zero
+    (`in_zero`, [rows, cols] or [cols]: a huge weight times zero is zero)."""
+    if walk.bounded(value):
+        return np.zeros(w3.shape[0], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(w3)
+        huge = finite & ~(np.abs(w3) <= HUGE)
+    return (~finite).any(axis=(1, 2)) | (huge.any(axis=2) & ~in_zero).any(axis=1)
+
+
 def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
                    block_ok: bool = True) -> ChannelInfo | None:
     """The input's channels if they lie on the axis the op contracts; otherwise pin them."""
@@ -136,6 +149,11 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     # where it is a map (a plane) to begin with
     maps = _padded(node, weights.shape[2:]) or (source is not None and source.plane is not None)
     blocked = maps & (in_const != 0)
+    # what each row reads that is known zero (its group's inputs)
+    zero_read = np.repeat((in_known & (in_const == 0)).reshape(groups, cin_g),
+                          cout // groups, axis=0)
+    bad_rows = _unbounded_weight_rows(walk, w, flat, zero_read) | \
+        _unbounded_rows(walk, b, bias, 0, cout)
 
     if _depthwise(groups, cin_g, cout):
         if source is not None:
@@ -144,8 +162,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
             walk.pin(out, node, "depthwise Conv of a tensor whose channels cannot be cut")
         out.set_values(*_depthwise_values(nz[:, 0], flat[:, 0].sum(axis=-1, dtype=np.float32),
                                           in_known, in_const, blocked, bias))
-        out.mark_nonfinite(_unbounded_rows(walk, w, weights, 0, cout)
-                           | _unbounded_rows(walk, b, bias, 0, cout))
+        out.mark_nonfinite(bad_rows)
         return
 
     cout_g = cout // groups
@@ -174,8 +191,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
                                 in_known.reshape(groups, cin_g),
                                 in_const.reshape(groups, cin_g),
                                 blocked.reshape(groups, cin_g), bias))
-    out.mark_nonfinite(_unbounded_rows(walk, w, weights, 0, cout)
-                       | _unbounded_rows(walk, b, bias, 0, cout))
+    out.mark_nonfinite(bad_rows)
 
 
 def _depthwise(groups: int, cin_g: int, cout: int) -> bool:
@@ -336,6 +352,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     if source is None:
         nz_rows = (w_nk != 0).any(axis=1)
         out.set_values(bias_known & ~nz_rows, bias)
+        out.mark_nonfinite(_unbounded_weight_rows(walk, node.inputs[1], w_nk[:, :, None],
+                                                  np.zeros(w_nk.shape[1], bool)))
         return
     if np.array_equal(source.positions, identity_positions(source.n, source.block)):
         blocks = w_nk.reshape(n_out, source.n, source.block)  # a view, no copy
@@ -350,6 +368,7 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     known, const = _row_values(nz[None], blocks[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias, alpha)
     out.set_values(known & bias_known, const)
+    out.mark_nonfinite(_unbounded_weight_rows(walk, node.inputs[1], blocks, source.zero))
 
 
 def analyse_gemm(node: ir.Node, walk: Walk) -> None:
@@ -378,9 +397,7 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
     site = Site(node, "bias fold",
                 Cost(weight_bytes=0 if has_bias else out.n * weights.dtype.itemsize))
     _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0), site)
-    rows_axis = 0 if attr_int(node, "transB", 0) else 1
-    out.mark_nonfinite(_unbounded_rows(walk, b, weights, rows_axis, out.n)
-                       | _unbounded_rows(walk, c, walk.const(c), -1, out.n))  # C: n is last
+    out.mark_nonfinite(_unbounded_rows(walk, c, walk.const(c), -1, out.n))  # C: n is last
 
 
 def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
@@ -418,7 +435,6 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     zeros = np.zeros(out.n, np.float32)
     site = Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, out_shape))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
-    out.mark_nonfinite(_unbounded_rows(walk, b, weights, 1, out.n))
 
 
 def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
