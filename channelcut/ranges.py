@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from channelcut.errors import ChannelcutError
+
+if TYPE_CHECKING:
+    from channelcut.channels import ChannelInfo
 
 F32_MAX = float(np.finfo(np.float32).max)
 EPS32 = 2.0 ** -24  # unit roundoff of float32
@@ -75,25 +79,22 @@ def unbounded_past_float32(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, 
     return lo, hi
 
 
-def settle(node: ir.Node, value: ir.Value, info, input_bounds: tuple[np.ndarray, np.ndarray]
+def settle(node: ir.Node, value: ir.Value, info: ChannelInfo, input_bounds: tuple[np.ndarray, np.ndarray]
            | None, records: list[RangeFact]) -> None:
     """Meet the interval with what is known of the channels; a one-point interval becomes a
     known constant (recorded in `records`). A channel that may be non-finite has no interval."""
     lo, hi = info.lo.astype(np.float64), info.hi.astype(np.float64)
-    finite = getattr(info, "finite", None)  # the non-finite fact, where the walk tracks it
+    finite = info.finite  # False: may carry NaN or Inf (channelcut.finite)
     point_known = info.known & ((info.const == 0) | (info.plane is None))
     const = info.const.astype(np.float64)
     lo = np.where(point_known, const, lo)
     hi = np.where(point_known, const, hi)
-    if finite is not None:
-        lo = np.where(finite, lo, -np.inf)
-        hi = np.where(finite, hi, np.inf)
+    lo = np.where(finite, lo, -np.inf)
+    hi = np.where(finite, hi, np.inf)
     # a point: the same finite number on both sides, exactly a float32 (clamps give those)
-    point = (lo == hi) & np.isfinite(lo) & ~info.known & (np.float32(lo) == lo)
+    point = (lo == hi) & np.isfinite(lo) & ~info.known & (np.float32(lo) == lo) & finite
     if info.plane is not None:
         point &= lo == 0  # a known constant here would be read as const * plane
-    if finite is not None:
-        point &= finite
     info.lo, info.hi = lo, hi
     if not point.any():
         return

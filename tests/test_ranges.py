@@ -369,3 +369,16 @@ def test_rknn_mean_std_bound_the_input_and_cut_what_it_proves_dead(capsys) -> No
                                    reference.inference([image])[0], rtol=1e-4, atol=1e-5)
     _, lines = build(True)  # no mean/std: the input is unbounded, nothing is dead
     assert not any("cut by range" in line for line in lines)
+
+
+def test_a_channel_that_may_be_nan_is_never_made_constant_by_its_range() -> None:
+    """Channel 1's first conv has a NaN bias: the ReLU6 and the depthwise conv after it may be
+    NaN there, so the second ReLU6 is not provably 0 on channel 1 (on channel 4 it is)."""
+    m = relu6_depthwise(margin=0.1)
+    b1 = np.zeros(C, np.float32)
+    b1[1] = np.nan
+    m.graph.initializer.append(onnx.numpy_helper.from_array(b1, "b1"))
+    next(n for n in m.graph.node if n.output[0] == "a").input.append("b1")
+    result = assert_cut(m, {"conv_a": (3, 5), "conv_d": (5, 5), "conv_y": (5, 4)},
+                        feeds=edge_feeds((1, 3, 8, 8), -100.0, 100.0))
+    assert [c.channels for c in result.report.range_cuts] == [[4]]

@@ -75,7 +75,7 @@ def _bound_untracked(node: ir.Node, walk: Walk) -> None:
     """A node whose output has no channels (it reads a graph input, say): one interval for
     every element of it, where the op is elementwise or only moves values; kept with the
     graph inputs' ranges, where readers look them up."""
-    if not node.outputs or node.outputs[0] is None or \
+    if not node.outputs or node.outputs[0] is None or node.outputs[0] in walk.nonfinite or \
             node.op_type not in FOLLOW and node.op_type not in BOUNDS or \
             node.op_type in WEIGHTED or _added_value(node, walk) is False:
         return
@@ -142,7 +142,7 @@ def positions_range(walk: Walk, value: ir.Value | None, axis: int, size: int) ->
         if info.axis != axis or info.size != size or info.span != 1:
             return _hull_everywhere(info.lo, info.hi, size)
         return info.by_position(info.lo), info.by_position(info.hi)
-    if value in walk.input_ranges:
+    if value in walk.input_ranges and value not in walk.nonfinite:
         lo, hi = walk.input_ranges[value]
         if lo.size == size and axis == 1:
             return lo.copy(), hi.copy()
