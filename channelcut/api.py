@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,8 +44,9 @@ class CutResult:
 
 
 def cut(
-    model: onnx.ModelProto | str | Path,
+    model: onnx.ModelProto | str | Path | Any,
     *,
+    example_inputs: Any = None,
     input_shapes: dict[str, list[int] | tuple[int, ...]] | None = None,
     verify: bool = True,
     threshold: float = 0.9999,
@@ -53,6 +56,9 @@ def cut(
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
+    `model` is an ONNX model (a proto or a path) or a `torch.nn.Module`, exported to ONNX
+    (channelcut.pytorch) for `example_inputs`: one float tensor or a tuple of them, one per
+    module input (only their shapes are used).
     `input_shapes` fixes dynamic input dimensions (default 1) for the analysis and the check.
     `fold` (the full cut) also removes constant channels, folding them into their readers,
     and cuts one side of a residual Add, reinserting constants; without it only zero or
@@ -61,16 +67,30 @@ def cut(
     `align` > 1 keeps a multiple of that many channels in every tensor that loses some (8 or
     16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
-    output raises VerificationError.
+    output raises VerificationError. `threshold` is in (0, 1]; 1 means equal up to float
+    rounding (channelcut.verify.COSINE_TOLERANCE).
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or \
+            not 0.0 < threshold <= 1.0:
+        raise ChannelcutError(f"threshold {threshold!r}: give a cosine in (0, 1]")
     if objective not in OBJECTIVES:
         raise ChannelcutError(
             f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     if isinstance(align, bool) or not isinstance(align, int) or align < 1:
         raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
+    if example_inputs is not None or _is_torch_module(model):
+        from channelcut import pytorch  # noqa: PLC0415 - needs torch, an optional extra
+
+        model = pytorch.to_onnx(model, pytorch.example_shapes(example_inputs))
     with _collector_paused():
         return _cut(io.load_model(model, copy=False), input_shapes, verify, threshold, fold,
                     objective, align)
+
+
+def _is_torch_module(model: object) -> bool:
+    """Is `model` a torch.nn.Module? (Without importing torch: a module needs it imported.)"""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 @contextmanager

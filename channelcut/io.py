@@ -33,6 +33,11 @@ def load_model(source: onnx.ModelProto | str | Path, copy: bool = True) -> onnx.
         private = onnx.ModelProto()
         private.CopyFrom(source)
         return private
+    if not isinstance(source, str | os.PathLike):
+        raise ChannelcutError(
+            f"model is a {type(source).__name__}; give an onnx.ModelProto, the path of an "
+            ".onnx file, or (to channelcut.cut) a torch.nn.Module with example_inputs"
+        )
     path = _require_file(Path(source), "model")
     hint = "re-export it from your framework, or check that the download finished"
     try:

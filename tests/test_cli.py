@@ -123,6 +123,25 @@ def test_threshold_out_of_range(capsys, model_file, tmp_path):
     assert_one_line_error(err, "--threshold")
 
 
+@pytest.mark.parametrize("threshold", ["0", "-1", "nan", "1.0001"])
+def test_threshold_outside_0_1_writes_nothing(capsys, model_file, tmp_path, threshold):
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", out, f"--threshold={threshold}")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "--threshold", "(0, 1]")
+    assert not out.exists()
+
+
+def test_threshold_1_accepts_outputs_equal_up_to_rounding(capsys, tmp_path):
+    from test_api import rounding_model  # noqa: PLC0415
+
+    model_path, out = tmp_path / "in.onnx", tmp_path / "o.onnx"
+    model_path.write_bytes(rounding_model().SerializeToString())
+    code, _, err = run_cli(capsys, "cut", model_path, "-o", out, "--threshold", "1", "-q")
+    assert (code, err) == (cli.EXIT_OK, "")
+    assert out.exists()
+
+
 def test_no_command_and_usage_errors(capsys):
     assert cli.main([]) == cli.EXIT_USER_ERROR
     assert "give a command" in capsys.readouterr().err

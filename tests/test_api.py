@@ -1,0 +1,71 @@
+"""channelcut.cut() as a library call: its arguments are checked like the CLI's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import channelcut
+from channelcut.errors import ChannelcutError
+
+from builders import bias, conv, dead_channel_model, model, relu, run, weights
+
+
+def rounding_model():
+    """conv 3->32 with every third filter zero (bias -1, so Relu makes it 0), then a 3x3 conv
+    32->32: the second conv sums 21 channels instead of 32, so its float32 results round
+    differently from the original's (cosine 1 - 1e-13, not 1.0)."""
+    dead = list(range(0, 32, 3))
+    return model([conv("x", "w", "y", "b", pads=1), relu("y", "a"), conv("a", "w2", "z", pads=1)],
+                 inputs={"x": [1, 3, 16, 16]}, outputs=["z"],
+                 inits={"w": weights(32, 3, 3, 3, zero_rows=dead),
+                        "b": bias(32, {i: -1.0 for i in dead}), "w2": weights(32, 32, 3, 3)})
+
+
+def test_threshold_1_means_equal_up_to_rounding():
+    result = channelcut.cut(rounding_model(), threshold=1.0)
+    (check,) = result.report.checks
+    assert check.max_abs_error > 0  # the outputs do differ by rounding: the case that failed
+    assert result.report.removed_channels == 2 * 11  # y and a lose 11 channels each
+
+
+@pytest.mark.parametrize("threshold", [0, 0.0, -0.5, 1.5, 1.0000001, float("nan"), float("inf"),
+                                       True, "0.9", None])
+def test_threshold_outside_0_1_is_refused(threshold):
+    with pytest.raises(ChannelcutError, match=r"threshold .*: give a cosine in \(0, 1\]"):
+        channelcut.cut(dead_channel_model(), threshold=threshold, verify=False)
+
+
+@pytest.mark.parametrize("source", [42, b"not a path", {"graph": None}])
+def test_a_model_of_another_type_is_a_clear_error(source):
+    with pytest.raises(ChannelcutError, match="give an onnx.ModelProto, the path of an .onnx"):
+        channelcut.cut(source)
+
+
+def test_an_nn_module_is_cut_through_the_pytorch_front_end():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        module[0].weight[::2] = 0.0  # 4 zero filters with bias -1: dead after the ReLU
+        module[0].bias[::2] = -1.0
+    example = torch.randn(1, 3, 16, 16)
+    result = channelcut.cut(module, example_inputs=(example,))
+    assert [(layer.in_channels, layer.out_channels) for layer in result.report.layers] == \
+        [((3, 3), (8, 4)), ((8, 4), (4, 4))]
+    with torch.no_grad():
+        want = module(example).numpy()
+    (got,) = run(result.model, {"input0": example.numpy()}).values()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # a bare tensor is one input, too
+    assert channelcut.cut(module, example_inputs=example).report.removed_channels == \
+        result.report.removed_channels
+
+
+@pytest.mark.parametrize("examples", [None, [], (np.zeros((1, 3, 16, 16), np.float32),), "x"])
+def test_an_nn_module_without_float_example_inputs_is_a_clear_error(examples):
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Conv2d(3, 4, 1)
+    with pytest.raises(ChannelcutError, match="a torch.nn.Module needs example_inputs"):
+        channelcut.cut(module, example_inputs=examples)
