@@ -24,7 +24,8 @@ from channelcut.cut import SizeChange, apply_cut, kept_mask
 from channelcut.flops import model_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
-                               inputs_as_declared, restore_boundary_shapes, set_value_info)
+                               inputs_as_declared, restore_boundary_shapes,
+                               restore_boundary_types, set_value_info)
 from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     as_declared = inputs_as_declared(graph_model)
     restore_boundary_shapes(graph_model)
     result_proto = ir.to_proto(graph_model)
+    restore_boundary_types(result_proto, original)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)
     flops_after = model_flops(graph_model)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 import channelcut
 from channelcut.errors import ChannelcutError
 
-from builders import bias, conv, dead_channel_model, model, relu, run, weights
+from builders import bias, conv, cut, dead_channel_model, model, random_feeds, relu, run, weights
 
 
 def rounding_model():
@@ -69,3 +70,31 @@ def test_an_nn_module_without_float_example_inputs_is_a_clear_error(examples):
     module = torch.nn.Conv2d(3, 4, 1)
     with pytest.raises(ChannelcutError, match="a torch.nn.Module needs example_inputs"):
         channelcut.cut(module, example_inputs=examples)
+
+
+# --- graph inputs and outputs keep their declarations exactly -------------------------------
+
+def boundary(m) -> list:
+    return [(v.name, v.type.SerializeToString()) for v in [*m.graph.input, *m.graph.output]]
+
+
+@pytest.mark.parametrize("output_dims", [["N", 3, 8, 8], [1, 3, 8, 8], ["M", 3, 8, 8], None],
+                         ids=["same", "batch 1", "other dim_param", "no shape"])
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_an_input_that_is_also_an_output_keeps_both_declarations(output_dims, mode):
+    m = dead_channel_model()  # x[N,3,8,8] -> ... -> y[N,2,8,8], one dead channel
+    m.graph.output.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, output_dims))
+    result = cut(m, mode)
+    assert result.report.removed_channels == 2  # conv1's output and the Relu's lose one each
+    assert boundary(result.model) == boundary(m)
+    feeds = random_feeds(m, {"x": [2, 3, 8, 8]})  # the batch stays dynamic
+    for name, want in run(m, feeds).items():
+        np.testing.assert_allclose(run(result.model, feeds)[name], want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_input_that_is_an_output_keeps_its_dynamic_dims_when_nothing_is_cut():
+    m = model([relu("x", "y")], inputs=[("x", ["N", 3, "H", "W"])],
+              outputs=[("y", ["N", 3, "H", "W"]), ("x", [1, 3, 4, 4])])
+    result = cut(m)
+    assert result.report.removed_channels == 0
+    assert boundary(result.model) == boundary(m)
