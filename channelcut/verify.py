@@ -94,6 +94,7 @@ def random_inputs(
     model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Seeded inputs: floats standard normal, integers small and non-negative, bools 50/50."""
+    _check_input_bytes(model, shapes)
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in graph_inputs(model):
@@ -113,6 +114,30 @@ def random_inputs(
                 "random values; skip verification with --no-verify"
             )
     return feeds
+
+
+def _check_input_bytes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse inputs this machine cannot hold before allocating them (numpy would raise a
+    MemoryError, or the system swap): they may take a quarter of its memory, counted at 8
+    bytes an element as they are drawn in float64 or int64 before the cast."""
+    sizes = {v.name: math.prod(shapes[v.name]) * 8 for v in graph_inputs(model)}
+    limit = _memory_bytes() // 4
+    if sizes and sum(sizes.values()) > limit:
+        name = max(sizes, key=sizes.__getitem__)
+        dims = ",".join(str(d) for d in shapes[name])
+        raise ChannelcutError(
+            f"verification inputs would take {sum(sizes.values()) / 2**30:.3g} GiB (input "
+            f"{name!r} is [{dims}]), more than a quarter of this machine's memory "
+            f"({limit * 4 / 2**30:.3g} GiB); give smaller dims with --input-shape "
+            f"{name}:DIM,DIM,... or skip verification with --no-verify")
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine (16 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 16 * 2**30
 
 
 def compare(
