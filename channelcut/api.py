@@ -31,6 +31,9 @@ from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteCha
 log = logging.getLogger(__name__)
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Rounds of keeping the readers of grown constants before cutting without folds: one suffices
+# unless keeping some channels changes how other shared constants are cut.
+MAX_KEEP_ROUNDS = 3
 
 
 @dataclass
@@ -109,18 +112,73 @@ def _collector_paused() -> Iterator[None]:
 
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
          verify: bool, threshold: float, fold: bool, objective: str, align: int) -> CutResult:
-    """cut() on a loaded model; the model is only read (the IR copies what changes)."""
+    """cut() on a loaded model; the model is only read (the IR copies what changes).
+
+    The weights never grow, whatever the objective: when the cut model's constants would take
+    more bytes than the original's, the cut is made again with the readers of each constant
+    that grew kept whole (a constant read by several nodes that each cut differently needs one
+    copy per reader), then without folds and reinsertions (whose savings may overlap), and at
+    last not at all; each step is logged as a warning.
+    """
     shapes = verification.resolve_input_shapes(original, input_shapes)
+    kept: dict[int, str] = {}
+    keep_rounds = 0
+    while True:  # each pass keeps more readers (a bounded number of times), or folds less
+        result, grown = _cut_once(original, shapes, fold, objective, align, kept)
+        report = result.report
+        if report.weight_bytes_after <= report.weight_bytes_before:
+            break
+        growth = (f"the cut would grow the weights from {report.weight_bytes_before} to "
+                  f"{report.weight_bytes_after} bytes")
+        if set(grown) - set(kept) and keep_rounds < MAX_KEEP_ROUNDS:
+            log.warning("%s: constants read by several nodes cut differently; keeping the "
+                        "channels of %d such readers", growth, len(set(grown) - set(kept)))
+            kept |= grown
+            keep_rounds += 1
+        elif fold:
+            log.warning("%s: cutting again with --zero-only (no folds or reinsertions)", growth)
+            fold = False
+        else:
+            log.warning("%s: nothing is cut", growth)
+            result = _uncut(original, result.report)
+            break
+    if verify:
+        result.report.checks = verification.compare(original, result.model, shapes)
+        verification.check(result.report.checks, threshold)
+    return result
+
+
+def _uncut(original: onnx.ModelProto, attempted: Report) -> CutResult:
+    """The original model, reported as cut by nothing (the last step of the weight guard)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    report = Report(blockers=attempted.blockers, unsupported_ops=attempted.unsupported_ops,
+                    mode=attempted.mode, objective=attempted.objective, align=attempted.align,
+                    weight_bytes_before=attempted.weight_bytes_before,
+                    weight_bytes_after=attempted.weight_bytes_before,
+                    flops_before=attempted.flops_before, flops_after=attempted.flops_before)
+    return CutResult(model, report, {})
+
+
+def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], fold: bool,
+              objective: str, align: int, kept: dict[int, str]
+              ) -> tuple[CutResult, dict[int, str]]:
+    """One cut, unverified, with every channel at the nodes in `kept` (by position in the
+    graph, with why) kept; also returns the readers of constants that grew."""
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = model_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
-    analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective,
-                                                       align=align))
+    walk = walk_graph(graph_model)
+    for index, node in enumerate(graph_model.graph):
+        if index in kept:
+            walk.barrier(node, kept[index])
+    analysis = solve(walk, Options(fold=fold, objective=objective, align=align))
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
-    changes = {**unused, **apply_cut(analysis)}
+    rewritten = apply_cut(analysis)
+    changes = {**unused, **rewritten.changes}
 
     # the cut model, serialized once; its shapes are inferred on the proto
     clear_intermediate_shapes(graph_model)
@@ -156,10 +214,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
-    if verify:
-        report.checks = verification.compare(original, result_proto, shapes)
-        verification.check(report.checks, threshold)
-    return CutResult(result_proto, report, channel_map)
+    return CutResult(result_proto, report, channel_map), rewritten.grown_readers
 
 
 def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:

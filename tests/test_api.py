@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import channelcut
 from channelcut.errors import ChannelcutError
 
-from builders import bias, conv, cut, dead_channel_model, model, random_feeds, relu, run, weights
+from builders import (assert_cut, bias, conv, cut, dead_channel_model, model, node, random_feeds,
+                      relu, run, weights)
 
 
 def rounding_model():
@@ -98,3 +99,62 @@ def test_an_input_that_is_an_output_keeps_its_dynamic_dims_when_nothing_is_cut()
     result = cut(m)
     assert result.report.removed_channels == 0
     assert boundary(result.model) == boundary(m)
+
+
+# --- the weights never grow ---------------------------------------------------------------
+
+def total_bytes(m) -> int:
+    return sum(numpy_helper.to_array(t).nbytes for t in m.graph.initializer)
+
+
+def two_branches_sharing(w: np.ndarray, dead_a: int, dead_b: int):
+    """x -> conv (8 filters, `dead_a` zero with bias -1) -> Relu -> a, the same with `dead_b`
+    -> b; then one weight `w` [16, 8, 3, 3] read by the convs of a and of b, and their sum."""
+    return model([conv("x", "wa", "ha", "ba"), relu("ha", "a"), conv("x", "wb", "hb", "bb"),
+                  relu("hb", "b"), conv("a", "w", "ya", pads=1), conv("b", "w", "yb", pads=1),
+                  node("Add", ["ya", "yb"], ["z"])],
+                 inputs={"x": [1, 3, 8, 8]}, outputs=["z"],
+                 inits={"wa": weights(8, 3, 1, 1, zero_rows=[dead_a]), "ba": bias(8, {dead_a: -1}),
+                        "wb": weights(8, 3, 1, 1, zero_rows=[dead_b], seed=3),
+                        "bb": bias(8, {dead_b: -1}, seed=3), "w": w})
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_constant_shared_by_readers_cut_differently_is_not_copied(mode, caplog):
+    # a loses channel 0, b channel 1: conv_ya and conv_yb would each need their own slice of
+    # w (2 x 7/8 of it) for 2 x 1/8 of the first convs: the weights would grow, so the
+    # readers of w keep their channels, and the report says why.
+    m = two_branches_sharing(weights(16, 8, 3, 3), dead_a=0, dead_b=1)
+    result = assert_cut(m, {}, mode=mode)
+    assert result.report.weight_bytes_after == result.report.weight_bytes_before == total_bytes(m)
+    assert total_bytes(result.model) == total_bytes(m)
+    assert {b.node for b in result.report.blockers} == {"conv_ya", "conv_yb"}
+    assert all("'w'" in b.reason for b in result.report.blockers)
+    assert "would grow the weights" in caplog.text
+
+
+def test_a_constant_shared_by_readers_cut_alike_stays_one_constant():
+    # both branches lose channel 2: both readers of w need the same slice, which they share
+    m = two_branches_sharing(weights(16, 8, 3, 3), dead_a=2, dead_b=2)
+    result = assert_cut(m, {"conv_ha": (3, 7), "conv_hb": (3, 7), "conv_ya": (7, 16),
+                            "conv_yb": (7, 16)})
+    (w,) = [t for t in result.model.graph.initializer if t.name.startswith("w") and t.dims[0] == 16]
+    assert list(w.dims) == [16, 7, 3, 3] and w.name == "w"
+    assert total_bytes(result.model) == total_bytes(m) - 4 * (2 * 3 + 2 + 16 * 9)
+    assert result.report.weight_bytes_after == total_bytes(result.model)
+
+
+def test_equal_constants_are_shared_by_content():
+    # two equal zero biases (as an exporter writes one per layer) become one constant
+    m = model([conv("x", "w1", "y1", "b1"), conv("x", "w2", "y2", "b2"),
+               node("Add", ["y1", "y2"], ["z"])],
+              inputs={"x": [1, 3, 4, 4]}, outputs=["z"],
+              inits={"w1": weights(4, 3, 1, 1), "w2": weights(4, 3, 1, 1, seed=5),
+                     "b1": np.zeros(4, np.float32), "b2": np.zeros(4, np.float32)})
+    result = cut(m)
+    assert result.report.removed_groups == 0
+    feeds = random_feeds(m)
+    np.testing.assert_array_equal(run(result.model, feeds)["z"], run(m, feeds)["z"])
+    assert [t.name for t in result.model.graph.initializer] == ["w1", "w2", "b1"]
+    assert [c for c in result.report.const_changes if c.name == "b2"][0].pruned_size == 0
+    assert result.report.weight_bytes_after == total_bytes(m) - 16
