@@ -239,10 +239,11 @@ def share_equal_constants(graph: ir.Graph, changes: dict[str, SizeChange],
         if tensor is None or tensor.dtype == ir.DataType.STRING or value.is_graph_input() or \
                 value.is_graph_output():
             continue
-        array = np.ascontiguousarray(tensor.numpy())
+        array = tensor.numpy()  # (not ascontiguousarray: it makes a scalar 1-d)
         key = (tensor.dtype, tuple(array.shape), hashlib.sha256(array.tobytes()).digest())
         kept = first.setdefault(key, value)
-        if kept is not value and np.array_equal(kept.const_value.numpy(), array):
+        if kept is not value and kept.const_value.numpy().shape == array.shape and \
+                np.array_equal(kept.const_value.numpy(), array):
             value.replace_all_uses_with(kept)
             _forget(graph, value, changes, created)
 

@@ -158,3 +158,14 @@ def test_equal_constants_are_shared_by_content():
     assert [t.name for t in result.model.graph.initializer] == ["w1", "w2", "b1"]
     assert [c for c in result.report.const_changes if c.name == "b2"][0].pruned_size == 0
     assert result.report.weight_bytes_after == total_bytes(m) - 16
+
+
+def test_a_scalar_and_a_one_element_constant_stay_apart():
+    # equal bytes, different shapes: Gather with index 0 drops the axis, with [0] keeps it
+    m = model([node("Gather", ["x", "i"], ["y"], axis=1), node("Gather", ["x", "j"], ["z"], axis=1)],
+              inputs={"x": [1, 3, 4]}, outputs=["y", "z"],
+              inits={"i": np.array(0, np.int64), "j": np.array([0], np.int64)})
+    result = cut(m)
+    assert [list(t.dims) for t in result.model.graph.initializer] == [[], [1]]
+    feeds = random_feeds(m)
+    assert [v.shape for v in run(result.model, feeds).values()] == [(1, 4), (1, 1, 4)]
