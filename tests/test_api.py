@@ -164,8 +164,8 @@ def test_a_scalar_and_a_one_element_constant_stay_apart():
     # equal bytes, different shapes: Gather with index 0 drops the axis, with [0] keeps it
     m = model([node("Gather", ["x", "i"], ["y"], axis=1), node("Gather", ["x", "j"], ["z"], axis=1)],
               inputs={"x": [1, 3, 4]}, outputs=["y", "z"],
-              inits={"i": np.array(0, np.int64), "j": np.array([0], np.int64)})
+              inits={"j": np.array([0], np.int64), "i": np.array(0, np.int64)})
     result = cut(m)
-    assert [list(t.dims) for t in result.model.graph.initializer] == [[], [1]]
+    assert [list(t.dims) for t in result.model.graph.initializer] == [[1], []]
     feeds = random_feeds(m)
     assert [v.shape for v in run(result.model, feeds).values()] == [(1, 4), (1, 1, 4)]
