@@ -162,7 +162,8 @@ def test_equal_constants_are_shared_by_content():
 
 def test_a_scalar_and_a_one_element_constant_stay_apart():
     # equal bytes, different shapes: Gather with index 0 drops the axis, with [0] keeps it
-    m = model([node("Gather", ["x", "i"], ["y"], axis=1), node("Gather", ["x", "j"], ["z"], axis=1)],
+    m = model([node("Gather", ["x", "i"], ["y"], axis=1),
+               node("Gather", ["x", "j"], ["z"], axis=1)],
               inputs={"x": [1, 3, 4]}, outputs=["y", "z"],
               inits={"j": np.array([0], np.int64), "i": np.array(0, np.int64)})
     result = cut(m)
