@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,7 +24,8 @@ from channelcut.cut import SizeChange, apply_cut, kept_mask
 from channelcut.flops import count_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
-                               inputs_as_declared, restore_boundary_shapes, set_value_info)
+                               inputs_as_declared, restore_boundary_shapes,
+                               restore_boundary_types, set_value_info)
 from channelcut.ranges import InputRange, describe_input_ranges, resolve_input_ranges
 from channelcut.report import (AlignedGain, Blocker, ConstChange, LayerChange, RangeCut, Report,
                               SiteChange)
@@ -30,6 +33,9 @@ from channelcut.report import (AlignedGain, Blocker, ConstChange, LayerChange, R
 log = logging.getLogger(__name__)
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Rounds of keeping the readers of grown constants before cutting without folds: one suffices
+# unless keeping some channels changes how other shared constants are cut.
+MAX_KEEP_ROUNDS = 3
 
 
 @dataclass
@@ -44,8 +50,9 @@ class CutResult:
 
 
 def cut(
-    model: onnx.ModelProto | str | Path,
+    model: onnx.ModelProto | str | Path | Any,
     *,
+    example_inputs: Any = None,
     input_shapes: dict[str, list[int] | tuple[int, ...]] | None = None,
     verify: bool = True,
     threshold: float = 0.9999,
@@ -58,6 +65,9 @@ def cut(
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
+    `model` is an ONNX model (a proto or a path) or a `torch.nn.Module`, exported to ONNX
+    (channelcut.pytorch) for `example_inputs`: one float tensor or a tuple of them, one per
+    module input (only their shapes are used).
     `input_shapes` fixes dynamic input dimensions for the analysis and the check; without it
     they are 1 (a warning and `report.assumed_dims` say so) and the check also runs at 3.
     `fold` (the full cut) also removes constant channels, folding them into their readers,
@@ -67,9 +77,11 @@ def cut(
     `align` > 1 keeps a multiple of that many channels in every tensor that loses some (8 or
     16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
-    output raises VerificationError. `input_ranges` bounds graph inputs (name -> (lo, hi), or
-    one (lo, hi) per channel on axis 1): channels the bounds prove constant then cut or fold
-    (reported as cut by range), and the check draws its inputs inside them, edges included.
+    output raises VerificationError. `threshold` is in (0, 1]; 1 means equal up to float
+    rounding (channelcut.verify.COSINE_TOLERANCE). `input_ranges` bounds graph inputs (name ->
+    (lo, hi), or one (lo, hi) per channel on axis 1): channels the bounds prove constant then
+    cut or fold (reported as cut by range), and the check draws its inputs inside them, edges
+    included.
 
     `target` (channelcut.targets.TARGETS; default "min-flops") is where the model will run: it
     decides the rewrites allowed, and `objective` and `align` when they are not given (a
@@ -80,6 +92,13 @@ def cut(
     original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
     fastest; the report gives the times.
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or \
+            not 0.0 < threshold <= 1.0:
+        raise ChannelcutError(f"threshold {threshold!r}: give a cosine in (0, 1]")
+    if example_inputs is not None or _is_torch_module(model):
+        from channelcut import pytorch  # noqa: PLC0415 - needs torch, an optional extra
+
+        model = pytorch.to_onnx(model, pytorch.example_shapes(example_inputs))
     chosen = targets.get(targets.DEFAULT if target is None else target)
     seed_mode = False
     if objective is not None and objective not in OBJECTIVES:
@@ -119,7 +138,8 @@ def cut(
 def _guarded(original: onnx.ModelProto, result: CutResult,
              input_shapes: dict[str, list[int] | tuple[int, ...]] | None, verify: bool,
              threshold: float, options: Options, zero_only: Options,
-             measure: guard.Measure) -> CutResult:
+             measure: guard.Measure,
+             input_ranges: Mapping[str, InputRange] | None = None) -> CutResult:
     """The fastest of the cut, the same cut with only the folds that add no op, the aligned
     zero-only cut (`zero_only`) and the original, timed by `measure` (a candidate that comes
     out the same as an earlier one is timed once); the report of the one kept, with the times."""
@@ -159,6 +179,12 @@ def _guarded(original: onnx.ModelProto, result: CutResult,
     return result
 
 
+def _is_torch_module(model: object) -> bool:
+    """Is `model` a torch.nn.Module? (Without importing torch: a module needs it imported.)"""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """The cycle collector waits until the cut is done: the graph is many small objects, and a
@@ -175,7 +201,14 @@ def _collector_paused() -> Iterator[None]:
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
          verify: bool, threshold: float, options: Options,
          input_ranges: Mapping[str, InputRange] | None = None) -> CutResult:
-    """cut() on a loaded model; the model is only read (the IR copies what changes)."""
+    """cut() on a loaded model; the model is only read (the IR copies what changes).
+
+    The weights never grow, whatever the objective: when the cut model's constants would take
+    more bytes than the original's, the cut is made again with the readers of each constant
+    that grew kept whole (a constant read by several nodes that each cut differently needs one
+    copy per reader), then without folds and reinsertions (whose savings may overlap), and at
+    last not at all; each step is logged as a warning.
+    """
     shapes = verification.resolve_input_shapes(original, input_shapes)
     assumed = verification.assumed_dims(original, input_shapes)
     assumed_line = dynamic_dims.assumed_dims_line(original, shapes, assumed, verify) \
@@ -184,24 +217,78 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         guessed = any(axis > 0 for axes in assumed.values() for axis in axes)
         level = logging.WARNING if guessed else logging.INFO
         log.log(level, "%s", assumed_line)
+    kept: dict[int, str] = {}
+    keep_rounds = 0
+    while True:  # each pass keeps more readers (a bounded number of times), or folds less
+        result, grown = _cut_once(original, shapes, options, kept, assumed_line, input_ranges)
+        report = result.report
+        if report.weight_bytes_after <= report.weight_bytes_before:
+            break
+        growth = (f"the cut would grow the weights from {report.weight_bytes_before} to "
+                  f"{report.weight_bytes_after} bytes")
+        if set(grown) - set(kept) and keep_rounds < MAX_KEEP_ROUNDS:
+            log.warning("%s: constants read by several nodes cut differently; keeping the "
+                        "channels of %d such readers", growth, len(set(grown) - set(kept)))
+            kept |= grown
+            keep_rounds += 1
+        elif options.fold:
+            log.warning("%s: cutting again with --zero-only (no folds or reinsertions)", growth)
+            options = replace(options, fold=False)
+        else:
+            log.warning("%s: nothing is cut", growth)
+            result = _uncut(original, result.report)
+            break
+    if verify:
+        within = {name: (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+                  for name, pairs in result.report.input_ranges.items()}
+        result.report.checks = dynamic_dims.compare_sizes(original, result.model, shapes,
+                                                          assumed, within)
+        verification.check(result.report.checks, threshold)
+    return result
+
+
+def _uncut(original: onnx.ModelProto, attempted: Report) -> CutResult:
+    """The original model, reported as cut by nothing (the last step of the weight guard)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    report = Report(blockers=attempted.blockers, unsupported_ops=attempted.unsupported_ops,
+                    mode=attempted.mode, objective=attempted.objective, align=attempted.align,
+                    weight_bytes_before=attempted.weight_bytes_before,
+                    weight_bytes_after=attempted.weight_bytes_before,
+                    flops_before=attempted.flops_before, flops_after=attempted.flops_before,
+                    assumed_dims=attempted.assumed_dims, input_ranges=attempted.input_ranges)
+    return CutResult(model, report, {})
+
+
+def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], options: Options,
+              kept: dict[int, str], assumed_line: str = "",
+              input_ranges: Mapping[str, InputRange] | None = None
+              ) -> tuple[CutResult, dict[int, str]]:
+    """One cut, unverified, with every channel at the nodes in `kept` (by position in the
+    graph, with why) kept; also returns the readers of constants that grew."""
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = count_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
     ranges = resolve_input_ranges(graph_model, input_ranges)
     walk = walk_graph(graph_model, ranges)
+    for index, node in enumerate(graph_model.graph):
+        if index in kept:
+            walk.barrier(node, kept[index])
     analysis = solve(walk, options)
     range_cuts = _range_cuts(walk, analysis)
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
-    changes = {**unused, **apply_cut(analysis)}
+    rewritten = apply_cut(analysis)
+    changes = {**unused, **rewritten.changes}
 
     # the cut model, serialized once; its shapes are inferred on the proto
     clear_intermediate_shapes(graph_model)
     as_declared = inputs_as_declared(graph_model)
     restore_boundary_shapes(graph_model)
     result_proto = ir.to_proto(graph_model)
+    restore_boundary_types(result_proto, original)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)
     flops_after = count_flops(graph_model)
@@ -229,17 +316,13 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
         removed_nodes=removed_nodes,
+        assumed_dims=assumed_line,
         range_cuts=range_cuts,
         input_ranges=describe_input_ranges(ranges),
-        assumed_dims=assumed_line,
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
-    if verify:
-        report.checks = dynamic_dims.compare_sizes(original, result_proto, shapes, assumed,
-                                                   {v.name: r for v, r in ranges.items()})
-        verification.check(report.checks, threshold)
-    return CutResult(result_proto, report, channel_map)
+    return CutResult(result_proto, report, channel_map), rewritten.grown_readers
 
 
 def _range_cuts(walk: Walk, analysis: Analysis) -> list[RangeCut]:
