@@ -1,10 +1,11 @@
 """Bounds rules, one table keyed by op type: the interval [lo, hi] of each output channel.
 
-A bounds rule runs right after the node's channel rule has laid out its outputs (so it never
-decides layouts or couplings) and sets `lo`/`hi` on the output channels from the intervals of
+A bounds rule runs after the node's channel rule has laid out its outputs and the walk has
+marked what may be non-finite (so it never decides layouts, couplings or finiteness) and sets `lo`/`hi` on the output channels from the intervals of
 the inputs (channelcut.ranges says what they mean). An op type with no entry gives unbounded
 outputs, except where the channel rule knows a constant. Ops that only move values around
 (FOLLOW) give each output channel the hull of the input channels its rule coupled it to.
+The rules of other ops live in bounds_pointwise and bounds_weighted.
 """
 
 from __future__ import annotations
@@ -257,7 +258,11 @@ def _added_value(node: ir.Node, walk: Walk) -> float | None | bool:
         return None if input_at(node, 2) is None else False
     if op in ("Resize", "Upsample"):
         # cubic interpolation overshoots its inputs; nearest and linear stay within them
-        return None if attr_string(node, "mode", "nearest") in ("nearest", "linear") else False
+        if attr_string(node, "mode", "nearest") not in ("nearest", "linear"):
+            return False
+        if attr_string(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
+            return attr_float(node, "extrapolation_value", 0.0)  # written outside the box
+        return None
     return None
 
 

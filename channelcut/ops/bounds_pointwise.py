@@ -85,6 +85,8 @@ def _input_channels(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
 def _increasing(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
     """out[c] <- f(in[c]) for an increasing f: [f(lo), f(hi)]."""
     fn, exact = INCREASING[node.op_type]
+    if any(attr_float(node, name, 1.0) < 0 for name in ("alpha", "gamma")):
+        return np.full(out.n, -np.inf), np.full(out.n, np.inf)  # Elu/Selu: not increasing
     lo, hi = _input_channels(node, walk, out)
     with np.errstate(all="ignore"):
         lo, hi = fn(lo, node), fn(hi, node)
