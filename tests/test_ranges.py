@@ -382,3 +382,30 @@ def test_a_channel_that_may_be_nan_is_never_made_constant_by_its_range() -> None
     result = assert_cut(m, {"conv_a": (3, 5), "conv_d": (5, 5), "conv_y": (5, 4)},
                         feeds=edge_feeds((1, 3, 8, 8), -100.0, 100.0))
     assert [c.channels for c in result.report.range_cuts] == [[4]]
+
+
+def test_gemm_after_sigmoid_and_batchnorm_after_relu6() -> None:
+    """Sigmoid -> Flatten -> Gemm: rows 0 and 2 of the Gemm stay below 0 (their Relu is 0);
+    ReLU6 -> BatchNormalization with a negative enough shift -> Relu: channel 1 is 0."""
+    w = weights(6, 5, seed=14)  # Gemm B [K=6, N=5]
+    c = np.full(5, 0.3, np.float32)
+    c[[0, 2]] = -np.clip(w[:, [0, 2]], 0, None).sum(axis=0) - 0.05
+    scale, mean = np.array([1.0, 2.0, 0.5], np.float32), np.zeros(3, np.float32)
+    var, shift = np.ones(3, np.float32), np.array([0.5, -12.5, 0.2], np.float32)
+    m = model([node("Sigmoid", ["x"], ["s"]), node("Flatten", ["s"], ["f"]),
+               node("Gemm", ["f", "w", "c"], ["g"]), relu("g", "rg"),
+               node("Gemm", ["rg", "w2"], ["y"]),
+               conv("x2", "w3", "a"), node("Clip", ["a", "zero", "six"], ["r"]),
+               node("BatchNormalization", ["r", "scale", "shift", "mean", "var"], ["bn"]),
+               relu("bn", "rb"), conv("rb", "w4", "y2")],
+              inputs={"x": [1, 6], "x2": [1, 2, 4, 4]}, outputs={"y": [1, 3], "y2": [1, 2, 4, 4]},
+              inits={"w": w, "c": c, "w2": weights(5, 3, seed=15), "w3": weights(3, 2, 1, 1),
+                     "zero": np.float32(0), "six": np.float32(6), "scale": scale,
+                     "shift": shift, "mean": mean, "var": var,
+                     "w4": weights(2, 3, 1, 1, seed=16)})
+    feeds = {"x": edge_feeds((1, 6), -30.0, 30.0)["x"],
+             "x2": edge_feeds((1, 2, 4, 4), -20.0, 20.0, seed=3)["x"]}
+    result = assert_cut(m, {"gemm_g": (6, 3), "gemm_y": (3, 3), "conv_a": (2, 2),
+                            "conv_y2": (2, 2)}, feeds=feeds)
+    assert sorted((c.tensor, c.channels) for c in result.report.range_cuts) == \
+        [("rb", [1]), ("rg", [0, 2])]
