@@ -148,7 +148,8 @@ class Walk:
         self.nonfinite: set[ir.Value] = set()
         self._finite = np.ones(0, dtype=bool)
         self._bounded: dict[ir.Value, bool] = {}
-        # graph inputs the user bounded: value -> (lo, hi) per channel on axis 1, or one pair
+        # values without channels that are bounded: graph inputs the user bounded ((lo, hi)
+        # per channel on axis 1, or one pair), and what pointwise ops make of them (one pair)
         self.input_ranges: dict[ir.Value, tuple[np.ndarray, np.ndarray]] = {}
         self.range_facts: list[RangeFact] = []  # channels made constant by their interval
 
