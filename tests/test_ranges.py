@@ -409,3 +409,21 @@ def test_gemm_after_sigmoid_and_batchnorm_after_relu6() -> None:
                             "conv_y2": (2, 2)}, feeds=feeds)
     assert sorted((c.tensor, c.channels) for c in result.report.range_cuts) == \
         [("rb", [1]), ("rg", [0, 2])]
+
+
+def test_conv_transpose_after_relu6() -> None:
+    """ReLU6 -> ConvTranspose (stride 2): each output position sums a subset of the terms, at
+    most b + 6 * sum(w+); rows 1 and 3 stay below 0, so their Relu is 0."""
+    wt = weights(C, 4, 2, 2, seed=17)  # [Cin, Cout, kh, kw]
+    bt = np.full(4, 0.2, np.float32)
+    for o in (1, 3):
+        bt[o] = -6 * np.clip(wt[:, o], 0, None).sum() - 0.01
+    m = model([conv("x", "w1", "a"), node("Clip", ["a", "zero", "six"], ["r"]),
+               node("ConvTranspose", ["r", "wt", "bt"], ["t"], strides=[2, 2]),
+               relu("t", "rt"), conv("rt", "w2", "y")],
+              inputs={"x": [1, 3, 4, 4]}, outputs=["y"],
+              inits={"w1": weights(C, 3, 1, 1), "wt": wt, "bt": bt, "zero": np.float32(0),
+                     "six": np.float32(6), "w2": weights(2, 4, 1, 1, seed=18)})
+    result = assert_cut(m, {"convtranspose_t": (6, 2), "conv_y": (2, 2)},
+                        feeds=edge_feeds((1, 3, 4, 4), -50.0, 50.0))
+    assert [c.channels for c in result.report.range_cuts] == [[1, 3]]
