@@ -6,7 +6,7 @@ import gc
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,10 @@ from channelcut import io, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
-from channelcut.cut import SizeChange, apply_cut, kept_mask
-from channelcut.flops import model_flops
+from channelcut.cut import SizeChange, apply_cut, input_role, kept_mask
+from channelcut.flops import model_flops, node_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
+from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
                                inputs_as_declared, restore_boundary_shapes, set_value_info)
 from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
@@ -50,6 +51,10 @@ def cut(
     fold: bool = True,
     objective: str = "flops",
     align: int = 1,
+    verify_inputs: str | Path | list[dict[str, np.ndarray]] | None = None,
+    verify_samples: int | None = None,
+    seed: int = 0,
+    stages: Stages | None = None,
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
@@ -61,16 +66,29 @@ def cut(
     `align` > 1 keeps a multiple of that many channels in every tensor that loses some (8 or
     16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
-    output raises VerificationError.
+    output raises VerificationError. `verify_inputs` gives the inputs to verify on instead:
+    an .npz file or a folder of .npy files (channelcut.verify.load_inputs) or a list of
+    {input name: array}; `verify_samples` caps how many of them are used, or says how many
+    seeded random samples to draw (from `seed`). `stages` times each stage (and can show
+    progress); the report's `seconds` has the times either way.
     """
     if objective not in OBJECTIVES:
         raise ChannelcutError(
             f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     if isinstance(align, bool) or not isinstance(align, int) or align < 1:
         raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
+    if verify_samples is not None and (isinstance(verify_samples, bool) or verify_samples < 1):
+        raise ChannelcutError(f"verify_samples {verify_samples!r}: give 1 or more")
+    stages = stages or Stages()
+    checking = verification.Checking(verify_inputs, verify_samples, seed)
     with _collector_paused():
-        return _cut(io.load_model(model, copy=False), input_shapes, verify, threshold, fold,
-                    objective, align)
+        with stages.stage("load"):
+            original = io.load_model(model, copy=False)
+        result = _cut(original, input_shapes, verify, threshold, fold, objective, align,
+                      stages, checking)
+    result.report.model_path = str(model) if isinstance(model, str | Path) else ""
+    result.report.seconds = dict(stages.seconds)
+    return result
 
 
 @contextmanager
@@ -87,35 +105,37 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
-         verify: bool, threshold: float, fold: bool, objective: str, align: int) -> CutResult:
+         verify: bool, threshold: float, fold: bool, objective: str, align: int,
+         stages: Stages, checking: verification.Checking) -> CutResult:
     """cut() on a loaded model; the model is only read (the IR copies what changes)."""
-    shapes = verification.resolve_input_shapes(original, input_shapes)
-    graph_model = to_ir(original, shapes)
+    with stages.stage("fold shapes"):
+        shapes = verification.resolve_input_shapes(original, input_shapes)
+        graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
+    params_before = _params(original)
     flops_before = model_flops(graph_model)
-    removed_nodes, unused = _remove_unused_nodes(graph_model)
-    analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective,
-                                                       align=align))
-    layers = _layer_changes(analysis)
-    channel_map = _channel_map(analysis)
-    removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
-    changes = {**unused, **apply_cut(analysis)}
-
-    # the cut model, serialized once; its shapes are inferred on the proto
-    clear_intermediate_shapes(graph_model)
-    as_declared = inputs_as_declared(graph_model)
-    restore_boundary_shapes(graph_model)
-    result_proto = ir.to_proto(graph_model)
-    types = inferred_types(result_proto, shapes)
-    apply_types(graph_model, types)
-    flops_after = model_flops(graph_model)
-    if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
-        types = inferred_types(result_proto)
-    set_value_info(result_proto, types)
+    weighted_flops = {node: node_flops(node) for node in graph_model.graph
+                      if node.op_type in WEIGHTED_OPS}
+    with stages.stage("analyse"):
+        readers = _readers(graph_model)
+        removed_nodes, unused = _remove_unused_nodes(graph_model, readers)
+        walk = walk_graph(graph_model)
+    with stages.stage("decide"):
+        analysis = solve(walk, Options(fold=fold, objective=objective, align=align))
+        network = _network(analysis, weighted_flops)
+        channel_map = _channel_map(analysis)
+        removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
+    with stages.stage("rewrite"):
+        changes = {**unused, **apply_cut(analysis)}
+        result_proto, flops_after = _serialized(graph_model, shapes)
+    network = [replace(layer, flops=(layer.flops[0], node_flops(node) if node.graph else 0))
+               for layer, node in network]
 
     report = Report(
-        const_changes=_const_changes(changes),
-        layers=layers,
+        const_changes=_const_changes(changes, readers),
+        layers=[layer for layer in network
+                if layer.in_channels[0] != layer.in_channels[1]
+                or layer.out_channels[0] != layer.out_channels[1]],
         blockers=_blockers(analysis),
         sites=[SiteChange(u.node, u.op_type, u.kind, u.groups, int(u.added.weight_bytes),
                           int(u.added.flops), int(u.saved.weight_bytes), int(u.saved.flops))
@@ -131,16 +151,62 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
         removed_nodes=removed_nodes,
+        input_shapes={name: list(dims) for name, dims in shapes.items()},
+        params_before=params_before,
+        params_after=_params(result_proto),
+        network=network,
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
     if verify:
-        report.checks = verification.compare(original, result_proto, shapes)
+        with stages.stage("verify", checking.count(original, shapes)) as advance:
+            report.checks = verification.compare(original, result_proto, shapes,
+                                                 inputs=checking, advance=advance)
+        report.verify_inputs = checking.describe()
         verification.check(report.checks, threshold)
     return CutResult(result_proto, report, channel_map)
 
 
-def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:
+def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]]
+                ) -> tuple[onnx.ModelProto, int]:
+    """The cut model, serialized once, with its shapes inferred on the proto; its FLOPs."""
+    clear_intermediate_shapes(graph_model)
+    as_declared = inputs_as_declared(graph_model)
+    restore_boundary_shapes(graph_model)
+    result_proto = ir.to_proto(graph_model)
+    types = inferred_types(result_proto, shapes)
+    apply_types(graph_model, types)
+    flops_after = model_flops(graph_model)
+    if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
+        types = inferred_types(result_proto)
+    set_value_info(result_proto, types)
+    return result_proto, flops_after
+
+
+def _params(model: onnx.ModelProto) -> int:
+    """Elements of every constant tensor (initializers and Constant nodes)."""
+    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    total += int(np.prod(attr.t.dims))
+    return total
+
+
+def _readers(model: ir.Model) -> dict[str, tuple[str, str]]:
+    """Per constant, the first node that reads it and what it is to that node."""
+    readers: dict[str, tuple[str, str]] = {}
+    for node in model.graph:
+        for index, value in enumerate(node.inputs):
+            if value is not None and value.const_value is not None and value.name:
+                readers.setdefault(value.name, (node.name or node.op_type,
+                                                input_role(node, index)))
+    return readers
+
+
+def _remove_unused_nodes(model: ir.Model, readers: dict[str, tuple[str, str]]
+                         ) -> tuple[int, dict[str, SizeChange]]:
     """Delete the nodes no graph output depends on, and the constants only they read.
 
     Their tensors would otherwise each have to keep one channel that nothing reads. Returns
@@ -150,13 +216,22 @@ def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:
     constants = dict(model.graph.initializers)
     common_passes.RemoveUnusedNodesPass()(model)
     return nodes - len(model.graph), {
-        name: SizeChange(tensor_bytes(value), 0) for name, value in constants.items()
+        name: SizeChange(tensor_bytes(value), 0, *readers.get(name, ("", "")))
+        for name, value in constants.items()
         if name not in model.graph.initializers and value.const_value is not None}
 
 
-def _const_changes(changes: dict[str, SizeChange]) -> list[ConstChange]:
-    return [ConstChange(name, c.src_size, c.pruned_size) for name, c in changes.items()
-            if c.src_size != c.pruned_size]
+def _const_changes(changes: dict[str, SizeChange], readers: dict[str, tuple[str, str]]
+                   ) -> list[ConstChange]:
+    """Every constant whose size changed, with its layer (a shared constant sliced for one
+    reader is tied to that reader; one sliced in place, to its first reader)."""
+    made = []
+    for name, c in changes.items():
+        if c.src_size != c.pruned_size:
+            node, role = readers.get(name, (c.node, c.role))
+            made.append(ConstChange(name, c.src_size, c.pruned_size, c.node or node,
+                                    c.role or role))
+    return made
 
 
 def _channel_count(analysis: Analysis, value: ir.Value | None, axis: int) -> tuple[int, int]:
@@ -170,8 +245,10 @@ def _channel_count(analysis: Analysis, value: ir.Value | None, axis: int) -> tup
     return dim, dim
 
 
-def _layer_changes(analysis: Analysis) -> list[LayerChange]:
-    """Channels in and out of every weighted layer that lost some."""
+def _network(analysis: Analysis, flops: dict[ir.Node, int]
+             ) -> list[tuple[LayerChange, ir.Node]]:
+    """Channels in and out of every weighted layer, in network order, with its node (whose
+    FLOPs after the cut are counted once the cut model's shapes are known)."""
     layers = []
     for node in analysis.model.graph:
         if node.op_type not in WEIGHTED_OPS:
@@ -179,9 +256,8 @@ def _layer_changes(analysis: Analysis) -> list[LayerChange]:
         in_axis = -1 if node.op_type == "MatMul" else 1
         in_channels = _channel_count(analysis, node.inputs[0], in_axis)
         out_channels = _channel_count(analysis, node.outputs[0], in_axis)
-        if in_channels[0] != in_channels[1] or out_channels[0] != out_channels[1]:
-            layers.append(LayerChange(node.name or node.outputs[0].name, node.op_type,
-                                      in_channels, out_channels))
+        layers.append((LayerChange(node.name or node.outputs[0].name, node.op_type,
+                                   in_channels, out_channels, (flops.get(node, 0), 0)), node))
     return layers
 
 
