@@ -159,7 +159,7 @@ def _wrapped(rows: list[tuple[str, str]]) -> list[str]:
 # --- the tables -------------------------------------------------------------------------------
 
 LAYER_HEADER = [Column("layer"), Column("op"), Column("in", True), Column("out", True),
-                Column("MFLOPs", True)]
+                Column("FLOPs", True)]
 CONST_HEADER = [Column("layer"), Column("const name"), Column("role"), Column("src_size", True),
                 Column("pruned_size", True), Column("diff", True)]
 SITE_HEADER = [Column("layer"), Column("kind"), Column("groups", True), Column("+bytes", True),
@@ -191,7 +191,7 @@ def _checks_title(report: Report, threshold: float | None) -> str:
 
 def _layer_rows(report: Report) -> list[list[str]]:
     return [[layer.layer, layer.op_type, kept(layer.in_channels), kept(layer.out_channels),
-             _mflops(layer.flops)] for layer in report.layers]
+             _flops(layer.flops)] for layer in report.layers]
 
 
 def _grouped_by_layer(rows: list[list[str]]) -> list[str]:
@@ -246,9 +246,20 @@ def kept(channels: tuple[int, int]) -> str:
     return f"{after}/{before}"
 
 
-def _mflops(flops: tuple[int, int]) -> str:
+def _flops(flops: tuple[int, int]) -> str:
+    """`57.8M/231M`: FLOPs after the cut over before, three significant digits."""
     before, after = flops
-    return f"{after / 1e6:.1f}/{before / 1e6:.1f}"
+    return f"{si(after)}/{si(before)}"
+
+
+def si(n: float) -> str:
+    """`231M`, `57.8M`, `1.16G`, `950`: three significant digits and an SI prefix."""
+    rounded = float(f"{n:.3g}")  # first, so that 999.96M reads 1.00G
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(rounded) >= scale:
+            value = rounded / scale
+            return f"{value:.{2 - len(str(int(abs(value)))) + 1}f}{prefix}"
+    return f"{rounded:.0f}"
 
 
 def table_lines(header: Sequence[Column], rows: list[list[str]], width: int = WIDTH
