@@ -224,7 +224,7 @@ def _cut(args: argparse.Namespace) -> int:
         text = json.dumps(_json_safe(report.to_dict()), indent=2) + "\n"
         write_atomic(args.report_json, text.encode())
     if args.report_html is not None:
-        from channelcut.html import html_report  # noqa: PLC0415
+        from channelcut.htmlreport import html_report  # noqa: PLC0415
 
         write_atomic(args.report_html, html_report(report, threshold=threshold).encode())
     if not args.quiet:
