@@ -122,7 +122,7 @@ def layer_picture(report: Report) -> str:
         svg.append(f'<text x="{LABEL - 8}" y="{y + 12}" text-anchor="end">'
                    f'{escape(_short(layer.layer or layer.node, 34))} '
                    f'<tspan fill="#5b6570">{escape(layer.op_type)}</tspan>'
-                   f'<title>{escape(layer.node)}</title></text>')
+                   f'<title>{escape(layer.layer)}: {escape(layer.node)}</title></text>')
         svg += _channel_bar(layer, x_channels, y)
         svg += _flops_bar(layer, x_flops, y, most)
     svg.append("</svg>")

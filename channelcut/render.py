@@ -150,6 +150,8 @@ def _wrapped(rows: list[tuple[str, str]]) -> list[str]:
     indent = max(len(label) for label, _ in rows) + 1
     lines = []
     for label, text in rows:
+        if label == "model:":  # a path has no spaces to wrap at
+            text = shorten(text, WIDTH - indent)
         lines += textwrap.wrap(text, WIDTH, initial_indent=label.ljust(indent),
                                subsequent_indent=" " * indent, break_long_words=False,
                                break_on_hyphens=False) or [label]
