@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.channels import ChannelInfo, identity_positions
-from channelcut.graph import cached_const, static_shape
+from channelcut.graph import cached_const, partial_shape, static_shape
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,10 @@ class Walk:
         self.unsupported: dict[str, list[str]] = {}
         self.consts: dict[ir.Value, np.ndarray | None] = {}
         self._views: dict[ir.Value, ChannelInfo] = {}
+        # outputs a barrier gave no channels: (the barrier node, why), for a reader that knows
+        # their channel count from its weights (see `channels_after_barrier`)
+        self._barrier_outputs: dict[ir.Value, tuple[ir.Node, str]] = {}
+        self._shape_origins: dict[ir.Value, str] = {}
 
     # -- reading the graph ------------------------------------------------------------------
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
@@ -151,6 +155,11 @@ class Walk:
 
     def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         return static_shape(value)
+
+    def dims(self, value: ir.Value | None) -> tuple[int | None, ...] | None:
+        """The shape with unknown dimensions None (after a custom op only ranks and channel
+        counts may be known); None when the rank is unknown."""
+        return partial_shape(value)
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         """A constant's value (converted once: large weights are read by several rules)."""
@@ -231,6 +240,41 @@ class Walk:
             info = self.info(value)
             if info is not None:
                 self.pin(info, node, reason)
+            elif value is not None and value in node.outputs:
+                self._barrier_outputs.setdefault(value, (node, reason))
+
+    def channels_after_barrier(self, value: ir.Value, axis: int, n: int) -> ChannelInfo | None:
+        """For a reader that knows from its weights that `value` has `n` channels on `axis`
+        though the barrier that made it gave it none: channels, kept in the barrier's name
+        (the reader's own output channels stay free). None unless a barrier made `value`."""
+        if value not in self._barrier_outputs or self.info(value) is not None:
+            return None
+        node, reason = self._barrier_outputs[value]
+        info = self.new(value, axis, n)
+        self.pin(info, node, reason)
+        return info
+
+    def shape_origin(self, value: ir.Value | None) -> str | None:
+        """Where the shape of `value` stopped being known: the first node on the way to it
+        whose inputs all have static shapes but whose outputs do not (a custom op, a
+        data-dependent size), or a graph input with dynamic dims; None when it is known."""
+        if value is None or self.shape(value) is not None:
+            return None
+        if value in self._shape_origins:
+            return self._shape_origins[value]
+        producer = value.producer()
+        if producer is None:
+            return f"graph input {value.name!r}"
+        return f"{producer.op_type} node {producer.name or value.name!r}"
+
+    def note_shape_origins(self, node: ir.Node) -> None:
+        """Once per node, in topological order: its outputs of unknown shape inherit the
+        origin of an input's unknown shape, or have it here."""
+        inherited = next((o for o in map(self.shape_origin, node.inputs) if o is not None),
+                         None)
+        for value in node.outputs:
+            if self.shape(value) is None:
+                self._shape_origins[value] = inherited or self.shape_origin(value)
 
     def reader(self, source: ChannelInfo, rows: ChannelInfo, nz: np.ndarray,
                site: Site | None = None) -> None:
@@ -328,6 +372,18 @@ def _check_layouts(node: ir.Node, walk: Walk) -> None:
                              f"{value.name!r} of shape {list(shape)} along axis {info.axis}")
 
 
+def _name_shape_origin(node: ir.Node, walk: Walk, pins: list[Pin]) -> None:
+    """A rule that kept channels while an input's shape was unknown most likely kept them for
+    that: its reasons say which op upstream made the shape unknown (the op to look at)."""
+    if not pins:
+        return
+    origin = next((o for o in map(walk.shape_origin, node.inputs) if o is not None), None)
+    if origin is not None:
+        for pin in pins:
+            if (pin.op_type, pin.node) == (node.op_type, node.name or ""):  # not a barrier's
+                pin.reason += f" (input shape unknown after {origin})"
+
+
 def walk_graph(model: ir.Model) -> Walk:
     """Walk the graph once in topological order, asking each node's rule what it does."""
     from channelcut.flops import node_flops
@@ -339,14 +395,18 @@ def walk_graph(model: ir.Model) -> Walk:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is None:
             walk.unsupported.setdefault(node.op_type, []).append(node.name or "")
-            walk.barrier(node, f"no channel rule for {node.op_type}")
+            domain = f" in domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
+            walk.barrier(node, f"no channel rule for {node.op_type}{domain}")
+            walk.note_shape_origins(node)
             continue
         if not rule.spans and any(i is not None and i.span > 1
                                   for i in map(walk.info, node.inputs)):
             walk.barrier(node, f"{node.op_type} inside a channel shuffle")
+            walk.note_shape_origins(node)
             continue
         if not rule.planes:
             walk.hide_planes(node)
+        pins_before = len(walk.pins)
         try:
             rule.analyse(node, walk)
             _check_layouts(node, walk)
@@ -361,6 +421,8 @@ def walk_graph(model: ir.Model) -> Walk:
             for value in node.outputs:
                 walk.infos.pop(value, None)
         walk.show_planes()
+        _name_shape_origin(node, walk, walk.pins[pins_before:])
+        walk.note_shape_origins(node)
         _extra_outputs_read(node, walk)
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:

@@ -19,7 +19,7 @@ from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.cut import SizeChange, apply_cut, input_role, kept_mask
-from channelcut.flops import model_flops, node_flops
+from channelcut.flops import FlopCount, count_flops, node_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
@@ -113,7 +113,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     params_before = _params(original)
-    flops_before = model_flops(graph_model)
+    flops_before = count_flops(graph_model)
     weighted_flops = {node: node_flops(node) for node in graph_model.graph
                       if node.op_type in WEIGHTED_OPS}
     with stages.stage("analyse"):
@@ -146,8 +146,10 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         align=align,
         weight_bytes_before=weights_before,
         weight_bytes_after=weight_bytes(graph_model),
-        flops_before=flops_before,
-        flops_after=flops_after,
+        flops_before=flops_before.flops,
+        flops_after=flops_after.flops,
+        flops_unknown_before=flops_before.unknown_nodes,
+        flops_unknown_after=flops_after.unknown_nodes,
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
         removed_nodes=removed_nodes,
@@ -168,7 +170,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
 
 
 def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]]
-                ) -> tuple[onnx.ModelProto, int]:
+                ) -> tuple[onnx.ModelProto, FlopCount]:
     """The cut model, serialized once, with its shapes inferred on the proto; its FLOPs."""
     clear_intermediate_shapes(graph_model)
     as_declared = inputs_as_declared(graph_model)
@@ -176,7 +178,7 @@ def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]]
     result_proto = ir.to_proto(graph_model)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)
-    flops_after = model_flops(graph_model)
+    flops_after = count_flops(graph_model)
     if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
         types = inferred_types(result_proto)
     set_value_info(result_proto, types)

@@ -34,6 +34,22 @@ SMALL_RESULT = 1024
 SHAPE_OPS = ("Shape", "Size")
 
 
+def has_foldable(graph: ir.Graph) -> bool:
+    """Is there anything to fold: a node that reads a shape, or one that computes only from
+    constants (pads built by ConstantOfShape -> Concat -> Reshape -> Cast, or a conv's weights
+    standardised at run time)?"""
+    return any(node.op_type in SHAPE_OPS or (
+        node.inputs and node.domain in ("", "ai.onnx") and
+        node.op_type not in NONDETERMINISTIC and
+        all(value is None or _is_constant(value) for value in node.inputs))
+        for node in graph)
+
+
+def _is_constant(value: ir.Value) -> bool:
+    """`const_array(value) is not None` without converting the tensor (weights are large)."""
+    return value.const_value is not None and not value.is_graph_input()
+
+
 def fold_constants(model: ir.Model) -> int:
     """Replace the values computable from constants and static shapes that a channel rule
     reads by initializers, and delete the nodes that computed only them.
@@ -107,8 +123,9 @@ def _store(value: ir.Value, array: np.ndarray, computed: dict[ir.Value, np.ndarr
 
 def _source_bytes(value: ir.Value, computed: dict[ir.Value, np.ndarray], kind: str) -> int:
     """Bytes of the initializers of this dtype kind ("f": floats) that `value` is computed
-    from, each counted once: a float table gathered by integer indices pays only with
-    floats."""
+    from and that go with the fold, each counted once: a float table gathered by integer
+    indices pays only with floats, and a weight another node reads as it is stays (a conv's
+    weights also read through a Mul)."""
     seen: set[ir.Value] = set()
     stack, total = [value], 0
     while stack:
@@ -119,7 +136,8 @@ def _source_bytes(value: ir.Value, computed: dict[ir.Value, np.ndarray], kind: s
         producer = current.producer()
         if producer is None or current not in computed:
             constant = current.const_value
-            if constant is not None and constant.dtype.numpy().kind == kind:
+            if constant is not None and constant.dtype.numpy().kind == kind and \
+                    all(all(v in computed for v in use.node.outputs) for use in current.uses()):
                 total += constant.nbytes
             continue
         stack.extend(v for v in producer.inputs if v is not None)
@@ -137,6 +155,9 @@ def _evaluate(node: ir.Node, opset: int, computed: dict[ir.Value, np.ndarray]
     if node.op_type in SHAPE_OPS:
         shape = _shape(node.inputs[0], computed)
         return None if shape is None else [_shape_result(node, shape)]
+    if any(value is not None and value not in computed and not _is_constant(value)
+           for value in node.inputs):
+        return None  # before converting the constants it reads: a conv's weights are large
     inputs = [None if value is None else _value(value, computed) for value in node.inputs]
     if any(array is None for value, array in zip(node.inputs, inputs) if value is not None):
         return None

@@ -10,7 +10,8 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from channelcut.shapes import apply_types, clear_intermediate_shapes, infer_shapes, inferred_types
+from channelcut.shapes import (apply_types, clear_intermediate_shapes, infer_shapes,
+                               inferred_types, ranks_from_weights)
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     model.meta["declared_weight_bytes"] = weight_bytes(model)  # before any fold adds some
     for value in [*graph.inputs, *graph.outputs]:
         value.meta["declared_shape"] = value.shape
-    from channelcut.constfold import SHAPE_OPS, fold_constants  # it imports this module
+    from channelcut.constfold import fold_constants, has_foldable  # it imports this module
 
-    folds = any(node.op_type in SHAPE_OPS for node in graph)
+    folds = has_foldable(graph)
     if folds:
         # shapes from the declared inputs: only what no dynamic dimension reaches is folded
         infer_shapes(model)
@@ -45,6 +46,8 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
         infer_shapes(model)
     else:  # the same graph as the proto's: infer on the proto, faster
         apply_types(model, inferred_types(proto, input_shapes))
+    if ranks_from_weights(model):  # past a custom op: ranks, and channel counts from weights
+        infer_shapes(model)
     return model
 
 
@@ -89,6 +92,13 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     if not all(isinstance(d, int) for d in dims):
         return None
     return tuple(int(d) for d in dims)
+
+
+def partial_shape(value: ir.Value | None) -> tuple[int | None, ...] | None:
+    """The shape with each unknown dimension None; None when even the rank is unknown."""
+    if value is None or value.shape is None:
+        return None
+    return tuple(int(d) if isinstance(d, int) else None for d in value.shape.dims)
 
 
 def weight_bytes(model: ir.Model) -> int:

@@ -89,8 +89,11 @@ class Report:
     align: int = 1  # every tensor that lost channels keeps a multiple of this many
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
-    flops_before: int = 0
+    flops_before: int = 0  # a lower bound when flops_unknown_before > 0
     flops_after: int = 0
+    # nodes whose FLOPs are not in the count: their shapes are unknown (after a custom op)
+    flops_unknown_before: int = 0
+    flops_unknown_after: int = 0
     removed_groups: int = 0
     removed_channels: int = 0  # channel positions removed, summed over every tensor
     removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
@@ -125,6 +128,8 @@ class Report:
             "weight_bytes_after": self.weight_bytes_after,
             "params_before": self.params_before, "params_after": self.params_after,
             "flops_before": self.flops_before, "flops_after": self.flops_after,
+            "flops_unknown_before": self.flops_unknown_before,
+            "flops_unknown_after": self.flops_unknown_after,
             "removed_groups": self.removed_groups, "removed_channels": self.removed_channels,
             "removed_nodes": self.removed_nodes,
             "verify_inputs": self.verify_inputs,
@@ -196,11 +201,21 @@ def params_line(report: Report) -> str:
     return f"params:  {pb / 1e6:.5f} M -> {pa / 1e6:.5f} M, {(pa - pb) / 1e6:+.5f} M ({percent:+.1f}%)"
 
 
+def _flops(flops: int, unknown_nodes: int) -> str:
+    """`0.01144 G`, or `>= 0.01144 G (42 nodes of unknown shape)` when some are not counted."""
+    if not unknown_nodes:
+        return f"{flops / 1e9:.5f} G"
+    return f">= {flops / 1e9:.5f} G ({unknown_nodes} nodes of unknown shape)"
+
+
 def summary_lines(report: Report) -> list[str]:
-    """Weights (bytes, MB = 10^6) and FLOPs (2 per multiply-add) before, after and the change."""
+    """Weights (bytes, MB = 10^6) and FLOPs (2 per multiply-add) before, after and the change;
+    the change in FLOPs is unknown when either count misses nodes of unknown shape."""
     wb, wa, fb, fa = (report.weight_bytes_before, report.weight_bytes_after,
                       report.flops_before, report.flops_after)
+    ub, ua = report.flops_unknown_before, report.flops_unknown_after
+    change = "change unknown" if ub or ua else _signed_change(fb, fa, 1e9, "GFLOPs")
     return [
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
-        f"FLOPs:   {fb / 1e9:.5f} G -> {fa / 1e9:.5f} G, {_signed_change(fb, fa, 1e9, 'GFLOPs')}",
+        f"FLOPs:   {_flops(fb, ub)} -> {_flops(fa, ua)}, {change}",
     ]

@@ -73,6 +73,25 @@ def infer_shapes(model: ir.Model) -> None:
     apply_types(model, _types_of(inferred))
 
 
+def ranks_from_weights(model: ir.Model) -> bool:
+    """Give each Conv or ConvTranspose input that ONNX left without a shape (it comes from a
+    custom op) the rank and type of the weights, as ONNX requires of it, with every dim
+    unknown: inference then goes on past the op it could not infer, and the channel axis of
+    what follows is known. Returns whether any input got one."""
+    seeded = False
+    for node in model.graph:
+        if node.op_type not in ("Conv", "ConvTranspose") or node.domain not in ("", "ai.onnx") \
+                or len(node.inputs) < 2:
+            continue
+        x, w = node.inputs[0], node.inputs[1]
+        if x is not None and x.shape is None and x.producer() is not None and \
+                w is not None and w.shape is not None and w.type is not None:
+            x.shape = ir.Shape([None] * len(w.shape))
+            x.type = x.type or w.type
+            seeded = True
+    return seeded
+
+
 def _types_of(inferred: onnx.ModelProto) -> Types:
     """The tensor types ONNX's inference wrote into a model, by value name."""
     return {info.name: info.type for info in [*inferred.graph.value_info, *inferred.graph.output]

@@ -302,3 +302,72 @@ def test_a_rule_recording_bad_ids_becomes_a_barrier(bad, monkeypatch):
                      "w3": weights(2, 4, 1, 1, zero_cols=[2])})
     result = assert_cut(m, {"conv_y": (4, 3), "conv_z": (3, 2)})
     assert [b.reason.split(":")[0] for b in blockers(result, "Relu")] == ["analysis failed"]
+
+
+# --- barriers: what is provable after an op the analysis does not understand -------------------
+
+def after_custom_op(*extra, conv_input: str = "c", inits=None):
+    """x -> Gelu of ORT's com.microsoft domain (no channel rule, and ONNX infers no shape for
+    it) -> conv_y (8 filters, 0, 2, 4 and 6 zero; input channel 1 read by none) -> [extra] ->
+    relu -> conv_z."""
+    nodes = [node("Gelu", ["x"], ["c"], domain="com.microsoft"),
+             conv("c", "w1", "y"), *extra, node("Relu", [conv_input], ["r"]),
+             conv("r", "w2", "z")]
+    return model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 4, 6, 6]},
+                 {"w1": weights(8, 3, 3, 3, zero_rows=[0, 2, 4, 6], zero_cols=[1]),
+                  "w2": weights(4, 8, 1, 1, seed=2), **(inits or {})},
+                 extra_opsets={"com.microsoft": 1}, check=False)
+
+
+def test_a_conv_after_a_custom_op_cuts_its_zero_filters_and_names_the_op():
+    # The conv's channel counts come from its weights: its zero filters go although its
+    # input's shape is unknown; its input channels stay (their producer is not understood),
+    # and the unread one is reported as kept by the custom op.
+    result = assert_cut(after_custom_op(conv_input="y"), {"conv_y": (3, 4), "conv_z": (4, 4)})
+    [blocker] = result.report.blockers
+    assert (blocker.op_type, blocker.node, blocker.channels) == ("Gelu", "gelu_c", 1)
+    assert "com.microsoft" in blocker.reason
+
+
+def test_a_broadcast_after_a_custom_op_aligns_operands_by_rank():
+    # ONNX infers no shape for the custom op; the conv after it proves its input's rank, and
+    # the Add's operands align by rank and channel count alone.
+    m = after_custom_op(node("Add", ["y", "b"], ["yb"]), conv_input="yb",
+                        inits={"b": -np.abs(weights(1, 8, 1, 1, seed=4))})
+    assert_cut(m, {"conv_y": (3, 4), "conv_z": (4, 4)})
+
+
+def test_a_rule_stopped_by_an_unknown_shape_names_the_op_that_made_it_unknown():
+    # Flatten needs every dim; the report says which op upstream lost them.
+    nodes = [node("Gelu", ["x"], ["c"], domain="com.microsoft"), conv("c", "w1", "y"),
+             node("Flatten", ["y"], ["f"]), node("Gemm", ["f", "w2"], ["z"])]
+    m = model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 5]},
+              {"w1": weights(8, 3, 3, 3, zero_rows=[0, 2, 4, 6]),
+               "w2": weights(288, 5, seed=2)},
+              extra_opsets={"com.microsoft": 1}, check=False)
+    result = assert_cut(m, {})
+    [blocker] = result.report.blockers
+    assert (blocker.op_type, blocker.channels) == ("Flatten", 4)
+    assert blocker.reason == "Flatten shapes unknown (input shape unknown after Gelu node 'gelu_c')"
+
+
+def test_a_matmul_after_a_custom_op_and_a_transpose_cuts_by_rank():
+    # channels last after the conv: Transpose and MatMul need only the ranks
+    m = after_custom_op(node("Transpose", ["y"], ["t"], perm=[0, 2, 3, 1]),
+                        node("MatMul", ["t", "wm"], ["mm"]),
+                        node("Transpose", ["mm"], ["back"], perm=[0, 3, 1, 2]),
+                        conv_input="back", inits={"wm": weights(8, 8, zero_cols=[3], seed=5)})
+    assert_cut(m, {"conv_y": (3, 4), "matmul_mm": (4, 7), "conv_z": (7, 4)})
+
+
+def test_a_classifier_head_after_a_custom_op_is_cut_through_flatten():
+    # After the custom op the batch dim is unknown too; Flatten only merges it into the outer
+    # rows, so the pooled channels still map one to one onto the Gemm's columns.
+    nodes = [node("Gelu", ["x"], ["c"], domain="com.microsoft"), conv("c", "w1", "y"),
+             node("GlobalAveragePool", ["y"], ["pooled"]), node("Flatten", ["pooled"], ["f"]),
+             node("Gemm", ["f", "w2"], ["z"])]
+    m = model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 5]},
+              {"w1": weights(8, 3, 3, 3, zero_rows=[0, 2, 4, 6]),
+               "w2": weights(8, 5, seed=2)},
+              extra_opsets={"com.microsoft": 1}, check=False)
+    assert_cut(m, {"conv_y": (3, 4), "gemm_z": (4, 5)})

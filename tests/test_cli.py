@@ -447,3 +447,27 @@ def test_rich_report_of_an_empty_cut():
     text = buffer.getvalue()
     assert text.count("(none)") == 4  # layers, consts, folds, blockers: no empty tables
     assert text.rstrip().endswith("verification: not run")
+
+
+def test_flops_of_nodes_of_unknown_shape_are_reported_unknown(capsys, tmp_path):
+    # ONNX infers no shape for ORT's com.microsoft Gelu, so neither it nor conv_b can be
+    # counted: FLOPs are a lower bound (conv_a's 2 * 4*6*6 * 3*3*3 and the Relu's 6*6*6, whose
+    # output shape the graph declares), and their change is not printed as a number.
+    from builders import conv, model, node, weights
+
+    m = model([conv("x", "wa", "a"), node("Gelu", ["a"], ["g"], domain="com.microsoft"),
+               conv("g", "wb", "b"), node("Relu", ["b"], ["z"])],
+              {"x": [1, 3, 8, 8]}, {"z": [1, 6, 6, 6]},
+              {"wa": weights(4, 3, 3, 3), "wb": weights(6, 4, 1, 1, seed=1)},
+              extra_opsets={"com.microsoft": 1}, check=False)
+    path, json_path = tmp_path / "custom.onnx", tmp_path / "report.json"
+    path.write_bytes(m.SerializeToString())
+    code, out, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx",
+                             "--report-json", json_path)
+    assert code == 0, err
+    report = json.loads(json_path.read_text())
+    assert (report["flops_before"], report["flops_unknown_before"]) == (2 * 144 * 27 + 216, 2)
+    assert (report["flops_after"], report["flops_unknown_after"]) == (2 * 144 * 27 + 216, 2)
+    summary = " ".join(" ".join(section(out, "summary")).split())
+    assert ("FLOPs: >= 0.00001 G (2 nodes of unknown shape) -> >= 0.00001 G (2 nodes of unknown "
+            "shape), change unknown") in summary

@@ -4,6 +4,7 @@ read constants; nothing that a dynamic input dimension reaches is folded."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from builders import assert_cut, bias, conv, cut, model, node, random_feeds, run, weights
 from channelcut.graph import to_ir
@@ -105,3 +106,72 @@ def test_only_what_a_channel_rule_reads_is_stored():
     assert [n.op_type for n in graph_model.graph] == ["Gather", "Range", "Less", "Where",
                                                        "Slice"]
     np.testing.assert_array_equal(graph_model.graph.node(4).inputs[2].const_value.numpy(), [6])
+
+
+def padded_pair(pad_nodes, inits):
+    """x -> conv_y (8 filters, 1 and 5 zero) -> Pad(pads computed by `pad_nodes` into "pads")
+    -> conv_z, as timm's hgnetv2 pads its stem: size arithmetic on constants alone, no Shape."""
+    nodes = [conv("x", "w1", "y"), *pad_nodes, node("Pad", ["y", "pads"], ["p"]),
+             conv("p", "w2", "z")]
+    return model(nodes, {"x": [1, 3, 8, 8]}, ["z"],
+                 {"w1": weights(8, 3, 3, 3, zero_rows=[1, 5]), "w2": weights(4, 8, 2, 2, seed=1),
+                  **inits})
+
+
+def test_pads_built_from_constants_of_shape_are_folded_and_the_pad_cut():
+    # F.pad(y, (0, 1, 0, 1)) as the TorchScript exporter writes it: ConstantOfShape -> Concat
+    # -> Reshape -> Slice (reversed) -> Transpose -> Reshape -> Cast gives [0,0,0,0,0,0,1,1].
+    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.INT64, [1], [0])
+    nodes = [node("ConstantOfShape", ["four"], ["zeros"], value=zero),
+             node("Concat", ["torch_pads", "zeros"], ["flat"], axis=0),
+             node("Reshape", ["flat", "pairs"], ["rows"]),
+             node("Slice", ["rows", "minus_one", "minus_big", "zero_axis", "minus_one"],
+                  ["reversed"]),
+             node("Transpose", ["reversed"], ["columns"], perm=[1, 0]),
+             node("Reshape", ["columns", "minus_one"], ["onnx_pads"]),
+             node("Cast", ["onnx_pads"], ["pads"], to=onnx.TensorProto.INT64)]
+    m = padded_pair(nodes, {"four": ints(4), "torch_pads": ints(0, 1, 0, 1),
+                            "pairs": ints(-1, 2), "minus_one": ints(-1),
+                            "minus_big": ints(-(2**63) + 1), "zero_axis": ints(0)})
+    result = assert_cut(m, {"conv_y": (3, 6), "conv_z": (6, 4)}, groups=2)
+    assert [n.op_type for n in result.model.graph.node] == ["Conv", "Pad", "Conv"]
+
+
+def test_pads_built_by_expand_are_folded_and_the_pad_cut():
+    nodes = [node("Expand", ["zero", "six"], ["zeros"]),
+             node("Concat", ["zeros", "one_one"], ["pads"], axis=0)]
+    m = padded_pair(nodes, {"zero": ints(0), "six": ints(6), "one_one": ints(1, 1)})
+    assert_cut(m, {"conv_y": (3, 6), "conv_z": (6, 4)}, groups=2)
+
+
+def test_a_weight_computed_from_one_another_conv_reads_stays_computed():
+    # conv_b's weights are 2 * conv_a's: stored, they would add conv_a's weight bytes again
+    # (conv_a still reads the original), so the Mul stays and the weights do not grow.
+    nodes = [conv("x", "w", "a"), node("Mul", ["w", "two"], ["w2"]), conv("x", "w2", "b"),
+             node("Add", ["a", "b"], ["out"])]
+    m = model(nodes, {"x": [1, 4, 6, 6]}, ["out"],
+              {"w": weights(8, 4, 3, 3), "two": np.array(2.0, np.float32)})
+    assert [n.op_type for n in to_ir(m, {"x": (1, 4, 6, 6)}).graph] == ["Conv", "Mul", "Conv",
+                                                                         "Add"]
+    result = cut(m)
+    assert result.report.weight_bytes_after <= result.report.weight_bytes_before
+
+
+def test_weights_standardised_at_run_time_are_folded_and_counted():
+    # timm's ScaledStdConv2d (nfnet): the conv's weights are BatchNormalization (training
+    # mode) over the reshaped weight, computed from initializers alone. Folded, the conv has
+    # constant weights (its zero filters go) and a shape, so its FLOPs count.
+    w = weights(8, 3, 3, 3, zero_rows=[1, 5])
+    nodes = [node("Reshape", ["w", "rows"], ["flat"]),
+             node("BatchNormalization", ["flat", "gain", "zeros8", "zeros8", "ones8"],
+                  ["standard", "mean", "var"], training_mode=1, momentum=0.0, epsilon=1e-6),
+             node("Reshape", ["standard", "w_shape"], ["w_std"]),
+             conv("x", "w_std", "y"), node("Relu", ["y"], ["r"]), conv("r", "w2", "z")]
+    m = model(nodes, {"x": [1, 3, 8, 8]}, {"z": [1, 4, 6, 6]},
+              {"w": w, "rows": ints(1, 8, -1), "w_shape": ints(8, 3, 3, 3),
+               "gain": np.full(8, 0.5, np.float32), "zeros8": np.zeros(8, np.float32),
+               "ones8": np.ones(8, np.float32), "w2": weights(4, 8, 1, 1, seed=3)})
+    result = assert_cut(m, {"conv_y": (3, 6), "conv_z": (6, 4)}, groups=2)
+    conv_y, relu, conv_z = 2 * 8 * 36 * 27, 8 * 36, 2 * 4 * 36 * 8
+    assert (result.report.flops_before, result.report.flops_unknown_before) == \
+        (conv_y + relu + conv_z, 0)

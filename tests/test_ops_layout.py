@@ -1,7 +1,7 @@
-"""Layout rules: Concat, Split, Slice, Transpose, Reshape/Flatten, Squeeze/Unsqueeze and Gather
-move channels (to other positions, pieces or axes) without computing, so a zero channel stays
-zero and a cut on one side is the same cut on the other; the op's own constants and attributes
-are rewritten to the new sizes."""
+"""Layout rules: Concat, Split, Slice, Transpose, Reshape/Flatten, Squeeze/Unsqueeze, Gather,
+Expand and Tile move channels (to other positions, pieces or axes) without computing, so a zero
+channel stays zero and a cut on one side is the same cut on the other; the op's own constants
+and attributes are rewritten to the new sizes."""
 
 from __future__ import annotations
 
@@ -447,3 +447,39 @@ def test_gather_along_the_channel_axis_is_a_barrier():
                "index": i64(0, 2, 5)})
     result = assert_cut(m, {})
     assert blockers(result, "Gather")
+
+
+# --- Expand and Tile ---------------------------------------------------------------------------
+
+def gate_model(repeat, inits: dict):
+    """x -> conv_y (8 filters, 2 and 5 zero) -> GlobalAveragePool -> [repeat to 1x8x4x8] ->
+    Mul with y (a gate, as SE blocks' expand_as) -> conv_z."""
+    nodes = [conv("x", "w1", "y", "b1"), node("GlobalAveragePool", ["y"], ["pooled"]), repeat,
+             node("Mul", ["y", "gate"], ["gated"]), conv("gated", "w2", "z")]
+    return model(nodes, {"x": X_SHAPE}, ["z"],
+                 {"w1": weights(8, 4, 1, 1, zero_rows=[2, 5]), "b1": zero_bias(8, [2, 5]),
+                  "w2": weights(3, 8, 1, 1, seed=2), **inits})
+
+
+@pytest.mark.parametrize("target, rewritten", [
+    ((1, 8, 4, 8), [1, 6, 4, 8]), ((8, 4, 8), [6, 4, 8]), ((1, 1, 4, 8), [1, 1, 4, 8])])
+def test_expand_over_other_axes_carries_channels(target, rewritten):
+    m = gate_model(node("Expand", ["pooled", "target"], ["gate"]), {"target": i64(*target)})
+    result = assert_cut(m, {"conv_y": (4, 6), "conv_z": (6, 3)}, groups=2)
+    assert const_input(result.model, "expand_gate").tolist() == rewritten
+
+
+def test_tile_over_other_axes_carries_channels():
+    m = gate_model(node("Tile", ["pooled", "repeats"], ["gate"]), {"repeats": i64(1, 1, 4, 8)})
+    result = assert_cut(m, {"conv_y": (4, 6), "conv_z": (6, 3)}, groups=2)
+    assert const_input(result.model, "tile_gate").tolist() == [1, 1, 4, 8]
+
+
+def test_expand_of_the_channel_axis_is_a_barrier():
+    # one channel broadcast to eight: every output channel is the same input channel
+    nodes = [conv("x", "w1", "y"), node("Expand", ["y", "target"], ["e"]), conv("e", "w2", "z")]
+    m = model(nodes, {"x": X_SHAPE}, ["z"],
+              {"w1": weights(1, 4, 1, 1), "w2": weights(3, 8, 1, 1, zero_cols=[2]),
+               "target": i64(1, 8, 4, 8)})
+    result = assert_cut(m, {})
+    assert [(b.op_type, b.channels) for b in blockers(result)] == [("Expand", 1)]

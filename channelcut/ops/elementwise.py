@@ -173,29 +173,35 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     a constant operand is folded in per channel (and sliced when channels go); any other
     operand that is not broadcast along the channel axis pins the channels."""
     out_value = node.outputs[0]
-    out_shape = walk.shape(out_value)
+    # ranks align the operands; of the dims only the channel axis' matter (partly unknown
+    # after a custom op)
+    out_shape = walk.dims(out_value)
     operands = [v for v in node.inputs if v is not None]
     tracked = [v for v in operands if walk.info(v) is not None]
     if not tracked:
         return
-    if out_shape is None or any(walk.shape(v) is None for v in operands):
+    if out_shape is None or any(walk.dims(v) is None for v in operands):
         walk.barrier(node, "shapes unknown")
         return
     out = _output_channels(node, walk, tracked, out_shape)
+    if out is None:
+        walk.barrier(node, "channel count of a broadcast output unknown")
+        return
     axis = out.axis
     values: list[Values] = []
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
     linked: set[ir.Value] = set()
     for value in operands:
-        shape = walk.shape(value)
+        shape = walk.dims(value)
         ax = _aligned_axis(axis, len(out_shape), shape)
         info = walk.info(value)
-        if info is not None and info.axis == ax and shape[ax] == out.size:
+        if info is not None and info.axis == ax and info.size == out.size:
             owner = walk.align(info, out, node)
             if owner is not None and value not in linked:
                 # coupled, or in the full cut a constant can be reinserted (once per tensor,
                 # however many operands it is)
-                walk.link(info.ids[owner], out.ids, _reinsert_site(node, walk, out, out_shape))
+                walk.link(info.ids[owner], out.ids,
+                          _reinsert_site(node, walk, out, walk.shape(out_value)))
                 linked.add(value)
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
@@ -222,24 +228,29 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
 
 
 def _output_channels(node: ir.Node, walk: Walk, tracked: list[ir.Value],
-                     out_shape: tuple[int, ...]) -> ChannelInfo:
+                     out_shape: tuple[int | None, ...]) -> ChannelInfo | None:
     """The output's channels: those of the first tracked operand that spans the output's
     channel axis; when every tracked operand is broadcast along it (one channel against a
-    constant or an untracked tensor), fresh ones along the first one's axis."""
+    constant or an untracked tensor), fresh ones along the first one's axis. None when the
+    output's channel count is unknown and no operand tells it."""
     for value in tracked:
-        info, shape = walk.info(value), walk.shape(value)
-        axis = info.axis + len(out_shape) - len(shape)
-        if info.size == out_shape[axis]:
+        info = walk.info(value)
+        axis = info.axis + len(out_shape) - len(walk.dims(value))
+        # a dim above 1 fixes the broadcast output's dim, even where inference lost it
+        if info.size == out_shape[axis] or (out_shape[axis] is None and info.size > 1):
             return walk.new(node.outputs[0], axis, info.positions)
     first = walk.info(tracked[0])
-    axis = first.axis + len(out_shape) - len(walk.shape(tracked[0]))
+    axis = first.axis + len(out_shape) - len(walk.dims(tracked[0]))
+    if out_shape[axis] is None:
+        return None
     return walk.new(node.outputs[0], axis, out_shape[axis])
 
 
-def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo, out_shape: tuple[int, ...]
-                   ) -> Site | None:
+def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo,
+                   out_shape: tuple[int | None, ...] | None) -> Site | None:
     """Reinserting an operand's constant channels: Pad + Gather (+ Add of the constants)."""
-    if opset_version(walk.model) < 11:  # Pad takes its amounts as an input from opset 11
+    # Pad takes its amounts as an input from opset 11; the cost needs the output's size
+    if opset_version(walk.model) < 11 or out_shape is None:
         return None
     elements = float(math.prod(out_shape))
     # constants (float32) and the Gather order (int64) along the axis, Pad amounts (int64)
@@ -269,7 +280,7 @@ def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:
             reinsert(node, value, rw, needed)
     if deleted.size == 0:
         return
-    out_rank = len(rw.shape(out))
+    out_rank = len(out.shape)  # known, if not every dim (the analysis needed it)
     axis = rw.info(out).axis
     for index, value in enumerate(node.inputs):
         array = rw.const(value)

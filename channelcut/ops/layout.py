@@ -39,10 +39,10 @@ def _axes_operand(node: ir.Node, walk: Walk, index: int, attr: str) -> list[int]
 def analyse_transpose(node: ir.Node, walk: Walk) -> None:
     """out[c] <- in[c]; the channel axis moves to where `perm` puts it. Channels spread over
     several axes (a shuffle) get their flat positions reordered like those axes."""
-    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
+    source, shape = walk.info(node.inputs[0]), walk.dims(node.inputs[0])  # the rank suffices
     if source is None:
         return
-    if shape is None:
+    if shape is None or (source.span > 1 and walk.shape(node.inputs[0]) is None):
         walk.barrier(node, "Transpose shape unknown")
         return
     perm = attr_ints(node, "perm") or list(reversed(range(len(shape))))
@@ -177,8 +177,12 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     if node.op_type == "Reshape" and walk.const(node.inputs[1]) is None:
         walk.barrier(node, "Reshape to a computed shape")
         return
-    mapped = None if in_shape is None or out_shape is None else \
-        reshape_layout(source, in_shape, out_shape)
+    if node.op_type == "Flatten" and (in_shape is None or out_shape is None):
+        in_shape, out_shape = _flatten_shapes(node, walk, source)
+    if in_shape is None or out_shape is None:
+        walk.barrier(node, f"{node.op_type} shapes unknown")
+        return
+    mapped = reshape_layout(source, in_shape, out_shape)
     if mapped is None:
         walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
         return
@@ -191,6 +195,23 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         owner = out.channel_at_position()
         members = out.ids[owner].reshape(-1, last)  # row-major: one row per leading index
         walk.couple(np.broadcast_to(members[:1], members.shape).ravel(), members.ravel())
+
+
+def _flatten_shapes(node: ir.Node, walk: Walk, source: ChannelInfo
+                    ) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Flatten's shapes when only dims before the channel axis and before `axis` are unknown
+    (a batch after a custom op): they only multiply the outer rows, which reshape_layout
+    requires to match one for one anyway, so 1 stands for each."""
+    dims = walk.dims(node.inputs[0])
+    if dims is None:
+        return None, None
+    axis = attr_int(node, "axis", 1)
+    axis += len(dims) if axis < 0 else 0  # -r..r: r flattens everything into the outer dim
+    lead = min(axis, source.axis)
+    if any(d is None for d in dims[lead:]):
+        return None, None
+    in_shape = tuple(1 if d is None else d for d in dims)
+    return in_shape, (math.prod(in_shape[:axis]), math.prod(in_shape[axis:]))
 
 
 def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
@@ -210,6 +231,42 @@ def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
 
 
 rule("Reshape", "Flatten", rewrite=rewrite_reshape, spans=True)(analyse_reshape)
+
+
+# -- Expand and Tile over other axes ---------------------------------------------------------
+
+@rule("Expand", "Tile")
+def analyse_expand(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- in[c], repeated over the other axes; Expand may prepend axes (shapes align
+    from the right), so the channel axis shifts by the ranks' difference."""
+    source = walk.info(node.inputs[0])
+    if source is None:
+        return
+    shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
+    if shape is None or out_shape is None or walk.const(node.inputs[1]) is None:
+        walk.barrier(node, f"{node.op_type} to a computed shape")
+        return
+    axis = source.axis + len(out_shape) - len(shape)
+    if out_shape[axis] != shape[source.axis]:
+        walk.barrier(node, f"{node.op_type} repeats the channel axis")
+        return
+    walk.like(node.outputs[0], source, axis=axis)
+
+
+def rewrite_expand(node: ir.Node, rw: Rewrite) -> None:
+    """Expand's target shape names the channel count where it is not 1 (broadcast): shrink it.
+    Tile's repeats are 1 on the channel axis and stay."""
+    deleted = rw.deleted(node.outputs[0])
+    if node.op_type != "Expand" or deleted.size == 0:
+        return
+    target = rw.const(node.inputs[1]).copy()
+    axis = rw.info(node.outputs[0]).axis - (len(rw.shape(node.outputs[0])) - target.size)
+    if axis >= 0 and target[axis] != 1:
+        target[axis] -= deleted.size
+        rw.set_const(node, 1, target)
+
+
+rule("Expand", "Tile", rewrite=rewrite_expand)(analyse_expand)
 
 
 # -- Concat -------------------------------------------------------------------------------

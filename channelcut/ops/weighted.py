@@ -64,9 +64,14 @@ def _row_values(nz: np.ndarray, weights: np.ndarray, in_known: np.ndarray,
     return ~row_unknown.reshape(-1), (bias + value.reshape(-1)).astype(np.float32)
 
 
-def _pinned_unless(walk: Walk, node: ir.Node, source: ChannelInfo | None, axis: int,
+def _pinned_unless(walk: Walk, node: ir.Node, value: ir.Value, axis: int, n: int,
                    block_ok: bool = True) -> ChannelInfo | None:
-    """The input's channels if they lie on the axis the op contracts; otherwise pin them."""
+    """The input's channels if they lie on the axis the op contracts; otherwise pin them.
+
+    The `n` channels the weights read from an input that a barrier made are kept in that
+    barrier's name: the report then says what keeps an input channel the weights ignore.
+    """
+    source = walk.info(value) or walk.channels_after_barrier(value, axis, n)
     if source is None:
         return None
     if source.axis != axis or (not block_ok and source.block != 1):
@@ -86,14 +91,15 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     """
     x, w, b = node.inputs[0], node.inputs[1], input_at(node, 2)
     weights, bias = walk.const(w), walk.const(b)
-    if weights is None or (b is not None and bias is None) or walk.shape(x) is None:
+    # the channel counts come from the weights: x's shape may be unknown (after a custom op)
+    if weights is None or (b is not None and bias is None):
         walk.barrier(node, "Conv weights or bias are not constants")
         return
     groups = attr_int(node, "group", 1)
     cout, cin_g = weights.shape[:2]
     cin = cin_g * groups
     out = walk.new(node.outputs[0], 1, cout)
-    source = _pinned_unless(walk, node, walk.info(x), 1, block_ok=False)
+    source = _pinned_unless(walk, node, x, 1, cin, block_ok=False)
     flat = weights.reshape(cout, cin_g, -1)
     nz = nonzero_along_last_axis(flat)
     bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
@@ -228,7 +234,7 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
     x, w, b = node.inputs[0], node.inputs[1], input_at(node, 2)
     weights, bias = walk.const(w), walk.const(b)
     groups = attr_int(node, "group", 1)
-    if weights is None or (b is not None and bias is None) or walk.shape(x) is None:
+    if weights is None or (b is not None and bias is None):
         walk.barrier(node, "ConvTranspose weights or bias are not constants")
         return
     cin, cout_g = weights.shape[:2]
@@ -238,7 +244,7 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
         return
     cout = cout_g * groups
     out = walk.new(node.outputs[0], 1, cout)
-    source = _pinned_unless(walk, node, walk.info(x), 1, block_ok=False)
+    source = _pinned_unless(walk, node, x, 1, cin, block_ok=False)
     nz = nonzero_along_last_axis(weights.reshape(cin, cout_g, -1)).T  # [cout_g, cin]
     bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
     in_known, in_const = _input_values(source, cin)
@@ -278,7 +284,7 @@ rule("ConvTranspose", rewrite=rewrite_conv_transpose)(analyse_conv_transpose)
 
 def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndarray,
             out: ChannelInfo, bias_known: np.ndarray, bias: np.ndarray, alpha: float,
-            site: Site) -> None:
+            site: Site | None) -> None:
     """out[n] <- bias[n] + alpha * sum_k W[n, k] * in[k], a channel being a block of k's."""
     n_out = w_nk.shape[0]
     size = w_nk.dtype.itemsize
@@ -309,7 +315,8 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
         return
     w_nk = weights if attr_int(node, "transB", 0) else weights.T
     out = walk.new(node.outputs[0], 1, w_nk.shape[0])
-    source = _pinned_unless(walk, node, walk.info(a), 0 if attr_int(node, "transA", 0) else 1)
+    source = _pinned_unless(walk, node, a, 0 if attr_int(node, "transA", 0) else 1,
+                            w_nk.shape[1])
     beta = attr_float(node, "beta", 1.0)
     if c is None:
         bias_known, bias = np.ones(out.n, bool), np.zeros(out.n, np.float32)
@@ -353,15 +360,21 @@ def _matrix(weights: np.ndarray | None) -> np.ndarray | None:
 def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     """out[..., n] <- sum_k B[k, n] * A[..., k] for a constant B."""
     a, b = node.inputs
-    weights, a_shape = _matrix(walk.const(b)), walk.shape(a)
-    out_shape = walk.shape(node.outputs[0])
-    if weights is None or a_shape is None or out_shape is None or len(a_shape) < 2:
+    weights = _matrix(walk.const(b))
+    # the ranks place the channel axes (the dims may be unknown after a custom op)
+    a_shape, out_shape = walk.dims(a), walk.dims(node.outputs[0])
+    if weights is None:
         walk.barrier(node, "MatMul without a constant weight matrix")
         return
+    if a_shape is None or out_shape is None or len(a_shape) < 2:
+        walk.barrier(node, "MatMul shapes unknown")
+        return
     out = walk.new(node.outputs[0], len(out_shape) - 1, weights.shape[1])
-    source = _pinned_unless(walk, node, walk.info(a), len(a_shape) - 1)
+    source = _pinned_unless(walk, node, a, len(a_shape) - 1, weights.shape[0])
     zeros = np.zeros(out.n, np.float32)
-    site = Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, out_shape))
+    static = walk.shape(node.outputs[0])  # what folding adds is priced by the output's size
+    site = None if static is None else \
+        Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, static))
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
