@@ -66,8 +66,12 @@ def print_report(report: Report, console: Console, *, threshold: float | None = 
     from rich.table import Table  # noqa: PLC0415 - rich is only needed on a terminal
 
     console.print(f"[bold]{SECTION_TITLES['summary']}[/bold]")
+    summary = Table.grid(padding=(0, 1))
+    summary.add_column(style="bold", no_wrap=True)
+    summary.add_column()
     for label, text in summary_rows(report, threshold):
-        console.print(f"[bold]{label}[/bold] {text}", highlight=False)
+        summary.add_row(label, text)
+    console.print(summary, highlight=False)
     sections = list(_tables(report, threshold))
     if timings:
         sections.append(("seconds", *_seconds_table(report)))
@@ -80,10 +84,15 @@ def print_report(report: Report, console: Console, *, threshold: float | None = 
                 console.print("(none)")
             continue
         table = Table(title=title, title_justify="left", title_style="bold")
-        for column in header:
+        grouped = key == "consts"  # rows under a line naming their layer, as in the text
+        for column in header[1:] if grouped else header:
             table.add_column(column.title, justify="right" if column.numeric else "left",
                              no_wrap=column.numeric, overflow="fold")
-        for row in rows:
+        for k, row in enumerate(rows):
+            if grouped:
+                if k == 0 or row[0] != rows[k - 1][0]:
+                    table.add_row(f"[bold]{row[0]}[/bold]", end_section=False)
+                row = ["  " + row[1], *row[2:]]
             table.add_row(*(cell or "-" for cell in row))
         console.print(table)
 
