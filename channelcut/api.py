@@ -275,3 +275,14 @@ def _channel_map(analysis: Analysis) -> dict[str, tuple[int, np.ndarray]]:
         if deleted.size and value.name:
             mapping[value.name] = (info.axis, np.flatnonzero(kept_mask(info.size, deleted)))
     return mapping
+
+
+def _bind_package_names() -> None:
+    """`channelcut.cut` is this function: importing the submodule channelcut.cut (above) set
+    the package's attribute `cut` to that module, and the package imports this one lazily."""
+    import channelcut  # noqa: PLC0415
+
+    channelcut.cut, channelcut.CutResult = cut, CutResult
+
+
+_bind_package_names()
