@@ -21,6 +21,7 @@ from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.cut import SizeChange, apply_cut, input_role, kept_mask
 from channelcut.flops import FlopCount, count_flops, node_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
+from channelcut.samples import Checking
 from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
                                inputs_as_declared, restore_boundary_shapes, set_value_info)
@@ -67,7 +68,7 @@ def cut(
     16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
     output raises VerificationError. `verify_inputs` gives the inputs to verify on instead:
-    an .npz file or a folder of .npy files (channelcut.verify.load_inputs) or a list of
+    an .npz file or a folder of .npy files (channelcut.samples.load_inputs) or a list of
     {input name: array}; `verify_samples` caps how many of them are used, or says how many
     seeded random samples to draw (from `seed`). `stages` times each stage (and can show
     progress); the report's `seconds` has the times either way.
@@ -80,7 +81,7 @@ def cut(
     if verify_samples is not None and (isinstance(verify_samples, bool) or verify_samples < 1):
         raise ChannelcutError(f"verify_samples {verify_samples!r}: give 1 or more")
     stages = stages or Stages()
-    checking = verification.Checking(verify_inputs, verify_samples, seed)
+    checking = Checking(verify_inputs, verify_samples, seed)
     with _collector_paused():
         with stages.stage("load"):
             original = io.load_model(model, copy=False)
@@ -106,7 +107,7 @@ def _collector_paused() -> Iterator[None]:
 
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
          verify: bool, threshold: float, fold: bool, objective: str, align: int,
-         stages: Stages, checking: verification.Checking) -> CutResult:
+         stages: Stages, checking: Checking) -> CutResult:
     """cut() on a loaded model; the model is only read (the IR copies what changes)."""
     with stages.stage("fold shapes"):
         shapes = verification.resolve_input_shapes(original, input_shapes)
@@ -161,9 +162,10 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
     if verify:
-        with stages.stage("verify", checking.count(original, shapes)) as advance:
+        samples = checking.feeds(original, shapes)
+        with stages.stage("verify", len(samples)) as advance:
             report.checks = verification.compare(original, result_proto, shapes,
-                                                 inputs=checking, advance=advance)
+                                                 samples=samples, advance=advance)
         report.verify_inputs = checking.describe()
         verification.check(report.checks, threshold)
     return CutResult(result_proto, report, channel_map)
