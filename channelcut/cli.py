@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from channelcut import __version__
+from channelcut.costs import OBJECTIVES
 from channelcut.errors import ChannelcutError, VerificationError
 
 if TYPE_CHECKING:
@@ -38,9 +39,6 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
 
 DEFAULT_THRESHOLD = 0.9999
-# channelcut.solve.OBJECTIVES, spelled out so that building the parser imports nothing heavy
-# (a test checks they agree).
-OBJECTIVES = ("flops", "params", "latency")
 EXIT_CODES = ("exit codes: 0 ok; 2 bad input or usage (one line on stderr, nothing written); "
               "3 verification failed, a bug (nothing written); 1 internal error, a bug; "
               "130 interrupted; 141 stdout closed early")
@@ -145,17 +143,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_mode(parser: argparse.ArgumentParser) -> None:
+    from channelcut.targets import CLI_DEFAULT, TARGETS  # noqa: PLC0415
+
+    parser.add_argument("--target", choices=list(TARGETS), default=CLI_DEFAULT,
+                        help="where the model will run; decides the rewrites, the alignment "
+                             "and the objective (default %(default)s: never worse on ONNX "
+                             "Runtime CPU or RKNN; ort-cpu also times the result against the "
+                             "original here and keeps the faster). "
+                             + "; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()))
     parser.add_argument("--zero-only", action="store_true",
                         help="cut only zero or unread channels, as RKNN-Toolkit's "
                              "model_pruning does (default: also fold constant channels into "
                              "their readers and cut one side of residual Adds)")
-    parser.add_argument("--objective", choices=OBJECTIVES, default="flops",
-                        help="what a fold or reinsertion must reduce to be made (default "
-                             "flops); none ever grows the weights")
-    parser.add_argument("--align", type=int, default=1, metavar="N",
+    parser.add_argument("--objective", choices=OBJECTIVES, default=None,
+                        help="what a fold or reinsertion must reduce to be made (default: the "
+                             "target's); none ever grows the weights")
+    parser.add_argument("--align", type=_alignment, default=None, metavar="N",
                         help="keep a multiple of N channels in every tensor that loses some "
-                             "(8 or 16 suit CPU and NPU kernels; default 1: cut all that can "
-                             "go)")
+                             "('target': the target's, also with --zero-only; default: the "
+                             "target's, 1 with --zero-only: the seed's table)")
+
+
+def _alignment(text: str) -> int | str:
+    """--align: a whole number, or "target"; cut() checks the number."""
+    if text == "target":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number or 'target'") from None
 
 
 def _add_input(parser: argparse.ArgumentParser) -> None:
@@ -213,8 +229,8 @@ def _cut(args: argparse.Namespace) -> int:
         result = api.cut(args.input, input_shapes=_input_shapes(args.input_shape),
                          verify=not args.no_verify, threshold=args.threshold,
                          fold=not args.zero_only, objective=args.objective, align=args.align,
-                         verify_inputs=args.verify_inputs, verify_samples=args.verify_samples,
-                         seed=args.seed, stages=stages)
+                         target=args.target, verify_inputs=args.verify_inputs,
+                         verify_samples=args.verify_samples, seed=args.seed, stages=stages)
         with stages.stage("save"):
             save_model(result.model, args.output)
     report = result.report
@@ -240,7 +256,7 @@ def _inspect(args: argparse.Namespace) -> int:
     with _progress(stages):
         result = api.cut(args.input, input_shapes=_input_shapes(args.input_shape),
                          verify=False, fold=not args.zero_only, objective=args.objective,
-                         align=args.align, stages=stages)
+                         align=args.align, target=args.target, stages=stages)
     _show(result.report, None, args.verbose)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK

@@ -109,8 +109,8 @@ def summary_rows(report: Report, threshold: float | None = None) -> list[tuple[s
                                           for name, dims in report.input_shapes.items())))
     mode = f"{MODES.get(report.mode, report.mode)}, objective {report.objective}, " \
            f"align {report.align}"
-    if report.target_name:
-        rows.append(("target:", report.target_name))
+    if report.target:
+        rows.append(("target:", report.target))
     rows.append(("mode:", mode))
     weights, flops, *more = summary_lines(report)
     rows.append(("weights:", weights.split(":", 1)[1].strip()))

@@ -57,7 +57,7 @@ class SiteChange:
 
     node: str
     op_type: str
-    kind: str  # "bias fold", "border fold" or "reinsert"
+    kind: str  # "bias fold", "border fold", "carrier fold" or "reinsert"
     groups: int
     added_bytes: int
     added_flops: int
@@ -73,6 +73,16 @@ class OutputCheck:
     cosine: float
     max_abs_error: float
     max_rel_error: float
+
+
+@dataclass(frozen=True)
+class AlignedGain:
+    """What the same cut aligned to the target's channel multiple would give (reported when
+    the cut itself was not aligned, as the seed's zero-only table is not)."""
+
+    align: int
+    weight_bytes_after: int
+    flops_after: int
 
 
 @dataclass
@@ -98,6 +108,12 @@ class Report:
     removed_channels: int = 0  # channel positions removed, summed over every tensor
     removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
     checks: list[OutputCheck] = field(default_factory=list)
+    target: str = ""  # channelcut.targets name the cut was made for
+    # the guard's ONNX Runtime CPU times (seconds per run, median) by candidate, and which
+    # candidate it kept: "cut", "zero-only" (aligned) or "original"
+    latencies: dict[str, float] = field(default_factory=dict)
+    kept: str = ""
+    aligned: AlignedGain | None = None
     # what was cut, from what: filled by cut() and the console script
     model_path: str = ""
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -121,7 +137,7 @@ class Report:
 
         return {
             "tool": "channelcut", "version": __version__, "model_path": self.model_path,
-            "input_shapes": self.input_shapes, "target": self.target_name, "mode": self.mode,
+            "input_shapes": self.input_shapes, "target": self.target, "mode": self.mode,
             "objective": self.objective, "align": self.align,
             "pairs": "[kept, original]",
             "weight_bytes_before": self.weight_bytes_before,
@@ -132,6 +148,8 @@ class Report:
             "flops_unknown_after": self.flops_unknown_after,
             "removed_groups": self.removed_groups, "removed_channels": self.removed_channels,
             "removed_nodes": self.removed_nodes,
+            "latencies": self.latencies, "kept": self.kept,
+            "aligned": None if self.aligned is None else asdict(self.aligned),
             "verify_inputs": self.verify_inputs,
             "checks": [asdict(c) for c in self.checks],
             "most_blocked": [{"op_type": op, "channels": n}
@@ -145,11 +163,6 @@ class Report:
             "seconds": self.seconds,
             "network": [layer(c) for c in self.network],
         }
-
-    @property
-    def target_name(self) -> str:
-        """The target the cut was made for; "" when the cut knows no targets."""
-        return str(getattr(self, "target", "") or "")
 
 
 def most_blocked(report: Report) -> list[tuple[str, int]]:
@@ -215,7 +228,18 @@ def summary_lines(report: Report) -> list[str]:
                       report.flops_before, report.flops_after)
     ub, ua = report.flops_unknown_before, report.flops_unknown_after
     change = "change unknown" if ub or ua else _signed_change(fb, fa, 1e9, "GFLOPs")
-    return [
+    lines = [
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
         f"FLOPs:   {_flops(fb, ub)} -> {_flops(fa, ua)}, {change}",
     ]
+    if report.latencies:
+        times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"
+                          for name, seconds in report.latencies.items())
+        lines.append(f"ONNX Runtime CPU, 1 thread, median: {times}; kept: {report.kept}")
+    if report.aligned is not None:
+        a = report.aligned
+        lines.append(f"aligned as {report.target or 'the target'} runs best (blocks of "
+                     f"{a.align}; --align target), it would be: weights "
+                     f"{_signed_change(wb, a.weight_bytes_after, 1e6, 'MB')}, FLOPs "
+                     f"{_signed_change(fb, a.flops_after, 1e9, 'GFLOPs')}")
+    return lines

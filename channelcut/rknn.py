@@ -14,9 +14,11 @@ that says what to do; `inference` returns the list of outputs, or None after an 
 verbose=True), `W ` or `E ` (always) and go to stdout, and to `verbose_file` when given.
 
 `config(model_pruning=...)`: True removes only zero or unread channels, as RKNN-Toolkit's
-model_pruning does (the seed's table); "full" also folds constant channels into their readers
-and cuts one side of residual Adds, choosing by `pruning_objective`. Both run the same
-analysis (`channelcut.api.cut`); the mode only changes which rewrites it may make.
+model_pruning does (the seed's table), and logs what the same cut aligned to the NPU's channel
+multiple would give; "aligned" makes that aligned cut; "full" also folds constant channels
+into their readers, as the NPU runs them (channelcut.targets: `rknn` for every Rockchip
+platform), choosing by `pruning_objective` (default: the target's). All run the same analysis
+(`channelcut.api.cut`); the mode only changes which rewrites it may make.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from channelcut.preprocess import (Preprocess, has_preprocessing, preprocess_con
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
 TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106")
 TARGETS = TOOLKIT1_TARGETS + TOOLKIT2_TARGETS
+# channelcut.targets entry for each platform: every Rockchip NPU is compiled by RKNN-Toolkit,
+# whose channel alignment and placement rules the `rknn` target encodes.
+CUT_TARGETS = {platform: "rknn" for platform in TARGETS}
+DEFAULT_CUT_TARGET = "rknn"  # no target_platform: RKNN-Toolkit2 then builds for rk3566
 FAILED = -1
 
 Result = TypeVar("Result")
@@ -92,8 +98,9 @@ class RKNN:
     def __init__(self, verbose: bool = False, verbose_file: str | Path | None = None) -> None:
         self._log = _Log(verbose, verbose_file)
         self._preprocess_config: dict[str, Any] = {}
-        self._pruning: str | None = None  # None, "zero" or "full"
-        self._pruning_objective = "flops"
+        self._pruning: str | None = None  # None, "zero", "aligned" or "full"
+        self._pruning_objective: str | None = None  # None: the target's
+        self._cut_target = DEFAULT_CUT_TARGET
         self.release()
 
     # --- configuration and loading -------------------------------------------------------
@@ -102,22 +109,27 @@ class RKNN:
     def config(self, mean_values: Any = None, std_values: Any = None,
                reorder_channel: str | Sequence[str] | None = None,
                target_platform: str | Sequence[str] | None = None,
-               model_pruning: bool | str = False, pruning_objective: str = "flops",
+               model_pruning: bool | str = False, pruning_objective: str | None = None,
                **other: Any) -> int:
         """Set preprocessing, the target platform(s) and pruning; used by the next `build`.
 
-        model_pruning: False, True (zero or unread channels only, RKNN-Toolkit's) or "full"
-        (also folds constant channels); pruning_objective ("flops", "params" or "latency")
-        decides which folds the full cut makes.
+        model_pruning: False, True (zero or unread channels only, RKNN-Toolkit's), "aligned"
+        (the same, keeping a multiple of the NPU's channel block) or "full" (also folds
+        constant channels where the NPU runs the fold); pruning_objective ("flops", "params"
+        or "latency"; default the target's) decides which folds the full cut makes.
         """
+        cut_target = DEFAULT_CUT_TARGET
         if target_platform is not None:
             _check_targets(target_platform, "target_platform")
+            first = target_platform if isinstance(target_platform, str) else target_platform[0]
+            cut_target = CUT_TARGETS[first.lower()]
         preprocess = preprocess_config(mean_values, std_values, reorder_channel)
         pruning = _pruning_mode(model_pruning)
-        _check_objective(pruning_objective)
+        if pruning_objective is not None:
+            _check_objective(pruning_objective)
         # Only a config that is valid as a whole replaces the previous one.
         self._preprocess_config, self._pruning = preprocess, pruning
-        self._pruning_objective = pruning_objective
+        self._pruning_objective, self._cut_target = pruning_objective, cut_target
         self._ignored("config", other)
         return 0
 
@@ -227,15 +239,22 @@ class RKNN:
         from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
 
         shapes = simulator.input_shapes(model)
+        target = self._cut_target
         if self._pruning == "full":
-            result = cut(model, input_shapes=shapes, fold=True,
+            result = cut(model, input_shapes=shapes, fold=True, target=target,
                          objective=self._pruning_objective, verify_inputs=samples)
+        elif self._pruning == "aligned":  # zero or unread channels, the NPU's multiple kept
+            result = cut(model, input_shapes=shapes, fold=False, target=target,
+                         align="target", verify_inputs=samples)
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
-            result = cut(model, input_shapes=shapes, fold=False, verify_inputs=samples)
+            result = cut(model, input_shapes=shapes, fold=False, target=target,
+                         verify_inputs=samples)
         self._report = result.report
         self._log.info("Pruning: const change detail")
         for line in const_change_lines(result.report) + summary_lines(result.report):
             self._log.info(line)
+        if result.report.aligned is not None:
+            self._log.info("Pruning: config(model_pruning=\"aligned\") makes the aligned cut")
         for site in result.report.sites:
             # The cost fields under their report names (the --report-json keys).
             costs = {k: v for k, v in asdict(site).items() if k not in ("node", "op_type", "kind")}
@@ -424,10 +443,11 @@ def _pruning_mode(value: Any) -> str | None:
     # `is` for the bools: 0, 1 and 1.0 compare equal to them but are not what RKNN takes.
     if value is True or value is False:
         return "zero" if value else None
-    if isinstance(value, str) and value.lower() == "full":
-        return "full"
+    if isinstance(value, str) and value.lower() in ("full", "aligned"):
+        return value.lower()
     raise ChannelcutError(f"model_pruning {value!r} is not a pruning mode; use True (zero "
-                          "channels only, as RKNN-Toolkit), \"full\" (also fold constant "
+                          "channels only, as RKNN-Toolkit), \"aligned\" (the same, aligned "
+                          "to the NPU's channel block), \"full\" (also fold constant "
                           "channels) or False")
 
 

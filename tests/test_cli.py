@@ -343,11 +343,14 @@ def test_cli_passes_options_to_cut(capsys, model_file, tmp_path, monkeypatch):
     assert code == cli.EXIT_USER_ERROR and err.strip() == "channelcut: error: stop here"
     stages = seen.pop("stages")
     assert seen == {"model": model_file, "input_shapes": {"x": [2, 3, 8, 8]}, "verify": False,
-                    "threshold": 0.99, "fold": True, "objective": "flops", "align": 1,
+                    "threshold": 0.99, "fold": True, "objective": None, "align": None,
+                    "target": "portable",  # the target decides objective and alignment
                     "verify_inputs": None, "verify_samples": None, "seed": 0}
     assert stages.listener is None  # stderr is not a terminal, and no -v
-    run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params", "--align", "8")
-    assert (seen["fold"], seen["objective"], seen["align"]) == (False, "params", 8)
+    run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params", "--align", "8",
+            "--target", "rknn")
+    assert (seen["fold"], seen["objective"], seen["align"], seen["target"]) == (
+        False, "params", 8, "rknn")
 
 
 def test_internal_error_is_reported_as_a_bug(capsys, model_file, tmp_path, monkeypatch):

@@ -315,12 +315,6 @@ def test_help_and_usage_errors_import_nothing_heavy(argv):
     assert proc.returncode == (0 if "--help" in argv else cli.EXIT_USER_ERROR)
 
 
-def test_cli_objectives_are_the_solver_s():
-    from channelcut.solve import OBJECTIVES
-
-    assert tuple(cli.OBJECTIVES) == tuple(OBJECTIVES)
-
-
 @pytest.mark.parametrize("command", ["cut", "inspect", "demo"])
 def test_each_command_s_help_says_the_exit_codes(capsys, command):
     assert cli.main([command, "--help"]) == 0
