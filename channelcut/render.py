@@ -31,6 +31,8 @@ SECTION_TITLES = {
     "seconds": "time per stage (seconds)",
 }
 MODES = {"full": "full cut", "zero": "zero-only cut"}
+# labels for summary_lines' longer lines, by how they start
+EXTRA_LABELS = {"ONNX Runtime": "timed:", "aligned": "aligned:"}
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,11 @@ def summary_rows(report: Report, threshold: float | None = None) -> list[tuple[s
     rows.append(("weights:", weights.split(":", 1)[1].strip()))
     rows.append(("params:", params_line(report).split(":", 1)[1].strip()))
     rows.append(("FLOPs:", flops.split(":", 1)[1].strip()))
-    for line in more:  # the summary's extra lines (notes, times) under their own labels
+    for line in more:  # the summary's extra lines (the guard's times, notes)
         label, _, text = line.partition(": ")
-        rows.append((f"{label}:", text))
+        short = len(label) <= 12 and " " not in label
+        extra = next((v for k, v in EXTRA_LABELS.items() if line.startswith(k)), "note:")
+        rows.append((f"{label}:", text) if short else (extra, line))
     rows.append(("removed:", removed_text(report)))
     rows.append(("verified:", verified_text(report, threshold)))
     rows.append(("blocked most:", blocked_text(report)))

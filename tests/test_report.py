@@ -72,9 +72,11 @@ def model_path(tmp_path) -> Path:
 
 
 def cut_files(capsys, model_path: Path, *more: str) -> tuple[str, dict, str]:
-    """Run `channelcut cut -v` with JSON and HTML reports: (stdout, JSON, HTML)."""
+    """Run `channelcut cut -v` (every rewrite allowed) with JSON and HTML reports: (stdout,
+    JSON, HTML)."""
     out_dir = model_path.parent
     code = cli.main(["cut", str(model_path), "-o", str(out_dir / "cut.onnx"), "-v",
+                     "--target", "min-flops",  # every rewrite: a border fold adds constants
                      "--report-json", str(out_dir / "r.json"), "--report-html",
                      str(out_dir / "r.html"), *more])
     out, err = capsys.readouterr()
@@ -140,6 +142,7 @@ def test_json_in_the_text_order_with_what_was_cut(capsys, model_path):
     assert [keys.index(k) for k in order] == sorted(keys.index(k) for k in order)
     assert data["version"] == cli.__version__ and data["model_path"].endswith("layered.onnx")
     assert data["input_shapes"] == {"x": [1, 3, 8, 8]} and data["mode"] == "full"
+    assert data["target"] == "min-flops"
     assert data["pairs"] == "[kept, original]"
     assert list(data["seconds"]) == list(STAGES)
     assert data["verify_inputs"] == "2 seeded random samples (seed 3)"
