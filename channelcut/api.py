@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from channelcut import guard, io, targets, verify as verification
+from channelcut import dynamic_dims, guard, io, targets, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
@@ -61,7 +61,8 @@ def cut(
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
-    `input_shapes` fixes dynamic input dimensions (default 1) for the analysis and the check.
+    `input_shapes` fixes dynamic input dimensions for the analysis and the check; without it
+    they are 1 (a warning and `report.assumed_dims` say so) and the check also runs at 3.
     `fold` (the full cut) also removes constant channels, folding them into their readers,
     and cuts one side of a residual Add, reinserting constants; without it only zero or
     unread channels go (RKNN-Toolkit's model_pruning). `objective` ("flops", "params" or
@@ -72,7 +73,7 @@ def cut(
     output raises VerificationError. `verify_inputs` gives the inputs to verify on instead:
     an .npz file or a folder of .npy files (channelcut.samples.load_inputs) or a list of
     {input name: array}; `verify_samples` caps how many of them are used, or says how many
-    seeded random samples to draw (from `seed`). `stages` times each stage (and can show
+    seeded random input sets to draw (from `seed`). `stages` times each stage (and can show
     progress); the report's `seconds` has the times either way.
 
     `target` (channelcut.targets.TARGETS; default "min-flops") is where the model will run: it
@@ -190,6 +191,13 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     """cut() on a loaded model; the model is only read (the IR copies what changes)."""
     with stages.stage("fold shapes"):
         shapes = verification.resolve_input_shapes(original, input_shapes)
+        assumed = verification.assumed_dims(original, input_shapes)
+        assumed_line = dynamic_dims.assumed_dims_line(original, shapes, assumed, verify) \
+            if assumed else ""
+        if assumed_line:  # a batch of 1 is what a user expects; any other size is a guess
+            guessed = any(axis > 0 for axes in assumed.values() for axis in axes)
+            level = logging.WARNING if guessed else logging.INFO
+            log.log(level, "%s", assumed_line)
         graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     params_before = _params(original)
@@ -237,14 +245,15 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         params_before=params_before,
         params_after=_params(result_proto),
         network=network,
+        assumed_dims=assumed_line,
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
     if verify:
         samples = checking.feeds(original, shapes)
         with stages.stage("verify", len(samples)) as advance:
-            report.checks = verification.compare(original, result_proto, shapes,
-                                                 samples=samples, advance=advance)
+            report.checks = dynamic_dims.compare_sizes(original, result_proto, shapes, assumed,
+                                                       samples=samples, advance=advance)
         report.verify_inputs = checking.describe()
         verification.check(report.checks, threshold)
     return CutResult(result_proto, report, channel_map)

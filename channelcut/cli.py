@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print("channelcut: error: give a command: cut, inspect or demo", file=sys.stderr)
         return EXIT_USER_ERROR
     logging.basicConfig(level=logging.WARNING, format="channelcut: %(levelname)s: %(message)s")
+    from channelcut.dynamic_dims import shape_wording  # noqa: PLC0415 - imports onnx
+
+    wording = shape_wording.set("cli")  # messages name --input-shape, not input_shapes=
     try:
         code = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows up here, not after main has returned
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print("channelcut: internal error (a bug in channelcut); please report it with the "
               "traceback above", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        shape_wording.reset(wording)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,8 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                           "one array per model input (named after it), or a folder of .npy "
                           "files; an array is one sample or N stacked on a new first axis")
     cut.add_argument("--verify-samples", type=_positive, metavar="N",
-                     help="how many seeded random samples to verify on (default 1), or the "
-                          "first N of --verify-inputs")
+                     help="how many seeded random input sets to verify on (default 3, one "
+                          "of large magnitude), or the first N samples of --verify-inputs")
     cut.add_argument("--seed", type=int, default=0,
                      help="seed of the random verification samples (default 0)")
     cut.add_argument("--report-json", type=Path, metavar="FILE",
@@ -201,7 +206,8 @@ def _positive(text: str) -> int:
 
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
-                        help="concrete shape of one input (repeatable); dynamic dims default to 1")
+                        help="concrete shape of one input (repeatable); dynamic dims default to 1 "
+                             "(a warning names them)")
 
 
 def _cut(args: argparse.Namespace) -> int:

@@ -67,12 +67,15 @@ class SiteChange:
 
 @dataclass(frozen=True)
 class OutputCheck:
-    """Original vs cut model, one graph output, on the same seeded random inputs."""
+    """Original vs cut model, one graph output, on the same seeded random inputs (the worst
+    over every input set: errors and cosine over the positions finite in both models)."""
 
     name: str
     cosine: float
     max_abs_error: float
     max_rel_error: float
+    # positions where one model has NaN or Inf and the other has not the same value
+    nonfinite_mismatches: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Report:
     verify_inputs: str = ""  # where verification's inputs came from ("" when not run)
     network: list[LayerChange] = field(default_factory=list)  # every weighted layer, in order
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (STAGES)
+    # one line when dynamic input dims took the default size: which, and how to set them
+    assumed_dims: str = ""
 
     def to_dict(self) -> dict:
         """The report as JSON data, in the text's order: what was cut, the summary, the layers,
@@ -150,6 +155,7 @@ class Report:
             "removed_nodes": self.removed_nodes,
             "latencies": self.latencies, "kept": self.kept,
             "aligned": None if self.aligned is None else asdict(self.aligned),
+            "assumed_dims": self.assumed_dims,
             "verify_inputs": self.verify_inputs,
             "checks": [asdict(c) for c in self.checks],
             "most_blocked": [{"op_type": op, "channels": n}
@@ -231,6 +237,7 @@ def summary_lines(report: Report) -> list[str]:
     lines = [
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
         f"FLOPs:   {_flops(fb, ub)} -> {_flops(fa, ua)}, {change}",
+        *([f"note: {report.assumed_dims}"] if report.assumed_dims else []),
     ]
     if report.latencies:
         times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"

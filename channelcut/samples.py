@@ -1,5 +1,5 @@
 """The inputs verification runs on: the user's data (an .npz file, a folder of .npy files, or
-a list of feeds) or seeded random samples."""
+a list of feeds) or seeded random input sets (channelcut.verify.input_sets)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ import onnx
 
 from channelcut import io
 from channelcut.errors import ChannelcutError
-from channelcut.verify import graph_inputs, random_inputs
-
-# Seeded random input samples verification draws when neither the caller nor its data says.
-DEFAULT_SAMPLES = 1
+from channelcut.verify import INPUT_SETS, graph_inputs, input_sets
 
 
 @dataclass(frozen=True)
 class Checking:
     """What verification runs on: the user's inputs (a path or a list of feeds), or seeded
-    random samples; `samples` caps the user's, or counts the random ones."""
+    random input sets (channelcut.verify.input_sets); `samples` caps the user's, or counts the
+    random ones (default: verify.INPUT_SETS)."""
 
     inputs: str | Path | list[dict[str, np.ndarray]] | None = None
     samples: int | None = None
@@ -29,8 +27,7 @@ class Checking:
     def feeds(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
               ) -> list[dict[str, np.ndarray]]:
         if self.inputs is None:
-            return [random_inputs(model, shapes, self.seed + k)
-                    for k in range(self.samples or DEFAULT_SAMPLES)]
+            return input_sets(model, shapes, self.seed, self.samples)
         if isinstance(self.inputs, str | Path):
             feeds = load_inputs(self.inputs, model, shapes)
         else:
@@ -42,8 +39,10 @@ class Checking:
     def describe(self) -> str:
         """Where the inputs came from, for the report."""
         if self.inputs is None:
-            count = self.samples or DEFAULT_SAMPLES
-            return f"{count} seeded random sample{'s' if count > 1 else ''} (seed {self.seed})"
+            count = self.samples or len(INPUT_SETS)
+            large = " (one of large magnitude)" if count >= len(INPUT_SETS) else ""
+            plural = "s" if count > 1 else ""
+            return f"{count} seeded random input set{plural}{large}, seed {self.seed}"
         source = str(self.inputs) if isinstance(self.inputs, str | Path) else "the caller's"
         return f"{source} inputs" + (f", first {self.samples} samples" if self.samples else "")
 

@@ -145,7 +145,7 @@ def test_json_in_the_text_order_with_what_was_cut(capsys, model_path):
     assert data["target"] == "min-flops"
     assert data["pairs"] == "[kept, original]"
     assert list(data["seconds"]) == list(STAGES)
-    assert data["verify_inputs"] == "2 seeded random samples (seed 3)"
+    assert data["verify_inputs"] == "2 seeded random input sets, seed 3"
 
 
 def test_html_report_is_one_self_contained_file_with_the_picture(capsys, model_path):
@@ -271,12 +271,17 @@ def test_verify_inputs_folder_of_npy_and_samples_cap(capsys, model_path, tmp_pat
 
 
 def test_verify_samples_and_seed_draw_random_inputs(model_path, recorded_feeds):
-    api.cut(str(model_path), verify_samples=2, seed=4)
-    expected = [verify.random_inputs(layered_model(), {"x": (1, 3, 8, 8)}, seed)["x"]
-                for seed in (4, 5)]
-    assert len(recorded_feeds) == 4
-    np.testing.assert_array_equal(recorded_feeds[0]["x"], expected[0])
-    np.testing.assert_array_equal(recorded_feeds[2]["x"], expected[1])
+    api.cut(str(model_path), verify_samples=4, seed=4)
+    # the default three sets from seed 4 (the third of large magnitude), then one more
+    expected = [*verify.input_sets(layered_model(), {"x": (1, 3, 8, 8)}, 4),
+                verify.random_inputs(layered_model(), {"x": (1, 3, 8, 8)}, 4 + 3)]
+    assert len(recorded_feeds) == 8
+    for k in range(4):
+        np.testing.assert_array_equal(recorded_feeds[2 * k]["x"], expected[k]["x"])
+    assert np.abs(expected[2]["x"]).max() > 100 * np.abs(expected[3]["x"]).max()
+    recorded_feeds.clear()
+    api.cut(str(model_path))  # by default the three sets from seed 0
+    assert len(recorded_feeds) == 6
 
 
 @pytest.mark.parametrize("make, words", [
