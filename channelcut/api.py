@@ -221,8 +221,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     copy per reader), then without folds and reinsertions (whose savings may overlap), and at
     last not at all; each step is logged as a warning.
     """
-    with stages.stage("fold shapes"):
-        shapes = verification.resolve_input_shapes(original, input_shapes)
+    shapes = verification.resolve_input_shapes(original, input_shapes)
     assumed = verification.assumed_dims(original, input_shapes)
     assumed_line = dynamic_dims.assumed_dims_line(original, shapes, assumed, verify) \
         if assumed else ""
