@@ -5,7 +5,7 @@ and how to set them, and verification at a second size (a cut must not bake the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 
 import numpy as np
@@ -72,14 +72,16 @@ def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int
 
 def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
                   shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]],
+                  samples: list[dict[str, np.ndarray]] | None = None,
+                  advance: Callable[[int], None] | None = None,
                   ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
                   ) -> list[OutputCheck]:
-    """`compare` at `shapes` and, where dims were assumed, again with them at
-    OTHER_DYNAMIC_DIM (skipped, with a warning, when the original does not run there); inputs
-    inside the declared `ranges`."""
-    within = {"ranges": ranges} if ranges else {}
+    """`compare` at `shapes` (on `samples`, the caller's or verify.input_sets) and, where dims
+    were assumed, again with them at OTHER_DYNAMIC_DIM on seeded input sets (inside the
+    declared input `ranges`; skipped, with a warning, when the original does not run
+    there)."""
     try:
-        per_size = [verify.compare(original, cut, shapes, **within)]
+        per_size = [verify.compare(original, cut, shapes, samples=samples, advance=advance)]
     except verify.OriginalDoesNotRun as exc:
         if not any(axis > 0 for axes in assumed.values() for axis in axes):
             raise
@@ -92,6 +94,8 @@ def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
     if assumed:
         other = other_shapes(shapes, assumed)
         try:
+            within = {"samples": verify.input_sets(original, other, ranges=ranges)} \
+                if ranges else {}
             per_size.append(verify.compare(original, cut, other, **within))
         except verify.OriginalDoesNotRun as exc:
             log.warning("verification at the second input size (%s) skipped: the original "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from channelcut.errors import ChannelcutError
@@ -107,15 +108,16 @@ def settle(node: ir.Node, value: ir.Value, info: ChannelInfo, input_bounds: tupl
                                  info.ids[channels], float(v), bounds))
 
 
-def resolve_input_ranges(model: ir.Model, input_ranges: Mapping[str, InputRange] | None
-                         ) -> dict[ir.Value, tuple[np.ndarray, np.ndarray]]:
+def resolve_input_ranges(model: onnx.ModelProto, input_ranges: Mapping[str, InputRange] | None
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Graph inputs by name -> (lo, hi) arrays: one pair for every element, or one per channel
     (axis 1). A name that is no input, or a bound that is not a number with lo <= hi, is the
     user's mistake."""
     if not input_ranges:
         return {}
-    inputs = {v.name: v for v in model.graph.inputs}
-    resolved: dict[ir.Value, tuple[np.ndarray, np.ndarray]] = {}
+    inputs = {v.name: v for v in model.graph.input
+              if v.name not in {t.name for t in model.graph.initializer}}
+    resolved: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, spec in input_ranges.items():
         if name not in inputs:
             raise ChannelcutError(f"input range for {name!r}: the model has no such input "
@@ -129,20 +131,26 @@ def resolve_input_ranges(model: ir.Model, input_ranges: Mapping[str, InputRange]
         if np.isnan(pairs).any() or (lo > hi).any():
             raise ChannelcutError(f"input range for {name!r}: each lo must be <= its hi "
                                   f"(got {spec!r})")
-        shape = inputs[name].shape
-        channels = shape[1] if shape is not None and len(shape) > 1 else None
+        dims = inputs[name].type.tensor_type.shape.dim
+        channels = dims[1].dim_value if len(dims) > 1 and dims[1].dim_value > 0 else None
         if lo.size > 1 and lo.size != channels:
             raise ChannelcutError(f"input range for {name!r}: {lo.size} per-channel ranges, "
                                   f"but the input has {channels} channels on axis 1")
-        resolved[inputs[name]] = (lo, hi)
+        resolved[name] = (lo, hi)
     return resolved
 
 
-def describe_input_ranges(ranges: dict[ir.Value, tuple[np.ndarray, np.ndarray]]
+def by_value(model: ir.Model, ranges: dict[str, tuple[np.ndarray, np.ndarray]]
+             ) -> dict[ir.Value, tuple[np.ndarray, np.ndarray]]:
+    """The ranges keyed by the graph inputs of the IR model (what the walk looks up)."""
+    return {v: ranges[v.name] for v in model.graph.inputs if v.name in ranges}
+
+
+def describe_input_ranges(ranges: dict[str, tuple[np.ndarray, np.ndarray]]
                           ) -> dict[str, list[list[float]]]:
     """For the report: input name -> [[lo, hi], ...] (one pair, or one per channel)."""
-    return {v.name: [[float(a), float(b)] for a, b in zip(lo, hi)]
-            for v, (lo, hi) in ranges.items()}
+    return {name: [[float(a), float(b)] for a, b in zip(lo, hi)]
+            for name, (lo, hi) in ranges.items()}
 
 
 def parse_input_range(text: str) -> tuple[str, tuple[float, float]]:
