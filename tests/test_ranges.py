@@ -294,11 +294,11 @@ def push_biases_down(m: onnx.ModelProto, seed: int, bounds: tuple[float, float]
     rows a clamp after them turns into zero appear next to rows that only nearly are."""
     from channelcut.analysis import walk_graph
     from channelcut.api import to_ir
-    from channelcut.ranges import resolve_input_ranges
+    from channelcut.ranges import by_value, resolve_input_ranges
     from channelcut.verify import resolve_input_shapes
 
     graph = to_ir(m, resolve_input_shapes(m, None))
-    walk = walk_graph(graph, resolve_input_ranges(graph, {"x": bounds}))
+    walk = walk_graph(graph, by_value(graph, resolve_input_ranges(m, {"x": bounds})))
     upper = {v.name: info.hi for v, info in walk.infos.items()}
     rng = np.random.default_rng(seed)
     inits = {t.name: t for t in m.graph.initializer}
