@@ -151,13 +151,16 @@ def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray],
-                cheap: np.ndarray) -> np.ndarray:
+                cheap: np.ndarray, reviving: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> np.ndarray:
     """Removed channels to keep so that every surviving conv group loses the same number.
 
     Conv groups that lose all inputs and outputs are dropped whole and do not count. In the
     others, each loses only as many channels as the group that loses fewest. Of the excess,
-    `cheap` channel nodes (known values: keeping them keeps nothing upstream alive) are kept
-    first, then the highest indices. `removed(ids)` says which channel nodes are cut.
+    channels that `reviving(ids)` does not flag are kept first (keeping a flagged one brings
+    back a conv group another grouped conv drops whole, and that group's channels with it),
+    then `cheap` channel nodes (known values: keeping them keeps nothing upstream alive), then
+    the highest indices. `removed(ids)` says which channel nodes are cut.
     """
     out_removed = removed(conv.rows)
     whole = out_removed.all(axis=1)
@@ -179,7 +182,10 @@ def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray],
             if excess:
                 candidates = ids[k][gone[k]][::-1]
                 order = np.argsort(~cheap[candidates], kind="stable")
-                keep.append(candidates[order][:excess])
+                candidates = candidates[order]
+                if reviving is not None and candidates.size > excess:
+                    candidates = candidates[np.argsort(reviving(candidates), kind="stable")]
+                keep.append(candidates[:excess])
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
 
 
@@ -384,8 +390,22 @@ class _Solver:
         return self.drop(np.concatenate([self.group_of[link.out_ids[out_gone & ~operand_gone]],
                                          self.group_of[link.operand_ids[unknown]]]))
 
+    def _reviving(self, ids: np.ndarray) -> np.ndarray:
+        """Per channel node: would keeping it bring back a conv group that a grouped conv now
+        drops whole (all its inputs and outputs cut)? Its group may hold channels of several
+        grouped convs (a conv's outputs are the next one's inputs)."""
+        dead = []
+        for conv in self.walk.grouped:
+            if conv.columns is None:
+                continue
+            whole = self.removed(conv.rows).all(axis=1) & self.removed(conv.columns).all(axis=1)
+            dead += [self.group_of[conv.rows[whole]].ravel(),
+                     self.group_of[conv.columns[whole]].ravel()]
+        return np.isin(self.group_of[ids], np.concatenate(dead)) if dead else \
+            np.zeros(ids.size, bool)
+
     def _check_grouped(self, conv: GroupedConv) -> np.ndarray:
-        trimmed = _unbalanced(conv, self.removed, self.known_map)
+        trimmed = _unbalanced(conv, self.removed, self.known_map, self._reviving)
         dropped = self.drop(self.group_of[trimmed])
         if dropped.size:
             self.trims.append(Pin(trimmed, conv.op_type, conv.node,
