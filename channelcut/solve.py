@@ -70,17 +70,23 @@ class Options:
     # which runs a channel Pad on the CPU and turns a Gather into such a conv anyway)
     reinsert_form: str = "pad-gather"
 
-    def cost(self, site: Site) -> Cost:
-        """What the site adds, in the form this target writes it."""
+    def cost(self, site: Site, cut: int = 0) -> Cost:
+        """What the site adds, in the form this target writes it, when the node's output loses
+        `cut` of its channel positions: it is written for those it keeps, and the cut model,
+        cut again, sees only those and must come to the same decision."""
+        kept = 1.0 - cut / site.positions if site.positions else 1.0
         if site.kind == "border fold" and self.border_form == "carrier":
             return Cost()  # a weight column changes; the carrier's own cost is a kept channel
         if site.kind == "reinsert" and self.reinsert_form == "conv":
             shape = static_shape(site.node.outputs[0])
-            channels, elements = shape[1], math.prod(shape)
+            channels = shape[1] * kept
+            elements = math.prod(shape) * kept
             # at most every channel kept: channels x channels one-hot weights and a bias
             return Cost(weight_bytes=4.0 * channels * (channels + 1),
                         flops=2.0 * channels * elements, moved=elements, nodes=1)
-        return site.cost
+        full = site.cost
+        return Cost(weight_bytes=full.weight_bytes - site.per_position * cut, flops=full.flops * kept,
+                    moved=full.moved * kept, nodes=full.nodes)
 
     def allows(self, site: Site) -> bool:
         """May the cut use this fold or reinsertion at all?"""
@@ -412,6 +418,11 @@ class _Solver:
                                   "grouped Conv: every group must keep as many channels"))
         return dropped
 
+    def cut_positions(self, site: Site) -> int:
+        """How many positions of the site's node's output channel axis the decision cuts."""
+        info = self.walk.infos.get(site.node.outputs[0])
+        return 0 if info is None else int(self.removed(info.ids).sum()) * info.block
+
     def site_groups(self) -> dict[int, np.ndarray]:
         """For each site in use: the removed groups that need it (folded or reinserted)."""
         removed = self.removable[self.group_of]
@@ -480,7 +491,7 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             site = sites[key]
             saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
                          flops=float(group_flops[groups].sum()))
-            cost = options.cost(site)
+            cost = options.cost(site, solver.cut_positions(site))
             if not pays(saved, cost, options.objective, options):
                 refused.add(key)
             margins[key] = (_metric(saved, options.objective, options)
@@ -493,7 +504,8 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             freed = np.unique(np.concatenate(list(used.values())))
             together = Cost(weight_bytes=float(group_bytes[freed].sum()),
                             flops=float(group_flops[freed].sum()))
-            added = Cost(*(sum(getattr(options.cost(sites[k]), f) for k in used)
+            added = Cost(*(sum(getattr(options.cost(sites[k], solver.cut_positions(sites[k])), f)
+                               for k in used)
                            for f in ("weight_bytes", "flops", "moved", "nodes")))
             if not pays(together, added, options.objective, options):
                 refused.add(min(margins, key=margins.__getitem__))
