@@ -160,6 +160,26 @@ def test_one_sided_residual_cut_in_a_bottleneck_with_downsample():
     assert [s.kind for s in result.report.sites] == ["reinsert"]
 
 
+def test_a_reinsertion_costs_what_it_writes_for_the_channels_the_output_keeps():
+    """a + b, a's row 0 a constant (zero weights, bias 0.5) that b keeps alive, and only
+    channels 0-2 of the sum read: the reinsertion writes the Gather order and the constants
+    for the 3 channels the sum keeps (and 64 bytes of Pad amounts), 100 bytes against the
+    112 that a's row saves. Costed for all 8 channels (160 bytes) it was refused, and cutting
+    the cut model again then took it."""
+    wa = weights(8, 3, 3, 3, zero_rows=[0], seed=1)
+    wh = weights(4, 8, 1, 1, zero_cols=range(3, 8), seed=3)
+    inits = {"wa": wa, "ba": bias(8, {0: 0.5}, seed=1), "wb": weights(8, 3, 3, 3, seed=2),
+             "bb": bias(8, seed=2), "wh": wh}
+    nodes = [conv("x", "wa", "a", "ba", pads=1), conv("x", "wb", "b", "bb", pads=1),
+             node("Add", ["a", "b"], ["s"]), conv("s", "wh", "y")]
+    m = model(nodes, {"x": [1, 3, 6, 6]}, ["y"], inits)
+    result = assert_cut(m, {"conv_a": (3, 2), "conv_b": (3, 3), "conv_y": (3, 4)}, groups=16,
+                        mode="full")
+    [site] = result.report.sites
+    assert (site.kind, site.added_bytes, site.saved_bytes) == ("reinsert", 100, 112)
+    assert channelcut.cut(result.model).report.removed_groups == 0
+
+
 def test_cost_model_declines_a_fold_that_would_grow_the_weights():
     """Folding the one constant channel into a wide padded 3x3 conv needs a 16x3x3 border
     kernel: more weights than cutting the channel saves (a 1-input producer row and 16x3x3
