@@ -76,6 +76,7 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
     geometry = {k: node.attributes[k] for k in _CONV_GEOMETRY if k in node.attributes}
     border = rw.add_node(node, "Conv", [ones, kernel], geometry)
     raw = node.outputs[0]
+    border.shape, border.type = raw.shape, raw.type  # as rules see shapes: before the cut
     out = rw.append_after(raw, "Add", [border])
     if raw_rows.size or border_rows.size:
         _reinsert_constant_rows(rw, out, raw, border, raw_rows, border_rows, bias,

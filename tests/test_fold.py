@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import channelcut
-from builders import (assert_cut, bias, const_input, conv, gemm, model, node, rand, relu,
-                      weights)
+from builders import (assert_cut, bias, const_input, conv, gemm, initializer, model, node, rand,
+                      relu, weights)
 
 POSITIVE = {1: 0.7, 4: 0.3}  # zero-weight rows with these biases are constants after Relu
 
@@ -51,6 +51,38 @@ def test_constant_into_padded_3x3_conv_becomes_a_border_map():
     assert result.report.flops_before == 2 * pixels * 6 * 3 + pixels * 6 + 2 * pixels * 5 * 6 * 9
     assert result.report.flops_after == 2 * pixels * 4 * 3 + pixels * 4 + 2 * pixels * 5 * 4 * 9 \
         + pixels * 5
+
+
+def test_border_fold_rows_that_read_only_folded_channels_come_back_as_their_bias():
+    """Rows 0 and 1 of the padded reader read only the constant channels 1 and 4: after the
+    fold they are their bias plus the border map. The conv computes 3 rows, and the Add gets
+    the two biases back (Pad, Gather, Add: 124 bytes against the rows' 296); left in the
+    conv, a second cut took them (the Add's operand channels are constants)."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:2, [0, 2, 3, 5]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [(s.kind, s.added_bytes, s.saved_bytes) for s in result.report.sites] == [
+        ("border fold", 4 * 5 * 9 + 32, 2 * (3 + 1) * 4 + 2 * 5 * 9 * 4),
+        ("reinsert", 5 * 12 + 64, 2 * (4 * 9 + 1) * 4)]
+    np.testing.assert_array_equal(const_input(result.model, "conv_y"), w2[2:][:, [0, 2, 3, 5]])
+    assert channelcut.cut(result.model).report.removed_groups == 0
+
+
+def test_border_map_rows_of_channels_that_read_no_folded_constant_are_not_computed():
+    """Only row 4 of the padded reader reads the constant channels 1 and 4: the border map
+    computes that row alone and the Add gets zeros for the other four (Pad, Gather: 124
+    bytes against 4 x 36 of border kernel); a second cut took them otherwise."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:4, [1, 4]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [(s.kind, s.added_bytes, s.saved_bytes) for s in result.report.sites][1:] == [
+        ("reinsert", 5 * 12 + 64, 4 * 9 * 4)]
+    [border] = [n for n in result.model.graph.node if n.op_type == "Conv" and
+                n.input[0].endswith("constantofshape_1")]
+    assert initializer(result.model, border.input[1]).shape == (1, 1, 3, 3)
+    assert channelcut.cut(result.model).report.removed_groups == 0
 
 
 def test_constant_into_strided_dilated_padded_conv():
