@@ -113,6 +113,9 @@ def _constant_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
         constant = ((flat == 0) | (zero_in[None, :, None] & np.isfinite(flat))).all(axis=(1, 2))
     if bias is not None:
         constant &= np.isfinite(bias.reshape(-1)) if bias.size == rows else False
+    # 0 * NaN is NaN: a row that NaN or Inf may reach (from its weights or its inputs) is none
+    out = rw.info(node.outputs[0])
+    constant &= np.delete(out.finite, deleted_out) if out is not None else False
     raw_rows = np.flatnonzero(constant)
     if raw_rows.size == rows:
         raw_rows = raw_rows[1:]

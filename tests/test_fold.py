@@ -4,11 +4,12 @@ cost model that decides which folds and reinsertions pay."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import channelcut
 from builders import (assert_cut, bias, const_input, conv, gemm, initializer, model, node, rand,
-                      relu, weights)
+                      random_feeds, relu, run, weights)
 
 POSITIVE = {1: 0.7, 4: 0.3}  # zero-weight rows with these biases are constants after Relu
 
@@ -67,6 +68,21 @@ def test_border_fold_rows_that_read_only_folded_channels_come_back_as_their_bias
         ("reinsert", 5 * 12 + 64, 2 * (4 * 9 + 1) * 4)]
     np.testing.assert_array_equal(const_input(result.model, "conv_y"), w2[2:][:, [0, 2, 3, 5]])
     assert channelcut.cut(result.model).report.removed_groups == 0
+
+
+def test_border_fold_rows_that_a_nan_channel_reaches_are_not_their_bias():
+    """As above, but channel 0 is NaN (its bias): 0 * NaN is NaN, so rows 0 and 1 are NaN,
+    not their bias, and stay in the conv."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:2, [0, 2, 3, 5]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    b1 = next(t for t in m.graph.initializer if t.name == "b1")
+    b1.CopyFrom(onnx.numpy_helper.from_array(
+        np.where(np.arange(6) == 0, np.nan, onnx.numpy_helper.to_array(b1)).astype(np.float32),
+        "b1"))
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [s.kind for s in result.report.sites] == ["border fold"]
+    assert np.isnan(run(result.model, random_feeds(m))["y"][0, :2]).all()
 
 
 def test_border_map_rows_of_channels_that_read_no_folded_constant_are_not_computed():
