@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -18,6 +19,9 @@ from channelcut.analysis import Cost, Site
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.cut import Rewrite, kept_mask
 from channelcut.graph import attr_float, input_at
+
+if TYPE_CHECKING:
+    from channelcut.solve import Options
 
 _CONV_GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
 
@@ -116,12 +120,9 @@ def _constant_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
     # 0 * NaN is NaN: a row that NaN or Inf may reach (from its weights or its inputs) is none
     out = rw.info(node.outputs[0])
     constant &= np.delete(out.finite, deleted_out) if out is not None else False
-    raw_rows = np.flatnonzero(constant)
-    if raw_rows.size == rows:
-        raw_rows = raw_rows[1:]
-    border_rows = np.flatnonzero(~(border_weights.reshape(rows, -1) != 0).any(axis=1))
-    if border_rows.size == rows:
-        border_rows = border_rows[1:]
+    raw_rows = _kept_aligned(np.flatnonzero(constant), rows, options)
+    border_rows = _kept_aligned(
+        np.flatnonzero(~(border_weights.reshape(rows, -1) != 0).any(axis=1)), rows, options)
     # per row: the weights and FLOPs it carries (2 per multiply-add over the output plane)
     plane, spatial = math.prod(shape) / shape[1], math.prod(shape[2:])  # the border: batch 1
     kernel = flat.shape[2]
@@ -147,6 +148,19 @@ def _constant_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
         else:
             chosen.append(_NO_ROWS)
     return chosen[0], chosen[1]
+
+
+def _kept_aligned(gone: np.ndarray, rows: int, options: Options) -> np.ndarray:
+    """Of the rows an operand of the Add could go without, those it may lose: it keeps at
+    least one row, and a multiple of the alignment that applies to it, as the decision keeps
+    for every tensor (channelcut.solve: the first candidates stay)."""
+    if gone.size == rows:
+        gone = gone[1:]
+    blocks, readers = options.blocks, options.align_readers
+    align = options.align if not blocks else next((b for b in blocks if rows % b == 0), 1)
+    if align > 1 and (not readers or "Add" in readers):
+        gone = gone[-(rows - gone.size) % align:]
+    return gone
 
 
 def _delete_bias_rows(node: ir.Node, rw: Rewrite, rows: np.ndarray) -> None:

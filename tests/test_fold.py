@@ -70,6 +70,18 @@ def test_border_fold_rows_that_read_only_folded_channels_come_back_as_their_bias
     assert channelcut.cut(result.model).report.removed_groups == 0
 
 
+def test_border_fold_rows_come_back_only_as_far_as_the_alignment_allows():
+    """The same with align=2: the conv keeps 4 of its 5 rows (a multiple of 2), as the cut
+    keeps for every tensor that loses channels, and so does a second cut."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:2, [0, 2, 3, 5]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full", align=2)
+    assert [(s.kind, s.groups) for s in result.report.sites][1:] == [("reinsert", 1)]
+    assert const_input(result.model, "conv_y").shape == (4, 4, 3, 3)
+    assert channelcut.cut(result.model, align=2).report.removed_groups == 0
+
+
 def test_border_fold_rows_that_a_nan_channel_reaches_are_not_their_bias():
     """As above, but channel 0 is NaN (its bias): 0 * NaN is NaN, so rows 0 and 1 are NaN,
     not their bias, and stay in the conv."""
