@@ -73,16 +73,15 @@ def toolkit_pruning(python: str, onnx_path: Path, timeout: float) -> dict[str, A
 def channelcut_cuts(onnx_model: Any, input_ranges: dict[str, tuple[float, float]] | None
                     ) -> dict[str, Any]:
     """zero-only, rknn target (if the core has one) and full cuts: what each removes."""
-    import channelcut
+    from channelcut.api import cut  # not channelcut.cut: the submodule cut.py shadows it
 
     modes: dict[str, dict[str, Any]] = {"zero": {"fold": False}}
-    if "target" in inspect.signature(channelcut.cut).parameters:
+    if "target" in inspect.signature(cut).parameters:
         modes["rknn"] = {"target": "rknn"}
     modes["full"] = {"fold": True}
     rows = {}
     for mode, kwargs in modes.items():
-        report = channelcut.cut(onnx_model, verify=False, input_ranges=input_ranges,
-                                **kwargs).report
+        report = cut(onnx_model, verify=False, input_ranges=input_ranges, **kwargs).report
         rows[mode] = {
             "range_channels": report.range_channels,
             "range_tensors": len(report.range_cuts),
@@ -97,9 +96,9 @@ def channelcut_cuts(onnx_model: Any, input_ranges: dict[str, tuple[float, float]
 
 def mode_name() -> str:
     """The cut compared with the toolkit: the rknn target's, else the full cut."""
-    import channelcut
+    from channelcut.api import cut
 
-    return "rknn" if "target" in inspect.signature(channelcut.cut).parameters else "full"
+    return "rknn" if "target" in inspect.signature(cut).parameters else "full"
 
 
 def variants(name: str, args: argparse.Namespace) -> dict[str, Any]:
