@@ -32,16 +32,15 @@ from test_fold import basic_block  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import rknn_build  # noqa: E402
 
-# fp16 tolerance. The simulator computes in fp16 (10-bit mantissa, unit roundoff u = 2^-11 =
-# 4.9e-4): the input, every weight and every layer's output are rounded, and each conv sums up
-# to K = Cin*kh*kw products (576 here). Per layer that is a relative error of about
-# (2 + sqrt(K)) u in the worst element ~ 1.3e-2 of the layer's range for K = 576, but rounding
-# errors of independent products average out (the typical error is ~ sqrt(K) u / sqrt(K) ~ u);
-# over the <= 4 layers of these graphs the largest element error measured is ~2e-3 of the output's
-# largest magnitude. 1e-2 is that bound with margin, and 5x below what a wrong channel (an error
-# of the order of a whole channel's contribution, >= 1/64 of the range here) would give.
+# fp16 tolerance. The simulator computes in fp16 (unit roundoff u = 2^-11 = 4.9e-4): the input,
+# every weight and every layer's output are rounded once, and accumulation is wider, so each of
+# the <= 3 layers of these graphs adds an error of about u of its range; measured, the largest
+# element error is 4.3e-4 .. 5.9e-4 of the output's largest magnitude (about 1.2 u), the same for
+# the uncut and the cut builds. 5e-3 (10 u) leaves room for other inputs and platforms and is
+# still far below what one wrong channel gives (test_max_rel_error_sees_a_wrong_channel: a
+# zeroed channel of 64 is an error of the order of the output's range).
 COSINE = 0.999
-MAX_REL_ERROR = 1e-2
+MAX_REL_ERROR = 5e-3
 TARGETS = ("rknn", "portable")
 
 
