@@ -138,6 +138,7 @@ class RKNN:
         """Load a TorchScript file (torch.jit.save) or an nn.Module; sizes without the batch."""
         from channelcut import pytorch  # noqa: PLC0415 - needs torch, an optional extra
 
+        self.release()  # a load that fails leaves nothing loaded, not the previous model
         shapes = [(1, *size) for size in simulator.check_sizes(input_size_list)]
         self._set_loaded(pytorch.to_onnx(model, shapes), None)
         return 0
@@ -148,6 +149,7 @@ class RKNN:
                   input_size_list: Sequence[Sequence[int]] | None = None,
                   outputs: Sequence[str] | None = None) -> int:
         """Load an ONNX model; `inputs`/`outputs` name tensors to cut the graph at."""
+        self.release()  # a load that fails leaves nothing loaded, not the previous model
         proto = io.load_model(model)
         if inputs is not None or outputs is not None:
             proto = _extract(proto, inputs, outputs)
@@ -232,12 +234,12 @@ class RKNN:
     @_reports_errors(FAILED)
     def load_rknn(self, path: str | Path) -> int:
         """Read back a file written by export_rknn (an ONNX model), ready for init_runtime."""
+        self.release()  # a load that fails leaves nothing loaded, not the previous model
         try:
             model = io.load_model(path)
         except ChannelcutError as exc:
             raise ChannelcutError(f"{exc}; load_rknn reads the ONNX files that channelcut's "
                                   "export_rknn writes, not Rockchip's RKNN binaries") from None
-        self.release()
         simulator.fix_input_shapes(model, None)
         self._built = model
         return 0
