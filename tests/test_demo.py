@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402 - after the torch skip
 from onnx import load, numpy_helper  # noqa: E402
 
 import channelcut  # noqa: E402
-from channelcut import demo  # noqa: E402
+from channelcut.rknn import demo  # noqa: E402
 from channelcut.api import cut  # noqa: E402
 from channelcut.pytorch import to_onnx  # noqa: E402
 from channelcut.rknn import RKNN  # noqa: E402

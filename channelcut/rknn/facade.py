@@ -4,9 +4,9 @@
 
 The call sequence is RKNN-Toolkit's (config, load_pytorch / load_onnx, build, export_rknn,
 init_runtime, inference, release); the model runs in ONNX Runtime on the CPU (the simulator,
-channelcut.simulator), since no Rockchip NPU is reachable here, and "rknn" files are ONNX
+channelcut.rknn.simulator), since no Rockchip NPU is reachable here, and "rknn" files are ONNX
 models. config's mean_values, std_values and reorder_channel become nodes in front of each
-model input (channelcut.preprocess), so `inference` takes raw pixels as RKNN does.
+model input (channelcut.rknn.preprocess), so `inference` takes raw pixels as RKNN does.
 
 Conventions, RKNN-Toolkit's: methods return 0 on success and -1 on failure after one `E` line
 that says what to do; `inference` returns the list of outputs, or None after an `E` line;
@@ -30,10 +30,11 @@ from typing import Any, TypeVar
 import numpy as np
 import onnx
 
-from channelcut import io, simulator
+from channelcut import io
 from channelcut.errors import ChannelcutError
-from channelcut.preprocess import (Preprocess, has_preprocessing, preprocess_config,
-                                   preprocess_steps, with_preprocessing)
+from channelcut.rknn import simulator
+from channelcut.rknn.preprocess import (Preprocess, has_preprocessing, preprocess_config,
+                                        preprocess_steps, with_preprocessing)
 
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
 TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106")
