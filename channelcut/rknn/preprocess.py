@@ -170,3 +170,23 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
 def has_preprocessing(model: onnx.ModelProto) -> bool:
     """Whether the model's inputs pass through nodes `with_preprocessing` added."""
     return any(node.name.startswith(PREPROCESS_PREFIX) for node in model.graph.node)
+
+
+def apply_preprocessing(feeds: dict[str, np.ndarray],
+                        steps: dict[str, Preprocess]) -> dict[str, np.ndarray]:
+    """The feeds as the model behind the preprocessing nodes sees them (same float ops)."""
+    result = {}
+    for name, array in feeds.items():
+        step = steps.get(name, Preprocess())
+        value = array
+        if step.order is not None:
+            value = np.take(value, step.order, axis=1)
+        shape = (value.shape[1],) + (1,) * (value.ndim - 2)
+        if step.mean is not None:
+            value = value - np.broadcast_to(np.asarray(step.mean, value.dtype),
+                                            shape[:1]).reshape(shape)
+        if step.std is not None:
+            value = value / np.broadcast_to(np.asarray(step.std, value.dtype),
+                                            shape[:1]).reshape(shape)
+        result[name] = np.ascontiguousarray(value, dtype=array.dtype)
+    return result

@@ -1,0 +1,90 @@
+"""RKNN-Toolkit2 as the facade's backend: channelcut cuts, the vendor toolkit compiles and runs.
+
+The facade loads and prunes the model itself (its log and report stay channelcut's); `build`
+then hands the cut ONNX model to a fresh `rknn.api.RKNN`: its config (the user's options, less
+channelcut's own), load_onnx and build. export_rknn, init_runtime, inference, eval_perf,
+eval_memory and accuracy_analysis are the toolkit's. The toolkit prints its own log lines and
+returns RKNN's codes, which the facade passes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from channelcut import io
+from channelcut.errors import ChannelcutError
+
+BACKENDS = ("onnxruntime", "rknn-toolkit2")
+INSTALL = ("RKNN-Toolkit2 is not installed: pip install rknn-toolkit2 (Python 3.11 wheel; see "
+           "bench/rknn_env.sh for a virtual environment it runs in), or use "
+           "RKNN(backend=\"onnxruntime\")")
+
+
+def available() -> bool:
+    """Whether `rknn.api` (RKNN-Toolkit2) can be imported."""
+    try:
+        return importlib.util.find_spec("rknn.api") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def choose_backend(backend: str | None) -> str:
+    """The backend RKNN() uses: the toolkit when importable, unless one is asked for."""
+    if backend is None:
+        return "rknn-toolkit2" if available() else "onnxruntime"
+    if backend not in BACKENDS:
+        raise ChannelcutError(f"backend {backend!r} is not known; use one of "
+                              f"{', '.join(BACKENDS)}")
+    if backend == "rknn-toolkit2" and not available():
+        raise ChannelcutError(INSTALL)
+    return backend
+
+
+class Toolkit:
+    """One `rknn.api.RKNN` per build, fed the cut model through a temporary ONNX file."""
+
+    def __init__(self, verbose: bool, verbose_file: str | Path | None) -> None:
+        self.verbose, self.verbose_file = verbose, verbose_file
+        self.rknn: Any = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="channelcut-rknn-")
+
+    def build(self, model: onnx.ModelProto, config: dict[str, Any],
+              build_args: dict[str, Any]) -> int:
+        """config + load_onnx + build of the toolkit on `model`; the toolkit's return code."""
+        from rknn.api import RKNN as ToolkitRKNN  # noqa: PLC0415 - optional vendor package
+
+        self.release()
+        path = Path(self._tmp.name) / "cut.onnx"
+        io.save_model(model, path)
+        self.rknn = ToolkitRKNN(verbose=self.verbose, verbose_file=self.verbose_file)
+        for step in (lambda: self.rknn.config(**config),
+                     lambda: self.rknn.load_onnx(model=str(path)),
+                     lambda: self.rknn.build(**build_args)):
+            ret = step()
+            if ret != 0:
+                return ret
+        return 0
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The toolkit's method on the built model."""
+        if self.rknn is None:
+            raise ChannelcutError(f"no built model; call build (or load_rknn) before {method}")
+        return getattr(self.rknn, method)(*args, **kwargs)
+
+    def load_rknn(self, path: str | Path) -> int:
+        """The toolkit's load_rknn (a .rknn file; its PC simulator cannot run one)."""
+        from rknn.api import RKNN as ToolkitRKNN  # noqa: PLC0415 - optional vendor package
+
+        self.release()
+        self.rknn = ToolkitRKNN(verbose=self.verbose, verbose_file=self.verbose_file)
+        return self.rknn.load_rknn(str(path))
+
+    def release(self) -> None:
+        if self.rknn is not None:
+            self.rknn.release()
+            self.rknn = None
