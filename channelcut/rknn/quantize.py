@@ -17,6 +17,8 @@ config's quantization options, as RKNN-Toolkit2 (and Toolkit1) spell them, map o
 
 from __future__ import annotations
 
+import contextlib
+import io as io_text
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ ALGORITHMS = {"normal": "MinMax", "kl_divergence": "Entropy", "mmse": "Percentil
 METHODS = {"channel": True, "layer": False}
 OPTIMIZATION_LEVELS = (0, 1, 2, 3)
 MMSE_PERCENTILE = 99.999
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,14 +117,19 @@ def quantize(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
     with tempfile.TemporaryDirectory(prefix="channelcut-quant-") as tmp:
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "quantized.onnx"
         io.save_model(model, source)
+        printed = io_text.StringIO()
         try:
-            ortq.quantize_static(str(source), str(target), Reader(), **options)
+            # The Entropy and Percentile calibrators print their progress: into the log.
+            with contextlib.redirect_stdout(printed):
+                ortq.quantize_static(str(source), str(target), Reader(), **options)
         except Exception as exc:  # noqa: BLE001 - ORT's quantizer raises many types
             raise ChannelcutError(f"ONNX Runtime cannot quantize the model "
                                   f"({io.error_line(exc)}); build(do_quantization=False) "
                                   "builds it in float") from None
         finally:
             logging.getLogger().removeFilter(quiet)
+            if printed.getvalue():
+                log.debug("onnxruntime.quantization: %s", printed.getvalue().strip())
         return onnx.load(str(target))
 
 
