@@ -6,7 +6,7 @@ import gc
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from channelcut import io, verify as verification
+from channelcut import guard, io, targets, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
@@ -23,7 +23,7 @@ from channelcut.flops import count_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
                                inputs_as_declared, restore_boundary_shapes, set_value_info)
-from channelcut.report import Blocker, ConstChange, LayerChange, Report, SiteChange
+from channelcut.report import AlignedGain, Blocker, ConstChange, LayerChange, Report, SiteChange
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,10 @@ def cut(
     verify: bool = True,
     threshold: float = 0.9999,
     fold: bool = True,
-    objective: str = "flops",
-    align: int = 1,
+    objective: str | None = None,
+    align: int | str | None = None,
+    target: str | None = None,
+    measure: guard.Measure | None = None,
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
@@ -62,15 +64,92 @@ def cut(
     16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
     output raises VerificationError.
+
+    `target` (channelcut.targets.TARGETS; default "min-flops") is where the model will run: it
+    decides the rewrites allowed, and `objective` and `align` when they are not given (a
+    target aligns only the tensors that had its channel block). The zero-only cut (fold=False)
+    stays unaligned unless `align` is given (the seed's table; "target": the target's); the
+    report then says what the target's alignment would give. A target with a guard (ort-cpu)
+    times the cut, the cut with only folds that add no op, the aligned zero-only cut and the
+    original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
+    fastest; the report gives the times.
     """
-    if objective not in OBJECTIVES:
+    chosen = targets.get(targets.DEFAULT if target is None else target)
+    seed_mode = False
+    if objective is not None and objective not in OBJECTIVES:
         raise ChannelcutError(
             f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
-    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
-        raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more")
+    if align == "target":
+        align = None  # the target's alignment, also for the zero-only cut
+    elif align is None and not fold:
+        align = 1  # the seed's mode keeps its table: zero-only is unaligned unless asked
+        seed_mode = True
+    if align is not None and (isinstance(align, bool) or not isinstance(align, int)
+                              or align < 1):
+        raise ChannelcutError(f"align {align!r}: give a whole number of channels, 1 or more, "
+                              "or 'target'")
+    options = chosen.options(fold=fold, objective=objective, align=align)
+    zero_only = chosen.options(fold=False, objective=objective,
+                               align=None if seed_mode else align)
     with _collector_paused():
-        return _cut(io.load_model(model, copy=False), input_shapes, verify, threshold, fold,
-                    objective, align)
+        original = io.load_model(model, copy=False)
+        result = _cut(original, input_shapes, verify, threshold, options)
+        result.report.target = chosen.name
+        if seed_mode and chosen.alignment() > 1 and result.report.removed_channels:
+            # what align="target" (the facade's model_pruning="aligned") would make
+            aligned = _cut(original, input_shapes, False, threshold, zero_only).report
+            if (aligned.weight_bytes_after, aligned.flops_after) != (
+                    result.report.weight_bytes_after, result.report.flops_after):
+                result.report.aligned = AlignedGain(chosen.alignment(),
+                                                    aligned.weight_bytes_after,
+                                                    aligned.flops_after)
+        if chosen.guard:
+            result = _guarded(original, result, input_shapes, verify, threshold, options,
+                              zero_only, measure or guard.ort_latencies)
+        return result
+
+
+def _guarded(original: onnx.ModelProto, result: CutResult,
+             input_shapes: dict[str, list[int] | tuple[int, ...]] | None, verify: bool,
+             threshold: float, options: Options, zero_only: Options,
+             measure: guard.Measure) -> CutResult:
+    """The fastest of the cut, the same cut with only the folds that add no op, the aligned
+    zero-only cut (`zero_only`) and the original, timed by `measure` (a candidate that comes
+    out the same as an earlier one is timed once); the report of the one kept, with the times."""
+    candidates = {"cut": result}
+    seen = {result.model.SerializeToString()}
+    no_added_ops = replace(options, added_ops=False, border_form="carrier")
+    for name, variant in (("no added ops", no_added_ops), ("zero-only", zero_only)):
+        if variant == options:
+            continue
+        other = _cut(original, input_shapes, verify, threshold, variant)
+        serialized = other.model.SerializeToString()
+        if serialized not in seen:
+            seen.add(serialized)
+            other.report.target = result.report.target
+            candidates[name] = other
+    if not any(c.report.removed_channels or c.report.removed_nodes
+               for c in candidates.values()):
+        return result  # nothing cut: the model is the original
+    shapes = verification.resolve_input_shapes(original, input_shapes)
+    feeds = verification.random_inputs(original, shapes)
+    latencies = measure({**{k: c.model for k, c in candidates.items()}, "original": original},
+                        feeds)
+    kept = guard.fastest(latencies)
+    if kept == "original":
+        before = result.report
+        uncut = onnx.ModelProto()
+        uncut.CopyFrom(original)
+        result = CutResult(uncut, Report(
+            mode=before.mode, objective=before.objective, align=before.align,
+            target=before.target, weight_bytes_before=before.weight_bytes_before,
+            weight_bytes_after=before.weight_bytes_before, flops_before=before.flops_before,
+            flops_after=before.flops_before))
+    else:
+        result = candidates[kept]
+    result.report.latencies, result.report.kept = latencies, kept
+    log.info("guard: %s; kept the %s", latencies, kept)
+    return result
 
 
 @contextmanager
@@ -87,15 +166,14 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
-         verify: bool, threshold: float, fold: bool, objective: str, align: int) -> CutResult:
+         verify: bool, threshold: float, options: Options) -> CutResult:
     """cut() on a loaded model; the model is only read (the IR copies what changes)."""
     shapes = verification.resolve_input_shapes(original, input_shapes)
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = count_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
-    analysis = solve(walk_graph(graph_model), Options(fold=fold, objective=objective,
-                                                       align=align))
+    analysis = solve(walk_graph(graph_model), options)
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
@@ -121,9 +199,9 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
                           int(u.added.flops), int(u.saved.weight_bytes), int(u.saved.flops))
                for u in analysis.sites],
         unsupported_ops={op: len(nodes) for op, nodes in analysis.unsupported.items()},
-        mode="full" if fold else "zero",
-        objective=objective,
-        align=align,
+        mode="full" if options.fold else "zero",
+        objective=options.objective,
+        align=options.align,
         weight_bytes_before=weights_before,
         weight_bytes_after=weight_bytes(graph_model),
         flops_before=flops_before.flops,

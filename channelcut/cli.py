@@ -113,17 +113,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_mode(parser: argparse.ArgumentParser) -> None:
+    from channelcut.targets import CLI_DEFAULT, TARGETS  # noqa: PLC0415
+
+    parser.add_argument("--target", choices=list(TARGETS), default=CLI_DEFAULT,
+                        help="where the model will run; decides the rewrites, the alignment "
+                             "and the objective (default %(default)s: never worse on ONNX "
+                             "Runtime CPU or RKNN; ort-cpu also times the result against the "
+                             "original here and keeps the faster). "
+                             + "; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()))
     parser.add_argument("--zero-only", action="store_true",
                         help="cut only zero or unread channels, as RKNN-Toolkit's "
                              "model_pruning does (default: also fold constant channels into "
                              "their readers and cut one side of residual Adds)")
-    parser.add_argument("--objective", choices=OBJECTIVES, default="flops",
-                        help="what a fold or reinsertion must reduce to be made (default "
-                             "flops); none ever grows the weights")
-    parser.add_argument("--align", type=int, default=1, metavar="N",
+    parser.add_argument("--objective", choices=OBJECTIVES, default=None,
+                        help="what a fold or reinsertion must reduce to be made (default: the "
+                             "target's); none ever grows the weights")
+    parser.add_argument("--align", type=_alignment, default=None, metavar="N",
                         help="keep a multiple of N channels in every tensor that loses some "
-                             "(8 or 16 suit CPU and NPU kernels; default 1: cut all that can "
-                             "go)")
+                             "('target': the target's, also with --zero-only; default: the "
+                             "target's, 1 with --zero-only: the seed's table)")
+
+
+def _alignment(text: str) -> int | str:
+    """--align: a whole number, or "target"; cut() checks the number."""
+    if text == "target":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number or 'target'") from None
 
 
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +163,8 @@ def _cut(args: argparse.Namespace) -> int:
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape),
                  verify=not args.no_verify, threshold=args.threshold,
-                 fold=not args.zero_only, objective=args.objective, align=args.align)
+                 fold=not args.zero_only, objective=args.objective, align=args.align,
+                 target=args.target)
     save_model(result.model, args.output)
     if args.report_json is not None:
         text = json.dumps(_json_safe(result.report.to_dict()), indent=2) + "\n"
@@ -160,7 +179,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from channelcut.api import cut  # noqa: PLC0415
 
     result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False,
-                 fold=not args.zero_only, objective=args.objective, align=args.align)
+                 fold=not args.zero_only, objective=args.objective, align=args.align,
+                 target=args.target)
     _show(result.report, None)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK

@@ -64,6 +64,29 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
     rw.append_after(node.outputs[0], "Add", [border])
 
 
+def fold_into_carrier(node: ir.Node, rw: Rewrite, original: np.ndarray, weights: np.ndarray,
+                      deleted_in: np.ndarray, deleted_out: np.ndarray) -> np.ndarray:
+    """W'[:, p] += sum_c (v_c / v_p) W[:, c] for the cut constant channels c, p a kept non-zero
+    constant channel of the input (the carrier; the solver keeps one): zero padding reaches
+    every constant channel alike, so channel c is v_c / v_p times channel p everywhere. A
+    border fold with no op added (one conv group). Returns the cut weights `weights` so."""
+    positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
+    if positions.size == 0:
+        return weights
+    folded = np.delete(np.einsum("of...,f->o...", original[:, positions].astype(np.float64),
+                                 values), deleted_out, axis=0)
+    if not folded.any():  # only rows that read the channels with zero weights are left
+        return weights
+    info = rw.info(node.inputs[0])
+    const = info.by_position(info.const).astype(np.float64)
+    carrier = int(np.flatnonzero(kept_mask(info.size, deleted_in) & info.by_position(info.known)
+                                 & (const != 0))[0])  # the solver kept one for this fold
+    column = carrier - int(np.searchsorted(deleted_in, carrier))
+    result = weights.astype(np.float64)
+    result[:, column] += folded / const[carrier]
+    return result.astype(weights.dtype)
+
+
 def add_to_bias(node: ir.Node, rw: Rewrite, index: int, delta: np.ndarray) -> None:
     """bias += delta (creating the bias input when the node has none)."""
     bias = rw.const(input_at(node, index))
@@ -145,13 +168,21 @@ def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
     slot = np.empty(info.size, np.int64)
     slot[present] = np.arange(present.size)
     slot[needed] = present.size + np.arange(needed.size)
+    values = info.by_position(info.const)[wanted] * np.isin(wanted, needed)
+    dtype = value.dtype.numpy() if value.dtype is not None else np.float32
+    if rw.analysis.options.reinsert_form == "conv" and rank == 4 and axis == 1:
+        # one 1x1 Conv: out[j] = in[slot[j]] for the present channels, the constant otherwise
+        order = slot[wanted]
+        onehot = np.zeros((wanted.size, present.size, 1, 1), dtype)
+        rows = np.flatnonzero(order < present.size)
+        onehot[rows, order[rows], 0, 0] = 1
+        return step("Conv", value, [rw.new_const(f"{stem}_onehot", onehot),
+                                    rw.new_const(f"{stem}_constants", values.astype(dtype))])
     pads = np.zeros(2 * rank, np.int64)
     pads[rank + axis] = needed.size
     full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
     full = step("Gather", full, [rw.new_const(f"{stem}_order", slot[wanted])], {"axis": axis})
-    values = info.by_position(info.const)[wanted] * np.isin(wanted, needed)
     if np.any(values != 0):
-        dtype = value.dtype.numpy() if value.dtype is not None else np.float32
         shape = [1] * rank
         shape[axis] = wanted.size
         constants = rw.new_const(f"{stem}_constants", values.astype(dtype).reshape(shape))

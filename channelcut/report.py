@@ -45,7 +45,7 @@ class SiteChange:
 
     node: str
     op_type: str
-    kind: str  # "bias fold", "border fold" or "reinsert"
+    kind: str  # "bias fold", "border fold", "carrier fold" or "reinsert"
     groups: int
     added_bytes: int
     added_flops: int
@@ -61,6 +61,16 @@ class OutputCheck:
     cosine: float
     max_abs_error: float
     max_rel_error: float
+
+
+@dataclass(frozen=True)
+class AlignedGain:
+    """What the same cut aligned to the target's channel multiple would give (reported when
+    the cut itself was not aligned, as the seed's zero-only table is not)."""
+
+    align: int
+    weight_bytes_after: int
+    flops_after: int
 
 
 @dataclass
@@ -86,6 +96,12 @@ class Report:
     removed_channels: int = 0  # channel positions removed, summed over every tensor
     removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
     checks: list[OutputCheck] = field(default_factory=list)
+    target: str = ""  # channelcut.targets name the cut was made for
+    # the guard's ONNX Runtime CPU times (seconds per run, median) by candidate, and which
+    # candidate it kept: "cut", "zero-only" (aligned) or "original"
+    latencies: dict[str, float] = field(default_factory=dict)
+    kept: str = ""
+    aligned: AlignedGain | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -121,7 +137,18 @@ def summary_lines(report: Report) -> list[str]:
                       report.flops_before, report.flops_after)
     ub, ua = report.flops_unknown_before, report.flops_unknown_after
     change = "change unknown" if ub or ua else _signed_change(fb, fa, 1e9, "GFLOPs")
-    return [
+    lines = [
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
         f"FLOPs:   {_flops(fb, ub)} -> {_flops(fa, ua)}, {change}",
     ]
+    if report.latencies:
+        times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"
+                          for name, seconds in report.latencies.items())
+        lines.append(f"ONNX Runtime CPU, 1 thread, median: {times}; kept: {report.kept}")
+    if report.aligned is not None:
+        a = report.aligned
+        lines.append(f"aligned as {report.target or 'the target'} runs best (blocks of "
+                     f"{a.align}; --align target), it would be: weights "
+                     f"{_signed_change(wb, a.weight_bytes_after, 1e6, 'MB')}, FLOPs "
+                     f"{_signed_change(fb, a.flops_after, 1e9, 'GFLOPs')}")
+    return lines

@@ -9,6 +9,7 @@ something; the cost model keeps only the sites that pay under the chosen objecti
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ import onnx_ir as ir
 from channelcut.analysis import (Cost, GroupedConv, Link, Pin, Reader, Site, Walk,
                                  connected_components)
 from channelcut.channels import ChannelInfo
+from channelcut.graph import static_shape
 
 OBJECTIVES = ("flops", "params", "latency")
+SITE_KINDS = frozenset({"bias fold", "border fold", "reinsert"})
 _NOTHING = np.zeros(0, dtype=np.int64)
 _NOTHING.flags.writeable = False
 # Latency objective, in FLOPs of conv work: ONNX Runtime's CPU convs run at 60-110 GFLOP/s on
@@ -37,11 +40,51 @@ class Options:
     """`fold`: allow folding constants and reinserting them (the full cut); `objective`:
     what a fold or reinsertion must reduce to be worth doing; `align`: every tensor that
     loses channels keeps a multiple of this many (CPU and NPU kernels work on blocks of 8 or
-    16 channels and fall back to slow paths otherwise; 1: cut all that can go)."""
+    16 channels and fall back to slow paths otherwise; 1: cut all that can go; `blocks`: the
+    same per tensor, only where the tensor was aligned); `sites`: the
+    kinds of fold or reinsertion the runtime runs well, and `added_ops`: whether one may add
+    ops to the graph (a target's choice, channelcut.targets); `node_overhead` and
+    `moved_element`: the latency objective's constants, in FLOPs."""
 
     fold: bool = True
     objective: str = "flops"
     align: int = 1
+    # a target's channel blocks, largest first, used instead of `align` when given: a tensor
+    # whose channel count a block divides keeps a multiple of the largest such block (else it
+    # would lose the fast layout it had); the others run the slow path anyway and may lose any
+    blocks: tuple[int, ...] = ()
+    # when given, only tensors an op of these types reads are aligned (RKNN-Toolkit2 pads the
+    # Concat inputs it sees unaligned; elsewhere its cycles step in blocks either way)
+    align_readers: frozenset[str] = frozenset()
+    sites: frozenset[str] = SITE_KINDS
+    added_ops: bool = True
+    node_overhead: float = NODE_OVERHEAD
+    moved_element: float = MOVED_ELEMENT
+
+    # how a border fold is written: "map" (a constant border map Conv(ones) plus an Add) or
+    # "carrier" (one constant input channel stays and carries the others in its weight
+    # column: no op added; RKNN-Toolkit2 compiles a map into a full-size constant)
+    border_form: str = "map"
+    # how a reinsertion is written: "pad-gather" (Pad, Gather, Add) or "conv" (one 1x1 Conv
+    # with one-hot weights and the constants as its bias: one NPU layer for RKNN-Toolkit2,
+    # which runs a channel Pad on the CPU and turns a Gather into such a conv anyway)
+    reinsert_form: str = "pad-gather"
+
+    def cost(self, site: Site) -> Cost:
+        """What the site adds, in the form this target writes it."""
+        if site.kind == "border fold" and self.border_form == "carrier":
+            return Cost()  # a weight column changes; the carrier's own cost is a kept channel
+        if site.kind == "reinsert" and self.reinsert_form == "conv":
+            shape = static_shape(site.node.outputs[0])
+            channels, elements = shape[1], math.prod(shape)
+            # at most every channel kept: channels x channels one-hot weights and a bias
+            return Cost(weight_bytes=4.0 * channels * (channels + 1),
+                        flops=2.0 * channels * elements, moved=elements, nodes=1)
+        return site.cost
+
+    def allows(self, site: Site) -> bool:
+        """May the cut use this fold or reinsertion at all?"""
+        return site.kind in self.sites and (self.added_ops or self.cost(site).nodes == 0)
 
 
 @dataclass
@@ -205,10 +248,30 @@ class _Solver:
             emptied = next((info for info in reversed(self.walk.infos.values())
                             if info.n and removed[info.base:info.base + info.n].all()), None)
             if emptied is None:
-                break
+                carriers = self._carriers()
+                if carriers.size == 0:
+                    break
+                pending = watchers(self.drop(carriers))
+                continue
             pending = watchers(self.drop(self.group_of[[self._cheapest_to_keep(emptied)]]))
-        if self.options.align > 1:
+        if self.options.align > 1 or self.options.blocks:
             self._align(checks, watchers)
+
+    def _carriers(self) -> np.ndarray:
+        """Groups to keep so that every carrier-form border fold has its carrier: a kept
+        non-zero constant input channel that the folded ones are multiples of."""
+        if self.options.border_form != "carrier":
+            return np.zeros(0, np.int64)
+        removed, keep = self.removable[self.group_of], []
+        for reader in self.walk.readers:
+            if not self.folds(reader) or reader.site.kind != "border fold":
+                continue
+            constant = self.known[reader.in_ids] & ~self.zero[reader.in_ids]
+            gone = removed[reader.in_ids]
+            folded = gone & constant & reader.live_columns(removed[reader.row_ids])
+            if folded.any() and not (constant & ~gone).any():
+                keep.append(self.group_of[reader.in_ids[np.flatnonzero(folded)[0]]])
+        return np.unique(np.array(keep, np.int64))
 
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
@@ -230,11 +293,14 @@ class _Solver:
         """Keep removed channels until every tensor that loses some keeps a multiple of
         `align` (or all of them). Keeping is always exact; known channels are kept first,
         since their rows read nothing unknown and keep nothing else alive."""
-        align, changed = self.options.align, True
+        blocks, readers, changed = self.options.blocks, self.options.align_readers, True
         while changed:
             changed = False
-            for info in self.walk.infos.values():
-                if info.block != 1 or info.span != 1:
+            for value, info in self.walk.infos.items():
+                align = self.options.align if not blocks else \
+                    next((b for b in blocks if info.n % b == 0), 1)
+                if info.block != 1 or info.span != 1 or align == 1 or (
+                        readers and not any(u.node.op_type in readers for u in value.uses())):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -344,17 +410,18 @@ class _Solver:
         return {key: np.unique(np.concatenate(parts)) for key, parts in used.items()}
 
 
-def _metric(cost: Cost, objective: str) -> float:
+def _metric(cost: Cost, objective: str, options: Options = Options()) -> float:
     if objective == "params":
         return cost.weight_bytes
     if objective == "latency":
-        return cost.flops + MOVED_ELEMENT * cost.moved + NODE_OVERHEAD * cost.nodes
+        return (cost.flops + options.moved_element * cost.moved
+                + options.node_overhead * cost.nodes)
     return cost.flops
 
 
-def pays(saved: Cost, added: Cost, objective: str) -> bool:
+def pays(saved: Cost, added: Cost, objective: str, options: Options = Options()) -> bool:
     """Worth doing: the objective goes down, and the weights never grow."""
-    return (_metric(saved, objective) > _metric(added, objective)
+    return (_metric(saved, objective, options) > _metric(added, objective, options)
             and saved.weight_bytes >= added.weight_bytes)
 
 
@@ -376,7 +443,9 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
     """
     if options.objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-    sites = {id(s): s for s in _all_sites(walk)} if options.fold else {}
+    sites = {id(s): s for s in _all_sites(walk) if options.allows(s) and _writable(walk, s,
+                                                                                 options)} \
+        if options.fold else {}
     allowed = set(sites)
     weight_bytes, flops = walk.charges()
     while True:
@@ -391,19 +460,22 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             site = sites[key]
             saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
                          flops=float(group_flops[groups].sum()))
-            if not pays(saved, site.cost, options.objective):
+            cost = options.cost(site)
+            if not pays(saved, cost, options.objective, options):
                 refused.add(key)
-            margins[key] = _metric(saved, options.objective) - _metric(site.cost,
-                                                                        options.objective)
-            uses.append(SiteUse(site.node.name or "", site.node.op_type, site.kind,
-                                int(groups.size), site.cost, saved))
+            margins[key] = (_metric(saved, options.objective, options)
+                            - _metric(cost, options.objective, options))
+            kind = "carrier fold" if site.kind == "border fold" and \
+                options.border_form == "carrier" else site.kind
+            uses.append(SiteUse(site.node.name or "", site.node.op_type, kind,
+                                int(groups.size), cost, saved))
         if not refused and used:
             freed = np.unique(np.concatenate(list(used.values())))
             together = Cost(weight_bytes=float(group_bytes[freed].sum()),
                             flops=float(group_flops[freed].sum()))
-            added = Cost(*(sum(getattr(sites[k].cost, f) for k in used)
+            added = Cost(*(sum(getattr(options.cost(sites[k]), f) for k in used)
                            for f in ("weight_bytes", "flops", "moved", "nodes")))
-            if not pays(together, added, options.objective):
+            if not pays(together, added, options.objective, options):
                 refused.add(min(margins, key=margins.__getitem__))
         if not refused:
             break
@@ -411,6 +483,19 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
     blockers = _blockers(walk, solver)
     return Analysis(walk.model, walk.infos, solver.group_of, solver.removable, options,
                     blockers, uses, walk.unsupported, walk.consts)
+
+
+def _writable(walk: Walk, site: Site, options: Options) -> bool:
+    """Can the site be written in the target's form? A carrier needs one conv group and
+    input channels that are constants, not maps (a multiple of a map is no carrier)."""
+    if site.kind == "reinsert" and options.reinsert_form == "conv":  # a 1x1 Conv: NCHW
+        info, shape = walk.infos.get(site.node.outputs[0]), static_shape(site.node.outputs[0])
+        return info is not None and info.axis == 1 and shape is not None and len(shape) == 4
+    if site.kind != "border fold" or options.border_form != "carrier":
+        return True
+    info = walk.infos.get(site.node.inputs[0])
+    group = site.node.attributes.get("group")
+    return info is not None and info.plane is None and (group is None or group.value == 1)
 
 
 def _all_sites(walk: Walk) -> list[Site]:

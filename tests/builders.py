@@ -243,9 +243,10 @@ def cut(m: onnx.ModelProto, mode: str = "zero", **kwargs) -> CutResult:
 def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = None, *,
                groups: int | None = None, feeds: Mapping[str, np.ndarray] | None = None,
                input_shapes: Mapping[str, Sequence[int]] | None = None,
-               mode: str = "zero", objective: str = "flops") -> CutResult:
-    """Cut `m` (in `mode`, see `cut`, under `objective`) and check the result; returns it for
-    further asserts.
+               mode: str = "zero", objective: str | None = "flops", **options) -> CutResult:
+    """Cut `m` (in `mode`, see `cut`, under `objective`; None: the target's; `options`: more
+    channelcut.cut arguments, such as target) and check the result; returns it for further
+    asserts.
 
     `kept`: weighted node name -> (input channels, output channels) after the cut, for EXACTLY
     the weighted layers that lose channels ({} or None: nothing may be cut). `groups`: the
@@ -255,7 +256,7 @@ def assert_cut(m: onnx.ModelProto, kept: Mapping[str, tuple[int, int]] | None = 
     """
     before = m.SerializeToString()
     result = cut(m, mode, input_shapes=dict(input_shapes) if input_shapes else None,
-                 objective=objective)
+                 objective=objective, **options)
     assert m.SerializeToString() == before, "cut() modified its input model"
     onnx.checker.check_model(result.model, full_check=True)
 

@@ -330,9 +330,12 @@ def test_cli_passes_options_to_cut(capsys, model_file, tmp_path, monkeypatch):
                            "--threshold", "0.99", "--input-shape", "x:2,3,8,8")
     assert code == cli.EXIT_USER_ERROR and err.strip() == "channelcut: error: stop here"
     assert seen == {"model": model_file, "input_shapes": {"x": [2, 3, 8, 8]}, "verify": False,
-                    "threshold": 0.99, "fold": True, "objective": "flops", "align": 1}
-    run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params", "--align", "8")
-    assert (seen["fold"], seen["objective"], seen["align"]) == (False, "params", 8)
+                    "threshold": 0.99, "fold": True, "objective": None, "align": None,
+                    "target": "portable"}  # the target decides objective and alignment
+    run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params", "--align", "8",
+            "--target", "rknn")
+    assert (seen["fold"], seen["objective"], seen["align"], seen["target"]) == (
+        False, "params", 8, "rknn")
 
 
 def test_internal_error_is_reported_as_a_bug(capsys, model_file, tmp_path, monkeypatch):

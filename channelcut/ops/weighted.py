@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.flops import node_flops
-from channelcut.fold import fold_into_conv, fold_into_gemm, fold_into_matmul
+from channelcut.fold import fold_into_carrier, fold_into_conv, fold_into_gemm, fold_into_matmul
 from channelcut.channels import (ChannelInfo, identity_positions, nonzero_along_last_axis,
                                  per_channel_constant)
 from channelcut.cut import Rewrite, delete_positions, kept_mask
@@ -192,11 +192,14 @@ def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
         weights = delete_positions(original, {0: deleted_out, 1: deleted_in})
     else:
         weights = _cut_groups(original, groups, deleted_out, deleted_in, node, rw)
+    padded = _padded(node, original.shape[2:])
+    carried = padded and groups == 1 and rw.analysis.options.border_form == "carrier"
+    if carried:
+        weights = fold_into_carrier(node, rw, original, weights, deleted_in, deleted_out)
     rw.set_const(node, 1, weights)
     _rewrite_bias(node, rw, 2, deleted_out, axis=0)
-    if not _depthwise(groups, cin_g, cout):
-        fold_into_conv(node, rw, original, groups, _padded(node, original.shape[2:]),
-                       deleted_in, deleted_out)
+    if not _depthwise(groups, cin_g, cout) and not carried:
+        fold_into_conv(node, rw, original, groups, padded, deleted_in, deleted_out)
 
 
 def _cut_groups(weights: np.ndarray, groups: int, deleted_out: np.ndarray,

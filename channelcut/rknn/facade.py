@@ -14,9 +14,11 @@ that says what to do; `inference` returns the list of outputs, or None after an 
 verbose=True), `W ` or `E ` (always) and go to stdout, and to `verbose_file` when given.
 
 `config(model_pruning=...)`: True removes only zero or unread channels, as RKNN-Toolkit's
-model_pruning does (the seed's table); "full" also folds constant channels into their readers
-and cuts one side of residual Adds, choosing by `pruning_objective`. Both run the same
-analysis (`channelcut.api.cut`); the mode only changes which rewrites it may make.
+model_pruning does (the seed's table), and logs what the same cut aligned to the NPU's channel
+multiple would give; "aligned" makes that aligned cut; "full" also folds constant channels
+into their readers, as the NPU runs them (channelcut.targets: `rknn` for every Rockchip
+platform), choosing by `pruning_objective` (default: the target's). All run the same analysis
+(`channelcut.api.cut`); the mode only changes which rewrites it may make.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ from channelcut.verify import graph_inputs
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
 TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106")
 TARGETS = TOOLKIT1_TARGETS + TOOLKIT2_TARGETS
+# channelcut.targets entry for each platform: every Rockchip NPU is compiled by RKNN-Toolkit,
+# whose channel alignment and placement rules the `rknn` target encodes.
+CUT_TARGETS = {platform: "rknn" for platform in TARGETS}
+DEFAULT_CUT_TARGET = "rknn"  # no target_platform: RKNN-Toolkit2 then builds for rk3566
 FAILED = -1
 # Toolkit1's 8-bit spellings, as RKNN-Toolkit2 names its 8-bit scheme
 TOOLKIT2_DTYPES = {"asymmetric_affine-u8": "w8a8", "asymmetric_quantized-8": "w8a8",
@@ -114,8 +120,9 @@ class RKNN:
                  backend: str | None = None) -> None:
         self._log = _Log(verbose, verbose_file)
         self._preprocess_config: dict[str, Any] = {}
-        self._pruning: str | None = None  # None, "zero" or "full"
-        self._pruning_objective = "flops"
+        self._pruning: str | None = None  # None, "zero", "aligned" or "full"
+        self._pruning_objective: str | None = None  # None: the target's
+        self._cut_target = DEFAULT_CUT_TARGET
         self._quantization = Quantization()
         self._toolkit_config: dict[str, Any] = {}
         self._unavailable: str | None = None  # the E line every call repeats
@@ -135,23 +142,29 @@ class RKNN:
     def config(self, mean_values: Any = None, std_values: Any = None,
                reorder_channel: str | Sequence[str] | None = None,
                target_platform: str | Sequence[str] | None = None,
-               model_pruning: bool | str = False, pruning_objective: str = "flops",
+               model_pruning: bool | str = False, pruning_objective: str | None = None,
                quantized_dtype: str | None = None, quantized_algorithm: str | None = None,
                quantized_method: str | None = None, optimization_level: int | None = None,
                **other: Any) -> int:
         """Set preprocessing, the target platform(s) and pruning; used by the next `build`.
 
-        model_pruning: False, True (zero or unread channels only, RKNN-Toolkit's) or "full"
-        (also folds constant channels); pruning_objective ("flops", "params" or "latency")
-        decides which folds the full cut makes. The quantization options (RKNN's names, both
-        toolkits' spellings) are used by build(do_quantization=True); channelcut.rknn.quantize
-        says how each maps onto ONNX Runtime's quantizer.
+        model_pruning: False, True (zero or unread channels only, RKNN-Toolkit's), "aligned"
+        (the same, keeping a multiple of the NPU's channel block) or "full" (also folds
+        constant channels where the NPU runs the fold); pruning_objective ("flops", "params"
+        or "latency"; default the target's) decides which folds the full cut makes. The
+        quantization options (RKNN's names, both toolkits' spellings) are used by
+        build(do_quantization=True); channelcut.rknn.quantize says how each maps onto ONNX
+        Runtime's quantizer.
         """
+        cut_target = DEFAULT_CUT_TARGET
         if target_platform is not None:
             _check_targets(target_platform, "target_platform")
+            first = target_platform if isinstance(target_platform, str) else target_platform[0]
+            cut_target = CUT_TARGETS[first.lower()]
         preprocess = preprocess_config(mean_values, std_values, reorder_channel)
         pruning = _pruning_mode(model_pruning)
-        _check_objective(pruning_objective)
+        if pruning_objective is not None:
+            _check_objective(pruning_objective)
         if self._toolkit is None:
             quantization = quantization_config(quantized_dtype, quantized_algorithm,
                                                quantized_method, optimization_level)
@@ -160,7 +173,8 @@ class RKNN:
             quantized_dtype = TOOLKIT2_DTYPES.get(str(quantized_dtype).lower(), quantized_dtype)
         # Only a config that is valid as a whole replaces the previous one.
         self._preprocess_config, self._pruning = preprocess, pruning
-        self._pruning_objective, self._quantization = pruning_objective, quantization
+        self._pruning_objective, self._cut_target = pruning_objective, cut_target
+        self._quantization = quantization
         if self._toolkit is not None:  # the toolkit checks (and uses) what is its own
             given = {"target_platform": target_platform, "quantized_dtype": quantized_dtype,
                      "quantized_algorithm": quantized_algorithm,
@@ -294,14 +308,20 @@ class RKNN:
         from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
 
         shapes = simulator.input_shapes(model)
+        target = self._cut_target
         if self._pruning == "full":
-            result = cut(model, input_shapes=shapes, fold=True,
+            result = cut(model, input_shapes=shapes, fold=True, target=target,
                          objective=self._pruning_objective)
+        elif self._pruning == "aligned":  # zero or unread channels, the NPU's multiple kept
+            result = cut(model, input_shapes=shapes, fold=False, target=target,
+                         align="target")
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
-            result = cut(model, input_shapes=shapes, fold=False)
+            result = cut(model, input_shapes=shapes, fold=False, target=target)
         self._log.info("Pruning: const change detail")
         for line in const_change_lines(result.report) + summary_lines(result.report):
             self._log.info(line)
+        if result.report.aligned is not None:
+            self._log.info("Pruning: config(model_pruning=\"aligned\") makes the aligned cut")
         for site in result.report.sites:
             # The cost fields under their report names (the --report-json keys).
             costs = {k: v for k, v in asdict(site).items() if k not in ("node", "op_type", "kind")}
@@ -540,10 +560,11 @@ def _pruning_mode(value: Any) -> str | None:
     # `is` for the bools: 0, 1 and 1.0 compare equal to them but are not what RKNN takes.
     if value is True or value is False:
         return "zero" if value else None
-    if isinstance(value, str) and value.lower() == "full":
-        return "full"
+    if isinstance(value, str) and value.lower() in ("full", "aligned"):
+        return value.lower()
     raise ChannelcutError(f"model_pruning {value!r} is not a pruning mode; use True (zero "
-                          "channels only, as RKNN-Toolkit), \"full\" (also fold constant "
+                          "channels only, as RKNN-Toolkit), \"aligned\" (the same, aligned "
+                          "to the NPU's channel block), \"full\" (also fold constant "
                           "channels) or False")
 
 

@@ -1,0 +1,320 @@
+"""Targets (issue 11): per runtime, the alignment applied, the rewrites allowed and the form each
+takes, and the ort-cpu guard keeping the fastest model (timed by an injected measure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import channelcut
+from builders import (assert_cut, bias, conv, kept_channels, model, node, random_feeds, relu,
+                      run, weights)
+from channelcut import cli, guard, targets
+from channelcut.errors import ChannelcutError
+from channelcut.targets import cpu_vector_channels
+from test_fold import POSITIVE, basic_block, ops, producer_then
+
+ORT_ALIGN = targets.get("ort-cpu").alignment()
+
+
+def fastest_is(name: str):
+    """A measure (see channelcut.guard) that times the candidate `name` fastest and the others
+    slower in the order given; records what it got."""
+    def measure(models, feeds):
+        measure.models, measure.feeds = dict(models), feeds
+        return {n: 1e-3 if n == name else 2e-3 + 1e-4 * k for k, n in enumerate(models)}
+    return measure
+
+
+# --- alignment -----------------------------------------------------------------------------
+
+def test_ort_cpu_alignment_is_the_vector_width_of_this_cpu():
+    assert cpu_vector_channels("flags\t\t: fpu sse2 avx avx2 avx512f avx512bw\n", "x86_64") == 16
+    assert cpu_vector_channels("flags\t\t: fpu sse2 avx avx2 fma\n", "x86_64") == 8
+    assert cpu_vector_channels("", "x86_64") == 8  # SSE: MLAS's NCHWc block of 8
+    assert cpu_vector_channels("Features\t: fp asimd\n", "aarch64") == 16
+    with open("/proc/cpuinfo") as f:
+        assert ORT_ALIGN == (16 if " avx512f" in f.read() else 8)
+
+
+def two_layers(b_rows: int = 24):
+    """x -> conv_a (32 rows, 27 zero) -> relu -> conv_b (24 rows, 19 zero) -> relu -> conv_y:
+    5 live channels in each; 32 is a multiple of 8 and 16, 24 only of 8 (`wide`: conv_b has
+    20 rows, a multiple of neither)."""
+    dead_a, dead_b = list(range(27)), list(range(5, b_rows))
+    return model([conv("x", "wa", "a"), relu("a", "ra"), conv("ra", "wb", "b"), relu("b", "rb"),
+                  conv("rb", "wy", "y")], {"x": [1, 4, 4, 4]}, ["y"],
+                 {"wa": weights(32, 4, 1, 1, zero_rows=dead_a),
+                  "wb": weights(b_rows, 32, 1, 1, zero_rows=dead_b, seed=2),
+                  "wy": weights(6, b_rows, 1, 1, seed=3)})
+
+
+@pytest.mark.parametrize("target, a, b", [
+    ("min-flops", 5, 5),  # no alignment
+    ("rknn", 5, 5),  # no Concat reads them: the NPU's cycles step in blocks either way
+    ("portable", 16, 8),  # 16 (a multiple of 8 too); 24 channels only to 8
+    ("ort-cpu", ORT_ALIGN, 8 if ORT_ALIGN == 8 else 5),
+])
+def test_each_target_keeps_its_multiple_where_the_tensor_had_one(target, a, b):
+    result = assert_cut(two_layers(), {"conv_a": (4, a), "conv_b": (a, b), "conv_y": (b, 6)},
+                        mode="full", objective=None, target=target,
+                        measure=fastest_is("cut"))
+    assert result.report.target == target
+    assert result.report.align == targets.get(target).alignment()
+
+
+def concat_of_two():
+    """x -> conv_p and conv_q (16 rows each, 11 zero) -> relu -> Concat -> conv_y."""
+    return model([conv("x", "wp", "p"), relu("p", "rp"), conv("x", "wq", "q"), relu("q", "rq"),
+                  node("Concat", ["rp", "rq"], ["c"], axis=1), conv("c", "wy", "y")],
+                 {"x": [1, 4, 4, 4]}, ["y"],
+                 {"wp": weights(16, 4, 1, 1, zero_rows=range(11)),
+                  "wq": weights(16, 4, 1, 1, zero_rows=range(5, 16), seed=2),
+                  "wy": weights(6, 32, 1, 1, seed=3)})
+
+
+@pytest.mark.parametrize("target, kept", [("min-flops", 5), ("rknn", 8), ("portable", 16)])
+def test_rknn_aligns_the_inputs_of_a_concat_to_8(target, kept):
+    """RKNN-Toolkit2 pads unaligned Concat inputs itself (densenet121: 33.3 MB unaligned,
+    13.4 MB aligned to 8)."""
+    cuts = {"conv_p": (4, kept), "conv_q": (4, kept), "conv_y": (2 * kept, 6)}
+    assert_cut(concat_of_two(), {k: v for k, v in cuts.items() if kept < 16}, mode="full",
+               objective=None, target=target)
+
+
+def test_a_tensor_no_block_divides_may_lose_any_channel():
+    """20 channels run the slow path already; an explicit --align still applies to them."""
+    assert_cut(two_layers(20), {"conv_a": (4, 16), "conv_b": (16, 5), "conv_y": (5, 6)},
+               mode="full", objective=None, target="portable")
+    assert_cut(two_layers(20), {"conv_a": (4, 8), "conv_b": (8, 8), "conv_y": (8, 6)},
+               mode="full", objective=None, target="portable", align=8)
+
+
+def test_zero_only_keeps_the_seed_table_and_reports_the_aligned_cut():
+    m = two_layers()
+    result = assert_cut(m, {"conv_a": (4, 5), "conv_b": (5, 5), "conv_y": (5, 6)},
+                        mode="zero", objective=None, target="portable")
+    assert result.report.align == 1
+    gain = result.report.aligned
+    aligned = channelcut.cut(m, fold=False, align="target", target="portable")
+    assert kept_channels(aligned) == {"conv_a": (4, 16), "conv_b": (16, 8), "conv_y": (8, 6)}
+    assert (gain.align, gain.weight_bytes_after, gain.flops_after) == (
+        16, aligned.report.weight_bytes_after, aligned.report.flops_after)
+    # nothing to gain where the target does not align, or aligns nothing here
+    assert channelcut.cut(m, fold=False, target="min-flops").report.aligned is None
+    assert channelcut.cut(m, fold=False, target="rknn").report.aligned is None
+
+
+# --- rewrites allowed, and their form ------------------------------------------------------
+
+ALL_TARGETS = list(targets.TARGETS)
+
+
+@pytest.mark.parametrize("target", ALL_TARGETS)
+def test_bias_fold_adds_no_op_and_every_target_makes_it(target):
+    """A constant channel read by an unpadded 1x1 conv goes into its bias, also creating the
+    bias input when the conv has none: slicing and a bias every runtime runs natively."""
+    for reader, inits in ((conv("r1", "w2", "y", "b2"), {"b2": bias(5, seed=3)}),
+                          (conv("r1", "w2", "y"), {})):
+        m = producer_then([reader], {"w2": weights(5, 6, 1, 1, seed=3), **inits})
+        result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full",
+                            objective="flops", target=target, measure=fastest_is("cut"))
+        assert ops(result.model) == ["Conv", "Relu", "Conv"]
+        assert [s.kind for s in result.report.sites] == ["bias fold"]
+
+
+@pytest.mark.parametrize("target, form", [("min-flops", "map"), ("ort-cpu", "map"),
+                                          ("rknn", "carrier"), ("portable", "carrier")])
+def test_border_fold_as_a_map_or_a_carrier(target, form):
+    """A constant read by a padded conv: on ONNX Runtime a border map, Conv(ConstantOfShape
+    (ones)) + Add, folded at load; RKNN-Toolkit2 compiles a map into a full-size constant, so
+    rknn and portable keep one constant channel and fold the other into its weight column."""
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)],
+                      {"w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3)})
+    kept = 4 if form == "map" else 5  # rows 1 and 4 are constants; the carrier is one of them
+    # flops: the latency objective would refuse a map on an 8x8 toy; the form is what is tested
+    result = assert_cut(m, {"conv_c1": (3, kept), "conv_y": (kept, 5)}, mode="full",
+                        objective="flops", target=target, measure=fastest_is("cut"))
+    assert [s.kind for s in result.report.sites] == [
+        "border fold" if form == "map" else "carrier fold"]
+    assert ops(result.model) == (["Conv", "Relu", "Conv"] if form == "carrier" else
+                                 ["Conv", "Relu", "ConstantOfShape", "Conv", "Conv", "Add"])
+
+
+def test_one_carrier_serves_every_padded_reader():
+    """Two padded convs (one strided and dilated) read the constants: one channel stays for
+    both, each folds the other into its own weights."""
+    inits = {"w1": weights(6, 3, 1, 1, zero_rows=[1, 4]), "b1": bias(6, POSITIVE),
+             "w2": weights(5, 6, 3, 3, seed=3), "w3": weights(4, 6, 3, 3, seed=4)}
+    m = model([conv("x", "w1", "c1", "b1"), relu("c1", "r1"), conv("r1", "w2", "y2", pads=1),
+               node("Conv", ["r1", "w3"], ["y3"], pads=[2, 1, 0, 2], strides=[2, 1],
+                    dilations=[1, 2])], {"x": [1, 3, 9, 9]}, ["y2", "y3"], inits)
+    result = assert_cut(m, {"conv_c1": (3, 5), "conv_y2": (5, 5), "conv_y3": (5, 4)}, mode="full",
+                        objective="flops", target="rknn")
+    assert sorted(s.kind for s in result.report.sites) == ["carrier fold", "carrier fold"]
+
+
+def test_no_carrier_for_a_grouped_conv():
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1, group=2)],
+                      {"w2": weights(4, 3, 3, 3, seed=3), "b2": bias(4, seed=3)})
+    assert_cut(m, {}, mode="full", objective="flops", target="rknn")
+
+
+@pytest.mark.parametrize("target, folded", [("min-flops", True), ("ort-cpu", True),
+                                            ("rknn", True), ("portable", False)])
+def test_matmul_fold_adds_an_add_so_only_targets_that_allow_added_ops_make_it(target, folded):
+    d, hidden = 6, 10
+    w1, w2 = weights(d, hidden, zero_cols=[2, 7], seed=1), weights(hidden, d, seed=2)
+    m = model([node("MatMul", ["x", "w1"], ["h"]), node("Add", ["h", "b1"], ["hb"]),
+               node("Gelu", ["hb"], ["g"]), node("MatMul", ["g", "w2"], ["y"])],
+              {"x": [1, 4, d]}, ["y"], {"w1": w1, "b1": bias(hidden, {2: 0.5, 7: -0.5}, seed=1),
+                                        "w2": w2}, opset=20)
+    kept = {"matmul_h": (d, hidden - 2), "matmul_y": (hidden - 2, d)} if folded else {}
+    result = assert_cut(m, kept, mode="full", objective="flops", target=target,
+                        measure=fastest_is("cut"))
+    assert ops(result.model).count("Add") == (2 if folded else 1)
+
+
+@pytest.mark.parametrize("target, form", [("min-flops", "pad-gather"), ("ort-cpu", "pad-gather"),
+                                          ("rknn", "conv"), ("portable", None)])
+def test_reinsertion_as_each_runtime_runs_it(target, form):
+    """A one-sided residual cut reinserts the constants: Pad, Gather and Add on ONNX Runtime;
+    RKNN-Toolkit2 runs a channel Pad on the CPU and turns a Gather into a one-hot 1x1 conv, so
+    rknn writes that conv directly (constants in its bias); portable adds no op, no cut."""
+    m = basic_block(zero_rows=range(16), channels=64, size=32)  # 48 kept: aligned to 8 and 16
+    result = assert_cut(m, {"conv_b": (64, 48)} if form else {}, mode="full", objective=None,
+                        target=target, measure=fastest_is("cut"))
+    assert [s.kind for s in result.report.sites] == (["reinsert"] if form else [])
+    assert ({"Pad", "Gather"} <= set(ops(result.model))) == (form == "pad-gather")
+    assert ops(result.model).count("Conv") == (3 if form == "conv" else 2)
+    if form == "conv":
+        onehot = next(i for i in result.model.graph.initializer if i.name.endswith("_onehot"))
+        assert list(onehot.dims) == [64, 48, 1, 1]
+
+
+def test_target_costs_reach_the_solver():
+    """ort-cpu judges by latency: the reinsertion that pays in FLOPs on a 6x6 toy does not
+    pay for its copies there."""
+    assert_cut(basic_block(), {"conv_b": (6, 4)}, mode="full", objective=None,
+               target="min-flops")
+    assert_cut(basic_block(), {}, mode="full", objective=None, target="ort-cpu",
+               measure=fastest_is("cut"))
+
+
+def test_unknown_target_is_a_user_error():
+    with pytest.raises(ChannelcutError, match="unknown target 'gpu': use one of min-flops"):
+        channelcut.cut(two_layers(), target="gpu")
+
+
+# --- the ort-cpu guard ---------------------------------------------------------------------
+
+def two_branches():
+    """x -> 1x1 conv (rows 1, 4 constant after Relu) -> padded 3x3 conv -> y1 (a border fold),
+    and x -> 1x1 conv (rows 1, 4 constant, row 2 zero) -> 1x1 conv -> y2 (bias folds): the
+    guard's four candidates all differ (without added ops, y1's fold is a carrier)."""
+    inits = {"w1": weights(6, 3, 1, 1, zero_rows=[1, 4]), "b1": bias(6, POSITIVE),
+             "w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3),
+             "w3": weights(6, 3, 1, 1, zero_rows=[1, 2, 4], seed=4),
+             "b3": bias(6, {1: 0.7, 2: 0.0, 4: 0.3}, seed=4),
+             "w4": weights(5, 6, 1, 1, seed=5), "b4": bias(5, seed=5)}
+    nodes = [conv("x", "w1", "c1", "b1"), relu("c1", "r1"), conv("r1", "w2", "y1", "b2", pads=1),
+             conv("x", "w3", "c3", "b3"), relu("c3", "r3"), conv("r3", "w4", "y2", "b4")]
+    return model(nodes, {"x": [1, 3, 8, 8]}, ["y1", "y2"], inits)
+
+
+GUARD_KEPT = {  # the candidate kept -> the layers that lose channels in the result
+    "cut": {"conv_c1": (3, 4), "conv_y1": (4, 5), "conv_c3": (3, 3), "conv_y2": (3, 5)},
+    "no added ops": {"conv_c1": (3, 5), "conv_y1": (5, 5),  # a carrier instead of the map
+                     "conv_c3": (3, 3), "conv_y2": (3, 5)},
+    "zero-only": {"conv_c3": (3, 5), "conv_y2": (5, 5)},
+    "original": {},
+}
+
+
+@pytest.mark.parametrize("fastest", list(GUARD_KEPT))
+def test_guard_keeps_the_fastest_candidate(fastest):
+    m, measure = two_branches(), fastest_is(fastest)
+    # objective flops: under latency the border map would not pay on an 8x8 toy
+    result = channelcut.cut(m, objective="flops", target="ort-cpu", measure=measure)
+    assert kept_channels(result) == GUARD_KEPT[fastest] and result.report.kept == fastest
+    feeds = random_feeds(m)
+    for name, want in run(m, feeds).items():
+        np.testing.assert_allclose(run(result.model, feeds)[name], want, rtol=1e-4, atol=1e-5)
+    assert list(result.report.latencies) == list(GUARD_KEPT)
+    assert result.report.latencies[fastest] == 1e-3
+    assert result.report.mode == ("zero" if fastest == "zero-only" else "full")
+    assert ("ConstantOfShape" in ops(result.model)) == (fastest == "cut")
+    # every candidate timed on one input set, the original as given
+    assert measure.models["original"].SerializeToString() == m.SerializeToString()
+    assert set(measure.feeds) == {"x"}
+    if fastest == "original":
+        assert result.model.SerializeToString() == m.SerializeToString() and result.model is not m
+        assert result.report.removed_channels == 0 and result.report.const_changes == []
+        assert result.report.weight_bytes_after == result.report.weight_bytes_before
+
+
+def test_guard_times_a_candidate_that_comes_out_the_same_once():
+    """two_layers has no constant channels: folds change nothing, every cut is the zero-only
+    one."""
+    measure = fastest_is("cut")
+    result = channelcut.cut(two_layers(), target="ort-cpu", measure=measure)
+    assert list(measure.models) == ["cut", "original"] and result.report.kept == "cut"
+    assert measure.models["cut"] is result.model
+
+
+def test_no_guard_off_ort_cpu():
+    def measure(models, feeds):
+        raise AssertionError("only ort-cpu is timed")
+    assert channelcut.cut(two_layers(), target="portable", measure=measure).report.kept == ""
+
+
+def test_fastest_prefers_the_first_listed_on_a_tie():
+    assert guard.fastest({"cut": 1.0, "zero-only": 1.0, "original": 1.0}) == "cut"
+    assert guard.fastest({"cut": 2.0, "zero-only": 1.5, "original": 1.0}) == "original"
+
+
+def test_ort_latencies_times_each_model():
+    m = two_layers()
+    times = guard.ort_latencies({"a": m, "b": m}, random_feeds(m), budget=0.01)
+    assert list(times) == ["a", "b"] and all(t > 0 for t in times.values())
+
+
+# --- command line and facade ---------------------------------------------------------------
+
+def test_cli_target_decides_alignment_and_reports_the_guard(tmp_path, capsys, monkeypatch):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(two_layers(), src)
+    for target, a, b in (("rknn", 5, 5), ("portable", 16, 8)):
+        assert cli.main(["cut", str(src), "-o", str(out), "--target", target]) == 0
+        sizes = {i.name: i.dims[0] for i in onnx.load(out).graph.initializer}
+        assert (sizes["wa"], sizes["wb"]) == (a, b)
+
+    monkeypatch.setattr(guard, "ort_latencies", fastest_is("original"))
+    capsys.readouterr()
+    assert cli.main(["cut", str(src), "-o", str(out), "--target", "ort-cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "ONNX Runtime CPU, 1 thread, median: cut 2.000 ms, original 1.000 ms; kept: " \
+           "original" in text
+    assert onnx.load(out).SerializeToString() == onnx.load(src).SerializeToString()
+
+    # the default target aligns to 16; with --zero-only it cuts like the seed and says so
+    assert cli.main(["cut", str(src), "-o", str(out), "--zero-only"]) == 0
+    text = capsys.readouterr().out
+    assert "aligned as portable runs best (blocks of 16; --align target), it would be: " \
+           "weights" in text
+    assert cli.main(["cut", str(src), "-o", str(out), "--target", "tpu"]) == cli.EXIT_USER_ERROR
+
+
+def test_facade_cuts_for_the_npu_it_builds_for(capsys):
+    from channelcut.rknn import RKNN
+
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)],
+                      {"w2": weights(5, 6, 3, 3, seed=3), "b2": bias(5, seed=3)})
+    rknn = RKNN()
+    assert rknn.config(target_platform="rk3588", model_pruning="full") == 0
+    assert rknn.load_onnx(m) == 0 and rknn.build() == 0
+    assert rknn._cut_target == "rknn"
+    # no border map for the NPU: one constant channel stays and carries the other
+    assert [n.op_type for n in rknn._core.graph.node] == ["Conv", "Relu", "Conv"]
+    assert {i.name: i.dims[0] for i in rknn._core.graph.initializer}["w1"] == 5
