@@ -44,7 +44,10 @@ from channelcut.rknn.toolkit import Toolkit, choose_backend
 from channelcut.verify import graph_inputs
 
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
-TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106")
+TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106",
+                    "rv1103b", "rv1106b", "rv1126b", "rk2118")
+# RKNN-Toolkit2 needs a platform; the facade's when none of its own is given
+TOOLKIT2_DEFAULT = "rk3588"
 TARGETS = TOOLKIT1_TARGETS + TOOLKIT2_TARGETS
 # channelcut.targets entry for each platform: every Rockchip NPU is compiled by RKNN-Toolkit,
 # whose channel alignment and placement rules the `rknn` target encodes.
@@ -285,6 +288,13 @@ class RKNN:
                     values = [values[i] for i in inverse]
                 out.append(values)
         config = dict(self._toolkit_config)
+        platform = config.pop("target_platform", None)
+        platform = platform if isinstance(platform, str) or platform is None else platform[0]
+        if platform is not None and platform.lower() in TOOLKIT1_TARGETS:
+            self._log.warn(f"target_platform {platform} is an RKNN-Toolkit1 platform, which "
+                           f"RKNN-Toolkit2 does not build for; building for {TOOLKIT2_DEFAULT}")
+        config["target_platform"] = (platform.lower() if platform is not None and
+                                     platform.lower() in TOOLKIT2_TARGETS else TOOLKIT2_DEFAULT)
         for key, values, neutral in (("mean_values", means, 0.0), ("std_values", stds, 1.0)):
             if any(v is not None for v in values):
                 channels = [len(v) for v in values if v is not None]
@@ -378,6 +388,10 @@ class RKNN:
         eval_mem, async_mode and core_mask are the board's and change nothing there.
         """
         if self._toolkit is not None:
+            if target is not None and target.lower() in TOOLKIT1_TARGETS:
+                self._log.warn(f"target {target}: an RKNN-Toolkit1 platform, which RKNN-Toolkit2 "
+                               "does not run; using RKNN-Toolkit2's simulator instead")
+                target, device_id = None, None
             return self._toolkit.call("init_runtime", target=target, device_id=device_id,
                                       perf_debug=perf_debug, eval_mem=eval_mem,
                                       async_mode=async_mode, core_mask=core_mask, **other)

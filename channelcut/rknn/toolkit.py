@@ -62,19 +62,23 @@ class Toolkit:
         path = Path(self._tmp.name) / "cut.onnx"
         io.save_model(model, path)
         self.rknn = ToolkitRKNN(verbose=self.verbose, verbose_file=self.verbose_file)
-        for step in (lambda: self.rknn.config(**config),
-                     lambda: self.rknn.load_onnx(model=str(path)),
-                     lambda: self.rknn.build(**build_args)):
-            ret = step()
+        for method, kwargs in (("config", config), ("load_onnx", {"model": str(path)}),
+                               ("build", build_args)):
+            ret = self.call(method, **kwargs)
             if ret != 0:
                 return ret
         return 0
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """The toolkit's method on the built model."""
+        """The toolkit's method on the built model; its exceptions as one ChannelcutError."""
         if self.rknn is None:
             raise ChannelcutError(f"no built model; call build (or load_rknn) before {method}")
-        return getattr(self.rknn, method)(*args, **kwargs)
+        try:
+            return getattr(self.rknn, method)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the toolkit raises ValueError after its E line
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise ChannelcutError(f"RKNN-Toolkit2's {method} failed"
+                                  f"{': ' + lines[-1].strip() if lines else ''}") from None
 
     def load_rknn(self, path: str | Path) -> int:
         """The toolkit's load_rknn (a .rknn file; its PC simulator cannot run one)."""
@@ -82,7 +86,7 @@ class Toolkit:
 
         self.release()
         self.rknn = ToolkitRKNN(verbose=self.verbose, verbose_file=self.verbose_file)
-        return self.rknn.load_rknn(str(path))
+        return self.call("load_rknn", str(path))
 
     def release(self) -> None:
         if self.rknn is not None:
