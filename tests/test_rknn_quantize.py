@@ -179,6 +179,27 @@ def test_several_inputs_per_line_from_npy_files(tmp_path):
     assert demo.cos_sim(want, rknn.inference([a, b], data_format="nhwc")[0]) >= MIN_COS
 
 
+def test_readme_toolkit2_script_runs_unchanged(tmp_path, monkeypatch, capsys):
+    run_readme_script(tmp_path, monkeypatch, capsys)
+
+
+def run_readme_script(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The README's Toolkit2 script, as it stands there, on a seed model and written images."""
+    from channelcut.pytorch import to_onnx  # noqa: PLC0415
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    script = readme.split("<!-- toolkit2-script -->\n```python\n", 1)[1].split("```", 1)[0]
+    onnx.save(to_onnx(demo.pruned_net(), [(1, *demo.INPUT_SIZE)]), str(tmp_path / "model.onnx"))
+    write_images(tmp_path, 3, 224, 224, ".jpg")
+    (tmp_path / "images/0.jpg").rename(tmp_path / "image.jpg")
+    (tmp_path / "dataset.txt").write_text("image.jpg\nimages/1.jpg\nimages/2.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(script, "README.md", "exec"), {"__name__": "__main__"})  # noqa: S102
+    out = capsys.readouterr().out
+    assert "output shape: (1, 64, " in out and (tmp_path / "model.rknn").stat().st_size > 0
+    assert error_rows(tmp_path / "snapshot" / "error_analysis.txt")
+
+
 # --- dataset errors: -1 and one E line naming the dataset line ----------------------------
 
 def one_error(capsys) -> str:

@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
 from channelcut.rknn import RKNN, demo  # noqa: E402 - after the skips
-from test_rknn_quantize import MEAN, STD, error_rows, seed_loader, write_images  # noqa: E402
+from test_rknn_quantize import (MEAN, STD, error_rows, run_readme_script,  # noqa: E402
+                                seed_loader, write_images)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -25,10 +26,10 @@ FP16_TOLERANCE = 1e-2  # of the largest output value: the toolkit's simulator ru
 
 
 def toolkit_run(tmp_path: Path, dataset: Path | None = None, backend: str | None = None,
-                image: np.ndarray | None = None) -> tuple[RKNN, np.ndarray]:
+                image: np.ndarray | None = None, **config) -> tuple[RKNN, np.ndarray]:
     rknn = RKNN(backend=backend)
-    assert rknn.config(mean_values=[MEAN], std_values=[STD], model_pruning=True,
-                       target_platform="rk3588") == 0
+    config = {"mean_values": [MEAN], "std_values": [STD]} | config
+    assert rknn.config(model_pruning=True, target_platform="rk3588", **config) == 0
     assert seed_loader(tmp_path)(rknn) == 0
     assert rknn.build(do_quantization=dataset is not None, dataset=dataset) == 0
     assert rknn.init_runtime() == 0
@@ -71,3 +72,18 @@ def test_quantized_build_through_the_toolkit(tmp_path, image):
     # its error_analysis.txt and channelcut's share one layout
     assert rknn.accuracy_analysis([str(tmp_path / "images/0.png")], tmp_path / "snapshot") == 0
     assert error_rows(tmp_path / "snapshot" / "error_analysis.txt")
+
+
+def test_readme_toolkit2_script_runs_unchanged_on_the_toolkit(tmp_path, monkeypatch, capsys):
+    run_readme_script(tmp_path, monkeypatch, capsys)
+    assert (tmp_path / "model.rknn").read_bytes()[:4] == RKNN_MAGIC
+
+
+def test_reorder_channel_with_per_channel_mean_matches_onnx_runtime(tmp_path, image):
+    """Toolkit2 has no reorder_channel: the reorder stays in the model, after the toolkit's
+    mean/std, which are given to it in the raw input's channel order."""
+    config = {"mean_values": [[10, 120, 250]], "std_values": [[30, 60, 90]],
+              "reorder_channel": "2 1 0"}
+    _, got = toolkit_run(tmp_path, image=image, **config)
+    _, want = toolkit_run(tmp_path, backend="onnxruntime", image=image, **config)
+    assert np.max(np.abs(got - want)) <= FP16_TOLERANCE * np.max(np.abs(want))
