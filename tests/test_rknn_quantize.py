@@ -103,6 +103,9 @@ def test_seed_network_quantized_from_images_matches_float(tmp_path, capsys):
     assert {n.op_type for n in exported.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
     assert shapes["quantized"] == shapes["float"]
     assert sorted(shape[0] for shape in shapes["float"]) == [47, 48, 64]
+    # eval_perf times the quantized model
+    perf = quantized.eval_perf(inputs=[image], is_print=False)
+    assert any("Q" in (layer["op_type"] or "") for layer in perf["layers"])
     capsys.readouterr()
 
     snapshot = tmp_path / "snapshot"
