@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.channels import ChannelInfo, identity_positions
+from channelcut.finite import bounded, track_nonfinite
 from channelcut.graph import cached_const, partial_shape, static_shape
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class Reader:
     row_ids: np.ndarray  # (n_out,)
     nz: np.ndarray  # (n_out, n_in) bool
     site: Site | None = None  # None: this reader cannot fold constants
+    # (n_in,) bool: columns whose known constant folds without overflow; None: all of them
+    foldable: np.ndarray | None = None
+    # (n_out, n_in) bool: row o reads column c through a NaN or Inf weight; None: no row does.
+    # While such a row is kept, a zero channel there is not ignored (NaN * 0 is NaN), nor is a
+    # constant one folded.
+    nonfinite_weights: np.ndarray | None = None
     _readers_per_column: np.ndarray | None = field(default=None, repr=False)
 
     def live_columns(self, removed_rows: np.ndarray) -> np.ndarray:
@@ -135,6 +142,11 @@ class Walk:
         # their channel count from its weights (see `channels_after_barrier`)
         self._barrier_outputs: dict[ir.Value, tuple[ir.Node, str]] = {}
         self._shape_origins: dict[ir.Value, str] = {}
+        # Values that may carry NaN or Inf (graph inputs are assumed finite), and per channel
+        # node whether it is finite (ChannelInfo.finite, copied once its node is walked).
+        self.nonfinite: set[ir.Value] = set()
+        self._finite = np.ones(0, dtype=bool)
+        self._bounded: dict[ir.Value, bool] = {}
 
     # -- reading the graph ------------------------------------------------------------------
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
@@ -277,18 +289,53 @@ class Walk:
                 self._shape_origins[value] = inherited or self.shape_origin(value)
 
     def reader(self, source: ChannelInfo, rows: ChannelInfo, nz: np.ndarray,
-               site: Site | None = None) -> None:
+               site: Site | None = None, foldable: np.ndarray | None = None,
+               nonfinite_weights: np.ndarray | None = None) -> None:
         """`rows` read `source`'s channels through weights with non-zero pattern `nz`."""
-        self.reader_ids(source.ids, rows.ids, nz, site)
+        self.reader_ids(source.ids, rows.ids, nz, site, foldable, nonfinite_weights)
 
     def reader_ids(self, in_ids: np.ndarray, row_ids: np.ndarray, nz: np.ndarray,
-                   site: Site | None = None) -> None:
+                   site: Site | None = None, foldable: np.ndarray | None = None,
+                   nonfinite_weights: np.ndarray | None = None) -> None:
         in_ids, row_ids = self._ids(in_ids, "reader"), self._ids(row_ids, "reader")
         nz = np.asarray(nz, dtype=bool)
         if nz.shape != (row_ids.size, in_ids.size):
             raise ValueError(f"reader weights {nz.shape} do not match {row_ids.size} rows "
                              f"and {in_ids.size} inputs")
-        self.readers.append(Reader(in_ids, row_ids, nz, site))
+        nonfinite = ~self.finite_ids(in_ids)
+        if nonfinite.any():  # 0 * NaN is NaN: every row reads such a channel, zero weight or not
+            nz = nz | nonfinite[None, :]
+        self.readers.append(Reader(in_ids, row_ids, nz, site, foldable, nonfinite_weights))
+
+    def finite_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Per channel node: is it finite (as far as the nodes walked so far say)?"""
+        ids = np.asarray(ids, np.int64)
+        finite = np.ones(ids.shape, dtype=bool)
+        inside = ids < self._finite.size
+        finite[inside] = self._finite[ids[inside]]
+        return finite
+
+    def bounded(self, value: ir.Value | None) -> bool:
+        """Is `value` not a float constant holding a NaN, an Inf or a magnitude beyond HUGE?"""
+        if value is None:
+            return True
+        if value not in self._bounded:
+            self._bounded[value] = bounded(self.const(value))
+        return self._bounded[value]
+
+    def mark(self) -> tuple[int, int, int, int]:
+        """How many couplings, readers, links and pins are recorded so far (what a node
+        records comes after)."""
+        return len(self._edges), len(self.readers), len(self.links), len(self.pins)
+
+    def record_finite(self, info: ChannelInfo) -> None:
+        """Copy the channels' finiteness where readers registered later look it up by id."""
+        end = info.base + info.n
+        if end > self._finite.size:
+            grown = np.ones(max(end, 2 * self._finite.size), dtype=bool)
+            grown[:self._finite.size] = self._finite
+            self._finite = grown
+        self._finite[info.base:end] = info.finite
 
     def link(self, operand_ids: np.ndarray, out_ids: np.ndarray, site: Site | None) -> None:
         """Operand channel `operand_ids[k]` lines up with output channel `out_ids[k]`."""
@@ -393,20 +440,24 @@ def walk_graph(model: ir.Model) -> Walk:
     graph = model.graph
     for node in graph:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        mark = walk.mark()
         if rule is None:
             walk.unsupported.setdefault(node.op_type, []).append(node.name or "")
             domain = f" in domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
             walk.barrier(node, f"no channel rule for {node.op_type}{domain}")
             walk.note_shape_origins(node)
+            track_nonfinite(node, walk, mark)
             continue
         if not rule.spans and any(i is not None and i.span > 1
                                   for i in map(walk.info, node.inputs)):
             walk.barrier(node, f"{node.op_type} inside a channel shuffle")
             walk.note_shape_origins(node)
+            track_nonfinite(node, walk, mark)
             continue
         if not rule.planes:
             walk.hide_planes(node)
         pins_before = len(walk.pins)
+        own = rule.own_constants
         try:
             rule.analyse(node, walk)
             _check_layouts(node, walk)
@@ -420,10 +471,12 @@ def walk_graph(model: ir.Model) -> Walk:
             # after an op without a rule
             for value in node.outputs:
                 walk.infos.pop(value, None)
+            own = False  # the rule may not have marked what its constants make
         walk.show_planes()
         _name_shape_origin(node, walk, walk.pins[pins_before:])
         walk.note_shape_origins(node)
         _extra_outputs_read(node, walk)
+        track_nonfinite(node, walk, mark, own)
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:
             walk.charge(out.ids, flops=node_flops(node) / out.n)

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from channelcut import guard, io, targets, verify as verification
+from channelcut import dynamic_dims, guard, io, targets, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
@@ -55,7 +55,8 @@ def cut(
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
-    `input_shapes` fixes dynamic input dimensions (default 1) for the analysis and the check.
+    `input_shapes` fixes dynamic input dimensions for the analysis and the check; without it
+    they are 1 (a warning and `report.assumed_dims` say so) and the check also runs at 3.
     `fold` (the full cut) also removes constant channels, folding them into their readers,
     and cuts one side of a residual Add, reinserting constants; without it only zero or
     unread channels go (RKNN-Toolkit's model_pruning). `objective` ("flops", "params" or
@@ -169,6 +170,13 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
          verify: bool, threshold: float, options: Options) -> CutResult:
     """cut() on a loaded model; the model is only read (the IR copies what changes)."""
     shapes = verification.resolve_input_shapes(original, input_shapes)
+    assumed = verification.assumed_dims(original, input_shapes)
+    assumed_line = dynamic_dims.assumed_dims_line(original, shapes, assumed, verify) \
+        if assumed else ""
+    if assumed_line:  # a batch of 1 is what a user expects; any other size is a guess
+        guessed = any(axis > 0 for axes in assumed.values() for axis in axes)
+        level = logging.WARNING if guessed else logging.INFO
+        log.log(level, "%s", assumed_line)
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = count_flops(graph_model)
@@ -211,11 +219,12 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
         removed_nodes=removed_nodes,
+        assumed_dims=assumed_line,
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
     if verify:
-        report.checks = verification.compare(original, result_proto, shapes)
+        report.checks = dynamic_dims.compare_sizes(original, result_proto, shapes, assumed)
         verification.check(report.checks, threshold)
     return CutResult(result_proto, report, channel_map)
 

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# A float32 value beyond 2^100 overflows float32 (max 2^128) once multiplied by anything above
+# 2^28: a constant that large is treated like an Inf (what it produces may be non-finite), and a
+# channel's value that large is not folded anywhere (the fold itself could overflow).
+HUGE = 2.0 ** 100
+
 
 @dataclass
 class ChannelInfo:
@@ -15,6 +20,9 @@ class ChannelInfo:
     feature map, a block of H*W positions after Flatten). Every channel is also a node of the
     coupling graph: node id `base + k`. `known[k]` says the whole channel is the constant
     `const[k]` (a zero channel is known with const 0); otherwise nothing is known about it.
+    `finite[k]` False: the channel may carry NaN or Inf (a non-finite or huge constant produced
+    it, or its known value computes to one); a zero weight does not ignore it (0 * NaN is NaN),
+    and it is never known.
     """
 
     axis: int
@@ -29,12 +37,15 @@ class ChannelInfo:
     # after the channel axis, the same for every channel: known channel k is const[k] * plane
     # (a constant averaged with zero padding; see Rule.planes for who may read it).
     plane: np.ndarray | None = None
+    finite: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) bool
 
     def __post_init__(self) -> None:
         if self.known is None:
             self.known = np.zeros(self.n, dtype=bool)
         if self.const is None:
             self.const = np.zeros(self.n, dtype=np.float32)
+        if self.finite is None:
+            self.finite = np.ones(self.n, dtype=bool)
 
     @property
     def n(self) -> int:
@@ -58,9 +69,26 @@ class ChannelInfo:
         return self.known & (self.const == 0)
 
     def set_values(self, known: np.ndarray, const: np.ndarray) -> None:
-        """Record what is known: `const` is only meaningful where `known` is set."""
-        self.known = np.asarray(known, dtype=bool)
+        """Record what is known: `const` is only meaningful where `known` is set.
+
+        A known value that is NaN or Inf in float32 (the runtime's type: a fold that overflows)
+        is not a constant anyone may fold or drop: that channel is unknown and not finite. A
+        finite value beyond HUGE is unknown too (folding it could overflow).
+        """
+        known = np.asarray(known, dtype=bool)
+        with np.errstate(all="ignore"):
+            const = np.asarray(const).astype(np.float32)
+        nonfinite = known & ~np.isfinite(const)
+        self.finite = self.finite & ~nonfinite
+        self.known = known & ~nonfinite & ~(np.abs(const) > HUGE)
         self.const = np.where(self.known, const, 0).astype(np.float32)
+
+    def mark_nonfinite(self, channels: np.ndarray | None = None) -> None:
+        """These channels (a mask; None: all) may carry NaN or Inf: not known, not finite."""
+        channels = np.ones(self.n, dtype=bool) if channels is None else channels
+        self.finite = self.finite & ~channels
+        self.known = self.known & ~channels
+        self.const = np.where(self.known, self.const, 0).astype(np.float32)
 
     @property
     def uniform(self) -> np.ndarray:
@@ -70,7 +98,7 @@ class ChannelInfo:
     def without_plane(self) -> ChannelInfo:
         """The same channels, knowing only what holds without the plane: the zero channels."""
         return ChannelInfo(self.axis, self.positions, self.base, self.zero.copy(),
-                           np.zeros(self.n, np.float32), self.span)
+                           np.zeros(self.n, np.float32), self.span, finite=self.finite)
 
     def channel_at_position(self) -> np.ndarray:
         """For every position along the axis, the channel that owns it."""

@@ -24,6 +24,7 @@ from channelcut.io import check_paths, save_model, write_atomic
 from channelcut.render import plain_lines, print_report
 from channelcut.report import Report
 from channelcut.solve import OBJECTIVES
+from channelcut.dynamic_dims import shape_wording
 from channelcut.verify import parse_input_shape
 
 EXIT_OK = 0
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print("channelcut: error: give a command: cut, inspect or demo", file=sys.stderr)
         return EXIT_USER_ERROR
     logging.basicConfig(level=logging.WARNING, format="channelcut: %(levelname)s: %(message)s")
+    wording = shape_wording.set("cli")  # messages name --input-shape, not input_shapes=
     try:
         code = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows up here, not after main has returned
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print("channelcut: internal error (a bug in channelcut); please report it with the "
               "traceback above", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        shape_wording.reset(wording)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,7 +150,8 @@ def _alignment(text: str) -> int | str:
 
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
-                        help="concrete shape of one input (repeatable); dynamic dims default to 1")
+                        help="concrete shape of one input (repeatable); dynamic dims default to 1 "
+                             "(a warning names them)")
 
 
 def _cut(args: argparse.Namespace) -> int:

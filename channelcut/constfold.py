@@ -30,6 +30,15 @@ NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform
 # the constants they come from (a transposed weight). A float mask built from a shape stays
 # computed, and so does all that only feeds it; the Shape nodes it reads become constants.
 SMALL_RESULT = 1024
+# ONNX Runtime's inference build does not compute these as the ONNX spec (and so the reference
+# evaluator) does: a training-mode BatchNormalization there neither uses the batch statistics
+# nor agrees with ORT's own constant folding. Folded, the cut model would compute something
+# else than the original does in the runtime; kept computed, their readers keep their channels.
+def _runtime_differs(node: ir.Node) -> bool:
+    return node.op_type == "BatchNormalization" and bool(
+        (attr := node.attributes.get("training_mode")) is not None and attr.value)
+
+
 # Ops that read a tensor's shape: exporters compute sizes with them at run time.
 SHAPE_OPS = ("Shape", "Size")
 
@@ -150,7 +159,7 @@ def _evaluate(node: ir.Node, opset: int, computed: dict[ir.Value, np.ndarray]
     if node.domain not in ("", "ai.onnx") or node.op_type in NONDETERMINISTIC or \
             any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
                 for attr in node.attributes.values()) or \
-            any(value.is_graph_output() for value in node.outputs):
+            any(value.is_graph_output() for value in node.outputs) or _runtime_differs(node):
         return None
     if node.op_type in SHAPE_OPS:
         shape = _shape(node.inputs[0], computed)

@@ -42,7 +42,11 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
     cout, cin_g = weights.shape[:2]
     in_group = (np.arange(cout) // (cout // groups))[:, None] == (positions // cin_g)[None, :]
     coeff = np.where(in_group, values[None, :], 0.0)
-    folded = np.einsum("of...,of->o...", weights[:, positions % cin_g].astype(np.float64), coeff)
+    read = weights[:, positions % cin_g].astype(np.float64)
+    # rows of other groups do not read these channels: their weights must not count, not even
+    # as NaN * 0
+    read = np.where(in_group.reshape(in_group.shape + (1,) * (read.ndim - 2)), read, 0.0)
+    folded = np.einsum("of...,of->o...", read, coeff)
     folded = np.delete(folded, deleted_out, axis=0)
     if not folded.any():  # only rows that read the channels with zero weights are left
         return

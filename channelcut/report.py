@@ -55,12 +55,15 @@ class SiteChange:
 
 @dataclass(frozen=True)
 class OutputCheck:
-    """Original vs cut model, one graph output, on the same seeded random inputs."""
+    """Original vs cut model, one graph output, on the same seeded random inputs (the worst
+    over every input set: errors and cosine over the positions finite in both models)."""
 
     name: str
     cosine: float
     max_abs_error: float
     max_rel_error: float
+    # positions where one model has NaN or Inf and the other has not the same value
+    nonfinite_mismatches: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class Report:
     latencies: dict[str, float] = field(default_factory=dict)
     kept: str = ""
     aligned: AlignedGain | None = None
+    # one line when dynamic input dims took the default size: which, and how to set them
+    assumed_dims: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -140,6 +145,7 @@ def summary_lines(report: Report) -> list[str]:
     lines = [
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
         f"FLOPs:   {_flops(fb, ub)} -> {_flops(fa, ua)}, {change}",
+        *([f"note: {report.assumed_dims}"] if report.assumed_dims else []),
     ]
     if report.latencies:
         times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"

@@ -216,9 +216,13 @@ class _Solver:
         ignorable = self.zero[reader.in_ids]
         if self.folds(reader):
             known = self.known_map if reader.site.kind == "border fold" else self.known
-            ignorable = ignorable | known[reader.in_ids]
+            folded = known[reader.in_ids]
+            ignorable = ignorable | (folded if reader.foldable is None else
+                                     folded & reader.foldable)
         rows = self.removed(reader.row_ids) if removed_node is None else \
             removed_node[reader.row_ids]
+        if reader.nonfinite_weights is not None:  # NaN * 0 is NaN: a kept row reads it
+            ignorable = ignorable & ~reader.nonfinite_weights[~rows].any(axis=0)
         return reader.live_columns(rows) & ~ignorable
 
     def removed(self, ids: np.ndarray) -> np.ndarray:

@@ -18,12 +18,20 @@ from channelcut.report import OutputCheck
 
 log = logging.getLogger(__name__)
 
-# Values a dynamic dimension takes when no --input-shape sets it.
+# Values a dynamic dimension takes when no --input-shape sets it (channelcut.dynamic_dims says
+# so, and verifies at a second size too).
 DEFAULT_DYNAMIC_DIM = 1
 # Integer inputs are usually indices or lengths: keep them small so they are in range.
 INT_INPUT_HIGH = 4
 # ONNX Runtime threads per session: enough to be quick, not so many that a small CI box thrashes.
 MAX_THREADS = 8
+# Float inputs of the large-magnitude input set are standard normal times this. It is where a
+# huge weight overflows (1e35 * 1e4 is Inf in float32) while an ordinary model stays far from
+# the float32 range (products of two such values are 1e8); for a type with a small range the
+# scale is its largest value to the power 1/4 (16 for float16).
+LARGE_SCALE = 1e4
+# The input sets every verification runs: (seed offset, scale of the float inputs).
+INPUT_SETS = ((0, 1.0), (1, 1.0), (2, LARGE_SCALE))
 
 
 def resolve_input_shapes(
@@ -70,6 +78,20 @@ def resolve_input_shapes(
     return shapes
 
 
+def assumed_dims(model: onnx.ModelProto, overrides: dict[str, Sequence[int]] | None
+                 ) -> dict[str, list[int]]:
+    """Per input, the axes that are dynamic and that no override sets (they take
+    DEFAULT_DYNAMIC_DIM); inputs with none are left out."""
+    assumed = {}
+    for value in graph_inputs(model):
+        dims = _declared_dims(value)
+        if dims is not None and value.name not in (overrides or {}):
+            axes = [axis for axis, d in enumerate(dims) if d is None]
+            if axes:
+                assumed[value.name] = axes
+    return assumed
+
+
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """Read a CLI `NAME:1,3,224,224` into (name, dims); the name may itself contain ':'."""
     name, sep, dims_text = text.rpartition(":")
@@ -86,9 +108,11 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def random_inputs(
-    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0,
+    scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Seeded inputs: floats standard normal, integers small and non-negative, bools 50/50."""
+    """Seeded inputs: floats standard normal (times `scale`, capped for narrow types at their
+    largest value ** 0.25), integers small and non-negative, bools 50/50."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in graph_inputs(model):
@@ -100,7 +124,9 @@ def random_inputs(
         elif np.issubdtype(dtype, np.integer):
             feeds[value.name] = rng.integers(0, INT_INPUT_HIGH, size=shape).astype(dtype)
         elif np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+            limit = float(np.finfo(dtype).max) ** 0.25
+            values = rng.standard_normal(shape) * min(scale, limit)
+            feeds[value.name] = np.asarray(values, dtype=dtype)  # a 0-d array stays one
         else:
             type_name = onnx.TensorProto.DataType.Name(elem_type)
             raise ChannelcutError(
@@ -110,41 +136,78 @@ def random_inputs(
     return feeds
 
 
+def input_sets(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0
+               ) -> list[dict[str, np.ndarray]]:
+    """The seeded inputs `compare` runs both models on (INPUT_SETS, from `seed` on)."""
+    return [random_inputs(model, shapes, seed + offset, scale) for offset, scale in INPUT_SETS]
+
+
 def compare(
     original: onnx.ModelProto,
     cut: onnx.ModelProto,
     shapes: dict[str, tuple[int, ...]],
     seed: int = 0,
 ) -> list[OutputCheck]:
-    """Cosine similarity and max errors of every output, original vs cut, on the same inputs."""
-    feeds = random_inputs(original, shapes, seed)
+    """Cosine similarity, max errors and NaN/Inf mismatches of every output, original vs cut,
+    the worst over several seeded input sets (one of large magnitude).
+
+    Both models run as written (ONNX Runtime's graph optimizations off: fusing a Mul into a
+    Conv's weights changes where NaN appears).
+    """
     runtime_errors = _runtime_errors()
-    try:
-        expected = _run(original, feeds)
-    except runtime_errors as exc:
-        raise ChannelcutError(
-            f"the original model does not run in ONNX Runtime ({io.error_line(exc)}); "
-            "fix the model or skip verification with --no-verify"
-        ) from None
-    try:
-        actual = _run(cut, feeds)
-    except runtime_errors as exc:
-        raise VerificationError(
-            f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a bug "
-            "in channelcut, nothing was written: please report it with the model"
-        ) from None
-    checks = []
-    for name, want in expected.items():
-        if name not in actual:
-            raise VerificationError(f"the cut model lost output {name!r}; this is a bug")
-        checks.append(_compare_output(name, want, actual[name]))
-    return checks
+    per_set = []
+    sessions: dict[str, object] = {}
+    for feeds in input_sets(original, shapes, seed):
+        try:
+            if "original" not in sessions:
+                sessions["original"] = _session(original)
+            expected = _run(sessions["original"], feeds)
+        except runtime_errors as exc:
+            raise OriginalDoesNotRun(io.error_line(exc)) from None
+        try:
+            if "cut" not in sessions:
+                sessions["cut"] = _session(cut)
+            actual = _run(sessions["cut"], feeds)
+        except runtime_errors as exc:
+            raise VerificationError(
+                f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a "
+                "bug in channelcut, nothing was written: please report it with the model"
+            ) from None
+        checks = []
+        for name, want in expected.items():
+            if name not in actual:
+                raise VerificationError(f"the cut model lost output {name!r}; this is a bug")
+            checks.append(_compare_output(name, want, actual[name]))
+        per_set.append(checks)
+    return worst(per_set)
+
+
+def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:
+    """Per output, the worst of several comparisons of the same outputs (in the same order)."""
+    merged = []
+    for checks in zip(*per_set):
+        cosines = [c.cosine for c in checks]
+        merged.append(OutputCheck(
+            checks[0].name,
+            math.nan if any(math.isnan(c) for c in cosines) else min(cosines),
+            max(c.max_abs_error for c in checks),
+            max(c.max_rel_error for c in checks),
+            max(c.nonfinite_mismatches for c in checks)))
+    return merged
 
 
 def check(checks: list[OutputCheck], threshold: float) -> None:
-    """Raise VerificationError naming the worst output when any cosine is below `threshold`."""
+    """Raise VerificationError naming the worst output when NaN or Inf differ anywhere or any
+    cosine is below `threshold`."""
     if not checks:
         return
+    for c in checks:
+        if c.nonfinite_mismatches:
+            raise VerificationError(
+                f"output {c.name!r} of the cut model has NaN or Inf at {c.nonfinite_mismatches} "
+                "positions where the original has another value (or the reverse); this is a "
+                "bug in channelcut, nothing was written: please report it with the model"
+            )
     worst = min(checks, key=lambda c: -math.inf if math.isnan(c.cosine) else c.cosine)
     if math.isnan(worst.cosine) or worst.cosine < threshold:
         raise VerificationError(
@@ -153,6 +216,15 @@ def check(checks: list[OutputCheck], threshold: float) -> None:
             f"{worst.max_abs_error:.3g}); this is a bug in channelcut, nothing was written: "
             "please report it with the model"
         )
+
+
+class OriginalDoesNotRun(ChannelcutError):
+    """The original model does not run in ONNX Runtime at the size verification feeds."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the original model does not run in ONNX Runtime ({reason}); fix "
+                         "the model or skip verification with --no-verify")
+        self.reason = reason
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -179,14 +251,17 @@ def _format_dims(dims: tuple[int | None, ...] | None) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, object]:
-    """The model's outputs by name, from ONNX Runtime's CPU provider."""
+def _session(model: onnx.ModelProto) -> object:
+    """An ONNX Runtime CPU session that runs the model as written."""
     import onnxruntime as ort  # noqa: PLC0415 - heavy import, only verification needs it
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # as written: optimizations change where NaN and Inf appear (0 * Inf folded into weights)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = _thread_count()
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    # fatal only: ORT's warnings are not the user's business, and its errors reach us as
+    # exceptions (a size the original cannot run at is reported in one line, or skipped)
+    options.log_severity_level = 4
     providers = ["CPUExecutionProvider"]
     if io.needs_external_data(model):
         # Protobuf cannot hand a >2 GB model over in memory: ORT reads it from disk instead.
@@ -196,6 +271,11 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, obje
             session = ort.InferenceSession(str(path), options, providers=providers)
     else:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    return session
+
+
+def _run(session: object, feeds: dict[str, np.ndarray]) -> dict[str, object]:
+    """The session's outputs by name."""
     wanted = {i.name for i in session.get_inputs()}
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
@@ -219,7 +299,8 @@ def _thread_count() -> int:
 
 
 def _compare_output(name: str, want: object, got: object) -> OutputCheck:
-    """One output's cosine (float64) and errors; non-finite values must match exactly."""
+    """One output's cosine (float64) and errors over the positions finite in both, and how
+    many positions hold NaN or Inf in one model but not the same value in the other."""
     try:
         a = np.asarray(want, dtype=np.float64)
         b = np.asarray(got, dtype=np.float64)
@@ -234,8 +315,8 @@ def _compare_output(name: str, want: object, got: object) -> OutputCheck:
         )
     a, b = a.ravel(), b.ravel()
     finite = np.isfinite(a) & np.isfinite(b)
-    if not np.array_equal(a[~finite], b[~finite], equal_nan=True):
-        return OutputCheck(name, 0.0, math.inf, math.inf)
+    a_rest, b_rest = a[~finite], b[~finite]
+    mismatches = int(np.count_nonzero((a_rest != b_rest) & ~(np.isnan(a_rest) & np.isnan(b_rest))))
     a, b = a[finite], b[finite]
     abs_error = float(np.max(np.abs(a - b))) if a.size else 0.0
     scale = float(np.max(np.abs(a))) if a.size else 0.0
@@ -243,7 +324,7 @@ def _compare_output(name: str, want: object, got: object) -> OutputCheck:
         rel_error = abs_error / scale
     else:
         rel_error = 0.0 if abs_error == 0 else math.inf
-    return OutputCheck(name, _cosine(a, b), abs_error, rel_error)
+    return OutputCheck(name, _cosine(a, b), abs_error, rel_error, mismatches)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.ops.layout import map_reshape
 
 from builders import (assert_cut, bias, blockers, conv, cut, kept_channels, model, node,
-                      random_feeds, run, weights)
+                      random_feeds, relu, run, weights)
 from channelcut.errors import ChannelcutError
 
 
@@ -371,3 +371,149 @@ def test_a_classifier_head_after_a_custom_op_is_cut_through_flatten():
                "w2": weights(8, 5, seed=2)},
               extra_opsets={"com.microsoft": 1}, check=False)
     assert_cut(m, {"conv_y": (3, 4), "gemm_z": (4, 5)})
+
+
+# --- non-finite values: 0 * NaN is NaN -----------------------------------------------------------
+
+# The finite branch beside each model below: channel 1 of conv_c is read by a zero column only.
+FINITE_BRANCH = {"conv_c": (3, 3), "conv_z": (3, 2)}
+
+
+def nonfinite_model(wa: np.ndarray, wb: np.ndarray, ba: np.ndarray | None = None,
+                    mid: list | None = None, after: np.ndarray | None = None,
+                    inits: dict | None = None):
+    """x -> conv_a (wa, ba) -> [mid: a -> m] -> conv_b (wb) [-> conv_e (after)] -> y, and
+    beside it the finite branch x -> conv_c -> conv_d -> z."""
+    source = "m" if mid else "a"
+    nodes = [conv("x", "wa", "a", "ba" if ba is not None else None), *(mid or []),
+             conv(source, "wb", "b" if after is not None else "y")]
+    tensors = {"wa": wa, "wb": wb, "wc": weights(4, 3, 1, 1, seed=3),
+               "wd": weights(2, 4, 1, 1, zero_cols=[1], seed=4), **(inits or {})}
+    if ba is not None:
+        tensors["ba"] = ba
+    if after is not None:
+        nodes.append(conv("b", "we", "y"))
+        tensors["we"] = after
+    nodes += [conv("x", "wc", "c"), conv("c", "wd", "z")]
+    return model(nodes, inputs={"x": (1, 3, 4, 4)}, outputs=["y", "z"], inits=tensors)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_zero_weight_does_not_ignore_a_channel_made_with_a_nan_weight(mode):
+    wa = weights(4, 3, 1, 1)
+    wa[2, 0] = np.nan
+    m = nonfinite_model(wa, weights(2, 4, 1, 1, zero_cols=[2]))
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_channel_with_an_inf_bias_is_neither_constant_nor_ignored(mode):
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[1]), weights(2, 4, 1, 1, zero_cols=[1]),
+                        ba=bias(4, at={1: np.inf}))
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_nan_of_a_constant_operand_travels_to_the_zero_column_behind_it(mode):
+    nan_at_2 = np.ones((1, 4, 1, 1), np.float32)
+    nan_at_2[0, 2] = np.nan
+    m = nonfinite_model(weights(4, 3, 1, 1), weights(2, 4, 1, 1, zero_cols=[2]),
+                        mid=[node("Add", ["a", "cn"], ["s"]), relu("s", "m")],
+                        inits={"cn": nan_at_2})
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_known_value_that_computes_to_nan_is_not_finite(mode):
+    # channel 2 of conv_a is the constant -1; Log makes it NaN everywhere
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), weights(2, 4, 1, 1, zero_cols=[2]),
+                        ba=bias(4, at={2: -1.0}), mid=[node("Log", ["a"], ["m"])])
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_constant_that_overflows_float32_is_not_a_constant(mode):
+    # a[0] is the constant 1e20; b[0] = 1e20 * a[0] is Inf in float32, read by a zero column
+    wb = weights(4, 4, 1, 1, zero_cols=[0])
+    wb[0] = 0.0
+    wb[0, 0] = 1e20
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[0]), wb, ba=bias(4, at={0: 1e20}),
+                        after=weights(2, 4, 1, 1, zero_cols=[0]))
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
+
+
+def test_a_fold_that_would_overflow_is_not_made():
+    # b[0] = 1e20 * a[0] - 1e20 * a[1] with a[0] = a[1] = 1e20 is Inf - Inf = NaN at run time;
+    # folded in float64 it would be 0
+    wb = weights(3, 4, 1, 1, zero_cols=[0, 1])
+    wb[0] = 0.0
+    wb[0, :2, 0, 0] = [1e20, -1e20]
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[0, 1]), wb,
+                        ba=bias(4, at={0: 1e20, 1: 1e20}))
+    assert_cut(m, FINITE_BRANCH, groups=1, mode="full")
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_huge_weight_overflows_on_large_inputs_and_is_kept(mode):
+    # 1e35 * x overflows for |x| > 3.4e3: behind a zero column that is NaN
+    wa = weights(4, 3, 1, 1)
+    wa[0] = 1e35
+    m = nonfinite_model(wa, weights(2, 4, 1, 1, zero_cols=[0]))
+    large = {"x": 1e4 * random_feeds(m)["x"]}
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode, feeds=large)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_exp_overflows_on_large_inputs_and_is_kept(mode):
+    # exp(x) is Inf from x = 89 on: behind a zero column that is NaN
+    m = nonfinite_model(weights(4, 3, 1, 1), weights(2, 4, 1, 1, zero_cols=[2]),
+                        mid=[node("Exp", ["a"], ["m"])])
+    large = {"x": 1e4 * random_feeds(m)["x"]}
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode, feeds=large)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_zero_channel_read_through_a_nan_weight_is_kept(mode):
+    # a[2] is zero (zero row, no bias), but b[0] = ... + NaN * a[2] is NaN
+    wb = weights(2, 4, 1, 1)
+    wb[0, 2] = np.nan
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), wb)
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
+
+
+def test_a_constant_channel_read_through_an_inf_weight_is_not_folded():
+    # a[2] is the constant 0.5; b[0] reads it through -Inf: the fold must not make it finite
+    wb = weights(2, 4, 1, 1)
+    wb[0, 2] = -np.inf
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), wb, ba=bias(4, at={2: 0.5}))
+    assert_cut(m, FINITE_BRANCH, groups=1, mode="full")
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_nan_weight_row_marks_its_own_channel_only(mode):
+    # a[2] is NaN (a NaN weight in its row), a[1] is finite: conv_b's zero column drops a[1]
+    wa = weights(4, 3, 1, 1)
+    wa[2, 0] = np.nan
+    m = nonfinite_model(wa, weights(2, 4, 1, 1, zero_cols=[1, 2]))
+    assert_cut(m, {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}, groups=2, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_nan_reaches_only_the_channels_it_flows_into(mode):
+    # a[2] + NaN makes s[2] NaN; a Relu keeps channels apart: conv_b drops m[1], keeps m[2]
+    nan_at_2 = np.ones((1, 4, 1, 1), np.float32)
+    nan_at_2[0, 2] = np.nan
+    m = nonfinite_model(weights(4, 3, 1, 1), weights(2, 4, 1, 1, zero_cols=[1, 2]),
+                        mid=[node("Add", ["a", "cn"], ["s"]), relu("s", "m")],
+                        inits={"cn": nan_at_2})
+    result = cut(m, mode)
+    assert kept_channels(result) == {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}
+
+
+def test_a_constant_channel_padded_with_another_value_is_unknown_not_nonfinite():
+    # a[2] is the constant 0.5; after Pad with 0 it is unknown (not a constant), yet finite:
+    # conv_b's zero column still drops it
+    m = nonfinite_model(weights(4, 3, 1, 1, zero_rows=[2]), weights(2, 4, 1, 1, zero_cols=[2]),
+                        ba=bias(4, at={2: 0.5}), mid=[node("Pad", ["a", "pads"], ["m"])],
+                        inits={"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
+    assert_cut(m, {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}, groups=2)

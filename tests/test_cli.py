@@ -458,3 +458,37 @@ def test_flops_of_nodes_of_unknown_shape_are_reported_unknown(capsys, tmp_path):
     assert (report["flops_after"], report["flops_unknown_after"]) == (2 * 144 * 27 + 216, 2)
     assert section(out, "summary")[1] == ("FLOPs:   >= 0.00001 G (2 nodes of unknown shape) -> "
                                           ">= 0.00001 G (2 nodes of unknown shape), change unknown")
+
+
+def test_dynamic_spatial_dims_get_one_warning_line_with_the_flag(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    model = dead_channel_model()
+    model.graph.input[0].CopyFrom(x)
+    del model.graph.output[0].type.tensor_type.shape.dim[2:]
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_param = "H"
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_param = "W"
+    path = tmp_path / "in.onnx"
+    onnx.save(model, str(path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "channelcut.cli", "cut", str(path), "-o", str(tmp_path / "o.onnx")],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    [warning] = proc.stderr.strip().splitlines()
+    assert warning.startswith("channelcut: WARNING: dynamic input dims taken as 1: 'x' N, H, W")
+    assert "--input-shape x:N,3,H,W" in warning and "input_shapes" not in warning
+    assert any(line.startswith("note: dynamic input dims") for line in proc.stdout.splitlines())
+
+
+def test_an_original_that_cannot_run_at_the_assumed_size_says_how_to_set_it(capsys, tmp_path):
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(  # an unpadded 3x3 conv cannot run on a 1x1 image
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "valid",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    path = tmp_path / "in.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code, _, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "does not run", "'x' 1x3x1x1", "--input-shape x:1,3,H,W",
+                          "--no-verify")
+    assert os.listdir(tmp_path) == ["in.onnx"]

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from channelcut import io, verify
+from channelcut import dynamic_dims, io, verify
 from channelcut.errors import ChannelcutError, VerificationError
 from channelcut.report import OutputCheck
 
@@ -160,10 +160,11 @@ def test_identical_models_compare_exactly():
 
 def test_compare_measures_the_difference():
     shapes = {"x": (3, 4)}
-    x = verify.random_inputs(scale_model(1.0), shapes, seed=0)["x"].astype(np.float64)
+    largest = max(np.abs(feeds["x"].astype(np.float64)).max()
+                  for feeds in verify.input_sets(scale_model(1.0), shapes))
     [check] = verify.compare(scale_model(1.0), scale_model(1.5), shapes)
     assert check.cosine == pytest.approx(1.0)  # same direction, other length
-    assert check.max_abs_error == pytest.approx(0.5 * np.abs(x).max(), rel=1e-6)
+    assert check.max_abs_error == pytest.approx(0.5 * largest, rel=1e-6)  # the worst input set
     assert check.max_rel_error == pytest.approx(0.5, rel=1e-6)
     [flipped] = verify.compare(scale_model(1.0), scale_model(-1.0), shapes)
     assert flipped.cosine == pytest.approx(-1.0)
@@ -188,7 +189,9 @@ def test_matching_nans_are_equal_and_differing_nans_are_not():
     [same] = verify.compare(unary_model("Log"), unary_model("Log"), shapes)  # NaN where x < 0
     assert same == OutputCheck("y", 1.0, 0.0, 0.0)
     [differ] = verify.compare(unary_model("Log"), unary_model("Abs"), shapes)
-    assert differ.cosine == 0.0 and differ.max_abs_error == math.inf
+    assert differ.nonfinite_mismatches > 0
+    with pytest.raises(VerificationError, match="NaN or Inf at"):
+        verify.check([differ], 0.5)
 
 
 def test_every_output_is_compared():
@@ -265,3 +268,137 @@ def test_check_names_the_worst_output():
 def test_check_fails_on_nan_cosine():
     with pytest.raises(VerificationError, match="'a'"):
         verify.check([OutputCheck("a", math.nan, math.nan, math.nan)], 0.9999)
+
+
+# --- non-finite values ------------------------------------------------------------------------
+
+def conv_model(weights: np.ndarray, then: tuple[str, np.ndarray] | None = None
+               ) -> onnx.ModelProto:
+    """x [1, 2, 4, 4] -> Conv (pads 1) -> y, or -> Conv -> `then` op with a constant -> y."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a" if then else "y"], pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(weights, "w")]
+    if then is not None:
+        nodes.append(helper.make_node(then[0], ["a", "c"], ["y"]))
+        inits.append(numpy_helper.from_array(then[1], "c"))
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+
+
+def test_models_run_as_written_not_as_optimized():
+    # Conv -> Mul(Inf): as written the output is +-Inf. ONNX Runtime's optimizer fuses the Mul
+    # into the weights (Inf weights: Inf - Inf = NaN), the NaN pattern of the fused model.
+    w = np.random.default_rng(1).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    c = np.ones((1, 2, 1, 1), np.float32)
+    c[0, 0] = np.inf
+    fused = conv_model(w * c.reshape(2, 1, 1, 1))
+    checks = verify.compare(conv_model(w, ("Mul", c)), fused, {"x": (1, 2, 4, 4)})
+    with pytest.raises(VerificationError, match="NaN or Inf at"):
+        verify.check(checks, 0.9999)
+
+
+def test_a_difference_only_large_inputs_show_is_found():
+    # (x * 1e35) * 0 is 0 for ordinary inputs and NaN once x * 1e35 overflows (|x| > 3.4e3)
+    def times(*factors: float) -> onnx.ModelProto:
+        names = ["x", *[f"a{k}" for k in range(1, len(factors))], "y"]
+        return make_model(
+            [helper.make_node("Mul", [a, f"c{k}"], [b])
+             for k, (a, b) in enumerate(zip(names, names[1:]))],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 50])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array(f, np.float32), f"c{k}")
+             for k, f in enumerate(factors)])
+
+    checks = verify.compare(times(1e35, 0.0), times(0.0), {"x": (2, 50)})
+    with pytest.raises(VerificationError, match="NaN or Inf at"):
+        verify.check(checks, 0.9999)
+    assert checks[0].cosine == 1.0  # where both are finite they agree
+
+
+def test_input_sets_are_seeded_and_one_is_large():
+    model = scale_model(1.0)
+    sets = verify.input_sets(model, {"x": (3, 4)}, seed=5)
+    assert len(sets) >= 3
+    scales = sorted(float(np.abs(s["x"]).max()) for s in sets)
+    assert scales[-1] > 1e3 * scales[0]
+    assert all(np.array_equal(a["x"], b["x"])
+               for a, b in zip(sets, verify.input_sets(model, {"x": (3, 4)}, seed=5)))
+
+
+def test_large_inputs_stay_in_a_narrow_type():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [64, 64])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    large = verify.input_sets(model, {"x": (64, 64)})[-1]["x"]
+    assert large.dtype == np.float16 and np.isfinite(large).all() and np.abs(large).max() > 8
+
+
+def test_errors_are_measured_where_both_are_finite():
+    [check] = verify.compare(unary_model("Log"), unary_model("Log"), {"x": (2, 50)})
+    assert check == OutputCheck("y", 1.0, 0.0, 0.0, 0)
+
+
+# --- dynamic dims: say which were assumed, verify at two sizes ----------------------------------
+
+def dynamic_conv_model() -> onnx.ModelProto:
+    """x [N, 3, H, W] -> Conv (pads 1, channel 1 zero) -> Relu -> Conv -> y."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w1[1] = 0.0
+    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    return make_model(
+        [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+
+
+def test_assumed_dims_are_named_with_the_api_argument(caplog):
+    import channelcut  # noqa: PLC0415
+
+    with caplog.at_level("WARNING", logger="channelcut"):
+        result = channelcut.cut(dynamic_conv_model())
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "'x' N, H, W" in warning and "1x3x1x1" in warning
+    assert "input_shapes={'x': [N, 3, H, W]}" in warning and "--input-shape" not in warning
+    assert result.report.assumed_dims == warning
+    caplog.clear()
+    with caplog.at_level("INFO", logger="channelcut"):
+        fixed = channelcut.cut(dynamic_conv_model(), input_shapes={"x": [1, 3, 8, 8]})
+    assert fixed.report.assumed_dims == ""
+    assert not [r for r in caplog.records if "dynamic input dims" in r.getMessage()]
+
+
+def test_free_dims_are_verified_at_two_sizes(monkeypatch):
+    import channelcut  # noqa: PLC0415
+
+    sizes = []
+    real_compare = verify.compare
+
+    def recording(original, cut, shapes, seed=0):
+        sizes.append(dict(shapes))
+        return real_compare(original, cut, shapes, seed)
+
+    monkeypatch.setattr(verify, "compare", recording)
+    result = channelcut.cut(dynamic_conv_model())
+    assert sizes == [{"x": (1, 3, 1, 1)}, {"x": (3, 3, 3, 3)}]
+    assert result.report.removed_groups == 1
+    sizes.clear()
+    channelcut.cut(dynamic_conv_model(), input_shapes={"x": [2, 3, 8, 8]})
+    assert sizes == [{"x": (2, 3, 8, 8)}]
+
+
+def test_a_second_size_the_original_cannot_run_is_skipped_with_a_warning(caplog):
+    # a Reshape to the fixed shape [1, 12] runs only with N = 1: not at the second size
+    model = make_model(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 12], np.int64), "shape")])
+    shapes = verify.resolve_input_shapes(model, None)
+    with caplog.at_level("WARNING", logger="channelcut"):
+        checks = dynamic_dims.compare_sizes(model, model, shapes,
+                                             verify.assumed_dims(model, None))
+    assert checks[0].cosine == 1.0
+    assert any("second input size" in r.getMessage() for r in caplog.records)

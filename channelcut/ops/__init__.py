@@ -30,18 +30,21 @@ class Rule:
     # understands constant channels that are a map (ChannelInfo.plane); other rules see only
     # the zero channels of such a tensor as known
     planes: bool = False
+    # the rule marks the output channels that NaN, Inf or huge entries of its constant inputs
+    # make (ChannelInfo.mark_nonfinite); else such a constant marks every output channel
+    own_constants: bool = False
 
 
 RULES: dict[str, Rule] = {}
 
 
 def rule(*op_types: str, rewrite: Callable[[ir.Node, Rewrite], None] | None = None,
-         spans: bool = False, planes: bool = False):
+         spans: bool = False, planes: bool = False, own_constants: bool = False):
     """Register `analyse` (the decorated function) and `rewrite` for these op types."""
 
     def register(analyse: Callable[[ir.Node, Walk], None]) -> Callable[[ir.Node, Walk], None]:
         for op_type in op_types:
-            RULES[op_type] = Rule(analyse, rewrite, spans, planes)
+            RULES[op_type] = Rule(analyse, rewrite, spans, planes, own_constants)
         return analyse
 
     return register

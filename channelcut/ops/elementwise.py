@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
-from channelcut.channels import ChannelInfo, per_channel_constant
+from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
 from channelcut.cut import Rewrite, delete_positions
 from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
@@ -72,16 +72,18 @@ UNARY: dict[str, Callable[[np.ndarray, ir.Node], np.ndarray]] = {
 }
 
 
-def apply(fn: Callable[[np.ndarray], np.ndarray], known: np.ndarray, const: np.ndarray) -> Values:
-    """Push known constants through `fn` in float32; a NaN result counts as unknown."""
+def apply(fn: Callable[[np.ndarray], np.ndarray], known: np.ndarray, const: np.ndarray,
+          nan_unknown: bool = False) -> Values:
+    """Push known constants through `fn` in float32. A NaN or Inf result is what the channel
+    carries (ChannelInfo.set_values records it as such, never as a constant); with
+    `nan_unknown`, `fn` marks the channels it cannot tell with NaN instead."""
     with np.errstate(all="ignore"):
         out = np.asarray(fn(const.astype(np.float32)), dtype=np.float32)
-    known = known & ~np.isnan(out)
-    return known, out
+    return (known & ~np.isnan(out) if nan_unknown else known), out
 
 
-def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray] | None
-                ) -> ChannelInfo | None:
+def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray] | None,
+                nan_unknown: bool = False) -> ChannelInfo | None:
     """out[c] <- fn(in[c]) for the first input and first output; fn None: values unknown."""
     source = walk.info(node.inputs[0])
     if source is None:
@@ -90,7 +92,7 @@ def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray
     if fn is None:
         out.set_values(np.zeros(out.n, bool), out.const)
     else:
-        out.set_values(*apply(fn, source.known, source.const))
+        out.set_values(*apply(fn, source.known, source.const, nan_unknown))
     return out
 
 
@@ -191,7 +193,8 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     values: list[Values] = []
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
     linked: set[ir.Value] = set()
-    for value in operands:
+    nonfinite = np.zeros(out.n, bool)  # channels a constant operand makes NaN or Inf
+    for index, value in enumerate(operands):
         shape = walk.dims(value)
         ax = _aligned_axis(axis, len(out_shape), shape)
         info = walk.info(value)
@@ -219,12 +222,36 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             if ax < 0:
                 array, ax = array.reshape((1,) * (-ax) + array.shape), 0
             values.append(per_channel_constant(array, ax, out.positions))
+            nonfinite |= _makes_nonfinite(node.op_type, index, array, ax, out)
         elif ax < 0 or shape[ax] == 1:
             values.append(unknown)  # one unknown value broadcast over all channels
         else:
             walk.pin(out, node, "an operand's channels cannot be cut")
             values.append(unknown)
+            if array is not None:
+                nonfinite |= _makes_nonfinite(node.op_type, index, array.reshape(-1), 0, None)
     out.set_values(*BROADCAST[node.op_type](values))
+    out.mark_nonfinite(nonfinite)
+
+
+def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
+                     out: ChannelInfo | None) -> np.ndarray | bool:
+    """Per output channel (`array` laid along `axis` like `out`'s channels; None: one answer for
+    all): does this constant operand make NaN or Inf from finite inputs? It does where it is
+    NaN, Inf or huge, where it divides by zero, and where it is an exponent that is negative or
+    not a whole number (0 ** -1 is Inf, (-1) ** 0.5 NaN)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(array) <= HUGE)
+        if index == 1 and op_type == "Div":
+            bad |= array == 0
+        if index == 1 and op_type == "Pow":
+            bad |= (array < 0) | (array != np.round(array))
+    if out is None or bad.ndim == 0:
+        return bool(bad.any())
+    per_position = np.moveaxis(bad, axis, 0).reshape(bad.shape[axis], -1).any(axis=1)
+    if per_position.size == 1:
+        return np.full(out.n, bool(per_position[0]))
+    return per_position[out.positions].any(axis=1)
 
 
 def _output_channels(node: ir.Node, walk: Walk, tracked: list[ir.Value],
@@ -306,4 +333,4 @@ def _lost_by_every_operand(node: ir.Node, rw: Rewrite, needs: dict[ir.Value, np.
 
 
 for _op in BROADCAST:
-    rule(_op, rewrite=rewrite_broadcast)(analyse_broadcast)
+    rule(_op, rewrite=rewrite_broadcast, own_constants=True)(analyse_broadcast)

@@ -64,7 +64,8 @@ def analyse_pool(node: ir.Node, walk: Walk) -> None:
         transparent(node, walk, lambda x: x)  # max, or an average of constants alone
         return
     plane = _pooled_plane(node, walk, source)
-    out = transparent(node, walk, (lambda x: x) if plane is not None else _zero_only)
+    out = transparent(node, walk, (lambda x: x) if plane is not None else _zero_only,
+                      nan_unknown=True)
     out.plane = plane
 
 
@@ -147,7 +148,7 @@ def analyse_pad(node: ir.Node, walk: Walk) -> None:
         transparent(node, walk, lambda x: x)
         return
     fill_value = np.float32(np.asarray(fill).reshape(-1)[0]) if np.asarray(fill).size else 0
-    transparent(node, walk, lambda x: np.where(x == fill_value, x, np.nan))
+    transparent(node, walk, lambda x: np.where(x == fill_value, x, np.nan), nan_unknown=True)
 
 
 _REDUCE_CONSTANT = {  # op -> value of the reduction of `count` copies of v
@@ -191,7 +192,9 @@ def analyse_reduce(node: ir.Node, walk: Walk) -> None:
     out = walk.like(node.outputs[0], source, axis=out_axis)
     with np.errstate(all="ignore"):
         const = np.asarray(reduce(source.const, count), dtype=np.float32)
-    out.set_values(source.known & ~np.isnan(const), const)
+    # ReduceProd marks what it cannot tell with NaN; another NaN is the channel's value
+    sentinel = np.isnan(const) if node.op_type == "ReduceProd" else False
+    out.set_values(source.known & ~sentinel, const)
 
 
 for _op in _REDUCE_CONSTANT:

@@ -16,8 +16,8 @@ import onnx_ir as ir
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.flops import node_flops
 from channelcut.fold import fold_into_carrier, fold_into_conv, fold_into_gemm, fold_into_matmul
-from channelcut.channels import (ChannelInfo, identity_positions, nonzero_along_last_axis,
-                                 per_channel_constant)
+from channelcut.channels import (HUGE, ChannelInfo, identity_positions,
+                                 nonzero_along_last_axis, per_channel_constant)
 from channelcut.cut import Rewrite, delete_positions, kept_mask
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
 from channelcut.ops import rule
@@ -64,6 +64,53 @@ def _row_values(nz: np.ndarray, weights: np.ndarray, in_known: np.ndarray,
     return ~row_unknown.reshape(-1), (bias + value.reshape(-1)).astype(np.float32)
 
 
+def _foldable(weights: np.ndarray, in_known: np.ndarray, in_const: np.ndarray
+              ) -> np.ndarray | None:
+    """Columns whose known constant folds into the reader without overflow: each of its
+    folded terms, sum_k |W[o, c, k]| * |const[c]|, times the number of columns stays within
+    HUGE, so no row's folded sum nears float32's range (the runtime sums in float32: a sum
+    that overflows there must not become finite in a fold). None: every column does.
+
+    weights: [G, rows, cols, k]; in_known, in_const: [G, cols].
+    """
+    carries = in_known & (in_const != 0)
+    if not carries.any():  # nothing to fold: the weights need not be read
+        return None
+    cols = np.flatnonzero(carries.any(axis=0))  # only the weights that read a constant
+    with np.errstate(all="ignore"):
+        largest = np.abs(weights[:, :, cols].astype(np.float64)).sum(axis=-1).max(axis=1,
+                                                                                  initial=0.0)
+        bound = largest * np.abs(in_const[:, cols].astype(np.float64)) * weights.shape[2]
+    foldable = np.ones(carries.shape, dtype=bool)
+    foldable[:, cols] = bound <= HUGE
+    return foldable
+
+
+def _unbounded_rows(walk: Walk, value: ir.Value | None, array: np.ndarray | None,
+                    axis: int, n: int) -> np.ndarray:
+    """Per output channel (`n`, laid along `axis` of the constant, or one for all when that
+    axis is 1 long): does its part of the constant hold a NaN, an Inf or a value beyond HUGE?"""
+    if value is None or array is None or walk.bounded(value):
+        return np.zeros(n, dtype=bool)
+    moved = np.moveaxis(np.atleast_1d(array), axis, 0)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(moved.reshape(moved.shape[0], -1)) <= HUGE).all(axis=1)
+    return np.broadcast_to(bad, (n,)) if bad.size == 1 else bad
+
+
+def _unbounded_weight_rows(walk: Walk, value: ir.Value, w3: np.ndarray, in_zero: np.ndarray
+                           ) -> np.ndarray:
+    """Per row of weights [rows, cols, k]: does it make NaN or Inf? It does with a NaN or Inf
+    anywhere (NaN * 0 is NaN), or with a huge weight on a column that is not known to be zero
+    (`in_zero`, [rows, cols] or [cols]: a huge weight times zero is zero)."""
+    if walk.bounded(value):
+        return np.zeros(w3.shape[0], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(w3)
+        huge = finite & ~(np.abs(w3) <= HUGE)
+    return (~finite).any(axis=(1, 2)) | (huge.any(axis=2) & ~in_zero).any(axis=1)
+
+
 def _pinned_unless(walk: Walk, node: ir.Node, value: ir.Value, axis: int, n: int,
                    block_ok: bool = True) -> ChannelInfo | None:
     """The input's channels if they lie on the axis the op contracts; otherwise pin them.
@@ -108,6 +155,11 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     # where it is a map (a plane) to begin with
     maps = _padded(node, weights.shape[2:]) or (source is not None and source.plane is not None)
     blocked = maps & (in_const != 0)
+    # what each row reads that is known zero (its group's inputs)
+    zero_read = np.repeat((in_known & (in_const == 0)).reshape(groups, cin_g),
+                          cout // groups, axis=0)
+    bad_rows = _unbounded_weight_rows(walk, w, flat, zero_read) | \
+        _unbounded_rows(walk, b, bias, 0, cout)
 
     if _depthwise(groups, cin_g, cout):
         if source is not None:
@@ -116,6 +168,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
             walk.pin(out, node, "depthwise Conv of a tensor whose channels cannot be cut")
         out.set_values(*_depthwise_values(nz[:, 0], flat[:, 0].sum(axis=-1, dtype=np.float32),
                                           in_known, in_const, blocked, bias))
+        out.mark_nonfinite(bad_rows)
         return
 
     cout_g = cout // groups
@@ -130,14 +183,21 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
         walk.charge(source.ids, weight_bytes=cout_g * kernel * size,
                     flops=node_flops(node) / cin)
         site = _conv_fold_site(node, walk, source, cout, kernel, b is not None, size)
+        foldable = _foldable(flat.reshape(groups, cout_g, cin_g, -1),
+                             in_known.reshape(groups, cin_g), in_const.reshape(groups, cin_g))
+        nonfinite = None if walk.bounded(w) else \
+            ~np.isfinite(flat).all(axis=2).reshape(groups, cout_g, cin_g)
         for k in range(groups):
-            walk.reader_ids(columns[k], rows[k], nz_g[k], site)
+            walk.reader_ids(columns[k], rows[k], nz_g[k], site,
+                            None if foldable is None else foldable[k],
+                            None if nonfinite is None else nonfinite[k])
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
     out.set_values(*_row_values(nz_g, flat.reshape(groups, cout_g, cin_g, -1),
                                 in_known.reshape(groups, cin_g),
                                 in_const.reshape(groups, cin_g),
                                 blocked.reshape(groups, cin_g), bias))
+    out.mark_nonfinite(bad_rows)
 
 
 def _depthwise(groups: int, cin_g: int, cout: int) -> bool:
@@ -224,7 +284,7 @@ def _rewrite_bias(node: ir.Node, rw: Rewrite, index: int, deleted: np.ndarray, a
         rw.set_const(node, index, delete_positions(bias, {axis: deleted}))
 
 
-rule("Conv", rewrite=rewrite_conv, planes=True)(analyse_conv)
+rule("Conv", rewrite=rewrite_conv, planes=True, own_constants=True)(analyse_conv)
 
 
 # -- ConvTranspose ------------------------------------------------------------------------
@@ -260,9 +320,14 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
         row_unknown = nz[0] & not_zero
     else:
         if source is not None:
-            walk.reader(source, out, nz[:, source.positions[:, 0]])
+            nonfinite = None if walk.bounded(w) else \
+                ~np.isfinite(weights.reshape(cin, cout_g, -1)).all(axis=2).T
+            walk.reader(source, out, nz[:, source.positions[:, 0]], nonfinite_weights=None
+                        if nonfinite is None else nonfinite[:, source.positions[:, 0]])
         row_unknown = (nz & not_zero[None, :]).any(axis=1)
     out.set_values(~row_unknown, bias)
+    out.mark_nonfinite(_unbounded_rows(walk, w, weights, 0 if depthwise else 1, cout)
+                       | _unbounded_rows(walk, b, bias, 0, cout))
 
 
 def rewrite_conv_transpose(node: ir.Node, rw: Rewrite) -> None:
@@ -280,7 +345,8 @@ def rewrite_conv_transpose(node: ir.Node, rw: Rewrite) -> None:
     _rewrite_bias(node, rw, 2, deleted_out, axis=0)
 
 
-rule("ConvTranspose", rewrite=rewrite_conv_transpose)(analyse_conv_transpose)
+rule("ConvTranspose", rewrite=rewrite_conv_transpose, own_constants=True)(
+    analyse_conv_transpose)
 
 
 # -- Gemm and MatMul ----------------------------------------------------------------------
@@ -295,6 +361,8 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     if source is None:
         nz_rows = (w_nk != 0).any(axis=1)
         out.set_values(bias_known & ~nz_rows, bias)
+        out.mark_nonfinite(_unbounded_weight_rows(walk, node.inputs[1], w_nk[:, :, None],
+                                                  np.zeros(w_nk.shape[1], bool)))
         return
     if np.array_equal(source.positions, identity_positions(source.n, source.block)):
         blocks = w_nk.reshape(n_out, source.n, source.block)  # a view, no copy
@@ -303,10 +371,13 @@ def _linear(node: ir.Node, walk: Walk, source: ChannelInfo | None, w_nk: np.ndar
     nz = nonzero_along_last_axis(blocks)
     walk.charge(source.ids, weight_bytes=n_out * source.block * size,
                 flops=node_flops(node) / source.n)
-    walk.reader(source, out, nz, site)
+    foldable = _foldable(blocks[None], source.known[None], source.const[None])
+    nonfinite = None if walk.bounded(node.inputs[1]) else ~np.isfinite(blocks).all(axis=2)
+    walk.reader(source, out, nz, site, None if foldable is None else foldable[0], nonfinite)
     known, const = _row_values(nz[None], blocks[None], source.known[None], source.const[None],
                                np.zeros((1, source.n), bool), bias, alpha)
     out.set_values(known & bias_known, const)
+    out.mark_nonfinite(_unbounded_weight_rows(walk, node.inputs[1], blocks, source.zero))
 
 
 def analyse_gemm(node: ir.Node, walk: Walk) -> None:
@@ -336,6 +407,7 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
     site = Site(node, "bias fold",
                 Cost(weight_bytes=0 if has_bias else out.n * weights.dtype.itemsize))
     _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0), site)
+    out.mark_nonfinite(_unbounded_rows(walk, c, walk.const(c), -1, out.n))  # C: n is last
 
 
 def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
@@ -350,7 +422,7 @@ def rewrite_gemm(node: ir.Node, rw: Rewrite) -> None:
     fold_into_gemm(node, rw, original if out_axis == 0 else original.T, deleted_in, deleted_out)
 
 
-rule("Gemm", rewrite=rewrite_gemm)(analyse_gemm)
+rule("Gemm", rewrite=rewrite_gemm, own_constants=True)(analyse_gemm)
 
 
 def _matrix(weights: np.ndarray | None) -> np.ndarray | None:
@@ -391,4 +463,4 @@ def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
     fold_into_matmul(node, rw, _matrix(original), deleted_in, deleted_out)
 
 
-rule("MatMul", rewrite=rewrite_matmul)(analyse_matmul)
+rule("MatMul", rewrite=rewrite_matmul, own_constants=True)(analyse_matmul)

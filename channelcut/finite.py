@@ -1,0 +1,129 @@
+"""Which values may carry NaN or Inf: 0 * NaN is NaN, so a zero weight ignores a channel only
+when the channel is finite.
+
+Graph inputs are assumed finite, and the model's arithmetic on them is assumed not to overflow
+(README: non-finite values). What can still bring NaN or Inf in is a constant: a NaN, an Inf,
+or a magnitude beyond HUGE that overflows float32 once multiplied by an ordinary input. The walk
+marks the output channels that such a constant makes (every channel of the node's outputs, or
+the rows a weighted rule marks), those that NaN in an input channel reaches through what the
+node records (couplings, links, readers), and those whose known value computes to NaN or Inf
+(ChannelInfo.set_values).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.channels import HUGE
+
+if TYPE_CHECKING:
+    from channelcut.analysis import Walk
+
+
+def bounded(array: np.ndarray | None) -> bool:
+    """A constant whose every element is finite and at most HUGE in magnitude (or no float)."""
+    if array is None or array.dtype.kind != "f" or array.size == 0:
+        return True
+    # max and min propagate NaN, and the comparisons are then False; no temporary array
+    return bool(array.max() <= HUGE) and bool(array.min() >= -HUGE)
+
+
+def _attribute_arrays(node: ir.Node) -> list[np.ndarray]:
+    """The float values a node takes as attributes (ConstantOfShape's value, Pad's value...)."""
+    arrays = []
+    for attr in node.attributes.values():
+        if attr.type in (ir.AttributeType.FLOAT, ir.AttributeType.FLOATS):
+            arrays.append(np.asarray(attr.value, dtype=np.float64))
+        elif attr.type == ir.AttributeType.TENSOR:
+            try:
+                arrays.append(np.asarray(attr.value.numpy()))
+            except Exception:  # unreadable (external data gone...): assume the worst, no crash
+                arrays.append(np.array(np.nan))
+    return arrays
+
+
+# Ops whose constants only bound the input (clip(x, -inf, inf) is x): no NaN or Inf from them.
+BOUNDS_ONLY = frozenset({"Clip"})
+# Ops that overflow on ordinary inputs (exp(89) is Inf in float32): what they make may be Inf.
+OVERFLOWS = frozenset({"Exp"})
+
+
+def _makes_every_channel_nonfinite(node: ir.Node, walk: Walk, own: bool) -> bool:
+    """May the node make NaN or Inf in every output channel from finite inputs?
+
+    Yes when it overflows easily (OVERFLOWS), when it holds a subgraph (whose constants are not
+    looked at), and when one of its float constants is NaN, Inf or beyond HUGE (a huge weight
+    times an ordinary input overflows), unless its rule marks what they make (`own`). Other
+    arithmetic of finite values that overflows or divides by zero is outside what this tracks:
+    graph inputs are assumed finite and such that the model's results do not overflow (README:
+    non-finite values).
+    """
+    if node.op_type in OVERFLOWS:
+        return True
+    if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+           for a in node.attributes.values()):
+        return True
+    if node.op_type in BOUNDS_ONLY:
+        return False
+    return not ((own or all(walk.bounded(v) for v in node.inputs))
+                and all(bounded(a) for a in _attribute_arrays(node)))
+
+
+def _reached(walk: Walk, mark: tuple[int, int, int, int], sources: np.ndarray
+             ) -> np.ndarray | None:
+    """The channel nodes that NaN in `sources` (input channels) reaches through what the node
+    recorded since `mark`: couplings and links (both ways), readers (every row of a reader
+    that reads one). None when the node pins one of them: it reads it in ways not recorded."""
+    edges, readers, links, pins = mark
+    if any(np.isin(pin.ids, sources).any() for pin in walk.pins[pins:]):
+        return None
+    pairs = walk._edges[edges:] + [(k.operand_ids, k.out_ids) for k in walk.links[links:]]
+    a = np.concatenate([x for x, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    b = np.concatenate([y for _, y in pairs]) if pairs else np.zeros(0, np.int64)
+    new_readers = walk.readers[readers:]
+    reached = np.unique(sources)
+    while True:  # the closure: a node couples few channels, this ends after a few rounds
+        grown = [reached, b[np.isin(a, reached)], a[np.isin(b, reached)]]
+        grown += [r.row_ids for r in new_readers if np.isin(r.in_ids, reached).any()]
+        grown = np.unique(np.concatenate(grown))
+        if grown.size == reached.size:
+            return reached
+        reached = grown
+
+
+def track_nonfinite(node: ir.Node, walk: Walk, mark: tuple[int, int, int, int],
+                    own: bool = False) -> None:
+    """Mark the node's output channels that may carry NaN or Inf, once its rule has run.
+
+    Every channel of every output when the node makes NaN or Inf itself, or reads a value that
+    may carry some and has no channels to say where; else the channels that the non-finite
+    input channels reach (see `_reached`), and those the rule marked (a weight row with a NaN,
+    a known value that computes to Inf). An output without channels may carry NaN or Inf when
+    anything the node reads may.
+    """
+    inputs = [v for v in node.inputs if v is not None]
+    every = _makes_every_channel_nonfinite(node, walk, own) or any(
+        walk.info(v) is None and v in walk.nonfinite for v in inputs)
+    sources = [info.ids[~info.finite] for v in inputs if (info := walk.info(v)) is not None]
+    sources = np.concatenate(sources) if sources else np.zeros(0, np.int64)
+    reached = None if every or sources.size == 0 else _reached(walk, mark, sources)
+    every = every or (sources.size > 0 and reached is None)
+    own_unbounded = own and not all(walk.bounded(v) for v in inputs)
+    for value in node.outputs:
+        if value is None:
+            continue
+        info = walk.infos.get(value)
+        if info is None:
+            may = every or sources.size > 0 or own_unbounded
+        else:
+            if every:
+                info.mark_nonfinite()
+            elif reached is not None:
+                info.mark_nonfinite(np.isin(info.ids, reached))
+            walk.record_finite(info)
+            may = not info.finite.all()
+        if may and (value.dtype is None or value.dtype.is_floating_point()):
+            walk.nonfinite.add(value)  # integers and booleans are never NaN
