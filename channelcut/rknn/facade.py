@@ -40,7 +40,7 @@ from channelcut.rknn.preprocess import (Preprocess, apply_preprocessing, has_pre
                                         preprocess_config, preprocess_steps, with_preprocessing)
 from channelcut.rknn.quantize import Quantization, ort_options, quantization_config
 from channelcut.rknn.quantize import quantize as quantize_model
-from channelcut.rknn.toolkit import Toolkit, choose_backend
+from channelcut.rknn.toolkit import Toolkit, choose_backend, split_preprocessing
 from channelcut.verify import graph_inputs
 
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
@@ -276,18 +276,8 @@ class RKNN:
             self._log.warn("build: RKNN-Toolkit2 does not take "
                            f"{', '.join((['pre_compile'] if pre_compile else []) + sorted(other))}"
                            "; ignored")
-        # The toolkit takes mean/std in the order of the raw input's channels and has no
-        # reorder: a reorder stays a Gather in front of the model, the toolkit's mean/std
-        # apply before it.
-        orders = {name: Preprocess(order=step.order) for name, step in steps.items()}
-        means, stds = [], []
-        for step in steps.values():
-            inverse = (np.argsort(step.order) if step.order is not None else None)
-            for values, out in ((step.mean, means), (step.std, stds)):
-                if values is not None and inverse is not None and len(values) > 1:
-                    values = [values[i] for i in inverse]
-                out.append(values)
-        config = dict(self._toolkit_config)
+        orders, preprocess = split_preprocessing(steps)
+        config = dict(self._toolkit_config) | preprocess
         platform = config.pop("target_platform", None)
         platform = platform if isinstance(platform, str) or platform is None else platform[0]
         if platform is not None and platform.lower() in TOOLKIT1_TARGETS:
@@ -295,11 +285,6 @@ class RKNN:
                            f"RKNN-Toolkit2 does not build for; building for {TOOLKIT2_DEFAULT}")
         config["target_platform"] = (platform.lower() if platform is not None and
                                      platform.lower() in TOOLKIT2_TARGETS else TOOLKIT2_DEFAULT)
-        for key, values, neutral in (("mean_values", means, 0.0), ("std_values", stds, 1.0)):
-            if any(v is not None for v in values):
-                channels = [len(v) for v in values if v is not None]
-                config[key] = [v if v is not None else [neutral] * max(channels)
-                               for v in values]
         model = with_preprocessing(core, orders)
         self._steps, self._core, self._channel_map = steps, core, channel_map
         self._reference = with_preprocessing(self._loaded, steps)

@@ -14,10 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from channelcut import io
 from channelcut.errors import ChannelcutError
+from channelcut.rknn.preprocess import Preprocess
 
 BACKENDS = ("onnxruntime", "rknn-toolkit2")
 INSTALL = ("RKNN-Toolkit2 is not installed: pip install rknn-toolkit2 (Python 3.11 wheel; see "
@@ -43,6 +45,31 @@ def choose_backend(backend: str | None) -> str:
     if backend == "rknn-toolkit2" and not available():
         raise ChannelcutError(INSTALL)
     return backend
+
+
+def split_preprocessing(steps: dict[str, Preprocess]) -> tuple[dict[str, Preprocess],
+                                                              dict[str, Any]]:
+    """The preprocessing as the toolkit takes it: (reorders left in the model, its config).
+
+    RKNN-Toolkit2 has no reorder_channel and applies mean/std to the raw input: a reorder
+    stays a Gather in front of the model, and mean/std go to the toolkit in the raw input's
+    channel order (out[c] = (raw[order[c]] - mean[c]) / std[c], so raw channel j takes
+    mean[inverse[j]]).
+    """
+    orders = {name: Preprocess(order=step.order) for name, step in steps.items()}
+    lists: dict[str, list[list[float] | None]] = {"mean_values": [], "std_values": []}
+    for step in steps.values():
+        inverse = None if step.order is None else [int(i) for i in np.argsort(step.order)]
+        for key, values in (("mean_values", step.mean), ("std_values", step.std)):
+            if values is not None and inverse is not None and len(values) > 1:
+                values = [values[i] for i in inverse]
+            lists[key].append(values)
+    config = {}
+    for key, neutral in (("mean_values", 0.0), ("std_values", 1.0)):
+        given = [len(v) for v in lists[key] if v is not None]
+        if given:  # an input without them gets the neutral values
+            config[key] = [v if v is not None else [neutral] * max(given) for v in lists[key]]
+    return orders, config
 
 
 class Toolkit:
