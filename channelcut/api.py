@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -22,12 +24,16 @@ from channelcut.cut import SizeChange, apply_cut, kept_mask
 from channelcut.flops import count_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
-                               inputs_as_declared, restore_boundary_shapes, set_value_info)
+                               inputs_as_declared, restore_boundary_shapes,
+                               restore_boundary_types, set_value_info)
 from channelcut.report import AlignedGain, Blocker, ConstChange, LayerChange, Report, SiteChange
 
 log = logging.getLogger(__name__)
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Rounds of keeping the readers of grown constants before cutting without folds: one suffices
+# unless keeping some channels changes how other shared constants are cut.
+MAX_KEEP_ROUNDS = 3
 
 
 @dataclass
@@ -42,8 +48,9 @@ class CutResult:
 
 
 def cut(
-    model: onnx.ModelProto | str | Path,
+    model: onnx.ModelProto | str | Path | Any,
     *,
+    example_inputs: Any = None,
     input_shapes: dict[str, list[int] | tuple[int, ...]] | None = None,
     verify: bool = True,
     threshold: float = 0.9999,
@@ -55,6 +62,9 @@ def cut(
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
+    `model` is an ONNX model (a proto or a path) or a `torch.nn.Module`, exported to ONNX
+    (channelcut.pytorch) for `example_inputs`: one float tensor or a tuple of them, one per
+    module input (only their shapes are used).
     `input_shapes` fixes dynamic input dimensions for the analysis and the check; without it
     they are 1 (a warning and `report.assumed_dims` say so) and the check also runs at 3.
     `fold` (the full cut) also removes constant channels, folding them into their readers,
@@ -64,7 +74,8 @@ def cut(
     `align` > 1 keeps a multiple of that many channels in every tensor that loses some (8 or
     16 let CPU and NPU kernels use their blocked layouts). With `verify`, both models run in
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
-    output raises VerificationError.
+    output raises VerificationError. `threshold` is in (0, 1]; 1 means equal up to float
+    rounding (channelcut.verify.COSINE_TOLERANCE).
 
     `target` (channelcut.targets.TARGETS; default "min-flops") is where the model will run: it
     decides the rewrites allowed, and `objective` and `align` when they are not given (a
@@ -75,6 +86,13 @@ def cut(
     original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
     fastest; the report gives the times.
     """
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or \
+            not 0.0 < threshold <= 1.0:
+        raise ChannelcutError(f"threshold {threshold!r}: give a cosine in (0, 1]")
+    if example_inputs is not None or _is_torch_module(model):
+        from channelcut import pytorch  # noqa: PLC0415 - needs torch, an optional extra
+
+        model = pytorch.to_onnx(model, pytorch.example_shapes(example_inputs))
     chosen = targets.get(targets.DEFAULT if target is None else target)
     seed_mode = False
     if objective is not None and objective not in OBJECTIVES:
@@ -153,6 +171,12 @@ def _guarded(original: onnx.ModelProto, result: CutResult,
     return result
 
 
+def _is_torch_module(model: object) -> bool:
+    """Is `model` a torch.nn.Module? (Without importing torch: a module needs it imported.)"""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """The cycle collector waits until the cut is done: the graph is many small objects, and a
@@ -168,7 +192,14 @@ def _collector_paused() -> Iterator[None]:
 
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
          verify: bool, threshold: float, options: Options) -> CutResult:
-    """cut() on a loaded model; the model is only read (the IR copies what changes)."""
+    """cut() on a loaded model; the model is only read (the IR copies what changes).
+
+    The weights never grow, whatever the objective: when the cut model's constants would take
+    more bytes than the original's, the cut is made again with the readers of each constant
+    that grew kept whole (a constant read by several nodes that each cut differently needs one
+    copy per reader), then without folds and reinsertions (whose savings may overlap), and at
+    last not at all; each step is logged as a warning.
+    """
     shapes = verification.resolve_input_shapes(original, input_shapes)
     assumed = verification.assumed_dims(original, input_shapes)
     assumed_line = dynamic_dims.assumed_dims_line(original, shapes, assumed, verify) \
@@ -177,21 +208,73 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         guessed = any(axis > 0 for axes in assumed.values() for axis in axes)
         level = logging.WARNING if guessed else logging.INFO
         log.log(level, "%s", assumed_line)
+    kept: dict[int, str] = {}
+    keep_rounds = 0
+    while True:  # each pass keeps more readers (a bounded number of times), or folds less
+        result, grown = _cut_once(original, shapes, options, kept, assumed_line)
+        report = result.report
+        if report.weight_bytes_after <= report.weight_bytes_before:
+            break
+        growth = (f"the cut would grow the weights from {report.weight_bytes_before} to "
+                  f"{report.weight_bytes_after} bytes")
+        if set(grown) - set(kept) and keep_rounds < MAX_KEEP_ROUNDS:
+            log.warning("%s: constants read by several nodes cut differently; keeping the "
+                        "channels of %d such readers", growth, len(set(grown) - set(kept)))
+            kept |= grown
+            keep_rounds += 1
+        elif options.fold:
+            log.warning("%s: cutting again with --zero-only (no folds or reinsertions)", growth)
+            options = replace(options, fold=False)
+        else:
+            log.warning("%s: nothing is cut", growth)
+            result = _uncut(original, result.report)
+            break
+    if verify:
+        result.report.checks = dynamic_dims.compare_sizes(original, result.model, shapes,
+                                                          assumed)
+        verification.check(result.report.checks, threshold)
+    return result
+
+
+def _uncut(original: onnx.ModelProto, attempted: Report) -> CutResult:
+    """The original model, reported as cut by nothing (the last step of the weight guard)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    report = Report(blockers=attempted.blockers, unsupported_ops=attempted.unsupported_ops,
+                    mode=attempted.mode, objective=attempted.objective, align=attempted.align,
+                    weight_bytes_before=attempted.weight_bytes_before,
+                    weight_bytes_after=attempted.weight_bytes_before,
+                    flops_before=attempted.flops_before, flops_after=attempted.flops_before,
+                    assumed_dims=attempted.assumed_dims)
+    return CutResult(model, report, {})
+
+
+def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], options: Options,
+              kept: dict[int, str], assumed_line: str = ""
+              ) -> tuple[CutResult, dict[int, str]]:
+    """One cut, unverified, with every channel at the nodes in `kept` (by position in the
+    graph, with why) kept; also returns the readers of constants that grew."""
     graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
     flops_before = count_flops(graph_model)
     removed_nodes, unused = _remove_unused_nodes(graph_model)
-    analysis = solve(walk_graph(graph_model), options)
+    walk = walk_graph(graph_model)
+    for index, node in enumerate(graph_model.graph):
+        if index in kept:
+            walk.barrier(node, kept[index])
+    analysis = solve(walk, options)
     layers = _layer_changes(analysis)
     channel_map = _channel_map(analysis)
     removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
-    changes = {**unused, **apply_cut(analysis)}
+    rewritten = apply_cut(analysis)
+    changes = {**unused, **rewritten.changes}
 
     # the cut model, serialized once; its shapes are inferred on the proto
     clear_intermediate_shapes(graph_model)
     as_declared = inputs_as_declared(graph_model)
     restore_boundary_shapes(graph_model)
     result_proto = ir.to_proto(graph_model)
+    restore_boundary_types(result_proto, original)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)
     flops_after = count_flops(graph_model)
@@ -223,10 +306,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
-    if verify:
-        report.checks = dynamic_dims.compare_sizes(original, result_proto, shapes, assumed)
-        verification.check(report.checks, threshold)
-    return CutResult(result_proto, report, channel_map)
+    return CutResult(result_proto, report, channel_map), rewritten.grown_readers
 
 
 def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:

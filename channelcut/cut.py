@@ -3,6 +3,7 @@ attribute that indexes them. It consumes the analysis' facts and never re-derive
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +25,16 @@ class SizeChange:
     pruned_size: int
 
 
+@dataclass
+class Rewritten:
+    """What `apply_cut` did: the size change of each constant, and the readers of constants
+    that the cut made larger in total (a constant read by several nodes that each cut it
+    differently needs one copy per reader), by position in the graph, with why."""
+
+    changes: dict[str, SizeChange]
+    grown_readers: dict[int, str]
+
+
 class Rewrite:
     """What op rules use to slice their node's constants and attributes.
 
@@ -42,6 +53,9 @@ class Rewrite:
             self._names.update(v.name for v in node.outputs if v.name)
         self._names.update(v.name for v in self.graph.inputs if v.name)
         self._suffixes: dict[str, int] = {}
+        # shared constant -> its bytes and the (node, input index) slots that read it
+        self.shared: dict[ir.Value, tuple[int, list[tuple[ir.Node, int]]]] = {}
+        self.created: set[str] = set()  # names of the constants the cut made
 
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
         return None if value is None else self.analysis.infos.get(value)
@@ -76,6 +90,7 @@ class Rewrite:
             return
         before = tensor_bytes(value)
         if len(value.uses()) > 1 or value.is_graph_output():
+            self.shared.setdefault(value, (before, [(u.node, u.idx) for u in value.uses()]))
             new = self._new_initializer(f"{value.name}_cut", array)
             node.replace_input_with(index, new)
             self._consts[new] = array
@@ -149,6 +164,7 @@ class Rewrite:
 
     def _new_initializer(self, stem: str, array: np.ndarray) -> ir.Value:
         name = self._unique(stem)
+        self.created.add(name)
         value = ir.Value(name=name, shape=ir.Shape(array.shape),
                          type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                          const_value=ir.Tensor(array, name=name))
@@ -195,14 +211,73 @@ def _touches_cut(node: ir.Node, analysis: Analysis) -> bool:
                for v in [*node.inputs, *node.outputs])
 
 
-def apply_cut(analysis: Analysis) -> dict[str, SizeChange]:
-    """Delete every removable channel in place; returns the size change of each constant."""
+def apply_cut(analysis: Analysis) -> Rewritten:
+    """Delete every removable channel in place, then share equal constants and drop unused
+    ones; returns the size change of each constant and the readers of those that grew."""
     from channelcut.ops import RULES
 
     rw = Rewrite(analysis)
     graph = analysis.model.graph
+    position = {node: index for index, node in enumerate(graph)}
     for node in list(graph):
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is not None and rule.rewrite is not None and _touches_cut(node, analysis):
             rule.rewrite(node, rw)
-    return rw.changes
+    share_equal_constants(graph, rw.changes, rw.created)
+    remove_unused_constants(graph, rw.changes, rw.created)
+    return Rewritten(rw.changes, _grown_readers(rw.shared, position))
+
+
+def share_equal_constants(graph: ir.Graph, changes: dict[str, SizeChange],
+                          created: set[str]) -> None:
+    """Readers of constants with equal type, shape and bytes read the first of them (the
+    copies one shared constant got for readers cut alike, the equal biases an exporter had
+    shared); the others go. Graph inputs and outputs stay as they are."""
+    first: dict[tuple[object, tuple[int, ...], bytes], ir.Value] = {}
+    for value in list(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is None or tensor.dtype == ir.DataType.STRING or value.is_graph_input() or \
+                value.is_graph_output():
+            continue
+        array = tensor.numpy()  # (not ascontiguousarray: it makes a scalar 1-d)
+        key = (tensor.dtype, tuple(array.shape), hashlib.sha256(array.tobytes()).digest())
+        kept = first.setdefault(key, value)
+        if kept is not value and kept.const_value.numpy().shape == array.shape and \
+                np.array_equal(kept.const_value.numpy(), array):
+            value.replace_all_uses_with(kept)
+            _forget(graph, value, changes, created)
+
+
+def remove_unused_constants(graph: ir.Graph, changes: dict[str, SizeChange],
+                            created: set[str]) -> None:
+    """Drop the constants nothing reads any more (every reader got its own sliced copy)."""
+    for value in list(graph.initializers.values()):
+        if value.const_value is not None and not value.uses() and \
+                not value.is_graph_input() and not value.is_graph_output():
+            _forget(graph, value, changes, created)
+
+
+def _forget(graph: ir.Graph, value: ir.Value, changes: dict[str, SizeChange],
+            created: set[str]) -> None:
+    """Remove an unread constant: the report shows one of the original's going to nothing,
+    and no longer lists one the cut had made."""
+    name = value.name or ""
+    previous = changes.pop(name, None)
+    if name not in created:
+        changes[name] = SizeChange(previous.src_size if previous else tensor_bytes(value), 0)
+    graph.initializers.pop(name)
+
+
+def _grown_readers(shared: dict[ir.Value, tuple[int, list[tuple[ir.Node, int]]]],
+                   position: dict[ir.Node, int]) -> dict[int, str]:
+    """The readers of each shared constant whose copies now take more bytes than it did."""
+    grown: dict[int, str] = {}
+    for value, (before, slots) in shared.items():
+        now = {id(node.inputs[i]): node.inputs[i] for node, i in slots
+               if i < len(node.inputs) and node.inputs[i] is not None}
+        after = sum(tensor_bytes(v) for v in now.values() if v.const_value is not None)
+        if after > before:
+            reason = (f"reads constant {value.name!r} with other nodes that cut it differently "
+                      f"(a copy each would grow the weights)")
+            grown.update({position[node]: reason for node, _ in slots if node in position})
+    return grown

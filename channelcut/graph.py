@@ -22,14 +22,22 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     Constant nodes become initializers so that every constant is read the same way, and size
     arithmetic on static shapes is folded (channelcut.constfold); `meta["declared_weight_bytes"]`
     keeps the constants' size from before that fold. The declared shapes of graph inputs and
-    outputs are kept in `meta["declared_shape"]` so the rewrite can restore them exactly.
+    outputs are kept in `meta["declared_shape"]` for the analysis and shape inference; the cut
+    proto gets the original's declarations back (shapes.restore_boundary_types).
     """
     model = ir.from_proto(proto)
     graph = model.graph
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     _bypass_constant_identities(graph)
     model.meta["declared_weight_bytes"] = weight_bytes(model)  # before any fold adds some
-    for value in [*graph.inputs, *graph.outputs]:
+    for value in graph.outputs:
+        value.meta["declared_shape"] = value.shape
+    # An input that is also an output is one onnx-ir value: it gets the input's declaration
+    # (onnx-ir gives it the output's), which the analysis and the check go by.
+    declared_inputs = {v.name: v.type for v in proto.graph.input}
+    for value in graph.inputs:
+        if value.name in declared_inputs:
+            value.shape = ir.serde.deserialize_type_proto_for_shape(declared_inputs[value.name])
         value.meta["declared_shape"] = value.shape
     from channelcut.constfold import fold_constants, has_foldable  # it imports this module
 

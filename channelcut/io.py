@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from channelcut.errors import ChannelcutError
+from channelcut.validate import check_model
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,20 @@ EXTERNAL_TENSOR_MIN_BYTES = 1024
 
 def load_model(source: onnx.ModelProto | str | Path, copy: bool = True) -> onnx.ModelProto:
     """A model read from a path (with its external data), or a proto: a private copy of it,
-    or with `copy=False` the caller's own proto, for readers that never modify it."""
+    or with `copy=False` the caller's own proto, for readers that never modify it. Either is
+    refused with a ChannelcutError when it is not valid ONNX (channelcut.validate)."""
     if isinstance(source, onnx.ModelProto):
+        check_model(source, "the model")
         if not copy:
             return source
         private = onnx.ModelProto()
         private.CopyFrom(source)
         return private
+    if not isinstance(source, str | os.PathLike):
+        raise ChannelcutError(
+            f"model is a {type(source).__name__}; give an onnx.ModelProto, the path of an "
+            ".onnx file, or (to channelcut.cut) a torch.nn.Module with example_inputs"
+        )
     path = _require_file(Path(source), "model")
     hint = "re-export it from your framework, or check that the download finished"
     try:
@@ -41,16 +49,14 @@ def load_model(source: onnx.ModelProto | str | Path, copy: bool = True) -> onnx.
         raise ChannelcutError(
             f"{path}: not a valid ONNX model (truncated, or another format); {hint}"
         ) from None
-    except (FileNotFoundError, onnx.checker.ValidationError, OSError) as exc:
-        # onnx raises these when a tensor's external data file is missing or out of range.
+    except (FileNotFoundError, onnx.checker.ValidationError, OSError, ValueError) as exc:
+        # onnx raises these when a tensor's external data file is missing, out of range or
+        # shorter than the model says.
         raise ChannelcutError(
             f"{path}: cannot read the model's external data ({error_line(exc)}); keep the "
-            "data file next to the model, under the name the model refers to"
+            "data file next to the model, under the name the model refers to, and complete"
         ) from None
-    if not model.HasField("graph") or not model.opset_import or model.ir_version <= 0:
-        raise ChannelcutError(
-            f"{path}: not a complete ONNX model (no graph, IR version or opset); {hint}"
-        )
+    check_model(model, str(path))
     return model
 
 

@@ -74,6 +74,21 @@ def to_onnx(model: Any, input_shapes: Sequence[Sequence[int]]) -> onnx.ModelProt
             return _export_torchscript(torch, module, examples, names)
 
 
+def example_shapes(example_inputs: Any) -> list[tuple[int, ...]]:
+    """The input shapes `cut()` exports a module for: those of its `example_inputs`, one float
+    tensor or a sequence of them."""
+    torch = _import_torch()
+    examples = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if isinstance(examples, list | tuple) and examples and all(
+            isinstance(t, torch.Tensor) and t.is_floating_point() for t in examples):
+        return [tuple(int(d) for d in t.shape) for t in examples]
+    given = "missing" if example_inputs is None else f"a {type(example_inputs).__name__}"
+    raise ChannelcutError(
+        f"example_inputs is {given}; a torch.nn.Module needs example_inputs: a float tensor or "
+        "a tuple of them, one per module input, for example (torch.randn(1, 3, 224, 224),)"
+    )
+
+
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
     """The module in eval mode; afterwards every submodule's training flag and attributes are

@@ -39,7 +39,6 @@ def inferred_types(proto: onnx.ModelProto,
                             functions=proto.functions)
     graph = light.graph
     graph.node.extend(proto.graph.node)
-    graph.output.extend(proto.graph.output)
     for value in proto.graph.input:
         typed = graph.input.add()
         typed.CopyFrom(value)
@@ -47,6 +46,10 @@ def inferred_types(proto: onnx.ModelProto,
             typed.type.tensor_type.ClearField("shape")
             for dim in input_shapes[value.name]:
                 typed.type.tensor_type.shape.dim.add().dim_value = int(dim)
+    # An output that is an input is declared as the input: ONNX would merge the output's
+    # declaration (a dynamic batch, say) into the input's type and infer everything from it.
+    typed_inputs = {value.name: value for value in graph.input}
+    graph.output.extend(typed_inputs.get(value.name, value) for value in proto.graph.output)
     listed = {value.name for value in proto.graph.input}
     for tensor in proto.graph.initializer:
         if _tensor_bytes(tensor) <= SMALL_CONSTANT_BYTES:
@@ -99,11 +102,13 @@ def _types_of(inferred: onnx.ModelProto) -> Types:
 
 
 def apply_types(model: ir.Model, types: Types) -> None:
-    """Give the model's values these inferred types and shapes, by name."""
+    """Give the model's values these inferred types and shapes, by name; graph inputs keep
+    theirs (they are given, not inferred: an input that is also an output would otherwise take
+    the output's declaration)."""
     values = ir.convenience.create_value_mapping(model.graph)
     for name, type_proto in types.items():
         value = values.get(name)
-        if value is None:
+        if value is None or value.is_graph_input():
             continue
         shape = ir.serde.deserialize_type_proto_for_shape(type_proto)
         if shape is not None:
@@ -148,6 +153,22 @@ def restore_boundary_shapes(model: ir.Model) -> None:
     for value in [*model.graph.inputs, *model.graph.outputs]:
         if "declared_shape" in value.meta:
             value.shape = value.meta["declared_shape"]
+
+
+def restore_boundary_types(proto: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Give every graph input and output of `proto` the declaration (type, dims, dim_params)
+    the original gives it, by name: a tensor that is both input and output may be declared
+    differently in each list, which one onnx-ir value cannot carry."""
+    for now, declared in ((proto.graph.input, original.graph.input),
+                          (proto.graph.output, original.graph.output)):
+        names = [v.name for v in now]
+        if names == [v.name for v in declared]:
+            pairs = zip(now, declared)  # by position: a name may be listed twice
+        else:
+            by_name = {v.name: v for v in declared}
+            pairs = ((v, by_name[v.name]) for v in now if v.name in by_name)
+        for value, original_value in pairs:
+            value.CopyFrom(original_value)
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:

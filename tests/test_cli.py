@@ -124,6 +124,25 @@ def test_threshold_out_of_range(capsys, model_file, tmp_path):
     assert_one_line_error(err, "--threshold")
 
 
+@pytest.mark.parametrize("threshold", ["0", "-1", "nan", "1.0001"])
+def test_threshold_outside_0_1_writes_nothing(capsys, model_file, tmp_path, threshold):
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli(capsys, "cut", model_file, "-o", out, f"--threshold={threshold}")
+    assert code == cli.EXIT_USER_ERROR
+    assert_one_line_error(err, "--threshold", "(0, 1]")
+    assert not out.exists()
+
+
+def test_threshold_1_accepts_outputs_equal_up_to_rounding(capsys, tmp_path):
+    from test_api import rounding_model  # noqa: PLC0415
+
+    model_path, out = tmp_path / "in.onnx", tmp_path / "o.onnx"
+    model_path.write_bytes(rounding_model().SerializeToString())
+    code, _, err = run_cli(capsys, "cut", model_path, "-o", out, "--threshold", "1", "-q")
+    assert (code, err) == (cli.EXIT_OK, "")
+    assert out.exists()
+
+
 def test_no_command_and_usage_errors(capsys):
     assert cli.main([]) == cli.EXIT_USER_ERROR
     assert "give a command" in capsys.readouterr().err
@@ -187,6 +206,87 @@ def test_not_onnx_or_truncated(capsys, tmp_path, content):
     assert code == cli.EXIT_USER_ERROR and out == ""
     assert_one_line_error(err, "in.onnx", "ONNX")
     assert os.listdir(tmp_path) == ["in.onnx"] and path.read_bytes() == before
+
+
+def _swap_nodes_0_1(m: onnx.ModelProto) -> None:
+    first, second = onnx.NodeProto(), onnx.NodeProto()
+    first.CopyFrom(m.graph.node[0])
+    second.CopyFrom(m.graph.node[1])
+    m.graph.node[0].CopyFrom(second)
+    m.graph.node[1].CopyFrom(first)
+
+
+def _set_dims(m: onnx.ModelProto, dims: list[int]) -> None:
+    for dim, value in zip(m.graph.input[0].type.tensor_type.shape.dim, dims):
+        dim.dim_value = value
+
+
+INVALID_MODELS = [  # (id, how the dead-channel model is broken, words the error line has)
+    ("negative dim", lambda m: _set_dims(m, [1, 3, -8, 8]), ["'x'", "dim 2 as -8"]),
+    ("two producers", lambda m: m.graph.node[1].output.__setitem__(0, "h"),
+     ["node 'relu' writes 'h'", "node 'conv1' writes too"]),
+    ("writes a graph input", lambda m: m.graph.node[1].output.__setitem__(0, "x"),
+     ["node 'relu' writes 'x'", "graph input"]),
+    ("duplicate initializer", lambda m: m.graph.initializer.append(m.graph.initializer[0]),
+     ["not a valid ONNX model", "w1 initializer name is not unique"]),
+    ("not topologically sorted", _swap_nodes_0_1, ["must be topologically sorted", "relu"]),
+    ("IR version without initializer inputs", lambda m: setattr(m, "ir_version", 3),
+     ["not a valid ONNX model", "w1 in initializer but not in graph input"]),
+    ("unknown standard op", lambda m: setattr(m.graph.node[1], "op_type", "Frobnicate"),
+     ["No Op registered for Frobnicate"]),
+]
+
+
+@pytest.mark.parametrize("breaks, words", [c[1:] for c in INVALID_MODELS],
+                         ids=[c[0] for c in INVALID_MODELS])
+def test_an_invalid_model_is_refused_at_load(capsys, tmp_path, breaks, words):
+    m = dead_channel_model()
+    breaks(m)
+    path = tmp_path / "in.onnx"
+    path.write_bytes(m.SerializeToString())
+    for command in (["cut", path, "-o", tmp_path / "o.onnx"], ["inspect", path]):
+        code, out, err = run_cli(capsys, *command)
+        assert code == cli.EXIT_USER_ERROR and out == ""
+        assert_one_line_error(err, "in.onnx", *words)
+        assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+@pytest.mark.parametrize("field", ["name", "op_type"])
+def test_a_node_name_or_op_type_that_is_not_utf8_is_refused(capsys, tmp_path, field):
+    m = dead_channel_model()
+    setattr(m.graph.node[1], field, "QQQQ")
+    path = tmp_path / "in.onnx"
+    path.write_bytes(m.SerializeToString().replace(b"QQQQ", b"R\xffl\xfe"))  # same length
+    code, out, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR and out == ""
+    assert_one_line_error(err, "in.onnx", f"the {field} of node 1 is not UTF-8 text")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+
+
+def test_external_data_shorter_than_the_model_says(capsys, tmp_path):
+    path = tmp_path / "in.onnx"
+    onnx.save(dead_channel_model(), str(path), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="in.data", size_threshold=0)
+    data = tmp_path / "in.data"
+    data.write_bytes(data.read_bytes()[:-100])  # cuts into the last tensor
+    code, out, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR and out == ""
+    assert_one_line_error(err, "in.onnx", "external data", "exceeds available data")
+    assert sorted(os.listdir(tmp_path)) == ["in.data", "in.onnx"]
+
+
+def test_inputs_too_large_to_allocate_are_refused_before_allocating(capsys, tmp_path):
+    m = dead_channel_model()
+    _set_dims(m, [1, 3, 2**20, 2**14])  # 384 GiB of float64 to draw
+    path = tmp_path / "in.onnx"
+    path.write_bytes(m.SerializeToString())
+    code, out, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx")
+    assert code == cli.EXIT_USER_ERROR and out == ""
+    assert_one_line_error(err, "'x' is [1,3,1048576,16384]", "--input-shape", "--no-verify")
+    assert os.listdir(tmp_path) == ["in.onnx"]
+    # the analysis itself allocates nothing of that size: without verification it cuts
+    code, _, err = run_cli(capsys, "cut", path, "-o", tmp_path / "o.onnx", "--no-verify", "-q")
+    assert code == cli.EXIT_OK, err
 
 
 @pytest.mark.parametrize("shape, words", [

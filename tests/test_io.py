@@ -102,6 +102,30 @@ def test_load_missing_external_data(tmp_path, monkeypatch):
     assert "big.onnx" in one_line(exc) and "external data" in str(exc.value)
 
 
+@pytest.mark.parametrize("copy", [True, False])
+def test_an_invalid_proto_is_refused_too(copy):
+    model = conv_model()
+    model.graph.initializer.append(model.graph.initializer[1])  # b twice
+    with pytest.raises(ChannelcutError) as exc:
+        io.load_model(model, copy=copy)
+    assert one_line(exc).startswith("the model: not a valid ONNX model (b initializer name is")
+
+
+def test_a_raw_tensor_shorter_than_its_shape_is_refused():
+    model = conv_model()
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    with pytest.raises(ChannelcutError) as exc:
+        io.load_model(model)
+    assert "initializer 'w' holds 6908 bytes, its shape [64, 3, 3, 3] needs 6912" in one_line(exc)
+
+
+def test_a_valid_model_with_outputs_of_unknown_rank_loads():
+    # onnx.checker wants a shape on every graph output; ONNX Runtime and exporters do without
+    model = conv_model()
+    assert not model.graph.output[0].type.tensor_type.HasField("shape")
+    assert io.load_model(model).graph.output[0] == model.graph.output[0]
+
+
 # --- save_model -------------------------------------------------------------------------------
 
 def test_save_small_model_is_one_file(tmp_path):

@@ -402,3 +402,22 @@ def test_pass_through_of_a_preprocessed_rknn_file_is_refused(image, tmp_path, ca
     (line,) = lines_of(capsys)
     assert line.startswith("E inputs_pass_through needs a model built in this session")
     assert rknn.inference([image], inputs_pass_through=[0]) is not None
+
+
+@pytest.mark.parametrize("failed_load", [
+    lambda r, p: r.load_onnx(p / "none.onnx"),
+    lambda r, p: r.load_onnx(p / "model.onnx", outputs=["zz"]),
+    lambda r, p: r.load_pytorch(str(p / "none.pt"), [SIZE]),
+    lambda r, p: r.load_pytorch(pruned_module(), [[4, 16, 16]]),
+    lambda r, p: r.load_rknn(p / "garbage.rknn"),
+], ids=["missing onnx", "bad onnx output", "missing torchscript", "bad torch size", "garbage rknn"])
+def test_a_failed_load_clears_the_loaded_model(failed_load, onnx_file, tmp_path, capsys):
+    (tmp_path / "garbage.rknn").write_bytes(b"RKNN\x00\x01 not onnx")
+    rknn = built()
+    assert failed_load(rknn, tmp_path) == -1
+    lines_of(capsys)
+    # neither the model loaded before nor the one built from it is still there
+    assert rknn.build() == -1
+    assert rknn.init_runtime() == -1
+    errors = lines_of(capsys)
+    assert len(errors) == 2 and "before build" in errors[0] and "before init_runtime" in errors[1]

@@ -193,6 +193,7 @@ class RKNN:
         """Load a TorchScript file (torch.jit.save) or an nn.Module; sizes without the batch."""
         from channelcut import pytorch  # noqa: PLC0415 - needs torch, an optional extra
 
+        self.release()  # a load that fails leaves nothing loaded, not the previous model
         shapes = [(1, *size) for size in simulator.check_sizes(input_size_list)]
         self._set_loaded(pytorch.to_onnx(model, shapes), None)
         return 0
@@ -203,6 +204,7 @@ class RKNN:
                   input_size_list: Sequence[Sequence[int]] | None = None,
                   outputs: Sequence[str] | None = None) -> int:
         """Load an ONNX model; `inputs`/`outputs` name tensors to cut the graph at."""
+        self.release()  # a load that fails leaves nothing loaded, not the previous model
         proto = io.load_model(model)
         if inputs is not None or outputs is not None:
             proto = _extract(proto, inputs, outputs)
