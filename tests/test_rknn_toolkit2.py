@@ -87,3 +87,15 @@ def test_reorder_channel_with_per_channel_mean_matches_onnx_runtime(tmp_path, im
     _, got = toolkit_run(tmp_path, image=image, **config)
     _, want = toolkit_run(tmp_path, backend="onnxruntime", image=image, **config)
     assert np.max(np.abs(got - want)) <= FP16_TOLERANCE * np.max(np.abs(want))
+
+
+def test_toolkit1_options_toolkit2_dropped_are_named_and_ignored(tmp_path, image, capsys):
+    rknn = RKNN()
+    assert rknn.config(batch_size=4, epochs=2, quantized_dtype="asymmetric_affine-u8",
+                       target_platform="rk3588") == 0
+    assert seed_loader(tmp_path)(rknn) == 0
+    capsys.readouterr()
+    dataset = write_images(tmp_path, 2, 224, 224)
+    assert rknn.build(do_quantization=True, dataset=dataset, rknn_batch_size=-1) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("W ")]
+    assert "W config: RKNN-Toolkit2 does not take batch_size, epochs; ignored" in warnings

@@ -246,7 +246,9 @@ class RKNN:
                                        rknn_batch_size, auto_hybrid, pre_compile, other)
         ignored = [name for name, used in (("pre_compile", pre_compile),
                                            ("auto_hybrid", auto_hybrid),
-                                           ("rknn_batch_size", rknn_batch_size not in (None, 1)),
+                                           # Toolkit1's default is -1
+                                           ("rknn_batch_size",
+                                            rknn_batch_size not in (None, 1, -1)),
                                            ("dataset", dataset is not None and not quantize))
                    if used]
         if ignored or other:
@@ -280,6 +282,10 @@ class RKNN:
                            "; ignored")
         orders, preprocess = split_preprocessing(steps)
         config = dict(self._toolkit_config) | preprocess
+        unknown = sorted(set(config) - self._toolkit.config_names())
+        if unknown:  # Toolkit1's options (batch_size, epochs, ...) that Toolkit2 dropped
+            self._log.warn(f"config: RKNN-Toolkit2 does not take {', '.join(unknown)}; ignored")
+            config = {k: v for k, v in config.items() if k not in unknown}
         platform = config.pop("target_platform", None)
         platform = platform if isinstance(platform, str) or platform is None else platform[0]
         if platform is not None and platform.lower() in TOOLKIT1_TARGETS:
@@ -292,8 +298,8 @@ class RKNN:
         self._reference = with_preprocessing(self._loaded, steps)
         self._float_built = self._built = with_preprocessing(core, steps)
         self._sessions, self._runtime_ready = {}, False
-        build_args = {"do_quantization": quantize, "rknn_batch_size": rknn_batch_size,
-                      "auto_hybrid": auto_hybrid}
+        build_args = {"do_quantization": quantize, "auto_hybrid": auto_hybrid,
+                      "rknn_batch_size": None if rknn_batch_size == -1 else rknn_batch_size}
         if quantize:
             build_args["dataset"] = str(dataset)
         return self._toolkit.build(model, config, build_args)

@@ -10,6 +10,7 @@ returns RKNN's codes, which the facade passes on.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,14 @@ class Toolkit:
             if ret != 0:
                 return ret
         return 0
+
+    @staticmethod
+    def config_names() -> set[str]:
+        """The keyword arguments the toolkit's config takes (Toolkit1-only ones are not)."""
+        from rknn.api import RKNN as ToolkitRKNN  # noqa: PLC0415 - optional vendor package
+
+        parameters = inspect.signature(ToolkitRKNN.config).parameters.values()
+        return {p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD} - {"self"}
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """The toolkit's method on the built model; its exceptions as one ChannelcutError."""
