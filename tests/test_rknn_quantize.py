@@ -22,8 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:Depr
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 MIN_COS = 0.999
-ROW = re.compile(r"^(\[\w+\] \S+) +(?:(\d\.\d{5}) \| (\d+\.\d{5})   "
-                 r"(\d\.\d{5}) \| (\d+\.\d{5}) {7})?$")
+NUMBER = r"(-?\d+\.\d{5}|nan)"
+ROW = re.compile(rf"^(\[\w+\] \S+) +(?:{NUMBER} \| {NUMBER}   {NUMBER} \| {NUMBER} {{7}})?$")
 
 
 def write_images(folder: Path, count: int, height: int, width: int,
