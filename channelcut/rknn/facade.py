@@ -3,10 +3,15 @@
     from channelcut.rknn import RKNN
 
 The call sequence is RKNN-Toolkit's (config, load_pytorch / load_onnx, build, export_rknn,
-init_runtime, inference, release); the model runs in ONNX Runtime on the CPU (the simulator,
-channelcut.rknn.simulator), since no Rockchip NPU is reachable here, and "rknn" files are ONNX
-models. config's mean_values, std_values and reorder_channel become nodes in front of each
-model input (channelcut.rknn.preprocess), so `inference` takes raw pixels as RKNN does.
+init_runtime, inference, release). Two backends: with RKNN-Toolkit2 importable, channelcut
+cuts the model and the toolkit compiles, exports and runs it (channelcut.rknn.toolkit);
+otherwise, or with backend="onnxruntime", the model runs in ONNX Runtime on the CPU (the
+simulator, channelcut.rknn.simulator) and "rknn" files are ONNX models. config's mean_values,
+std_values and reorder_channel become nodes in front of each model input
+(channelcut.rknn.preprocess), so `inference` takes raw pixels as RKNN does.
+build(do_quantization=True, dataset=...) quantizes the cut model (channelcut.rknn.dataset,
+channelcut.rknn.quantize); accuracy_analysis compares it with the float original layer by
+layer (channelcut.rknn.accuracy).
 
 Conventions, RKNN-Toolkit's: methods return 0 on success and -1 on failure after one `E` line
 that says what to do; `inference` returns the list of outputs, or None after an `E` line;
@@ -293,16 +298,16 @@ class RKNN:
                            f"RKNN-Toolkit2 does not build for; building for {TOOLKIT2_DEFAULT}")
         config["target_platform"] = (platform.lower() if platform is not None and
                                      platform.lower() in TOOLKIT2_TARGETS else TOOLKIT2_DEFAULT)
-        model = with_preprocessing(core, orders)
-        self._steps, self._core, self._channel_map = steps, core, channel_map
-        self._reference = with_preprocessing(self._loaded, steps)
-        self._float_built = self._built = with_preprocessing(core, steps)
-        self._sessions, self._runtime_ready = {}, False
         build_args = {"do_quantization": quantize, "auto_hybrid": auto_hybrid,
                       "rknn_batch_size": None if rknn_batch_size == -1 else rknn_batch_size}
         if quantize:
             build_args["dataset"] = str(dataset)
-        return self._toolkit.build(model, config, build_args)
+        ret = self._toolkit.build(with_preprocessing(core, orders), config, build_args)
+        if ret == 0:  # export_onnx writes the cut float model the toolkit compiled
+            self._steps, self._core, self._channel_map = steps, core, channel_map
+            self._reference = with_preprocessing(self._loaded, steps)
+            self._float_built = self._built = with_preprocessing(core, steps)
+        return ret
 
     def _prune(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto,
                                                       dict[str, tuple[int, np.ndarray]]]:
