@@ -421,3 +421,13 @@ def test_a_failed_load_clears_the_loaded_model(failed_load, onnx_file, tmp_path,
     assert rknn.init_runtime() == -1
     errors = lines_of(capsys)
     assert len(errors) == 2 and "before build" in errors[0] and "before init_runtime" in errors[1]
+
+
+def test_inference_without_data_format_warns_and_takes_nhwc(image, capsys):
+    """RKNN-Toolkit2's default data_format is None: a `W` line, then NHWC."""
+    rknn = running()
+    lines_of(capsys)
+    np.testing.assert_allclose(rknn.inference([image])[0], torch_out(nchw(image)), atol=1e-4)
+    assert lines_of(capsys) == ["W inference: data_format is not set; using 'nhwc'"]
+    rknn.inference([image], data_format="nhwc")
+    assert lines_of(capsys) == []

@@ -311,3 +311,18 @@ def test_unknown_backend_is_one_error(capsys):
     RKNN(backend="tensorrt")
     assert "backend 'tensorrt' is not known; use one of onnxruntime, rknn-toolkit2" in \
         one_error(capsys)
+
+
+def test_build_quantizes_when_a_dataset_is_given(tmp_path):
+    """do_quantization's default: quantize with a dataset (RKNN's True), float without one."""
+    weight = np.random.default_rng(0).standard_normal((2, 3, 1, 1)).astype(np.float32)
+    m = model([node("Conv", ["x", "w"], ["y"])], {"x": [1, 3, 4, 4]}, ["y"], {"w": weight})
+    np.save(tmp_path / "0.npy", np.ones((4, 4, 3), np.float32))
+    (tmp_path / "dataset.txt").write_text("0.npy\n")
+    op_types = []
+    for arguments in ({}, {"dataset": tmp_path / "dataset.txt"}):
+        rknn = RKNN()
+        assert rknn.load_onnx(m) == 0 and rknn.build(**arguments) == 0
+        assert rknn.export_onnx(tmp_path / "out.onnx") == 0
+        op_types.append({n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node})
+    assert op_types[0] == {"Conv"} and "QuantizeLinear" in op_types[1]
