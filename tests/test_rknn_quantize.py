@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
