@@ -326,3 +326,12 @@ def test_build_quantizes_when_a_dataset_is_given(tmp_path):
         assert rknn.export_onnx(tmp_path / "out.onnx") == 0
         op_types.append({n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node})
     assert op_types[0] == {"Conv"} and "QuantizeLinear" in op_types[1]
+
+
+def test_accuracy_analysis_of_a_missing_file_is_one_error(tmp_path, capsys):
+    rknn = RKNN()
+    rknn.load_pytorch(demo.pruned_net(), [demo.INPUT_SIZE])
+    rknn.build(do_quantization=False)
+    capsys.readouterr()
+    assert rknn.accuracy_analysis([str(tmp_path / "dog.jpg")], tmp_path / "snapshot") == -1
+    assert re.search(r"^E accuracy_analysis input 0: .*dog.jpg does not exist$", one_error(capsys))

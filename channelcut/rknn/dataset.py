@@ -41,7 +41,8 @@ def read_dataset(path: str | Path, model: onnx.ModelProto) -> list[list[np.ndarr
             raise ChannelcutError(f"{where}: {len(files)} file(s) for a model with "
                                   f"{len(inputs)} input(s); give one file per input, "
                                   "separated by spaces")
-        samples.append([load_input(dataset.parent / name, value, where)
+        samples.append([load_input(dataset.parent / name, value, where,
+                                   " (paths are relative to the dataset file)")
                         for name, value in zip(files, inputs)])
     if not samples:
         raise ChannelcutError(f"dataset {dataset}: no samples; write one line per sample with "
@@ -49,13 +50,13 @@ def read_dataset(path: str | Path, model: onnx.ModelProto) -> list[list[np.ndarr
     return samples
 
 
-def load_input(path: str | Path, value: onnx.ValueInfoProto, where: str) -> np.ndarray:
+def load_input(path: str | Path, value: onnx.ValueInfoProto, where: str,
+               missing_hint: str = "") -> np.ndarray:
     """One raw input from an image or .npy file, checked against the input's static shape."""
     file = Path(path)
     shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
     if not file.is_file():
-        raise ChannelcutError(f"{where}: {file} does not exist (paths are relative to the "
-                              "dataset file)")
+        raise ChannelcutError(f"{where}: {file} does not exist{missing_hint}")
     suffix = file.suffix.lower()
     if suffix == ".npy":
         try:
