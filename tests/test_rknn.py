@@ -14,10 +14,17 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from channelcut.rknn import RKNN, TARGETS  # noqa: E402 - after the torch skip
+from channelcut.rknn import toolkit  # noqa: E402
 from builders import dead_channel_model  # noqa: E402
 
 # The tests save TorchScript files as users do; torch 2.13 calls that API deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def simulator_backend(monkeypatch):
+    """These tests are the ONNX Runtime simulator's, even where RKNN-Toolkit2 is installed."""
+    monkeypatch.setattr(toolkit, "available", lambda: False)
 
 SIZE = [3, 16, 16]
 # conv1 has 8 filters, 4 of them zero with bias -1: ReLU zeroes those channels for any input,

@@ -20,6 +20,12 @@ from builders import model, node  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
 
+
+@pytest.fixture(autouse=True)
+def simulator_backend(monkeypatch):
+    """These tests are the ONNX Runtime simulator's, even where RKNN-Toolkit2 is installed."""
+    monkeypatch.setattr(toolkit, "available", lambda: False)
+
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 MIN_COS = 0.999
 NUMBER = r"(-?\d+\.\d{5}|nan)"
