@@ -341,3 +341,26 @@ def test_accuracy_analysis_of_a_missing_file_is_one_error(tmp_path, capsys):
     capsys.readouterr()
     assert rknn.accuracy_analysis([str(tmp_path / "dog.jpg")], tmp_path / "snapshot") == -1
     assert re.search(r"^E accuracy_analysis input 0: .*dog.jpg does not exist$", one_error(capsys))
+
+
+@pytest.mark.parametrize("options", [
+    {"quantized_dtype": "asymmetric_affine-u8"}, {"quantized_dtype": "dynamic_fixed_point-i8"},
+    {"quantized_algorithm": "kl_divergence"}, {"quantized_algorithm": "mmse"},
+    {"quantized_method": "layer", "optimization_level": 0},
+], ids=lambda options: "-".join(map(str, options.values())))
+def test_every_option_builds_a_close_model(tmp_path, options):
+    rng = np.random.default_rng(4)
+    m = model([node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), node("Relu", ["c"], ["r"]),
+               node("Conv", ["r", "w2"], ["y"])], {"x": [1, 3, 8, 8]}, ["y"],
+              {"w": rng.standard_normal((6, 3, 3, 3)).astype(np.float32),
+               "w2": rng.standard_normal((4, 6, 1, 1)).astype(np.float32)})
+    for index in range(8):
+        np.save(tmp_path / f"{index}.npy", rng.uniform(0, 255, (8, 8, 3)).astype(np.float32))
+    (tmp_path / "dataset.txt").write_text("".join(f"{i}.npy\n" for i in range(8)))
+    config = {"mean_values": [[128, 128, 128]], "std_values": [[64, 64, 64]], **options}
+    floats = built(lambda r: r.load_onnx(m), None, **config)
+    quantized = built(lambda r: r.load_onnx(m), tmp_path / "dataset.txt", **config)
+    image = np.load(tmp_path / "0.npy")
+    want = floats.inference([image], data_format="nhwc")[0]
+    got = quantized.inference([image], data_format="nhwc")[0]
+    assert 0.99 <= demo.cos_sim(want, got) and not np.array_equal(want, got)
