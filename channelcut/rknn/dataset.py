@@ -21,6 +21,10 @@ from channelcut.verify import graph_inputs
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+class MissingDecoder(ChannelcutError):
+    """Neither OpenCV nor Pillow is installed to decode the dataset's images."""
+
+
 def read_dataset(path: str | Path, model: onnx.ModelProto) -> list[list[np.ndarray]]:
     """Every sample of the dataset file: one raw array per model input, in input order."""
     dataset = Path(path)
@@ -81,17 +85,34 @@ def _read_image(file: Path, shape: list[int], where: str) -> np.ndarray:
     if len(shape) != 4 or shape[1] not in (1, 3):
         raise ChannelcutError(f"{where}: {file} is an image, but the input of shape {shape} "
                               "is not an image of 1 or 3 channels; give a .npy file")
+    height, width = shape[2], shape[3]
     try:
         import cv2  # noqa: PLC0415 - only image datasets need it
     except ImportError:
-        raise ChannelcutError(f"{where}: decoding {file} needs OpenCV: pip install "
-                              "'channelcut[rknn]' (or give .npy files)") from None
+        return _read_image_pil(file, shape, where)
     image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE if shape[1] == 1 else cv2.IMREAD_COLOR)
     if image is None:
         raise ChannelcutError(f"{where}: {file} cannot be decoded as an image")
     if shape[1] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    height, width = shape[2], shape[3]
     if image.shape[:2] != (height, width):
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     return image.reshape(height, width, shape[1])
+
+
+def _read_image_pil(file: Path, shape: list[int], where: str) -> np.ndarray:
+    """The same with Pillow, where OpenCV (RKNN-Toolkit's decoder) is not installed."""
+    try:
+        from PIL import Image  # noqa: PLC0415 - optional, as OpenCV
+    except ImportError:
+        raise MissingDecoder(f"{where}: decoding {file} needs OpenCV: pip install "
+                             "'channelcut[rknn]' (or give .npy files)") from None
+    try:
+        with Image.open(file) as opened:
+            image = opened.convert("L" if shape[1] == 1 else "RGB")
+            if image.size != (shape[3], shape[2]):
+                image = image.resize((shape[3], shape[2]), Image.BILINEAR)
+            return np.asarray(image).reshape(shape[2], shape[3], shape[1])
+    except OSError as exc:
+        raise ChannelcutError(f"{where}: {file} cannot be decoded as an image "
+                              f"({exc})") from None

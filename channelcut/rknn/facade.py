@@ -40,9 +40,9 @@ import onnx
 from channelcut import io
 from channelcut.errors import ChannelcutError
 from channelcut.rknn import accuracy, simulator
-from channelcut.rknn.dataset import load_input, read_dataset
-from channelcut.rknn.preprocess import (Preprocess, apply_preprocessing, has_preprocessing,
-                                        preprocess_config, preprocess_steps, with_preprocessing)
+from channelcut.rknn.dataset import MissingDecoder, load_input, read_dataset
+from channelcut.rknn.preprocess import (Preprocess, has_preprocessing, preprocess_config,
+                                        preprocess_steps, preprocessed, with_preprocessing)
 from channelcut.rknn.quantize import Quantization, ort_options, quantization_config
 from channelcut.rknn.quantize import quantize as quantize_model
 from channelcut.rknn.toolkit import Toolkit, choose_backend, split_preprocessing
@@ -242,10 +242,11 @@ class RKNN:
             raise ChannelcutError("build(do_quantization=True) needs dataset='dataset.txt' (one "
                                   "sample per line); or build(do_quantization=False)")
         steps = preprocess_steps(self._loaded, self._preprocess_config)
+        samples = self._dataset(dataset, steps, required=quantize)  # errors before any work
         core, channel_map = self._loaded, {}
+        self._report = None
         if self._pruning is not None:
-            core, channel_map = self._prune(self._loaded)
-        samples = read_dataset(dataset, core) if quantize else []  # errors before any work
+            core, channel_map = self._prune(self._loaded, samples)
         if self._toolkit is not None:
             return self._toolkit_build(core, channel_map, steps, quantize, dataset,
                                        rknn_batch_size, auto_hybrid, pre_compile, other)
@@ -254,18 +255,19 @@ class RKNN:
                                            # Toolkit1's default is -1
                                            ("rknn_batch_size",
                                             rknn_batch_size not in (None, 1, -1)),
-                                           ("dataset", dataset is not None and not quantize))
+                                           # what quantization and pruning read
+                                           ("dataset", dataset is not None and not quantize
+                                            and self._pruning is None))
                    if used]
         if ignored or other:
             self._log.warn(f"build: the simulator does not use "
                            f"{', '.join(ignored + sorted(other))}; ignored")
         float_core = core
         if quantize:
-            feeds = [apply_preprocessing(simulator.feeds(core, sample, "nhwc"), steps)
-                     for sample in samples]
-            core = quantize_model(core, feeds, self._quantization)
+            assert samples is not None  # read with required=True
+            core = quantize_model(core, samples, self._quantization)
             options = ort_options(self._quantization)
-            self._log.info(f"quantized {self._quantization.dtype} on {len(feeds)} samples: "
+            self._log.info(f"quantized {self._quantization.dtype} on {len(samples)} samples: "
                            f"{options['calibrate_method']} calibration, "
                            f"{'per channel' if options['per_channel'] else 'per layer'}, QDQ")
         self._steps, self._core, self._channel_map = steps, core, channel_map
@@ -309,9 +311,31 @@ class RKNN:
             self._float_built = self._built = with_preprocessing(core, steps)
         return ret
 
-    def _prune(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto,
-                                                      dict[str, tuple[int, np.ndarray]]]:
-        """The cut model and its channel map; logs the const change table (and the folds)."""
+    def _dataset(self, dataset: str | Path | None, steps: dict[str, Preprocess],
+                 required: bool) -> list[dict[str, np.ndarray]] | None:
+        """The dataset's samples as the model's own inputs see them (preprocessed): what
+        quantization calibrates on and pruning verifies on. None without a dataset, or (after
+        a `W` line) when only pruning reads it and its images cannot be decoded here."""
+        if dataset is None or not (required or self._pruning is not None):
+            return None
+        try:
+            raw = read_dataset(dataset, self._loaded)
+        except MissingDecoder as exc:
+            if required:
+                raise
+            self._log.warn(f"{exc}; verifying pruning on random inputs instead")
+            return None
+        samples = [preprocessed(self._loaded, steps, simulator.feeds(self._loaded, arrays,
+                                                                     "nhwc"))
+                   for arrays in raw]
+        if self._pruning is not None:
+            self._log.info(f"Pruning: verifying on the {len(samples)} samples of {dataset}")
+        return samples
+
+    def _prune(self, model: onnx.ModelProto, samples: list[dict[str, np.ndarray]] | None = None
+               ) -> tuple[onnx.ModelProto, dict[str, tuple[int, np.ndarray]]]:
+        """The cut model and its channel map; logs the const change table (and the folds).
+        `samples`: the dataset's inputs to verify on (default seeded random ones)."""
         from channelcut.api import cut  # noqa: PLC0415 - keeps `import rknn` light
         from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
 
@@ -319,12 +343,14 @@ class RKNN:
         target = self._cut_target
         if self._pruning == "full":
             result = cut(model, input_shapes=shapes, fold=True, target=target,
-                         objective=self._pruning_objective)
+                         objective=self._pruning_objective, verify_inputs=samples)
         elif self._pruning == "aligned":  # zero or unread channels, the NPU's multiple kept
             result = cut(model, input_shapes=shapes, fold=False, target=target,
-                         align="target")
+                         align="target", verify_inputs=samples)
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
-            result = cut(model, input_shapes=shapes, fold=False, target=target)
+            result = cut(model, input_shapes=shapes, fold=False, target=target,
+                         verify_inputs=samples)
+        self._report = result.report
         self._log.info("Pruning: const change detail")
         for line in const_change_lines(result.report) + summary_lines(result.report):
             self._log.info(line)
@@ -339,16 +365,23 @@ class RKNN:
 
     @_reports_errors(FAILED)
     def export_onnx(self, export_path: str | Path) -> int:
-        """Write the built model as ONNX (QDQ after a quantized build on the simulator)."""
+        """Write the built model as ONNX (QDQ after a quantized build on the simulator; with
+        verbose=True also the pruning's HTML report)."""
         io.save_model(self._require_built("export_onnx"), export_path)
+        self._write_report(export_path)
         return 0
 
     @_reports_errors(FAILED)
     def export_rknn(self, export_path: str | Path, **other: Any) -> int:
-        """Write the .rknn file: RKNN-Toolkit2's, or on the simulator the built model as ONNX."""
+        """Write the .rknn file: RKNN-Toolkit2's, or on the simulator the built model as ONNX
+        (and, with verbose=True, the pruning's HTML report next to it)."""
         if self._toolkit is not None:
-            return self._toolkit.call("export_rknn", str(export_path), **other)
+            ret = self._toolkit.call("export_rknn", str(export_path), **other)
+            if ret == 0:
+                self._write_report(export_path)
+            return ret
         io.save_model(self._require_built("export_rknn"), export_path)
+        self._write_report(export_path)
         self._log.warn(f"{export_path} is an ONNX model, not Rockchip's proprietary RKNN binary; "
                        "it loads in ONNX Runtime or in RKNN-Toolkit's load_onnx")
         self._ignored("export_rknn", other)
@@ -368,6 +401,16 @@ class RKNN:
         simulator.fix_input_shapes(model, None)
         self._built = model
         return 0
+
+    def _write_report(self, export_path: str | Path) -> None:
+        """With verbose=True and a pruned build: its HTML report as <export>.report.html."""
+        if not self._log.verbose or self._report is None:
+            return
+        from channelcut.htmlreport import html_report  # noqa: PLC0415
+
+        path = report_path(export_path)
+        io.write_atomic(path, html_report(self._report, title=str(export_path)).encode())
+        self._log.info(f"Pruning: report written to {path}")
 
     def _require_built(self, method: str) -> onnx.ModelProto:
         if self._built is None:
@@ -541,6 +584,7 @@ class RKNN:
         self._channel_map: dict[str, tuple[int, np.ndarray]] = {}
         self._sessions: dict[tuple[int, ...], Any] = {}
         self._runtime_ready = False
+        self._report: Any = None  # the pruning's channelcut.report.Report
         if self._toolkit is not None:
             self._toolkit.release()
         return 0
@@ -555,6 +599,11 @@ class RKNN:
         if options:
             self._log.warn(f"{method}: the simulator does not use "
                            f"{', '.join(sorted(options))}; ignored")
+
+
+def report_path(export_path: str | Path) -> Path:
+    """Where export_rknn / export_onnx put the HTML report: `model.rknn` -> `model.report.html`."""
+    return Path(export_path).with_suffix(".report.html")
 
 
 # --- argument checks ---------------------------------------------------------------------

@@ -156,6 +156,26 @@ def _preprocess_ops(value: onnx.ValueInfoProto,
     return ops
 
 
+def preprocessed(model: onnx.ModelProto, steps: dict[str, Preprocess],
+                 feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feeds as the model's own inputs see them: each raw input through the same reorder,
+    mean and std that `with_preprocessing` puts in front of it, computed in numpy."""
+    values = {v.name: v for v in graph_inputs(model)}
+    result = {}
+    for name, array in feeds.items():
+        step = steps.get(name)
+        ops = _preprocess_ops(values[name], step) if step is not None else []
+        for op_type, constant, attributes in ops:
+            if op_type == "Gather":
+                array = np.take(array, constant, axis=attributes["axis"])
+            elif op_type == "Sub":
+                array = array - constant
+            else:
+                array = array / constant
+        result[name] = np.ascontiguousarray(array, dtype=feeds[name].dtype)
+    return result
+
+
 def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Make every node that reads `old` (subgraphs included) read `new`."""
     for node in graph.node:
@@ -170,23 +190,3 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
 def has_preprocessing(model: onnx.ModelProto) -> bool:
     """Whether the model's inputs pass through nodes `with_preprocessing` added."""
     return any(node.name.startswith(PREPROCESS_PREFIX) for node in model.graph.node)
-
-
-def apply_preprocessing(feeds: dict[str, np.ndarray],
-                        steps: dict[str, Preprocess]) -> dict[str, np.ndarray]:
-    """The feeds as the model behind the preprocessing nodes sees them (same float ops)."""
-    result = {}
-    for name, array in feeds.items():
-        step = steps.get(name, Preprocess())
-        value = array
-        if step.order is not None:
-            value = np.take(value, step.order, axis=1)
-        shape = (value.shape[1],) + (1,) * (value.ndim - 2)
-        if step.mean is not None:
-            value = value - np.broadcast_to(np.asarray(step.mean, value.dtype),
-                                            shape[:1]).reshape(shape)
-        if step.std is not None:
-            value = value / np.broadcast_to(np.asarray(step.std, value.dtype),
-                                            shape[:1]).reshape(shape)
-        result[name] = np.ascontiguousarray(value, dtype=array.dtype)
-    return result
