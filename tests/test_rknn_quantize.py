@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +365,27 @@ def test_every_option_builds_a_close_model(tmp_path, options):
     want = floats.inference([image], data_format="nhwc")[0]
     got = quantized.inference([image], data_format="nhwc")[0]
     assert 0.99 <= demo.cos_sim(want, got) and not np.array_equal(want, got)
+
+
+def test_images_decode_with_pillow_without_opencv(tmp_path, monkeypatch):
+    dataset = write_images(tmp_path, 2, 20, 24)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` fail
+    rknn = RKNN()
+    assert rknn.load_onnx(model([node("Conv", ["x", "w"], ["y"])], {"x": [1, 3, 16, 16]}, ["y"],
+                                {"w": np.ones((2, 3, 1, 1), np.float32)})) == 0
+    assert rknn.build(do_quantization=True, dataset=dataset) == 0
+
+
+def test_without_any_image_decoder_only_pruning_falls_back(tmp_path, monkeypatch, capsys):
+    dataset = write_images(tmp_path, 2, 224, 224)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    rknn = RKNN()
+    assert rknn.config(model_pruning=True) == 0
+    assert rknn.load_pytorch(demo.pruned_net(), [demo.INPUT_SIZE]) == 0
+    capsys.readouterr()
+    assert rknn.build(do_quantization=False, dataset=dataset) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("W dataset") and "needs OpenCV" in line and "random inputs" in line
+    assert rknn.build(do_quantization=True, dataset=dataset) == -1
+    assert "needs OpenCV: pip install 'channelcut[rknn]'" in one_error(capsys)
