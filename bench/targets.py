@@ -88,7 +88,7 @@ def _yolov8n() -> Any:
 
 def _module(name: str, shape: tuple[int, ...], seed: int) -> Any:
     if name == "demo":
-        from channelcut import demo
+        from channelcut.rknn import demo
 
         import torch
         torch.manual_seed(demo.SEED)
@@ -101,7 +101,7 @@ def _module(name: str, shape: tuple[int, ...], seed: int) -> Any:
 def pruned_onnx(name: str, pruning: str, shape: tuple[int, ...], seed: int) -> Any:
     """The model, pruned one way, exported to ONNX (BatchNorm folded)."""
     if name == "demo" and pruning == "naive":  # the seed's own model and export
-        from channelcut import demo
+        from channelcut.rknn import demo
         from channelcut.pytorch import to_onnx
 
         return to_onnx(demo.pruned_net(), [list(shape)])
