@@ -89,6 +89,13 @@ NAN_CHANNEL_UNREAD = Recipe(in_channels=1, steps=(("add", 3232108949), ("conv", 
 NAN_AFTER_PRELU = Recipe(in_channels=1, steps=(("resize", 2935923865), ("prelu", 1777471567),
                                                ("conv", 780791381)),
                          head="conv", p_row=0.6, p_col=0.0, extra_output=False, special=0.3)
+# x*x -> Conv 1->1 with weight -1e30 -> times x -> Conv 1->6 -> a head reading channel 0: on the
+# large input the product overflows, and the unread channels were cut (NaN at 30 positions less).
+LARGE_WEIGHT_TIMES_INPUT = Recipe(in_channels=1, steps=(("mul", 3485035698),
+                                                        ("broadcast", 28737414),
+                                                        ("conv", 581953099)),
+                                  head="conv", p_row=0.0, p_col=0.6, extra_output=False,
+                                  special=0.1)
 # Conv 3x3 valid -> Conv to 2 channels, Transpose (channels to axis 2), Concat on axis 1: the
 # output loses a channel (8 -> 7).
 TRANSPOSED_CONCAT = Recipe(in_channels=1,
@@ -174,6 +181,7 @@ def test_batchnorm_with_zero_scales(mode, recipe):
 @PATTERN_SETTINGS
 @example(recipe=NAN_CHANNEL_UNREAD)
 @example(recipe=NAN_AFTER_PRELU)
+@example(recipe=LARGE_WEIGHT_TIMES_INPUT)
 @given(recipe=recipes(OPS, HEADS, special=(0.3, 0.6), input_is_output="",
                       dynamic_batch=False))
 def test_nonfinite_huge_and_tiny_weights(mode, recipe):
