@@ -112,6 +112,11 @@ MIXED_AXES_RECUT = Recipe(in_channels=2, steps=(("conv", 1326494862), ("split", 
                                                 ("axisconcat", 3716027968),
                                                 ("matmul", 3146590501)),
                           head="mixflat", p_row=0.6, p_col=0.0, extra_output=False)
+# The mixflat head concatenates Flatten(PRelu) (6 channels of 32) with 7 of one: a full cut,
+# reinserting 4 channels at the PRelu, cut again, removes the MatMul's 2 zero outputs (7 -> 5).
+BLOCKS_RECUT = Recipe(in_channels=2, steps=(("maxpool", 2808715736), ("bcast", 270953762),
+                                            ("prelu", 2592526263), ("matmul", 2985200139)),
+                      head="mixflat", p_row=0.6, p_col=0.0, extra_output=False, special=0.1)
 # Conv 2->1 (a zero weight), Div, then a depthwise conv: the analysis crashes (reshape).
 ONE_CHANNEL_DIV_DEPTHWISE = Recipe(in_channels=2, steps=(("bcast", 3666321497),), head="conv",
                                    p_row=0.0, p_col=0.3, extra_output=False)
@@ -194,6 +199,7 @@ def test_nonfinite_huge_and_tiny_weights(mode, recipe):
 @example(recipe=TRANSPOSED_CONCAT)
 @example(recipe=TRANSPOSED_CONCAT_GEMM)
 @example(recipe=MIXED_AXES_RECUT)
+@example(recipe=BLOCKS_RECUT)
 @given(recipe=recipes(BASE_OPS, ("mixflat", "mixflat", *BASE_HEADS), must_use=("axisconcat",),
                       **PLAIN))
 def test_concat_of_channels_on_different_axes(mode, recipe):
