@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# A float32 value beyond 2^100 overflows float32 (max 2^128) once multiplied by anything above
-# 2^28: a constant that large is treated like an Inf (what it produces may be non-finite), and a
-# channel's value that large is not folded anywhere (the fold itself could overflow).
-HUGE = 2.0 ** 100
+# A constant beyond 2^28 in magnitude is treated like an Inf (what it produces may be
+# non-finite), and a channel's value that large is not folded anywhere (the fold itself could
+# overflow). Not 2^100 (what overflows float32 once times an input of 2^28): what such a
+# constant makes meets the input again further on (1e30 * x*x * x is Inf for |x| = 1e4, and 0 *
+# Inf is NaN behind a zero weight), and trained weights stay far below 2^28 anyway.
+HUGE = 2.0 ** 28
 
 
 @dataclass
