@@ -73,7 +73,7 @@ def toolkit_pruning(python: str, onnx_path: Path, timeout: float) -> dict[str, A
 def channelcut_cuts(onnx_model: Any, input_ranges: dict[str, tuple[float, float]] | None
                     ) -> dict[str, Any]:
     """zero-only, rknn target (if the core has one) and full cuts: what each removes."""
-    from channelcut.api import cut  # not channelcut.cut: the submodule cut.py shadows it
+    from channelcut.api import cut
 
     modes: dict[str, dict[str, Any]] = {"zero": {"fold": False}}
     if "target" in inspect.signature(cut).parameters:

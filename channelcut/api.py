@@ -20,7 +20,7 @@ from channelcut import dynamic_dims, guard, io, targets, verify as verification
 from channelcut.analysis import Walk, walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
-from channelcut.cut import SizeChange, apply_cut, input_role, kept_mask
+from channelcut.rewrite import SizeChange, apply_cut, input_role, kept_mask
 from channelcut.flops import FlopCount, count_flops, node_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.samples import Checking
@@ -478,14 +478,3 @@ def _channel_map(analysis: Analysis) -> dict[str, tuple[int, np.ndarray]]:
         if deleted.size and value.name:
             mapping[value.name] = (info.axis, np.flatnonzero(kept_mask(info.size, deleted)))
     return mapping
-
-
-def _bind_package_names() -> None:
-    """`channelcut.cut` is this function: importing the submodule channelcut.cut (above) set
-    the package's attribute `cut` to that module, and the package imports this one lazily."""
-    import channelcut  # noqa: PLC0415
-
-    channelcut.cut, channelcut.CutResult = cut, CutResult
-
-
-_bind_package_names()

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo, per_channel_constant
-from channelcut.cut import Rewrite, delete_positions
+from channelcut.rewrite import Rewrite, delete_positions
 from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 
