@@ -187,6 +187,9 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
         return
     axis, positions, span = mapped
+    if span > 1 and not _grid_readers_only(node, walk, axis, span):
+        _split_heads(walk, node.outputs[0], source, out_shape[axis:axis + span], axis, positions)
+        return
     out = _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions, span)
     if span > 1:
         # Split into dims (d0, ..., dk): channels that share the last index go together, so
@@ -195,6 +198,47 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         owner = out.channel_at_position()
         members = out.ids[owner].reshape(-1, last)  # row-major: one row per leading index
         walk.couple(np.broadcast_to(members[:1], members.shape).ravel(), members.ravel())
+
+
+def _grid_readers_only(node: ir.Node, walk: Walk, axis: int, span: int) -> bool:
+    """Does everything that reads the split keep its axes side by side (a channel shuffle:
+    Transposes that keep them adjacent, Reshapes)? Then the split stays a grid of channels
+    (`span` axes from `axis`); otherwise it is cut as heads (`_split_heads`)."""
+    rank = len(walk.shape(node.outputs[0]) or ())
+    for use in node.outputs[0].uses():
+        reader = use.node
+        if reader.op_type == "Reshape":
+            continue
+        if reader.op_type != "Transpose":
+            return False
+        perm = attr_ints(reader, "perm") or list(reversed(range(rank)))
+        lands = [perm.index(a) for a in range(axis, axis + span)]
+        if max(lands) - min(lands) != span - 1:
+            return False
+    return True
+
+
+def _split_heads(walk: Walk, value: ir.Value, source: ChannelInfo, dims: tuple[int, ...],
+                 axis: int, positions: np.ndarray) -> None:
+    """A channel axis split into (..., H, D) that attention reads: one channel per head h on
+    the H axis, made of every source channel at (..., h, :). The leading dims (the 3 of a fused
+    qkv) and D become ordinary axes, so whole heads go and the Reshape's H shrinks; the D
+    channels of a head are coupled (the score and context MatMuls mix them)."""
+    n_heads, width = dims[-2], dims[-1]
+    out = walk.new(value, axis + len(dims) - 2, n_heads)
+    owners = np.repeat(np.arange(source.n), positions.shape[1])
+    heads = (positions.ravel() // width) % n_heads
+    walk.couple(source.ids[owners], out.ids[heads])
+    known = np.ones(n_heads, bool)
+    np.logical_and.at(known, heads, source.known[owners])
+    lo, hi = np.full(n_heads, np.inf, np.float32), np.full(n_heads, -np.inf, np.float32)
+    np.minimum.at(lo, heads, source.const[owners])
+    np.maximum.at(hi, heads, source.const[owners])
+    known &= lo == hi
+    out.set_values(known, np.where(known, lo, 0))
+    finite = np.ones(n_heads, bool)
+    np.logical_and.at(finite, heads, source.finite[owners])
+    out.mark_nonfinite(~finite)
 
 
 def _flatten_shapes(node: ir.Node, walk: Walk, source: ChannelInfo

@@ -1,0 +1,116 @@
+"""Attention heads as channels: after Reshape(B, S, H, D) a head is one channel of the head axis,
+carried through the Transposes, the score and context MatMuls (the head axis is a batch axis of
+both) and Softmax over keys, back to o_proj's input rows. A head whose v columns or o rows are
+all zero goes from q, k, v and o together; a head with only zero q or k (uniform attention)
+stays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+
+from builders import assert_cut, blockers, find_node, initializer, model, node, rand, weights
+
+B, S, E, D = 2, 5, 16, 4
+
+
+def i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def head_cols(heads: Iterable[int], d: int = D) -> list[int]:
+    """The columns (or rows) of heads `heads` in a (.., H*D) projection."""
+    return [h * d + j for h in heads for j in range(d)]
+
+
+def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
+            zero_o: Iterable[int] = (), zero_q: Iterable[int] = (), zero_k: Iterable[int] = (),
+            rotary: bool = False, fused: bool = False, k_transposed_once: bool = False
+            ) -> onnx.ModelProto:
+    """One LLaMA-style attention block: x (B, S, E) -> q, k, v projections -> heads -> (rotary)
+    -> (GQA repeat of k, v) -> softmax(q k^T / sqrt(D) + causal mask) v -> o_proj -> + x.
+
+    `zero_*`: heads zeroed in v's columns, o's rows, q's columns, k's columns (kv heads for k
+    and v). `fused`: one qkv projection reshaped to (B, S, 3, H, D) (MHA only)."""
+    h_kv = h if h_kv is None else h_kv
+    rep = h // h_kv
+    wq = weights(E, h * D, zero_cols=head_cols(zero_q), seed=1)
+    wk = weights(E, h_kv * D, zero_cols=head_cols(zero_k), seed=2)
+    wv = weights(E, h_kv * D, zero_cols=head_cols(zero_v), seed=3)
+    wo = weights(h * D, E, zero_rows=head_cols(zero_o), seed=4)
+    mask = np.triu(np.full((S, S), -1e4, np.float32), 1).reshape(1, 1, S, S)
+    inits = {"wo": wo, "scale": np.array(D ** -0.5, np.float32), "mask": mask,
+             "shape_out": i64(B, S, h * D), "perm_dummy": i64(0)}
+    nodes = []
+    if fused:
+        inits["wqkv"] = np.concatenate([wq, wk, wv], axis=1)
+        inits["shape_qkv"] = i64(B, S, 3, h, D)
+        nodes += [node("MatMul", ["x", "wqkv"], ["qkv"]),
+                  node("Reshape", ["qkv", "shape_qkv"], ["qkv5"]),
+                  node("Transpose", ["qkv5"], ["qkvt"], perm=[2, 0, 3, 1, 4])]
+        for i, name in enumerate("qkv"):
+            inits[f"i{name}"] = np.array(i, np.int64)
+            nodes.append(node("Gather", ["qkvt", f"i{name}"], [f"{name}h"], axis=0))
+    else:
+        inits.update(wq=wq, wk=wk, wv=wv, shape_q=i64(B, S, h, D), shape_kv=i64(B, S, h_kv, D))
+        for name, shape in (("q", "shape_q"), ("k", "shape_kv"), ("v", "shape_kv")):
+            nodes += [node("MatMul", ["x", f"w{name}"], [name]),
+                      node("Reshape", [name, shape], [f"{name}4"]),
+                      node("Transpose", [f"{name}4"], [f"{name}h"], perm=[0, 2, 1, 3])]
+    if rotary:
+        angles = rand(S, D // 2, seed=9) * 3
+        inits.update(cos=np.cos(np.concatenate([angles, angles], 1)),
+                     sin=np.sin(np.concatenate([angles, angles], 1)),
+                     lo=i64(0), mid=i64(D // 2), hi=i64(D), ax=i64(3))
+        for name in "qk":
+            x = f"{name}h"
+            nodes += [node("Slice", [x, "lo", "mid", "ax"], [f"{name}1"]),
+                      node("Slice", [x, "mid", "hi", "ax"], [f"{name}2"]),
+                      node("Neg", [f"{name}2"], [f"{name}n"]),
+                      node("Concat", [f"{name}n", f"{name}1"], [f"{name}rot"], axis=3),
+                      node("Mul", [x, "cos"], [f"{name}c"]),
+                      node("Mul", [f"{name}rot", "sin"], [f"{name}s"]),
+                      node("Add", [f"{name}c", f"{name}s"], [f"{name}r"])]
+        q, k = "qr", "kr"
+    else:
+        q, k = "qh", "kh"
+    v = "vh"
+    if rep > 1:  # HF repeat_kv: (B, Hkv, S, D) -> (B, Hkv, rep, S, D) -> (B, H, S, D)
+        inits.update(ax2=i64(2), expand=i64(B, h_kv, rep, S, D), shape_rep=i64(B, h, S, D))
+        for name in (k, v):
+            nodes += [node("Unsqueeze", [name, "ax2"], [f"{name}u"]),
+                      node("Expand", [f"{name}u", "expand"], [f"{name}e"]),
+                      node("Reshape", [f"{name}e", "shape_rep"], [f"{name}x"])]
+        k, v = f"{k}x", f"{v}x"
+    if k_transposed_once:
+        nodes.append(node("Transpose", [k], ["kT"], perm=[0, 1, 3, 2]))
+    else:
+        nodes.append(node("Transpose", [k], ["kT"], perm=[0, 1, 3, 2]))
+    nodes += [node("MatMul", [q, "kT"], ["scores"]),
+              node("Mul", ["scores", "scale"], ["scaled"]),
+              node("Add", ["scaled", "mask"], ["masked"]),
+              node("Softmax", ["masked"], ["probs"], axis=-1),
+              node("MatMul", ["probs", v], ["ctx"]),
+              node("Transpose", ["ctx"], ["ctxt"], perm=[0, 2, 1, 3]),
+              node("Reshape", ["ctxt", "shape_out"], ["ctx2"]),
+              node("MatMul", ["ctx2", "wo"], ["o"]),
+              node("Add", ["o", "x"], ["y"])]
+    del inits["perm_dummy"]
+    return model(nodes, inputs={"x": [B, S, E]}, outputs=["y"], inits=inits)
+
+
+def test_dead_heads_by_v_go_from_q_k_v_and_o():
+    m = decoder(4, zero_v=[1, 3])
+    result = assert_cut(m, {"matmul_q": (E, 8), "matmul_k": (E, 8), "matmul_v": (E, 8),
+                            "matmul_o": (8, E)}, groups=2)
+    assert list(initializer(result.model, "shape_q")) == [B, S, 2, D]
+    assert list(initializer(result.model, "shape_out")) == [B, S, 2 * D]
+
+
+def test_probe():
+    m = decoder(4, zero_v=[1, 3], zero_o=[1, 3])
+    from builders import cut
+    r = cut(m)
+    print(r.report.blockers)
