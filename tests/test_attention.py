@@ -27,7 +27,7 @@ def head_cols(heads: Iterable[int], d: int = D) -> list[int]:
 
 def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
             zero_o: Iterable[int] = (), zero_q: Iterable[int] = (), zero_k: Iterable[int] = (),
-            rotary: bool = False, fused: bool = False, k_transposed_once: bool = False
+            rotary: bool = False, fused: bool = False
             ) -> onnx.ModelProto:
     """One LLaMA-style attention block: x (B, S, E) -> q, k, v projections -> heads -> (rotary)
     -> (GQA repeat of k, v) -> softmax(q k^T / sqrt(D) + causal mask) v -> o_proj -> + x.
@@ -42,7 +42,7 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
     wo = weights(h * D, E, zero_rows=head_cols(zero_o), seed=4)
     mask = np.triu(np.full((S, S), -1e4, np.float32), 1).reshape(1, 1, S, S)
     inits = {"wo": wo, "scale": np.array(D ** -0.5, np.float32), "mask": mask,
-             "shape_out": i64(B, S, h * D), "perm_dummy": i64(0)}
+             "shape_out": i64(B, S, h * D)}
     nodes = []
     if fused:
         inits["wqkv"] = np.concatenate([wq, wk, wv], axis=1)
@@ -54,8 +54,11 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
             inits[f"i{name}"] = np.array(i, np.int64)
             nodes.append(node("Gather", ["qkvt", f"i{name}"], [f"{name}h"], axis=0))
     else:
-        inits.update(wq=wq, wk=wk, wv=wv, shape_q=i64(B, S, h, D), shape_kv=i64(B, S, h_kv, D))
-        for name, shape in (("q", "shape_q"), ("k", "shape_kv"), ("v", "shape_kv")):
+        # one shape for q, k and v when they have as many heads (equal constants are shared)
+        kv = "shape_q" if h_kv == h else "shape_kv"
+        inits.update(wq=wq, wk=wk, wv=wv, shape_q=i64(B, S, h, D))
+        inits[kv] = i64(B, S, h_kv, D)
+        for name, shape in (("q", "shape_q"), ("k", kv), ("v", kv)):
             nodes += [node("MatMul", ["x", f"w{name}"], [name]),
                       node("Reshape", [name, shape], [f"{name}4"]),
                       node("Transpose", [f"{name}4"], [f"{name}h"], perm=[0, 2, 1, 3])]
@@ -84,10 +87,7 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
                       node("Expand", [f"{name}u", "expand"], [f"{name}e"]),
                       node("Reshape", [f"{name}e", "shape_rep"], [f"{name}x"])]
         k, v = f"{k}x", f"{v}x"
-    if k_transposed_once:
-        nodes.append(node("Transpose", [k], ["kT"], perm=[0, 1, 3, 2]))
-    else:
-        nodes.append(node("Transpose", [k], ["kT"], perm=[0, 1, 3, 2]))
+    nodes.append(node("Transpose", [k], ["kT"], perm=[0, 1, 3, 2]))
     nodes += [node("MatMul", [q, "kT"], ["scores"]),
               node("Mul", ["scores", "scale"], ["scaled"]),
               node("Add", ["scaled", "mask"], ["masked"]),
@@ -97,7 +97,6 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
               node("Reshape", ["ctxt", "shape_out"], ["ctx2"]),
               node("MatMul", ["ctx2", "wo"], ["o"]),
               node("Add", ["o", "x"], ["y"])]
-    del inits["perm_dummy"]
     return model(nodes, inputs={"x": [B, S, E]}, outputs=["y"], inits=inits)
 
 
@@ -109,8 +108,54 @@ def test_dead_heads_by_v_go_from_q_k_v_and_o():
     assert list(initializer(result.model, "shape_out")) == [B, S, 2 * D]
 
 
-def test_probe():
-    m = decoder(4, zero_v=[1, 3], zero_o=[1, 3])
-    from builders import cut
-    r = cut(m)
-    print(r.report.blockers)
+def test_dead_heads_by_o_rows_go_from_q_k_v_and_o():
+    m = decoder(4, zero_o=[2])
+    assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
+                   "matmul_o": (12, E)}, groups=1)
+
+
+def test_heads_with_only_zero_q_or_k_attend_uniformly_and_stay():
+    result = assert_cut(decoder(4, zero_q=[0], zero_k=[2]), {})
+    assert not blockers(result, "Transpose") and not blockers(result, "MatMul")
+
+
+def test_a_zero_column_inside_a_live_head_stays():
+    m = decoder(4, zero_v=[1])
+    wv = initializer(m, "wv").copy()
+    wv[:, 2] = 0  # head 0, column 2: the head lives on
+    m.graph.initializer.remove(next(t for t in m.graph.initializer if t.name == "wv"))
+    m.graph.initializer.append(onnx.numpy_helper.from_array(wv, "wv"))
+    assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
+                   "matmul_o": (12, E)}, groups=1)
+
+
+def test_rotary_heads_go_whole():
+    assert_cut(decoder(4, zero_v=[0], rotary=True),
+               {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
+                "matmul_o": (12, E)}, groups=1)
+
+
+def test_fused_qkv_heads_go_from_the_packed_projection():
+    result = assert_cut(decoder(4, zero_v=[1, 2], fused=True),
+                        {"matmul_qkv": (E, 3 * 8), "matmul_o": (8, E)}, groups=2)
+    assert list(initializer(result.model, "shape_qkv")) == [B, S, 3, 2, D]
+
+
+def test_gqa_kv_head_goes_with_all_its_q_heads():
+    # 4 q heads share 2 kv heads (q heads 0, 1 read kv head 0): zero v of kv head 1 kills
+    # q heads 2 and 3
+    result = assert_cut(decoder(4, 2, zero_v=[1]),
+                        {"matmul_q": (E, 8), "matmul_k": (E, 4), "matmul_v": (E, 4),
+                         "matmul_o": (8, E)}, groups=1)
+    assert list(initializer(result.model, "expand")) == [B, 1, 2, S, D]
+    assert list(initializer(result.model, "shape_rep")) == [B, 2, S, D]
+
+
+def test_gqa_q_head_dead_by_o_alone_keeps_its_shared_kv_head():
+    assert_cut(decoder(4, 2, zero_o=[1]), {})
+
+
+def test_gqa_rotary_both_kv_heads_dead_by_o():
+    assert_cut(decoder(4, 2, zero_o=[0, 1], rotary=True),
+               {"matmul_q": (E, 8), "matmul_k": (E, 4), "matmul_v": (E, 4),
+                "matmul_o": (8, E)}, groups=1)

@@ -52,7 +52,9 @@ def analyse_transpose(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, "Transpose separates the axes a channel lies on")
         return
     if source.span == 1:
-        walk.like(node.outputs[0], source, axis=lands[0])
+        out = walk.like(node.outputs[0], source, axis=lands[0])
+        if source.parts is not None:
+            out.parts = (perm.index(source.parts[0]), *source.parts[1:])
         return
     dims = np.array([shape[a] for a in axes])
     order = np.argsort(lands)  # input span axes in output order
@@ -109,7 +111,13 @@ def analyse_gather(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, "Gather along the channel axis")
         return
     shift = len(indices_shape) - 1 if source.axis > axis else 0
-    walk.like(node.outputs[0], source, axis=source.axis + shift)
+    out = walk.like(node.outputs[0], source, axis=source.axis + shift)
+    index = walk.const(node.inputs[1])
+    if source.parts is not None and source.parts[0] == axis and index is not None \
+            and index.size == 1:  # one of q, k, v: what is known of that part
+        _, known, const = source.parts
+        part = int(index.reshape(-1)[0]) % known.shape[0]
+        out.set_values(known[part] & out.finite, const[part])
 
 
 # -- Reshape and Flatten ------------------------------------------------------------------
@@ -229,16 +237,30 @@ def _split_heads(walk: Walk, value: ir.Value, source: ChannelInfo, dims: tuple[i
     owners = np.repeat(np.arange(source.n), positions.shape[1])
     heads = (positions.ravel() // width) % n_heads
     walk.couple(source.ids[owners], out.ids[heads])
-    known = np.ones(n_heads, bool)
-    np.logical_and.at(known, heads, source.known[owners])
-    lo, hi = np.full(n_heads, np.inf, np.float32), np.full(n_heads, -np.inf, np.float32)
-    np.minimum.at(lo, heads, source.const[owners])
-    np.maximum.at(hi, heads, source.const[owners])
-    known &= lo == hi
-    out.set_values(known, np.where(known, lo, 0))
+    out.set_values(*_slot_values(source, owners, heads, n_heads))
     finite = np.ones(n_heads, bool)
     np.logical_and.at(finite, heads, source.finite[owners])
     out.mark_nonfinite(~finite)
+    if len(dims) == 3:  # (3, H, D): what each of q, k and v holds, for the Gather that picks it
+        parts = (positions.ravel() // (width * n_heads))
+        known = np.zeros((dims[0], n_heads), bool)
+        const = np.zeros((dims[0], n_heads), np.float32)
+        for part in range(dims[0]):
+            at = parts == part
+            known[part], const[part] = _slot_values(source, owners[at], heads[at], n_heads)
+        out.parts = (axis, known & out.finite, const)
+
+
+def _slot_values(source: ChannelInfo, owners: np.ndarray, slots: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot: known when every source channel `owners[i]` in it is known, and all equal."""
+    known = np.ones(n, bool)
+    np.logical_and.at(known, slots, source.known[owners])
+    lo, hi = np.full(n, np.inf, np.float32), np.full(n, -np.inf, np.float32)
+    np.minimum.at(lo, slots, source.const[owners])
+    np.maximum.at(hi, slots, source.const[owners])
+    known &= lo == hi
+    return known, np.where(known, lo, 0).astype(np.float32)
 
 
 def _flatten_shapes(node: ir.Node, walk: Walk, source: ChannelInfo
