@@ -78,7 +78,10 @@ def analyse_squeeze(node: ir.Node, walk: Walk) -> None:
     if source.axis in axes:
         walk.barrier(node, "Squeeze removes the channel axis")
         return
-    walk.like(node.outputs[0], source, axis=source.axis - sum(a < source.axis for a in axes))
+    out = walk.like(node.outputs[0], source, axis=source.axis - sum(a < source.axis for a in axes))
+    if source.parts is not None and source.parts[0] not in axes:
+        part_axis = source.parts[0]
+        out.parts = (part_axis - sum(a < part_axis for a in axes), *source.parts[1:])
 
 
 @rule("Unsqueeze")
@@ -93,7 +96,9 @@ def analyse_unsqueeze(node: ir.Node, walk: Walk) -> None:
         return
     inserted = {a % len(out_shape) for a in axes}
     kept = [j for j in range(len(out_shape)) if j not in inserted]
-    walk.like(node.outputs[0], source, axis=kept[source.axis])
+    out = walk.like(node.outputs[0], source, axis=kept[source.axis])
+    if source.parts is not None:
+        out.parts = (kept[source.parts[0]], *source.parts[1:])
 
 
 @rule("Gather")
@@ -122,15 +127,17 @@ def analyse_gather(node: ir.Node, walk: Walk) -> None:
 
 # -- Reshape and Flatten ------------------------------------------------------------------
 
-def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
-                   ) -> tuple[int, np.ndarray, int] | None:
+def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                   literal: bool = False) -> tuple[int, np.ndarray, int] | None:
     """Where a reshape puts each channel: (output axis, positions, span), or None.
 
     With `outer` elements before the channel axes and `inner` after them, position p owns flat
     slab [p*inner, (p+1)*inner) of each outer row. The output axes [j, j+span) must see the
     same outer rows, and each channel must cover whole output positions. A span > 1 splits a
     plain channel axis over several axes, as a channel shuffle does. The outer (or inner) dims
-    must match one for one, so the mapping holds for any batch size, not just the analysed one.
+    must match one for one, so the mapping holds for any batch size, not just the analysed one;
+    with a `literal` target (no 0 or -1: every run has the analysed sizes) dims of 1 may come
+    or go ((S, 1, H, D) -> (S, H*D), torch's attention with a batch of one).
     """
     a, s = source.axis, source.span
     outer, inner = math.prod(in_shape[:a]), math.prod(in_shape[a + s:])
@@ -142,13 +149,19 @@ def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tu
             inner_out = math.prod(out_shape[j + span:])
             if math.prod(out_shape[j:j + span]) * inner_out != source.size * inner:
                 continue
-            if list(in_shape[:a]) != list(out_shape[:j]) and \
-                    list(in_shape[a + s:]) != list(out_shape[j + span:]):
+            if not _same_dims(in_shape[:a], out_shape[:j], literal) and \
+                    not _same_dims(in_shape[a + s:], out_shape[j + span:], literal):
                 continue
             positions = _regroup(source, inner, inner_out)
             if positions is not None:
                 return j, positions, span
     return None
+
+
+def _same_dims(a: tuple[int, ...], b: tuple[int, ...], ignore_ones: bool) -> bool:
+    if ignore_ones:
+        return [d for d in a if d != 1] == [d for d in b if d != 1]
+    return list(a) == list(b)
 
 
 def map_reshape(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
@@ -190,13 +203,21 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     if in_shape is None or out_shape is None:
         walk.barrier(node, f"{node.op_type} shapes unknown")
         return
-    mapped = reshape_layout(source, in_shape, out_shape)
+    target = walk.const(node.inputs[1]) if node.op_type == "Reshape" else None
+    literal = target is not None and bool(np.all(target > 0))
+    mapped = reshape_layout(source, in_shape, out_shape, literal)
     if mapped is None:
         walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
         return
     axis, positions, span = mapped
+    while span > 1 and out_shape[axis] == 1:  # a leading axis of 1 holds nothing apart
+        axis, span = axis + 1, span - 1
     if span > 1 and not _grid_readers_only(node, walk, axis, span):
-        _split_heads(walk, node.outputs[0], source, out_shape[axis:axis + span], axis, positions)
+        dims = out_shape[axis:axis + span]
+        # an unpacked projection, (..., 3, E) picked apart into q, k, v, keeps E's channels;
+        # else the split is (..., H, D), heads
+        channel = len(dims) - (1 if len(dims) == 2 and _parts_picked(node.outputs[0]) else 2)
+        _split_channels(walk, node.outputs[0], source, dims, axis, positions, channel)
         return
     out = _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions, span)
     if span > 1:
@@ -226,28 +247,48 @@ def _grid_readers_only(node: ir.Node, walk: Walk, axis: int, span: int) -> bool:
     return True
 
 
-def _split_heads(walk: Walk, value: ir.Value, source: ChannelInfo, dims: tuple[int, ...],
-                 axis: int, positions: np.ndarray) -> None:
-    """A channel axis split into (..., H, D) that attention reads: one channel per head h on
-    the H axis, made of every source channel at (..., h, :). The leading dims (the 3 of a fused
-    qkv) and D become ordinary axes, so whole heads go and the Reshape's H shrinks; the D
-    channels of a head are coupled (the score and context MatMuls mix them)."""
-    n_heads, width = dims[-2], dims[-1]
-    out = walk.new(value, axis + len(dims) - 2, n_heads)
+# Ops that move axes around without reading values, between an unflatten and what picks it apart
+_AXIS_MOVERS = frozenset({"Unsqueeze", "Squeeze", "Transpose"})
+
+
+def _parts_picked(value: ir.Value, depth: int = 4) -> bool:
+    """Is `value` (or what Unsqueeze, Squeeze and Transpose make of it) picked apart by a
+    Gather or Split? Then its first split axis holds parts (q, k, v), not heads."""
+    for use in value.uses():
+        reader = use.node
+        if reader.op_type in ("Gather", "Split"):
+            return True
+        if reader.op_type in _AXIS_MOVERS and depth and _parts_picked(reader.outputs[0],
+                                                                       depth - 1):
+            return True
+    return False
+
+
+def _split_channels(walk: Walk, value: ir.Value, source: ChannelInfo, dims: tuple[int, ...],
+                    axis: int, positions: np.ndarray, channel: int) -> None:
+    """A channel axis split into `dims` that is not a channel shuffle: one channel per index
+    of split axis `channel`, made of every source channel at that index. Heads: (..., H, D)
+    with `channel` on H, so whole heads go and the Reshape's H shrinks (the D channels of a
+    head are coupled: the score and context MatMuls mix them). A packed projection (3, E):
+    `channel` on E, q, k and v of one column coupled. The other split axes are ordinary axes;
+    with one before `channel` (the 3 of a fused qkv), what each of its slices holds is kept
+    (ChannelInfo.parts) for the Gather or Split that picks q, k or v."""
+    n, inner = dims[channel], math.prod(dims[channel + 1:])
+    out = walk.new(value, axis + channel, n)
     owners = np.repeat(np.arange(source.n), positions.shape[1])
-    heads = (positions.ravel() // width) % n_heads
-    walk.couple(source.ids[owners], out.ids[heads])
-    out.set_values(*_slot_values(source, owners, heads, n_heads))
-    finite = np.ones(n_heads, bool)
-    np.logical_and.at(finite, heads, source.finite[owners])
+    slots = (positions.ravel() // inner) % n
+    walk.couple(source.ids[owners], out.ids[slots])
+    out.set_values(*_slot_values(source, owners, slots, n))
+    finite = np.ones(n, bool)
+    np.logical_and.at(finite, slots, source.finite[owners])
     out.mark_nonfinite(~finite)
-    if len(dims) == 3:  # (3, H, D): what each of q, k and v holds, for the Gather that picks it
-        parts = (positions.ravel() // (width * n_heads))
-        known = np.zeros((dims[0], n_heads), bool)
-        const = np.zeros((dims[0], n_heads), np.float32)
+    if channel == 1:
+        parts = positions.ravel() // (inner * n)
+        known = np.zeros((dims[0], n), bool)
+        const = np.zeros((dims[0], n), np.float32)
         for part in range(dims[0]):
             at = parts == part
-            known[part], const[part] = _slot_values(source, owners[at], heads[at], n_heads)
+            known[part], const[part] = _slot_values(source, owners[at], slots[at], n)
         out.parts = (axis, known & out.finite, const)
 
 
@@ -458,8 +499,14 @@ def analyse_split(node: ir.Node, walk: Walk) -> None:
         return
     axis = attr_int(node, "axis", 0) % len(shape)
     if source.axis != axis:
-        for value in node.outputs:
-            walk.like(value, source)
+        start = 0
+        for value, size in zip(node.outputs, sizes):
+            out = walk.like(value, source)
+            if source.parts is not None and source.parts[0] == axis:  # q, k or v of a qkv
+                known, const = source.parts[1][start:start + size], source.parts[2][start:start + size]
+                same = known.all(axis=0) & (const == const[:1]).all(axis=0)
+                out.set_values(same & out.finite, const[0])
+            start += size
         return
     starts = np.concatenate([[0], np.cumsum(sizes)])
     piece = np.searchsorted(starts, source.positions, side="right") - 1
