@@ -159,3 +159,67 @@ def test_gqa_rotary_both_kv_heads_dead_by_o():
     assert_cut(decoder(4, 2, zero_o=[0, 1], rotary=True),
                {"matmul_q": (E, 8), "matmul_k": (E, 4), "matmul_v": (E, 4),
                 "matmul_o": (8, E)}, groups=1)
+
+
+# --- torch: nn.MultiheadAttention (packed in-projection), as torchvision's ViT exports it --------
+
+class _ViTBlock:
+    """torchvision's EncoderBlock in miniature: LayerNorm, self-attention, residual, MLP."""
+
+    @staticmethod
+    def build(torch, e: int, heads: int):
+        class Block(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.ln_1 = torch.nn.LayerNorm(e)
+                self.self_attention = torch.nn.MultiheadAttention(e, heads, batch_first=True)
+                self.ln_2 = torch.nn.LayerNorm(e)
+                self.mlp = torch.nn.Sequential(torch.nn.Linear(e, 2 * e), torch.nn.GELU(),
+                                               torch.nn.Linear(2 * e, e))
+
+            def forward(self, x):
+                y = self.ln_1(x)
+                y = self.self_attention(y, y, y, need_weights=False)[0] + x
+                return self.mlp(self.ln_2(y)) + y
+
+        torch.manual_seed(0)
+        return Block().eval()
+
+
+def vit_block(zero_v: Iterable[int] = (), zero_o: Iterable[int] = (), zero_q: Iterable[int] = (),
+              heads: int = 4) -> onnx.ModelProto:
+    """The block exported from torch (batch 1, 5 tokens of E), with heads zeroed in the packed
+    in-projection's v (or q) part, or in out_proj's input columns."""
+    import pytest
+    torch = pytest.importorskip("torch")
+    from channelcut.pytorch import to_onnx
+    block = _ViTBlock.build(torch, E, heads)
+    d = E // heads
+    with torch.no_grad():
+        attn = block.self_attention
+        for h in zero_q:
+            attn.in_proj_weight[h * d:(h + 1) * d] = 0
+            attn.in_proj_bias[h * d:(h + 1) * d] = 0
+        for h in zero_v:
+            attn.in_proj_weight[2 * E + h * d:2 * E + (h + 1) * d] = 0
+            attn.in_proj_bias[2 * E + h * d:2 * E + (h + 1) * d] = 0
+        for h in zero_o:
+            attn.out_proj.weight[:, h * d:(h + 1) * d] = 0
+    return to_onnx(block, [(1, S, E)])
+
+
+def reader_of(m: onnx.ModelProto, shape: tuple[int, ...]) -> str:
+    """The node that reads the one initializer of this shape (exporters name nodes their way)."""
+    name = next(t.name for t in m.graph.initializer if tuple(t.dims) == shape)
+    return next(n.name for n in m.graph.node if name in n.input)
+
+
+def test_torch_multihead_attention_dead_heads_go():
+    m = vit_block(zero_v=[0], zero_o=[3])
+    in_proj, out_proj = reader_of(m, (E, 3 * E)), reader_of(m, (E, E))
+    result = assert_cut(m, {in_proj: (E, 3 * 8), out_proj: (8, E)}, groups=2)
+    assert not blockers(result, "Transpose") and not blockers(result, "MatMul")
+
+
+def test_torch_multihead_attention_zero_q_head_stays():
+    assert_cut(vit_block(zero_q=[2]), {})
