@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
-from builders import assert_cut, blockers, find_node, initializer, model, node, rand, weights
+from builders import assert_cut, blockers, initializer, model, node, rand, run, weights
 
 B, S, E, D = 2, 5, 16, 4
 
@@ -27,13 +27,14 @@ def head_cols(heads: Iterable[int], d: int = D) -> list[int]:
 
 def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
             zero_o: Iterable[int] = (), zero_q: Iterable[int] = (), zero_k: Iterable[int] = (),
-            rotary: bool = False, fused: bool = False
+            rotary: bool = False, fused: bool = False, dynamic: bool = False
             ) -> onnx.ModelProto:
     """One LLaMA-style attention block: x (B, S, E) -> q, k, v projections -> heads -> (rotary)
     -> (GQA repeat of k, v) -> softmax(q k^T / sqrt(D) + causal mask) v -> o_proj -> + x.
 
     `zero_*`: heads zeroed in v's columns, o's rows, q's columns, k's columns (kv heads for k
-    and v). `fused`: one qkv projection reshaped to (B, S, 3, H, D) (MHA only)."""
+    and v). `fused`: one qkv projection reshaped to (B, S, 3, H, D) (MHA only). `dynamic`: S is
+    dynamic and the head Reshapes' targets are Concat(Shape(x)[:2], [H, D]) (MHA only)."""
     h_kv = h if h_kv is None else h_kv
     rep = h // h_kv
     wq = weights(E, h * D, zero_cols=head_cols(zero_q), seed=1)
@@ -90,6 +91,8 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
     nodes.append(node("Transpose", [k], ["kT"], perm=[0, 1, 3, 2]))
     nodes += [node("MatMul", [q, "kT"], ["scores"]),
               node("Mul", ["scores", "scale"], ["scaled"]),
+              # a constant causal mask fixes S: a dynamic S goes unmasked
+              node("Identity", ["scaled"], ["masked"]) if dynamic else
               node("Add", ["scaled", "mask"], ["masked"]),
               node("Softmax", ["masked"], ["probs"], axis=-1),
               node("MatMul", ["probs", v], ["ctx"]),
@@ -97,7 +100,17 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
               node("Reshape", ["ctxt", "shape_out"], ["ctx2"]),
               node("MatMul", ["ctx2", "wo"], ["o"]),
               node("Add", ["o", "x"], ["y"])]
-    return model(nodes, inputs={"x": [B, S, E]}, outputs=["y"], inits=inits)
+    if dynamic:  # the exporters' (*x.shape[:-1], H, D): sizes from Shape, heads constant
+        shapes = {"shape_q": i64(h, D), "shape_out": i64(h * D)}
+        nodes = [node("Shape", ["x"], ["bs"], end=2),
+                 *[node("Concat", ["bs", f"{name}_tail"], [name], axis=0) for name in shapes],
+                 *nodes]
+        del inits["mask"]
+        for name, tail in shapes.items():
+            del inits[name]
+            inits[f"{name}_tail"] = tail
+    return model(nodes, inputs={"x": [B, "S" if dynamic else S, E]}, outputs=["y"],
+                 inits=inits)
 
 
 def test_dead_heads_by_v_go_from_q_k_v_and_o():
@@ -159,6 +172,17 @@ def test_gqa_rotary_both_kv_heads_dead_by_o():
     assert_cut(decoder(4, 2, zero_o=[0, 1], rotary=True),
                {"matmul_q": (E, 8), "matmul_k": (E, 4), "matmul_v": (E, 4),
                 "matmul_o": (8, E)}, groups=1)
+
+
+def test_dynamic_sequence_length_heads_count_rewritten_in_the_computed_shape():
+    m = decoder(4, zero_v=[2], dynamic=True)
+    result = assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
+                            "matmul_o": (12, E)}, groups=1, input_shapes={"x": [B, 7, E]})
+    assert list(initializer(result.model, "shape_q_tail")) == [3, D]
+    assert list(initializer(result.model, "shape_out_tail")) == [3 * D]
+    feeds = {"x": rand(B, 3, E, seed=5)}  # another sequence length than the analysed one
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-4, atol=1e-5)
 
 
 # --- torch: nn.MultiheadAttention (packed in-projection), as torchvision's ViT exports it --------

@@ -195,7 +195,8 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     if source is None:
         return
     in_shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
-    if node.op_type == "Reshape" and walk.const(node.inputs[1]) is None:
+    computed = node.op_type == "Reshape" and walk.const(node.inputs[1]) is None
+    if computed and target_entries(node.inputs[1], walk) is None:
         walk.barrier(node, "Reshape to a computed shape")
         return
     if node.op_type == "Flatten" and (in_shape is None or out_shape is None):
@@ -212,6 +213,13 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     axis, positions, span = mapped
     while span > 1 and out_shape[axis] == 1:  # a leading axis of 1 holds nothing apart
         axis, span = axis + 1, span - 1
+    if computed and not all(e is not None and e > 0
+                            for e in target_entries(node.inputs[1], walk)[axis:]):
+        # Sizes from the channel axis on, fixed: then the run-time sizes before it multiply to
+        # the input's outer rows whatever they are (the element count says so).
+        walk.barrier(node, "Reshape to a computed shape whose sizes from the channel axis on "
+                           "are not all constants")
+        return
     if span > 1 and not _grid_readers_only(node, walk, axis, span):
         dims = out_shape[axis:axis + span]
         # an unpacked projection, (..., 3, E) picked apart into q, k, v, keeps E's channels;
@@ -321,20 +329,63 @@ def _flatten_shapes(node: ir.Node, walk: Walk, source: ChannelInfo
     return in_shape, (math.prod(in_shape[:axis]), math.prod(in_shape[axis:]))
 
 
+def target_entries(value: ir.Value, walk: Walk | Rewrite) -> list[int | None] | None:
+    """The entries of a shape operand (Reshape's, Expand's): a constant's, or those of a Concat
+    of pieces, sizes computed at run time (from `Shape` of a tensor with a dynamic dim) being
+    None. None when it is neither."""
+    array = walk.const(value)
+    if array is not None:
+        return [int(x) for x in array.reshape(-1)]
+    producer = value.producer()
+    if producer is None or producer.op_type != "Concat":
+        return None
+    entries: list[int | None] = []
+    for piece in producer.inputs:
+        shape, array = walk.shape(piece), walk.const(piece)
+        if shape is None or len(shape) != 1:
+            return None
+        entries += [None] * shape[0] if array is None else [int(x) for x in array.reshape(-1)]
+    return entries
+
+
+def set_target_entry(node: ir.Node, index: int, rw: Rewrite, axis: int, size: int) -> None:
+    """Write `size` at entry `axis` of shape operand `index` of `node` (a constant, or the
+    constant piece of the Concat that builds it: see `target_entries`)."""
+    value = node.inputs[index]
+    target = rw.const(value)
+    if target is not None:
+        target = target.copy()
+        target[axis] = size
+        rw.set_const(node, index, target)
+        return
+    concat = value.producer()
+    if len(value.uses()) > 1 or value.is_graph_output():  # others read it: this node's own copy
+        copy = rw.add_node(node, "Concat", list(concat.inputs), {"axis": 0})
+        copy.shape, copy.type = value.shape, value.type
+        node.replace_input_with(index, copy)
+        concat = copy.producer()
+    for k, piece in enumerate(concat.inputs):
+        length = rw.shape(piece)[0]
+        if axis < length:
+            array = rw.const(piece).copy()
+            array.reshape(-1)[axis] = size
+            rw.set_const(concat, k, array)
+            return
+        axis -= length
+
+
 def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
     """Shrink the channel axis entry of the target shape (unless it is -1, inferred); when the
     channels span several axes, the last of them loses the removed columns."""
     deleted = rw.deleted(node.outputs[0])
     if node.op_type != "Reshape" or deleted.size == 0:
         return
-    target = rw.const(node.inputs[1]).copy()
     out = rw.info(node.outputs[0])
     shape = rw.shape(node.outputs[0])
     axis = out.axis + out.span - 1
     rows = math.prod(shape[out.axis:axis])  # the grid's other dims keep their size
-    if target[axis] != -1:
-        target[axis] = shape[axis] - deleted.size // rows
-        rw.set_const(node, 1, target)
+    if target_entries(node.inputs[1], rw)[axis] != -1:
+        set_target_entry(node, 1, rw, axis, shape[axis] - deleted.size // rows)
 
 
 rule("Reshape", "Flatten", rewrite=rewrite_reshape, spans=True)(analyse_reshape)
