@@ -240,7 +240,7 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
 def _grid_readers_only(node: ir.Node, walk: Walk, axis: int, span: int) -> bool:
     """Does everything that reads the split keep its axes side by side (a channel shuffle:
     Transposes that keep them adjacent, Reshapes)? Then the split stays a grid of channels
-    (`span` axes from `axis`); otherwise it is cut as heads (`_split_heads`)."""
+    (`span` axes from `axis`); otherwise it is cut as heads (`_split_channels`)."""
     rank = len(walk.shape(node.outputs[0]) or ())
     for use in node.outputs[0].uses():
         reader = use.node
