@@ -436,7 +436,8 @@ def analyse_split(node: ir.Node, walk: Walk) -> None:
         for value, size in zip(node.outputs, sizes):
             out = walk.like(value, source)
             if source.parts is not None and source.parts[0] == axis:  # q, k or v of a qkv
-                known, const = source.parts[1][start:start + size], source.parts[2][start:start + size]
+                known = source.parts[1][start:start + size]
+                const = source.parts[2][start:start + size]
                 same = known.all(axis=0) & (const == const[:1]).all(axis=0)
                 out.set_values(same & out.finite, const[0])
             start += size
