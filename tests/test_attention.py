@@ -27,8 +27,8 @@ def head_cols(heads: Iterable[int], d: int = D) -> list[int]:
 
 def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
             zero_o: Iterable[int] = (), zero_q: Iterable[int] = (), zero_k: Iterable[int] = (),
-            rotary: bool = False, fused: bool = False, dynamic: bool = False
-            ) -> onnx.ModelProto:
+            rotary: bool = False, fused: bool = False, dynamic: bool = False,
+            unbind: str = "Gather") -> onnx.ModelProto:
     """One LLaMA-style attention block: x (B, S, E) -> q, k, v projections -> heads -> (rotary)
     -> (GQA repeat of k, v) -> softmax(q k^T / sqrt(D) + causal mask) v -> o_proj -> + x.
 
@@ -51,7 +51,11 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
         nodes += [node("MatMul", ["x", "wqkv"], ["qkv"]),
                   node("Reshape", ["qkv", "shape_qkv"], ["qkv5"]),
                   node("Transpose", ["qkv5"], ["qkvt"], perm=[2, 0, 3, 1, 4])]
-        for i, name in enumerate("qkv"):
+        if unbind == "Split":  # torch's unbind as Split and Squeeze
+            inits["ax0"] = i64(0)
+            nodes.append(node("Split", ["qkvt"], ["qs", "ks", "vs"], axis=0, num_outputs=3))
+            nodes += [node("Squeeze", [f"{name}s", "ax0"], [f"{name}h"]) for name in "qkv"]
+        for i, name in enumerate("qkv" if unbind == "Gather" else ""):
             inits[f"i{name}"] = np.array(i, np.int64)
             nodes.append(node("Gather", ["qkvt", f"i{name}"], [f"{name}h"], axis=0))
     else:
@@ -152,6 +156,15 @@ def test_fused_qkv_heads_go_from_the_packed_projection():
     result = assert_cut(decoder(4, zero_v=[1, 2], fused=True),
                         {"matmul_qkv": (E, 3 * 8), "matmul_o": (8, E)}, groups=2)
     assert list(initializer(result.model, "shape_qkv")) == [B, S, 3, 2, D]
+
+
+def test_fused_qkv_picked_apart_by_split():
+    assert_cut(decoder(4, zero_v=[3], fused=True, unbind="Split"),
+               {"matmul_qkv": (E, 3 * 12), "matmul_o": (12, E)}, groups=1)
+
+
+def test_fused_qkv_zero_q_head_stays():
+    assert_cut(decoder(4, zero_q=[1], fused=True), {})
 
 
 def test_gqa_kv_head_goes_with_all_its_q_heads():
