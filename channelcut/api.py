@@ -20,9 +20,11 @@ from channelcut import dynamic_dims, guard, io, targets, verify as verification
 from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
-from channelcut.cut import SizeChange, apply_cut, kept_mask
-from channelcut.flops import count_flops
+from channelcut.cut import SizeChange, apply_cut, input_role, kept_mask
+from channelcut.flops import FlopCount, count_flops, node_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
+from channelcut.samples import Checking
+from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
                                inputs_as_declared, restore_boundary_shapes,
                                restore_boundary_types, set_value_info)
@@ -59,6 +61,10 @@ def cut(
     align: int | str | None = None,
     target: str | None = None,
     measure: guard.Measure | None = None,
+    verify_inputs: str | Path | list[dict[str, np.ndarray]] | None = None,
+    verify_samples: int | None = None,
+    seed: int = 0,
+    stages: Stages | None = None,
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
@@ -76,6 +82,11 @@ def cut(
     ONNX Runtime on seeded random inputs and a cosine similarity below `threshold` on any
     output raises VerificationError. `threshold` is in (0, 1]; 1 means equal up to float
     rounding (channelcut.verify.COSINE_TOLERANCE).
+    `verify_inputs` gives the inputs to verify on instead:
+    an .npz file or a folder of .npy files (channelcut.samples.load_inputs) or a list of
+    {input name: array}; `verify_samples` caps how many of them are used, or says how many
+    seeded random input sets to draw (from `seed`). `stages` times each stage (and can show
+    progress); the report's `seconds` has the times either way.
 
     `target` (channelcut.targets.TARGETS; default "min-flops") is where the model will run: it
     decides the rewrites allowed, and `objective` and `align` when they are not given (a
@@ -110,13 +121,19 @@ def cut(
     options = chosen.options(fold=fold, objective=objective, align=align)
     zero_only = chosen.options(fold=False, objective=objective,
                                align=None if seed_mode else align)
+    if verify_samples is not None and (isinstance(verify_samples, bool) or verify_samples < 1):
+        raise ChannelcutError(f"verify_samples {verify_samples!r}: give 1 or more")
+    stages = stages or Stages()
+    checking = Checking(verify_inputs, verify_samples, seed)
     with _collector_paused():
-        original = io.load_model(model, copy=False)
-        result = _cut(original, input_shapes, verify, threshold, options)
+        with stages.stage("load"):
+            original = io.load_model(model, copy=False)
+        result = _cut(original, input_shapes, verify, threshold, options, stages, checking)
         result.report.target = chosen.name
         if seed_mode and chosen.alignment() > 1 and result.report.removed_channels:
             # what align="target" (the facade's model_pruning="aligned") would make
-            aligned = _cut(original, input_shapes, False, threshold, zero_only).report
+            aligned = _cut(original, input_shapes, False, threshold, zero_only, stages,
+                           checking).report
             if (aligned.weight_bytes_after, aligned.flops_after) != (
                     result.report.weight_bytes_after, result.report.flops_after):
                 result.report.aligned = AlignedGain(chosen.alignment(),
@@ -124,14 +141,16 @@ def cut(
                                                     aligned.flops_after)
         if chosen.guard:
             result = _guarded(original, result, input_shapes, verify, threshold, options,
-                              zero_only, measure or guard.ort_latencies)
-        return result
+                              zero_only, measure or guard.ort_latencies, stages, checking)
+    result.report.model_path = str(model) if isinstance(model, str | Path) else ""
+    result.report.seconds = dict(stages.seconds)
+    return result
 
 
 def _guarded(original: onnx.ModelProto, result: CutResult,
              input_shapes: dict[str, list[int] | tuple[int, ...]] | None, verify: bool,
              threshold: float, options: Options, zero_only: Options,
-             measure: guard.Measure) -> CutResult:
+             measure: guard.Measure, stages: Stages, checking: Checking) -> CutResult:
     """The fastest of the cut, the same cut with only the folds that add no op, the aligned
     zero-only cut (`zero_only`) and the original, timed by `measure` (a candidate that comes
     out the same as an earlier one is timed once); the report of the one kept, with the times."""
@@ -141,7 +160,7 @@ def _guarded(original: onnx.ModelProto, result: CutResult,
     for name, variant in (("no added ops", no_added_ops), ("zero-only", zero_only)):
         if variant == options:
             continue
-        other = _cut(original, input_shapes, verify, threshold, variant)
+        other = _cut(original, input_shapes, verify, threshold, variant, stages, checking)
         serialized = other.model.SerializeToString()
         if serialized not in seen:
             seen.add(serialized)
@@ -163,7 +182,8 @@ def _guarded(original: onnx.ModelProto, result: CutResult,
             mode=before.mode, objective=before.objective, align=before.align,
             target=before.target, weight_bytes_before=before.weight_bytes_before,
             weight_bytes_after=before.weight_bytes_before, flops_before=before.flops_before,
-            flops_after=before.flops_before))
+            flops_after=before.flops_before, input_shapes=before.input_shapes,
+            params_before=before.params_before, params_after=before.params_before))
     else:
         result = candidates[kept]
     result.report.latencies, result.report.kept = latencies, kept
@@ -191,7 +211,8 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[int, ...]] | None,
-         verify: bool, threshold: float, options: Options) -> CutResult:
+         verify: bool, threshold: float, options: Options, stages: Stages,
+         checking: Checking) -> CutResult:
     """cut() on a loaded model; the model is only read (the IR copies what changes).
 
     The weights never grow, whatever the objective: when the cut model's constants would take
@@ -211,7 +232,7 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     kept: dict[int, str] = {}
     keep_rounds = 0
     while True:  # each pass keeps more readers (a bounded number of times), or folds less
-        result, grown = _cut_once(original, shapes, options, kept, assumed_line)
+        result, grown = _cut_once(original, shapes, options, kept, assumed_line, stages)
         report = result.report
         if report.weight_bytes_after <= report.weight_bytes_before:
             break
@@ -230,8 +251,11 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
             result = _uncut(original, result.report)
             break
     if verify:
-        result.report.checks = dynamic_dims.compare_sizes(original, result.model, shapes,
-                                                          assumed)
+        samples = checking.feeds(original, shapes)
+        with stages.stage("verify", len(samples)) as advance:
+            result.report.checks = dynamic_dims.compare_sizes(
+                original, result.model, shapes, assumed, samples=samples, advance=advance)
+        result.report.verify_inputs = checking.describe()
         verification.check(result.report.checks, threshold)
     return result
 
@@ -245,46 +269,48 @@ def _uncut(original: onnx.ModelProto, attempted: Report) -> CutResult:
                     weight_bytes_before=attempted.weight_bytes_before,
                     weight_bytes_after=attempted.weight_bytes_before,
                     flops_before=attempted.flops_before, flops_after=attempted.flops_before,
-                    assumed_dims=attempted.assumed_dims)
+                    assumed_dims=attempted.assumed_dims, input_shapes=attempted.input_shapes,
+                    params_before=attempted.params_before,
+                    params_after=attempted.params_before)
     return CutResult(model, report, {})
 
 
 def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], options: Options,
-              kept: dict[int, str], assumed_line: str = ""
+              kept: dict[int, str], assumed_line: str, stages: Stages
               ) -> tuple[CutResult, dict[int, str]]:
     """One cut, unverified, with every channel at the nodes in `kept` (by position in the
     graph, with why) kept; also returns the readers of constants that grew."""
-    graph_model = to_ir(original, shapes)
+    with stages.stage("fold shapes"):
+        graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
+    params_before = _params(original)
     flops_before = count_flops(graph_model)
-    removed_nodes, unused = _remove_unused_nodes(graph_model)
-    walk = walk_graph(graph_model)
-    for index, node in enumerate(graph_model.graph):
-        if index in kept:
-            walk.barrier(node, kept[index])
-    analysis = solve(walk, options)
-    layers = _layer_changes(analysis)
-    channel_map = _channel_map(analysis)
-    removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
-    rewritten = apply_cut(analysis)
-    changes = {**unused, **rewritten.changes}
-
-    # the cut model, serialized once; its shapes are inferred on the proto
-    clear_intermediate_shapes(graph_model)
-    as_declared = inputs_as_declared(graph_model)
-    restore_boundary_shapes(graph_model)
-    result_proto = ir.to_proto(graph_model)
-    restore_boundary_types(result_proto, original)
-    types = inferred_types(result_proto, shapes)
-    apply_types(graph_model, types)
-    flops_after = count_flops(graph_model)
-    if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
-        types = inferred_types(result_proto)
-    set_value_info(result_proto, types)
+    weighted_flops = {node: node_flops(node) for node in graph_model.graph
+                      if node.op_type in WEIGHTED_OPS}
+    with stages.stage("analyse"):
+        readers = _readers(graph_model)
+        removed_nodes, unused = _remove_unused_nodes(graph_model, readers)
+        walk = walk_graph(graph_model)
+        for index, node in enumerate(graph_model.graph):
+            if index in kept:
+                walk.barrier(node, kept[index])
+    with stages.stage("decide"):
+        analysis = solve(walk, options)
+        network = _network(analysis, weighted_flops)
+        channel_map = _channel_map(analysis)
+        removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
+    with stages.stage("rewrite"):
+        rewritten = apply_cut(analysis)
+        changes = {**unused, **rewritten.changes}
+        result_proto, flops_after = _serialized(graph_model, shapes, original)
+    network = [replace(layer, flops=(layer.flops[0], node_flops(node) if node.graph else 0))
+               for layer, node in network]
 
     report = Report(
-        const_changes=_const_changes(changes),
-        layers=layers,
+        const_changes=_const_changes(changes, readers),
+        layers=[layer for layer in network
+                if layer.in_channels[0] != layer.in_channels[1]
+                or layer.out_channels[0] != layer.out_channels[1]],
         blockers=_blockers(analysis),
         sites=[SiteChange(u.node, u.op_type, u.kind, u.groups, int(u.added.weight_bytes),
                           int(u.added.flops), int(u.saved.weight_bytes), int(u.saved.flops))
@@ -302,6 +328,10 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
         removed_groups=analysis.removed_groups,
         removed_channels=removed_channels,
         removed_nodes=removed_nodes,
+        input_shapes={name: list(dims) for name, dims in shapes.items()},
+        params_before=params_before,
+        params_after=_params(result_proto),
+        network=network,
         assumed_dims=assumed_line,
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
@@ -309,7 +339,48 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
     return CutResult(result_proto, report, channel_map), rewritten.grown_readers
 
 
-def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:
+def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
+                original: onnx.ModelProto) -> tuple[onnx.ModelProto, FlopCount]:
+    """The cut model, serialized once, with its shapes inferred on the proto (the boundary's
+    declarations as the original's); its FLOPs."""
+    clear_intermediate_shapes(graph_model)
+    as_declared = inputs_as_declared(graph_model)
+    restore_boundary_shapes(graph_model)
+    result_proto = ir.to_proto(graph_model)
+    restore_boundary_types(result_proto, original)
+    types = inferred_types(result_proto, shapes)
+    apply_types(graph_model, types)
+    flops_after = count_flops(graph_model)
+    if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
+        types = inferred_types(result_proto)
+    set_value_info(result_proto, types)
+    return result_proto, flops_after
+
+
+def _params(model: onnx.ModelProto) -> int:
+    """Elements of every constant tensor (initializers and Constant nodes)."""
+    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    total += int(np.prod(attr.t.dims))
+    return total
+
+
+def _readers(model: ir.Model) -> dict[str, tuple[str, str]]:
+    """Per constant, the first node that reads it and what it is to that node."""
+    readers: dict[str, tuple[str, str]] = {}
+    for node in model.graph:
+        for index, value in enumerate(node.inputs):
+            if value is not None and value.const_value is not None and value.name:
+                readers.setdefault(value.name, (node.name or node.op_type,
+                                                input_role(node, index)))
+    return readers
+
+
+def _remove_unused_nodes(model: ir.Model, readers: dict[str, tuple[str, str]]
+                         ) -> tuple[int, dict[str, SizeChange]]:
     """Delete the nodes no graph output depends on, and the constants only they read.
 
     Their tensors would otherwise each have to keep one channel that nothing reads. Returns
@@ -319,13 +390,22 @@ def _remove_unused_nodes(model: ir.Model) -> tuple[int, dict[str, SizeChange]]:
     constants = dict(model.graph.initializers)
     common_passes.RemoveUnusedNodesPass()(model)
     return nodes - len(model.graph), {
-        name: SizeChange(tensor_bytes(value), 0) for name, value in constants.items()
+        name: SizeChange(tensor_bytes(value), 0, *readers.get(name, ("", "")))
+        for name, value in constants.items()
         if name not in model.graph.initializers and value.const_value is not None}
 
 
-def _const_changes(changes: dict[str, SizeChange]) -> list[ConstChange]:
-    return [ConstChange(name, c.src_size, c.pruned_size) for name, c in changes.items()
-            if c.src_size != c.pruned_size]
+def _const_changes(changes: dict[str, SizeChange], readers: dict[str, tuple[str, str]]
+                   ) -> list[ConstChange]:
+    """Every constant whose size changed, with its layer (a shared constant sliced for one
+    reader is tied to that reader; one sliced in place, to its first reader)."""
+    made = []
+    for name, c in changes.items():
+        if c.src_size != c.pruned_size:
+            node, role = readers.get(name, (c.node, c.role))
+            made.append(ConstChange(name, c.src_size, c.pruned_size, c.node or node,
+                                    c.role or role))
+    return made
 
 
 def _channel_count(analysis: Analysis, value: ir.Value | None, axis: int) -> tuple[int, int]:
@@ -339,8 +419,10 @@ def _channel_count(analysis: Analysis, value: ir.Value | None, axis: int) -> tup
     return dim, dim
 
 
-def _layer_changes(analysis: Analysis) -> list[LayerChange]:
-    """Channels in and out of every weighted layer that lost some."""
+def _network(analysis: Analysis, flops: dict[ir.Node, int]
+             ) -> list[tuple[LayerChange, ir.Node]]:
+    """Channels in and out of every weighted layer, in network order, with its node (whose
+    FLOPs after the cut are counted once the cut model's shapes are known)."""
     layers = []
     for node in analysis.model.graph:
         if node.op_type not in WEIGHTED_OPS:
@@ -352,9 +434,8 @@ def _layer_changes(analysis: Analysis) -> list[LayerChange]:
         in_axis = -1 if node.op_type == "MatMul" else 1
         in_channels = _channel_count(analysis, node.inputs[0], in_axis)
         out_channels = _channel_count(analysis, node.outputs[0], in_axis)
-        if in_channels[0] != in_channels[1] or out_channels[0] != out_channels[1]:
-            layers.append(LayerChange(node.name or node.outputs[0].name, node.op_type,
-                                      in_channels, out_channels))
+        layers.append((LayerChange(node.name or node.outputs[0].name, node.op_type,
+                                   in_channels, out_channels, (flops.get(node, 0), 0)), node))
     return layers
 
 
@@ -370,3 +451,14 @@ def _channel_map(analysis: Analysis) -> dict[str, tuple[int, np.ndarray]]:
         if deleted.size and value.name:
             mapping[value.name] = (info.axis, np.flatnonzero(kept_mask(info.size, deleted)))
     return mapping
+
+
+def _bind_package_names() -> None:
+    """`channelcut.cut` is this function: importing the submodule channelcut.cut (above) set
+    the package's attribute `cut` to that module, and the package imports this one lazily."""
+    import channelcut  # noqa: PLC0415
+
+    channelcut.cut, channelcut.CutResult = cut, CutResult
+
+
+_bind_package_names()

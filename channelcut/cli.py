@@ -5,6 +5,9 @@ nothing written); 3 verification failed: the cut model's outputs differ from the
 which is a bug in channelcut (one line on stderr, nothing written); 1 any other exception,
 also a bug: its traceback goes to stderr, followed by one line asking to report it; 130
 interrupted; 141 stdout was closed early (`| head`), the work itself was done.
+
+Only the standard library is imported up front: `channelcut --help` and a usage error answer
+at once, and the engine (onnx, onnx-ir, ONNX Runtime, rich) loads when a command runs.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ import sys
 import traceback
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from channelcut import __version__
+from channelcut.costs import OBJECTIVES
 from channelcut.errors import ChannelcutError, VerificationError
-from channelcut.io import check_paths, save_model, write_atomic
-from channelcut.render import plain_lines, print_report
-from channelcut.report import Report
-from channelcut.solve import OBJECTIVES
-from channelcut.dynamic_dims import shape_wording
-from channelcut.verify import parse_input_shape
+
+if TYPE_CHECKING:
+    from channelcut.report import Report
+    from channelcut.stages import Stages
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -35,6 +39,9 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
 
 DEFAULT_THRESHOLD = 0.9999
+EXIT_CODES = ("exit codes: 0 ok; 2 bad input or usage (one line on stderr, nothing written); "
+              "3 verification failed, a bug (nothing written); 1 internal error, a bug; "
+              "130 interrupted; 141 stdout closed early")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print("channelcut: error: give a command: cut, inspect or demo", file=sys.stderr)
         return EXIT_USER_ERROR
     logging.basicConfig(level=logging.WARNING, format="channelcut: %(levelname)s: %(message)s")
+    from channelcut.dynamic_dims import shape_wording  # noqa: PLC0415 - imports onnx
+
     wording = shape_wording.set("cli")  # messages name --input-shape, not input_shapes=
     try:
         code = args.handler(args)
@@ -81,35 +90,57 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="channelcut",
         description="Cut provably dead channels out of structured-pruned ONNX models.",
-        epilog="exit codes: 0 ok, 2 bad input or usage, 3 verification failed (a bug), "
-               "1 internal error (a bug)",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"channelcut {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     cut = commands.add_parser("cut", help="cut dead channels and write the smaller model",
                               description="Cut dead channels, verify in ONNX Runtime, write "
-                                          "the smaller model and print what was cut.")
-    cut.add_argument("input", type=Path, metavar="IN.onnx")
-    cut.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+                                          "the smaller model and print what was cut.",
+                              epilog=EXIT_CODES)
+    _add_input(cut)
+    cut.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx",
+                     help="where to write the cut model (atomically; never the input; a "
+                          "model over 2 GB also writes OUT.onnx.data next to it)")
     _add_input_shape(cut)
     _add_mode(cut)
     cut.add_argument("--no-verify", action="store_true",
                      help="skip the ONNX Runtime comparison of original and cut model")
     cut.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="COSINE",
                      help=f"minimum cosine similarity per output (default {DEFAULT_THRESHOLD})")
+    cut.add_argument("--verify-inputs", type=Path, metavar="FILE.npz|DIR",
+                     help="verify on these inputs instead of random ones: an .npz file with "
+                          "one array per model input (named after it), or a folder of .npy "
+                          "files; an array is one sample or N stacked on a new first axis")
+    cut.add_argument("--verify-samples", type=_positive, metavar="N",
+                     help="how many seeded random input sets to verify on (default 3, one "
+                          "of large magnitude), or the first N samples of --verify-inputs")
+    cut.add_argument("--seed", type=int, default=0,
+                     help="seed of the random verification samples (default 0)")
     cut.add_argument("--report-json", type=Path, metavar="FILE",
-                     help="also write the report as JSON")
-    cut.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+                     help="also write the report as JSON (the text's order; channel pairs "
+                          "[kept, original])")
+    cut.add_argument("--report-html", type=Path, metavar="FILE",
+                     help="also write the report as one self-contained HTML file, with a "
+                          "picture of the channels and FLOPs each layer kept")
+    _add_verbosity(cut, quiet="print nothing on success")
     cut.set_defaults(handler=_cut)
 
-    inspect = commands.add_parser("inspect", help="print what would be cut; write nothing")
-    inspect.add_argument("input", type=Path, metavar="IN.onnx")
+    inspect = commands.add_parser(
+        "inspect", help="print what would be cut; write nothing",
+        description="Analyse the model and print the report of the cut that `cut` would make, "
+                    "without verifying it or writing anything.", epilog=EXIT_CODES)
+    _add_input(inspect)
     _add_input_shape(inspect)
     _add_mode(inspect)
+    _add_verbosity(inspect, quiet=None)
     inspect.set_defaults(handler=_inspect)
 
-    demo = commands.add_parser("demo", help="run the pruning demo (needs the torch extra)")
+    demo = commands.add_parser("demo", help="run the pruning demo (needs the torch extra)",
+                               description="Run the pruning example modelled on RKNN-Toolkit1's "
+                                           "examples/pytorch/model_pruning through channelcut's "
+                                           "RKNN facade.", epilog=EXIT_CODES)
     demo.add_argument("target", nargs="?", help="target platform name, as in the RKNN demo")
     demo.add_argument("device_id", nargs="?", help="device ID, as in the RKNN demo")
     demo.set_defaults(handler=_demo)
@@ -148,6 +179,31 @@ def _alignment(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number or 'target'") from None
 
 
+def _add_input(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, metavar="IN.onnx",
+                        help="the pruned ONNX model (read only, never modified)")
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, quiet: str | None) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="add the time per stage to the report, and show the stages on "
+                            "stderr even when it is not a terminal")
+    if quiet is not None:
+        group.add_argument("-q", "--quiet", action="store_true",
+                           help=f"{quiet}; no progress either")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more")
+    return value
+
+
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
                         help="concrete shape of one input (repeatable); dynamic dims default to 1 "
@@ -155,40 +211,86 @@ def _add_input_shape(parser: argparse.ArgumentParser) -> None:
 
 
 def _cut(args: argparse.Namespace) -> int:
+    from channelcut.io import check_paths, save_model, write_atomic  # noqa: PLC0415
+
     check_paths(args.input, args.output)
-    if args.report_json is not None:
-        check_paths(args.input, args.report_json)
-        if args.report_json.resolve() == args.output.resolve():
-            raise ChannelcutError(
-                f"{args.report_json}: is also the output model; give the report another name"
-            )
+    reports = [(f, p) for f, p in (("--report-json", args.report_json),
+                                   ("--report-html", args.report_html)) if p is not None]
+    for flag, path in reports:
+        check_paths(args.input, path)
+        if path.resolve() == args.output.resolve():
+            raise ChannelcutError(f"{path}: is also the output model; give {flag} another name")
+    if len(reports) == 2 and args.report_json.resolve() == args.report_html.resolve():
+        raise ChannelcutError(f"{args.report_json}: given to both --report-json and "
+                              "--report-html; give each its own file")
     if not 0.0 < args.threshold <= 1.0:
         raise ChannelcutError(f"--threshold {args.threshold}: give a cosine in (0, 1]")
-    from channelcut.api import cut  # noqa: PLC0415 - keeps `channelcut --help` fast
+    if args.verify_inputs is not None and not args.verify_inputs.exists():
+        raise ChannelcutError(f"{args.verify_inputs}: no such file or folder; give an .npz "
+                              "file or a folder of .npy files to --verify-inputs")
+    stages = _stages(args)
+    from channelcut import api  # noqa: PLC0415 - keeps `channelcut --help` fast
 
-    result = cut(args.input, input_shapes=_input_shapes(args.input_shape),
-                 verify=not args.no_verify, threshold=args.threshold,
-                 fold=not args.zero_only, objective=args.objective, align=args.align,
-                 target=args.target)
-    save_model(result.model, args.output)
+    with _progress(stages):
+        result = api.cut(args.input, input_shapes=_input_shapes(args.input_shape),
+                         verify=not args.no_verify, threshold=args.threshold,
+                         fold=not args.zero_only, objective=args.objective, align=args.align,
+                         target=args.target, verify_inputs=args.verify_inputs,
+                         verify_samples=args.verify_samples, seed=args.seed, stages=stages)
+        with stages.stage("save"):
+            save_model(result.model, args.output)
+    report = result.report
+    report.seconds = dict(stages.seconds)
+    threshold = None if args.no_verify else args.threshold
     if args.report_json is not None:
-        text = json.dumps(_json_safe(result.report.to_dict()), indent=2) + "\n"
+        text = json.dumps(_json_safe(report.to_dict()), indent=2) + "\n"
         write_atomic(args.report_json, text.encode())
+    if args.report_html is not None:
+        from channelcut.htmlreport import html_report  # noqa: PLC0415
+
+        write_atomic(args.report_html, html_report(report, threshold=threshold).encode())
     if not args.quiet:
-        _show(result.report, None if args.no_verify else args.threshold)
+        _show(report, threshold, args.verbose)
         print(f"\nwrote {args.output}")
     return EXIT_OK
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from channelcut.api import cut  # noqa: PLC0415
+    stages = _stages(args)
+    from channelcut import api  # noqa: PLC0415
 
-    result = cut(args.input, input_shapes=_input_shapes(args.input_shape), verify=False,
-                 fold=not args.zero_only, objective=args.objective, align=args.align,
-                 target=args.target)
-    _show(result.report, None)
+    with _progress(stages):
+        result = api.cut(args.input, input_shapes=_input_shapes(args.input_shape),
+                         verify=False, fold=not args.zero_only, objective=args.objective,
+                         align=args.align, target=args.target, stages=stages)
+    _show(result.report, None, args.verbose)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK
+
+
+def _stages(args: argparse.Namespace) -> Stages:
+    """The stages of this run, shown on stderr when it is a terminal (unless -q), or with -v."""
+    from channelcut.stages import Stages  # noqa: PLC0415
+
+    if getattr(args, "quiet", False):
+        return Stages()
+    if sys.stderr.isatty():
+        from channelcut.progress import TerminalProgress  # noqa: PLC0415
+
+        return Stages(TerminalProgress())
+    if args.verbose:
+        from channelcut.progress import LineProgress  # noqa: PLC0415
+
+        return Stages(LineProgress(sys.stderr))
+    return Stages()
+
+
+def _progress(stages: Stages) -> object:
+    """The listener's display for the duration of the work (nothing when there is none)."""
+    from contextlib import nullcontext  # noqa: PLC0415
+
+    listener = stages.listener
+    return listener if hasattr(listener, "__enter__") else nullcontext()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -207,6 +309,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _input_shapes(texts: list[str]) -> dict[str, list[int]] | None:
+    from channelcut.verify import parse_input_shape  # noqa: PLC0415
+
     shapes: dict[str, list[int]] = {}
     for text in texts:
         name, dims = parse_input_shape(text)
@@ -216,13 +320,15 @@ def _input_shapes(texts: list[str]) -> dict[str, list[int]] | None:
     return shapes or None
 
 
-def _show(report: Report, threshold: float | None) -> None:
+def _show(report: Report, threshold: float | None, timings: bool = False) -> None:
+    from channelcut.render import plain_lines, print_report  # noqa: PLC0415
+
     if sys.stdout.isatty():
         from rich.console import Console  # noqa: PLC0415
 
-        print_report(report, Console(), threshold=threshold)
+        print_report(report, Console(), threshold=threshold, timings=timings)
     else:
-        print("\n".join(plain_lines(report, threshold=threshold)))
+        print("\n".join(plain_lines(report, threshold=threshold, timings=timings)))
 
 
 def _json_safe(value: object) -> object:

@@ -23,6 +23,26 @@ class SizeChange:
 
     src_size: int
     pruned_size: int
+    node: str = ""  # the node the constant belongs to (its reader, or the one it was added for)
+    role: str = ""  # what it is to that node (see ROLES)
+
+
+# What each constant the rewrite adds is for, by the suffix of its name (README explains them).
+ROLES = {
+    "_ones_shape": "ones shape",  # shape of the plane of ones a border fold convolves
+    "_plane": "plane",  # the input's own constant map, when it is not all ones
+    "_border": "border",  # W[:, folded channels] * their values, as a conv kernel
+    "_folded": "folded",  # a MatMul's folded constant channels, added after it
+    "_pads": "pads",  # Pad widths that make room for the channels put back
+    "_order": "order",  # Gather indices that move every channel back into place
+    "_constants": "values",  # the values of the channels put back
+}
+
+
+def role_of(name: str) -> str:
+    """The role of an added constant, from its name; "" for any other."""
+    stem = name.rstrip("0123456789").rstrip("_") if name[-1:].isdigit() else name
+    return next((role for suffix, role in ROLES.items() if stem.endswith(suffix)), "")
 
 
 @dataclass
@@ -56,6 +76,11 @@ class Rewrite:
         # shared constant -> its bytes and the (node, input index) slots that read it
         self.shared: dict[ir.Value, tuple[int, list[tuple[ir.Node, int]]]] = {}
         self.created: set[str] = set()  # names of the constants the cut made
+        self.node: ir.Node | None = None  # the node whose rule is running
+
+    def _owner(self, node: ir.Node | None) -> str:
+        node = node or self.node
+        return "" if node is None else node.name or node.op_type
 
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
         return None if value is None else self.analysis.infos.get(value)
@@ -86,7 +111,8 @@ class Rewrite:
             if index >= len(node.inputs):
                 node.resize_inputs(index + 1)
             node.replace_input_with(index, new)
-            self.changes[new.name] = SizeChange(0, array.nbytes)
+            self.changes[new.name] = SizeChange(0, array.nbytes, self._owner(node),
+                                                input_role(node, index))
             return
         before = tensor_bytes(value)
         if len(value.uses()) > 1 or value.is_graph_output():
@@ -94,20 +120,23 @@ class Rewrite:
             new = self._new_initializer(f"{value.name}_cut", array)
             node.replace_input_with(index, new)
             self._consts[new] = array
-            self.changes[new.name] = SizeChange(before, array.nbytes)
+            self.changes[new.name] = SizeChange(before, array.nbytes, self._owner(node),
+                                                input_role(node, index))
             return
         value.const_value = ir.Tensor(array, name=value.name)
         value.shape = ir.Shape(array.shape)
         self._consts[value] = array
         previous = self.changes.get(value.name)
         self.changes[value.name] = SizeChange(previous.src_size if previous else before,
-                                              array.nbytes)
+                                              array.nbytes, self._owner(node),
+                                              input_role(node, index))
 
     def new_const(self, stem: str, array: np.ndarray) -> ir.Value:
         """A new constant; counted in the report as a constant that grew from nothing."""
         value = self._new_initializer(stem, np.ascontiguousarray(array))
         self._consts[value] = array
-        self.changes[value.name] = SizeChange(0, array.nbytes)
+        self.changes[value.name] = SizeChange(0, array.nbytes, self._owner(None),
+                                              role_of(value.name))
         return value
 
     def add_node(self, before: ir.Node, op_type: str, inputs: list[ir.Value],
@@ -191,6 +220,22 @@ def _attrs(attributes: dict[str, object]) -> list[ir.Attr]:
     return made
 
 
+# Names of the constant inputs of common ops, by position; others are "input <k>".
+_INPUT_ROLES = {
+    "Conv": ("data", "weight", "bias"), "ConvTranspose": ("data", "weight", "bias"),
+    "Gemm": ("A", "B (weight)", "C (bias)"), "MatMul": ("A", "B (weight)"),
+    "BatchNormalization": ("data", "scale", "B (shift)", "mean", "var"),
+    "InstanceNormalization": ("data", "scale", "B (shift)"),
+    "PRelu": ("data", "slope"),
+}
+
+
+def input_role(node: ir.Node, index: int) -> str:
+    """What input `index` is to `node` ("weight", "bias", "Reshape input 1", ...)."""
+    names = _INPUT_ROLES.get(node.op_type, ())
+    return names[index] if index < len(names) else f"{node.op_type} input {index}"
+
+
 def kept_mask(size: int, deleted: np.ndarray) -> np.ndarray:
     """Per position 0..size-1: is it kept (not among `deleted`)?"""
     keep = np.ones(size, dtype=bool)
@@ -222,6 +267,7 @@ def apply_cut(analysis: Analysis) -> Rewritten:
     for node in list(graph):
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is not None and rule.rewrite is not None and _touches_cut(node, analysis):
+            rw.node = node
             rule.rewrite(node, rw)
     share_equal_constants(graph, rw.changes, rw.created)
     remove_unused_constants(graph, rw.changes, rw.created)
@@ -264,7 +310,9 @@ def _forget(graph: ir.Graph, value: ir.Value, changes: dict[str, SizeChange],
     name = value.name or ""
     previous = changes.pop(name, None)
     if name not in created:
-        changes[name] = SizeChange(previous.src_size if previous else tensor_bytes(value), 0)
+        changes[name] = SizeChange(previous.src_size if previous else tensor_bytes(value), 0,
+                                   previous.node if previous else "",
+                                   previous.role if previous else "")
     graph.initializers.pop(name)
 
 

@@ -5,9 +5,10 @@ and how to set them, and verification at a second size (a cut must not bake the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 
+import numpy as np
 import onnx
 
 from channelcut import verify
@@ -70,12 +71,14 @@ def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int
 
 
 def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
-                  shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]]
-                  ) -> list[OutputCheck]:
-    """`compare` at `shapes` and, where dims were assumed, again with them at
-    OTHER_DYNAMIC_DIM (skipped, with a warning, when the original does not run there)."""
+                  shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]],
+                  samples: list[dict[str, np.ndarray]] | None = None,
+                  advance: Callable[[int], None] | None = None) -> list[OutputCheck]:
+    """`compare` at `shapes` (on `samples`, the caller's or verify.input_sets) and, where dims
+    were assumed, again with them at OTHER_DYNAMIC_DIM on seeded input sets (skipped, with a
+    warning, when the original does not run there)."""
     try:
-        per_size = [verify.compare(original, cut, shapes)]
+        per_size = [verify.compare(original, cut, shapes, samples=samples, advance=advance)]
     except verify.OriginalDoesNotRun as exc:
         if not any(axis > 0 for axes in assumed.values() for axis in axes):
             raise

@@ -156,6 +156,26 @@ def _preprocess_ops(value: onnx.ValueInfoProto,
     return ops
 
 
+def preprocessed(model: onnx.ModelProto, steps: dict[str, Preprocess],
+                 feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feeds as the model's own inputs see them: each raw input through the same reorder,
+    mean and std that `with_preprocessing` puts in front of it, computed in numpy."""
+    values = {v.name: v for v in graph_inputs(model)}
+    result = {}
+    for name, array in feeds.items():
+        step = steps.get(name)
+        ops = _preprocess_ops(values[name], step) if step is not None else []
+        for op_type, constant, attributes in ops:
+            if op_type == "Gather":
+                array = np.take(array, constant, axis=attributes["axis"])
+            elif op_type == "Sub":
+                array = array - constant
+            else:
+                array = array / constant
+        result[name] = np.ascontiguousarray(array, dtype=feeds[name].dtype)
+    return result
+
+
 def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Make every node that reads `old` (subgraphs included) read `new`."""
     for node in graph.node:

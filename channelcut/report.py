@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 
@@ -12,6 +13,12 @@ class ConstChange:
     name: str
     src_size: int
     pruned_size: int
+    node: str = ""  # the node whose constant this is (reads it, or had it added for it)
+    role: str = ""  # what it is to that node: "weight", "bias", "border kernel", ...
+
+    @property
+    def layer(self) -> str:
+        return layer_name(self.node)
 
     @property
     def diff(self) -> int:
@@ -24,8 +31,13 @@ class LayerChange:
 
     node: str
     op_type: str
-    in_channels: tuple[int, int]
+    in_channels: tuple[int, int]  # (original, kept); the text and JSON show kept first
     out_channels: tuple[int, int]
+    flops: tuple[int, int] = (0, 0)  # this node's FLOPs (original, kept)
+
+    @property
+    def layer(self) -> str:
+        return layer_name(self.node, self.op_type)
 
 
 @dataclass(frozen=True)
@@ -105,13 +117,86 @@ class Report:
     latencies: dict[str, float] = field(default_factory=dict)
     kept: str = ""
     aligned: AlignedGain | None = None
+    # what was cut, from what: filled by cut() and the console script
+    model_path: str = ""
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    params_before: int = 0  # elements of every constant tensor
+    params_after: int = 0
+    verify_inputs: str = ""  # where verification's inputs came from ("" when not run)
+    network: list[LayerChange] = field(default_factory=list)  # every weighted layer, in order
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (STAGES)
     # one line when dynamic input dims took the default size: which, and how to set them
     assumed_dims: str = ""
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["const_changes"] = [{**asdict(c), "diff": c.diff} for c in self.const_changes]
-        return data
+        """The report as JSON data, in the text's order: what was cut, the summary, the layers,
+        the constants, then the details. Channel pairs are [kept, original], as the text's
+        kept/original."""
+        from channelcut import __version__  # noqa: PLC0415 - the package imports this module
+
+        def layer(c: LayerChange) -> dict:
+            return {"layer": c.layer, "node": c.node, "op_type": c.op_type,
+                    "in_channels": [c.in_channels[1], c.in_channels[0]],
+                    "out_channels": [c.out_channels[1], c.out_channels[0]],
+                    "flops": [c.flops[1], c.flops[0]]}
+
+        return {
+            "tool": "channelcut", "version": __version__, "model_path": self.model_path,
+            "input_shapes": self.input_shapes, "target": self.target, "mode": self.mode,
+            "objective": self.objective, "align": self.align,
+            "pairs": "[kept, original]",
+            "weight_bytes_before": self.weight_bytes_before,
+            "weight_bytes_after": self.weight_bytes_after,
+            "params_before": self.params_before, "params_after": self.params_after,
+            "flops_before": self.flops_before, "flops_after": self.flops_after,
+            "flops_unknown_before": self.flops_unknown_before,
+            "flops_unknown_after": self.flops_unknown_after,
+            "removed_groups": self.removed_groups, "removed_channels": self.removed_channels,
+            "removed_nodes": self.removed_nodes,
+            "latencies": self.latencies, "kept": self.kept,
+            "aligned": None if self.aligned is None else asdict(self.aligned),
+            "assumed_dims": self.assumed_dims,
+            "verify_inputs": self.verify_inputs,
+            "checks": [asdict(c) for c in self.checks],
+            "most_blocked": [{"op_type": op, "channels": n}
+                             for op, n in most_blocked(self)],
+            "layers": [layer(c) for c in self.layers],
+            "const_changes": [{**asdict(c), "layer": c.layer, "diff": c.diff}
+                              for c in self.const_changes],
+            "sites": [asdict(u) for u in self.sites],
+            "blockers": [asdict(b) for b in self.blockers],
+            "unsupported_ops": self.unsupported_ops,
+            "seconds": self.seconds,
+            "network": [layer(c) for c in self.network],
+        }
+
+
+def most_blocked(report: Report) -> list[tuple[str, int]]:
+    """Op types (or graph boundaries) by the channels they kept, most first."""
+    counts: dict[str, int] = {}
+    for b in report.blockers:
+        counts[b.op_type] = counts.get(b.op_type, 0) + b.channels
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+_OP_SEGMENT = re.compile(r"[A-Z][A-Za-z0-9]*(_\d+)?$")
+
+
+def layer_name(node: str, op_type: str = "") -> str:
+    """The module path a PyTorch exporter gave a node (`/layer1/layer1.0/conv1/Conv` ->
+    `layer1.0.conv1`); any other name as it is."""
+    if not node.startswith("/") or node.count("/") < 2:
+        return node
+    segments = [s for s in node.strip("/").split("/") if s]
+    if segments and (segments[-1].split("_")[0] == op_type or _OP_SEGMENT.match(segments[-1])):
+        segments = segments[:-1]
+    path: list[str] = []
+    for segment in segments:
+        if path and segment.startswith(path[-1] + "."):
+            path[-1] = segment  # `layer1` then `layer1.0`: the exporter repeats the prefix
+        else:
+            path.append(segment)
+    return ".".join(path) or node
 
 
 def const_change_lines(report: Report) -> list[str]:
@@ -126,6 +211,13 @@ def _signed_change(before: int, after: int, scale: float, unit: str) -> str:
     """`-1.12144 MB (-6.9%)`: the change in `unit` and in percent of `before`."""
     percent = 100.0 * (after - before) / before if before else 0.0
     return f"{(after - before) / scale:+.5f} {unit} ({percent:+.1f}%)"
+
+
+def params_line(report: Report) -> str:
+    """`params: 11.68 M -> 4.00 M, -7.68 M (-65.7%)`: elements of the constant tensors."""
+    pb, pa = report.params_before, report.params_after
+    percent = 100.0 * (pa - pb) / pb if pb else 0.0
+    return f"params:  {pb / 1e6:.5f} M -> {pa / 1e6:.5f} M, {(pa - pb) / 1e6:+.5f} M ({percent:+.1f}%)"
 
 
 def _flops(flops: int, unknown_nodes: int) -> str:

@@ -35,7 +35,7 @@ import onnx
 from channelcut import io, simulator
 from channelcut.errors import ChannelcutError
 from channelcut.preprocess import (Preprocess, has_preprocessing, preprocess_config,
-                                   preprocess_steps, with_preprocessing)
+                                   preprocess_steps, preprocessed, with_preprocessing)
 
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
 TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106")
@@ -174,24 +174,69 @@ class RKNN:
         if do_quantization:
             raise ChannelcutError("quantization is not available yet in channelcut; call "
                                   "build(do_quantization=False)")
-        ignored = [name for name, used in (("dataset", dataset is not None),
+        # the dataset is what pruning verifies on; nothing else here reads it
+        unread_dataset = dataset is not None and self._pruning is None
+        ignored = [name for name, used in (("dataset", unread_dataset),
                                            ("pre_compile", pre_compile)) if used]
         if ignored or other:
             self._log.warn(f"build: the simulator does not use "
                            f"{', '.join(ignored + sorted(other))}; ignored")
         steps = preprocess_steps(self._loaded, self._preprocess_config)
         core, channel_map = self._loaded, {}
+        self._report = None
         if self._pruning is not None:
-            core, channel_map = self._prune(self._loaded)
+            samples = None if dataset is None else self._dataset(dataset, steps)
+            core, channel_map = self._prune(self._loaded, samples)
         self._steps, self._core, self._channel_map = steps, core, channel_map
         self._reference = with_preprocessing(self._loaded, steps)
         self._built = with_preprocessing(core, steps)
         self._sessions, self._runtime_ready = {}, False  # a new model needs init_runtime again
         return 0
 
-    def _prune(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto,
-                                                      dict[str, tuple[int, np.ndarray]]]:
-        """The cut model and its channel map; logs the const change table (and the folds)."""
+    def _dataset(self, dataset: str | Path, steps: dict[str, Preprocess]
+                 ) -> list[dict[str, np.ndarray]] | None:
+        """The samples an RKNN dataset file lists (one line per sample, one path per model
+        input, relative to the file's folder; .npy arrays as `inference` takes them, or
+        images when Pillow is installed), preprocessed as the model's inputs see them."""
+        path = Path(dataset)
+        try:
+            lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise ChannelcutError(f"dataset {path}: cannot be read ({exc.strerror or exc}); "
+                                  "give a text file with one sample per line") from None
+        samples = []
+        for entries in lines:
+            arrays = [self._sample(path.parent / entry) for entry in entries]
+            if any(a is None for a in arrays):
+                return None
+            raw = simulator.feeds(self._loaded, arrays, "nhwc")
+            samples.append(preprocessed(self._loaded, steps, raw))
+        if not samples:
+            raise ChannelcutError(f"dataset {path}: lists no samples; give one path per line")
+        self._log.info(f"Pruning: verifying on the {len(samples)} samples of {path}")
+        return samples
+
+    def _sample(self, path: Path) -> np.ndarray | None:
+        """One dataset entry as an array; None (after a `W` line) when it cannot be read."""
+        try:
+            if path.suffix.lower() == ".npy":
+                return np.load(path, allow_pickle=False)
+            from PIL import Image  # noqa: PLC0415 - optional: only for image datasets
+
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except ImportError:
+            self._log.warn(f"dataset entry {path}: reading images needs Pillow; verifying "
+                           "pruning on random inputs instead")
+        except (OSError, ValueError) as exc:
+            raise ChannelcutError(f"dataset entry {path}: cannot be read "
+                                  f"({io.error_line(exc)}); list .npy files or images") from None
+        return None
+
+    def _prune(self, model: onnx.ModelProto, samples: list[dict[str, np.ndarray]] | None = None
+               ) -> tuple[onnx.ModelProto, dict[str, tuple[int, np.ndarray]]]:
+        """The cut model and its channel map; logs the const change table (and the folds).
+        `samples`: the dataset's inputs to verify on (default seeded random ones)."""
         from channelcut.api import cut  # noqa: PLC0415 - keeps `import rknn` light
         from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
 
@@ -199,12 +244,14 @@ class RKNN:
         target = self._cut_target
         if self._pruning == "full":
             result = cut(model, input_shapes=shapes, fold=True, target=target,
-                         objective=self._pruning_objective)
+                         objective=self._pruning_objective, verify_inputs=samples)
         elif self._pruning == "aligned":  # zero or unread channels, the NPU's multiple kept
             result = cut(model, input_shapes=shapes, fold=False, target=target,
-                         align="target")
+                         align="target", verify_inputs=samples)
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
-            result = cut(model, input_shapes=shapes, fold=False, target=target)
+            result = cut(model, input_shapes=shapes, fold=False, target=target,
+                         verify_inputs=samples)
+        self._report = result.report
         self._log.info("Pruning: const change detail")
         for line in const_change_lines(result.report) + summary_lines(result.report):
             self._log.info(line)
@@ -219,14 +266,17 @@ class RKNN:
 
     @_reports_errors(FAILED)
     def export_onnx(self, export_path: str | Path) -> int:
-        """Write the built model as ONNX."""
+        """Write the built model as ONNX (and, with verbose=True, the pruning's HTML report)."""
         io.save_model(self._require_built("export_onnx"), export_path)
+        self._write_report(export_path)
         return 0
 
     @_reports_errors(FAILED)
     def export_rknn(self, export_path: str | Path) -> int:
-        """Write the built model, as ONNX, to the path a script gives for its .rknn file."""
+        """Write the built model, as ONNX, to the path a script gives for its .rknn file (and,
+        with verbose=True, the pruning's HTML report next to it)."""
         io.save_model(self._require_built("export_rknn"), export_path)
+        self._write_report(export_path)
         self._log.warn(f"{export_path} is an ONNX model, not Rockchip's proprietary RKNN binary; "
                        "it loads in ONNX Runtime or in RKNN-Toolkit's load_onnx")
         return 0
@@ -243,6 +293,16 @@ class RKNN:
         simulator.fix_input_shapes(model, None)
         self._built = model
         return 0
+
+    def _write_report(self, export_path: str | Path) -> None:
+        """With verbose=True and a pruned build: its HTML report as <export>.report.html."""
+        if not self._log.verbose or self._report is None:
+            return
+        from channelcut.htmlreport import html_report  # noqa: PLC0415
+
+        path = report_path(export_path)
+        io.write_atomic(path, html_report(self._report, title=str(export_path)).encode())
+        self._log.info(f"Pruning: report written to {path}")
 
     def _require_built(self, method: str) -> onnx.ModelProto:
         if self._built is None:
@@ -350,6 +410,7 @@ class RKNN:
         self._channel_map: dict[str, tuple[int, np.ndarray]] = {}
         self._sessions: dict[tuple[int, ...], Any] = {}
         self._runtime_ready = False
+        self._report: Any = None  # the pruning's channelcut.report.Report
         return 0
 
     def _require_runtime(self, method: str) -> None:
@@ -362,6 +423,11 @@ class RKNN:
         if options:
             self._log.warn(f"{method}: the simulator does not use "
                            f"{', '.join(sorted(options))}; ignored")
+
+
+def report_path(export_path: str | Path) -> Path:
+    """Where export_rknn / export_onnx put the HTML report: `model.rknn` -> `model.report.html`."""
+    return Path(export_path).with_suffix(".report.html")
 
 
 # --- argument checks ---------------------------------------------------------------------

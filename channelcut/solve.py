@@ -23,16 +23,10 @@ from channelcut.analysis import (Cost, GroupedConv, Link, Pin, Reader, Site, Wal
 from channelcut.channels import ChannelInfo
 from channelcut.graph import static_shape
 
-OBJECTIVES = ("flops", "params", "latency")
-SITE_KINDS = frozenset({"bias fold", "border fold", "reinsert"})
+from channelcut.costs import MOVED_ELEMENT, NODE_OVERHEAD, OBJECTIVES, SITE_KINDS  # noqa: F401
+
 _NOTHING = np.zeros(0, dtype=np.int64)
 _NOTHING.flags.writeable = False
-# Latency objective, in FLOPs of conv work: ONNX Runtime's CPU convs run at 60-110 GFLOP/s on
-# one core, while a reinsertion (Pad, Gather, Add) takes 0.2-0.3 ns per element of the full
-# tensor and breaks the blocked layout around it; an element moved costs MOVED_ELEMENT, an
-# added op NODE_OVERHEAD.
-NODE_OVERHEAD = 2e5
-MOVED_ELEMENT = 20.0
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from channelcut.costs import MOVED_ELEMENT, NODE_OVERHEAD, SITE_KINDS
 from channelcut.errors import ChannelcutError
-from channelcut.solve import MOVED_ELEMENT, NODE_OVERHEAD, SITE_KINDS, Options
+
+if TYPE_CHECKING:  # the solver is imported when options are made: the CLI's parser lists
+    from channelcut.solve import Options  # the targets without loading the engine
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -77,6 +82,8 @@ class Target:
         """The solver's options for this target; explicit choices win over the target's (an
         explicit `align` applies to every tensor, the target's blocks only where a tensor was
         aligned)."""
+        from channelcut.solve import Options  # noqa: PLC0415
+
         blocks = self.channel_blocks() if align is None else ()
         return Options(fold=fold, objective=objective or self.objective,
                        align=self.alignment() if align is None else align, blocks=blocks,

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -142,10 +142,13 @@ def random_inputs(
     return feeds
 
 
-def input_sets(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0
-               ) -> list[dict[str, np.ndarray]]:
-    """The seeded inputs `compare` runs both models on (INPUT_SETS, from `seed` on)."""
-    return [random_inputs(model, shapes, seed + offset, scale) for offset, scale in INPUT_SETS]
+def input_sets(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0,
+               count: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The seeded inputs `compare` runs both models on (INPUT_SETS, from `seed` on); `count`:
+    the first that many of them, then more standard normal ones."""
+    sets = list(INPUT_SETS) if count is None else \
+        [*INPUT_SETS[:count], *((k, 1.0) for k in range(len(INPUT_SETS), count))]
+    return [random_inputs(model, shapes, seed + offset, scale) for offset, scale in sets]
 
 
 def _check_input_bytes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -177,9 +180,12 @@ def compare(
     cut: onnx.ModelProto,
     shapes: dict[str, tuple[int, ...]],
     seed: int = 0,
+    samples: list[dict[str, np.ndarray]] | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> list[OutputCheck]:
     """Cosine similarity, max errors and NaN/Inf mismatches of every output, original vs cut,
-    the worst over several seeded input sets (one of large magnitude).
+    the worst over the `samples` (a list of feeds; default `input_sets` from `seed`: several
+    seeded input sets, one of large magnitude). `advance(k)` is told after each sample.
 
     Both models run as written (ONNX Runtime's graph optimizations off: fusing a Mul into a
     Conv's weights changes where NaN appears).
@@ -187,7 +193,7 @@ def compare(
     runtime_errors = _runtime_errors()
     per_set = []
     sessions: dict[str, object] = {}
-    for feeds in input_sets(original, shapes, seed):
+    for k, feeds in enumerate(samples or input_sets(original, shapes, seed), 1):
         try:
             if "original" not in sessions:
                 sessions["original"] = _session(original)
@@ -209,6 +215,8 @@ def compare(
                 raise VerificationError(f"the cut model lost output {name!r}; this is a bug")
             checks.append(_compare_output(name, want, actual[name]))
         per_set.append(checks)
+        if advance is not None:
+            advance(k)
     return worst(per_set)
 
 

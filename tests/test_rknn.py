@@ -419,3 +419,47 @@ def test_a_failed_load_clears_the_loaded_model(failed_load, onnx_file, tmp_path,
     assert rknn.init_runtime() == -1
     errors = lines_of(capsys)
     assert len(errors) == 2 and "before build" in errors[0] and "before init_runtime" in errors[1]
+
+
+# --- the pruning's HTML report and its dataset (issue 15) ----------------------------------
+
+def test_verbose_export_writes_the_html_report_next_to_the_model(tmp_path, capsys):
+    rknn = built(model_pruning=True, verbose=True)
+    assert rknn.export_rknn(str(tmp_path / "model_pruned.rknn")) == 0
+    page = (tmp_path / "model_pruned.report.html").read_text()
+    assert "<svg" in page and "http" not in page and "model_pruned.rknn" in page
+    assert any("report written to" in line for line in lines_of(capsys))
+    quiet = built(model_pruning=True)
+    assert quiet.export_onnx(str(tmp_path / "quiet.onnx")) == 0
+    assert not (tmp_path / "quiet.report.html").exists()  # only when verbose
+    unpruned = built(verbose=True)
+    assert unpruned.export_rknn(str(tmp_path / "plain.rknn")) == 0
+    assert not (tmp_path / "plain.report.html").exists()  # nothing was pruned
+
+
+def test_build_verifies_the_pruning_on_its_dataset(tmp_path, capsys, monkeypatch):
+    from channelcut import verify
+
+    images = np.random.default_rng(3).integers(0, 256, (2, 1, 16, 16, 3)).astype(np.float32)
+    for k, sample in enumerate(images):
+        np.save(tmp_path / f"img{k}.npy", sample)
+    (tmp_path / "dataset.txt").write_text("img0.npy\nimg1.npy\n")
+    seen = []
+    run = verify._run
+    monkeypatch.setattr(verify, "_run", lambda session, feeds: seen.append(feeds) or
+                        run(session, feeds))
+    rknn = RKNN(verbose=True)
+    assert rknn.config(mean_values=[[10, 20, 30]], std_values=[[2, 4, 8]],
+                       model_pruning=True) == 0
+    assert rknn.load_pytorch(traced_module(), [SIZE]) == 0
+    assert rknn.build(do_quantization=False, dataset=str(tmp_path / "dataset.txt")) == 0
+    lines = lines_of(capsys)
+    assert not any("dataset" in line and line.startswith("W ") for line in lines)
+    assert any("verifying on the 2 samples" in line for line in lines)
+    # the model's own inputs: each raw NHWC image, NCHW, minus the mean, over std
+    mean = np.array([10, 20, 30], np.float32).reshape(1, 3, 1, 1)
+    std = np.array([2, 4, 8], np.float32).reshape(1, 3, 1, 1)
+    assert len(seen) == 4  # original and cut model, per sample
+    for k in range(2):
+        [fed] = seen[2 * k].values()
+        np.testing.assert_allclose(fed, (nchw(images[k]) - mean) / std, rtol=1e-6)

@@ -376,9 +376,9 @@ def test_free_dims_are_verified_at_two_sizes(monkeypatch):
     sizes = []
     real_compare = verify.compare
 
-    def recording(original, cut, shapes, seed=0):
+    def recording(original, cut, shapes, seed=0, **more):
         sizes.append(dict(shapes))
-        return real_compare(original, cut, shapes, seed)
+        return real_compare(original, cut, shapes, seed, **more)
 
     monkeypatch.setattr(verify, "compare", recording)
     result = channelcut.cut(dynamic_conv_model())
