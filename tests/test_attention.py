@@ -198,6 +198,18 @@ def test_dynamic_sequence_length_heads_count_rewritten_in_the_computed_shape():
                                rtol=1e-4, atol=1e-5)
 
 
+def test_computed_shape_with_inferred_head_count_is_a_named_barrier():
+    # (*x.shape[:2], -1, D): the run-time head count follows from sizes computed at run time,
+    # which a constant does not pin down; the heads stay, and the report says which Reshape
+    m = decoder(4, zero_v=[2], dynamic=True)
+    tail = next(t for t in m.graph.initializer if t.name == "shape_q_tail")
+    tail.CopyFrom(onnx.numpy_helper.from_array(i64(-1, D), "shape_q_tail"))
+    result = assert_cut(m, {}, input_shapes={"x": [B, 7, E]})
+    reasons = {b.reason for b in blockers(result, "Reshape")}
+    assert reasons == {"Reshape to a computed shape whose sizes from the channel axis on are "
+                       "not all constants"}
+
+
 # --- torch: nn.MultiheadAttention (packed in-projection), as torchvision's ViT exports it --------
 
 class _ViTBlock:
