@@ -28,7 +28,8 @@ def head_cols(heads: Iterable[int], d: int = D) -> list[int]:
 def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
             zero_o: Iterable[int] = (), zero_q: Iterable[int] = (), zero_k: Iterable[int] = (),
             rotary: bool = False, fused: bool = False, dynamic: bool = False,
-            unbind: str = "Gather") -> onnx.ModelProto:
+            unbind: str = "Gather", tails: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+            shape_from: str = "x") -> onnx.ModelProto:
     """One LLaMA-style attention block: x (B, S, E) -> q, k, v projections -> heads -> (rotary)
     -> (GQA repeat of k, v) -> softmax(q k^T / sqrt(D) + causal mask) v -> o_proj -> + x.
 
@@ -106,15 +107,19 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
               node("Add", ["o", "x"], ["y"])]
     if dynamic:  # the exporters' (*x.shape[:-1], H, D): sizes from Shape, heads constant
         shapes = {"shape_q": i64(h, D), "shape_out": i64(h * D)}
-        nodes = [node("Shape", ["x"], ["bs"], end=2),
+        if tails is not None:  # other constant tails, such as (-1, D) and (-1,)
+            shapes = {"shape_q": i64(*tails[0]), "shape_out": i64(*tails[1])}
+        nodes = [node("Shape", [shape_from], ["bs"], end=2),
                  *[node("Concat", ["bs", f"{name}_tail"], [name], axis=0) for name in shapes],
                  *nodes]
         del inits["mask"]
         for name, tail in shapes.items():
             del inits[name]
             inits[f"{name}_tail"] = tail
-    return model(nodes, inputs={"x": [B, "S" if dynamic else S, E]}, outputs=["y"],
-                 inits=inits)
+    inputs = {"x": [B, "S" if dynamic else S, E]}
+    if shape_from != "x":
+        inputs[shape_from] = [B, "S", E]
+    return model(nodes, inputs=inputs, outputs=["y"], inits=inits)
 
 
 def test_dead_heads_by_v_go_from_q_k_v_and_o():
@@ -198,13 +203,22 @@ def test_dynamic_sequence_length_heads_count_rewritten_in_the_computed_shape():
                                rtol=1e-4, atol=1e-5)
 
 
-def test_computed_shape_with_inferred_head_count_is_a_named_barrier():
-    # (*x.shape[:2], -1, D): the run-time head count follows from sizes computed at run time,
-    # which a constant does not pin down; the heads stay, and the report says which Reshape
-    m = decoder(4, zero_v=[2], dynamic=True)
-    tail = next(t for t in m.graph.initializer if t.name == "shape_q_tail")
-    tail.CopyFrom(onnx.numpy_helper.from_array(i64(-1, D), "shape_q_tail"))
-    result = assert_cut(m, {}, input_shapes={"x": [B, 7, E]})
+def test_computed_shape_with_inferred_head_count():
+    # HF's (*x.shape[:-1], -1, D) and (*x.shape[:-1], -1): the sizes before the heads are
+    # proven to be q's own (q = x @ Wq keeps x's first dims), so -1 is the head count
+    m = decoder(4, zero_v=[2], dynamic=True, tails=((-1, D), (-1,)))
+    result = assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
+                            "matmul_o": (12, E)}, groups=1, input_shapes={"x": [B, 7, E]})
+    feeds = {"x": rand(B, 3, E, seed=5)}
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_inferred_head_count_from_another_tensors_shape_is_a_named_barrier():
+    # the sizes come from another input's Shape: nothing says they are q's, so -1 need not be
+    # the head count at another size; the heads stay, and the report says which Reshape
+    m = decoder(4, zero_v=[2], dynamic=True, tails=((-1, D), (-1,)), shape_from="other")
+    result = assert_cut(m, {}, input_shapes={"x": [B, 7, E], "other": [B, 7, E]})
     reasons = {b.reason for b in blockers(result, "Reshape")}
     assert reasons == {"Reshape to a computed shape whose sizes from the channel axis on are "
                        "not all constants"}

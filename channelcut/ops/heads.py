@@ -17,7 +17,7 @@ import onnx_ir as ir
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
 from channelcut.cut import Rewrite
-from channelcut.graph import attr_ints
+from channelcut.graph import attr_int, attr_ints
 
 
 def grid_readers_only(node: ir.Node, walk: Walk, axis: int, span: int) -> bool:
@@ -138,3 +138,185 @@ def set_target_entry(node: ir.Node, index: int, rw: Rewrite, axis: int, size: in
             rw.set_const(concat, k, array)
             return
         axis -= length
+
+
+# -- which run-time sizes a computed shape operand holds -------------------------------------
+
+Dim = tuple[ir.Value, int]  # axis `k` of tensor `value`, at run time
+# Ops whose output has the shape of their first input
+_SAME_SHAPE = frozenset({"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Neg", "Sqrt", "Reciprocal",
+                         "Exp", "Cast", "Identity", "Softmax", "LayerNormalization", "Dropout",
+                         "SimplifiedLayerNormalization"})
+_BROADCASTING = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where"})
+
+
+def shape_dims(value: ir.Value, walk: Walk, depth: int = 6) -> list[Dim] | None:
+    """For a 1-D size tensor computed from `Shape`: the run-time dims it holds, in order
+    (Shape with start/end, then Gather of indices, Slice, Unsqueeze, Squeeze, Cast, Concat);
+    None when it is anything else."""
+    node = value.producer()
+    if node is None or depth == 0:
+        return None
+    op = node.op_type
+    if op == "Shape":
+        dims = walk.dims(node.inputs[0])
+        if dims is None:
+            return None
+        rank = len(dims)
+        start, end = attr_int(node, "start", 0), attr_int(node, "end", rank)
+        start, end = (min(max(x + rank if x < 0 else x, 0), rank) for x in (start, end))
+        return [(node.inputs[0], k) for k in range(start, end)]
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+        return shape_dims(node.inputs[0], walk, depth - 1)
+    if op == "Concat":
+        parts = [shape_dims(v, walk, depth - 1) for v in node.inputs]
+        return None if any(p is None for p in parts) else [d for p in parts for d in p]
+    base = shape_dims(node.inputs[0], walk, depth - 1) if node.inputs else None
+    if base is None:
+        return None
+    if op == "Gather" and attr_int(node, "axis", 0) == 0:
+        index = walk.const(node.inputs[1])
+        if index is None or index.ndim > 1:
+            return None
+        return [base[int(i)] for i in index.reshape(-1)]
+    if op == "Slice" and len(node.inputs) >= 3:
+        arrays = [walk.const(node.inputs[i]) if i < len(node.inputs) and node.inputs[i]
+                  is not None else None for i in range(1, 5)]
+        if arrays[0] is None or arrays[1] is None or arrays[0].size != 1 \
+                or (arrays[2] is not None and int(arrays[2].reshape(-1)[0]) != 0) \
+                or (arrays[3] is not None and int(arrays[3].reshape(-1)[0]) != 1):
+            return None
+        return base[slice(int(arrays[0].reshape(-1)[0]), int(arrays[1].reshape(-1)[0]))]
+    return None
+
+
+def same_dim(a: Dim, b: Dim, walk: Walk) -> bool:
+    """Is run-time dim `a` provably dim `b`? Both are followed back to where they come from
+    (`root_dim`)."""
+    return root_dim(a, walk) == root_dim(b, walk)
+
+
+def root_dim(a: Dim, walk: Walk, depth: int = 32) -> tuple[int, int]:
+    """Where run-time dim `a` comes from, as (id of a tensor, axis): followed back through ops
+    that pass a dim on (`_passed_from`)."""
+    while depth:
+        previous = _passed_from(a, walk, depth)
+        if previous is None:
+            break
+        a, depth = previous, depth - 1
+    return id(a[0]), a[1]
+
+
+def static_dim(a: Dim, walk: Walk, depth: int = 32) -> bool:
+    """Is run-time dim `a` provably a constant? It is where it comes from (`root_dim`'s way)
+    a constant's dim, a constant entry of a Reshape's target, or the columns of a MatMul with
+    a constant matrix."""
+    while depth:
+        previous = _passed_from(a, walk, depth)
+        if previous is None:
+            break
+        a, depth = previous, depth - 1
+    value, k = a
+    if walk.const(value) is not None:
+        return True
+    node = value.producer()
+    if node is None:
+        return False
+    if node.op_type == "Reshape":
+        entries = target_entries(node.inputs[1], walk)
+        return entries is not None and entries[k] is not None and entries[k] > 0
+    if node.op_type == "MatMul" and walk.const(node.inputs[1]) is not None:
+        return k == len(walk.dims(value) or ()) - 1
+    return False
+
+
+def _passed_from(a: Dim, walk: Walk, depth: int) -> Dim | None:
+    """The input dim that dim `a` is at run time: through same-shape ops, a broadcast against
+    constants (which must not stretch it), a MatMul (a constant matrix keeps all but the last
+    dim; two activations keep rows, columns, and batch dims both operands share), Transpose,
+    and Reshape (an entry computed from Shape, or 0: copied). None: nowhere provable."""
+    value, k = a
+    node = value.producer()
+    if node is None or walk.dims(value) is None:
+        return None
+    rank, op = len(walk.dims(value)), node.op_type
+    if op in _SAME_SHAPE:
+        return node.inputs[0], k
+    if op in _BROADCASTING:
+        live = [v for v in node.inputs if v is not None and walk.const(v) is None]
+        if len(live) != 1 or walk.dims(live[0]) is None or len(walk.dims(live[0])) != rank:
+            return None
+        for v in node.inputs:  # constants must not stretch the dim (size 1, or shorter rank)
+            if v is None or v is live[0]:
+                continue
+            dims = walk.dims(v)
+            at = None if dims is None else len(dims) - rank + k
+            if dims is None or (at >= 0 and dims[at] != 1):
+                return None
+        return live[0], k
+    if op == "MatMul":
+        return _matmul_dim(node, walk, rank, k, depth)
+    if op == "Transpose":
+        perm = attr_ints(node, "perm") or list(reversed(range(rank)))
+        return node.inputs[0], perm[k]
+    if op == "Reshape":
+        entries = target_entries(node.inputs[1], walk)
+        if entries is None:
+            return None
+        if entries[k] == 0 and attr_int(node, "allowzero", 0) == 0:
+            return node.inputs[0], k
+        if entries[k] is not None:
+            return None
+        offset = 0
+        for piece in node.inputs[1].producer().inputs:
+            length = walk.shape(piece)[0]
+            if k < offset + length:
+                dims = shape_dims(piece, walk)
+                return None if dims is None else dims[k - offset]
+            offset += length
+    return None
+
+
+def _matmul_dim(node: ir.Node, walk: Walk, rank: int, k: int, depth: int) -> Dim | None:
+    a, b = node.inputs[:2]
+    a_dims, b_dims = walk.dims(a), walk.dims(b)
+    if a_dims is None or b_dims is None or len(a_dims) < 2 or len(b_dims) < 2:
+        return None
+    if k == rank - 1:
+        return b, len(b_dims) - 1
+    if k == rank - 2:
+        return a, len(a_dims) - 2
+    in_a, in_b = k - rank + len(a_dims), k - rank + len(b_dims)
+    if in_a < 0 or (in_b >= 0 and walk.const(b) is not None and b_dims[in_b] == 1):
+        return (b, in_b) if in_a < 0 else (a, in_a)
+    if in_b < 0:
+        return a, in_a
+    # both carry it: the same dim if both come from the same place
+    if root_dim((a, in_a), walk, depth - 1) == root_dim((b, in_b), walk, depth - 1):
+        return a, in_a
+    return None
+
+
+def outer_sizes_proven(node: ir.Node, walk: Walk, axis: int) -> bool:
+    """Do the computed entries before `axis` of a Reshape's target hold, one for one, the
+    input's own first dims (`axis` of them), and are the input's dims after its channel axis
+    constants? Then the rows before the channel axis are the same at any run-time size, and
+    an inferred entry (-1) after them is fixed by the rest."""
+    source, dims = walk.info(node.inputs[0]), walk.dims(node.inputs[0])
+    entries = target_entries(node.inputs[1], walk)
+    if source is None or source.axis != axis or entries is None or dims is None:
+        return False
+    # the input's dims after the channel axes must not change either (else -1 takes them up)
+    if not all(static_dim((node.inputs[0], k), walk)
+               for k in range(source.axis + source.span, len(dims))):
+        return False
+    concat, offset, proven = node.inputs[1].producer(), 0, [False] * axis
+    for piece in concat.inputs:
+        length = walk.shape(piece)[0]
+        dims = shape_dims(piece, walk) if walk.const(piece) is None else None
+        for i in range(offset, min(offset + length, axis)):
+            mine = (node.inputs[0], i)
+            proven[i] = dims is not None and (same_dim(mine, dims[i - offset], walk)
+                                              or same_dim(dims[i - offset], mine, walk))
+        offset += length
+    return all(proven)

@@ -14,7 +14,7 @@ from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
-                                   split_channels, target_entries)
+                                   outer_sizes_proven, split_channels, target_entries)
 
 
 def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarray,
@@ -215,8 +215,8 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     axis, positions, span = mapped
     while span > 1 and out_shape[axis] == 1:  # a leading axis of 1 holds nothing apart
         axis, span = axis + 1, span - 1
-    if computed and not all(e is not None and e > 0
-                            for e in target_entries(node.inputs[1], walk)[axis:]):
+    if computed and not _fixed_from(target_entries(node.inputs[1], walk)[axis:],
+                                    outer_sizes_proven(node, walk, axis)):
         # Sizes from the channel axis on, fixed: then the run-time sizes before it multiply to
         # the input's outer rows whatever they are (the element count says so).
         walk.barrier(node, "Reshape to a computed shape whose sizes from the channel axis on "
@@ -237,6 +237,14 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         owner = out.channel_at_position()
         members = out.ids[owner].reshape(-1, last)  # row-major: one row per leading index
         walk.couple(np.broadcast_to(members[:1], members.shape).ravel(), members.ravel())
+
+
+def _fixed_from(entries: list[int | None], outer_proven: bool) -> bool:
+    """Are a computed target's sizes from the channel axis on fixed: constants, or one -1
+    where the sizes before them are proven to be the input's own (`outer_sizes_proven`)?"""
+    if any(e is None or e == 0 for e in entries):
+        return False
+    return all(e > 0 for e in entries) or (outer_proven and entries.count(-1) == 1)
 
 
 def _flatten_shapes(node: ir.Node, walk: Walk, source: ChannelInfo
