@@ -116,6 +116,17 @@ def decoder(h: int = 4, h_kv: int | None = None, *, zero_v: Iterable[int] = (),
         for name, tail in shapes.items():
             del inits[name]
             inits[f"{name}_tail"] = tail
+        if rep > 1:  # repeat_kv's sizes: (B, Hkv, rep, S, D) and (B, H, S, D)
+            del inits["shape_kv"], inits["expand"], inits["shape_rep"]
+            inits.update(kv_tail=i64(h_kv, D), hr=i64(h_kv, rep), hq=i64(h), d=i64(D),
+                         one=i64(1), two_=i64(2))
+            nodes = [nodes[0],  # the Shape
+                     node("Slice", ["bs", "zero_", "one"], ["b"]),
+                     node("Slice", ["bs", "one", "two_"], ["s"]),
+                     node("Concat", ["bs", "kv_tail"], ["shape_kv"], axis=0),
+                     node("Concat", ["b", "hr", "s", "d"], ["expand"], axis=0),
+                     node("Concat", ["b", "hq", "s", "d"], ["shape_rep"], axis=0), *nodes[1:]]
+            inits["zero_"] = i64(0)
     inputs = {"x": [B, "S" if dynamic else S, E]}
     if shape_from != "x":
         inputs[shape_from] = [B, "S", E]
@@ -209,6 +220,15 @@ def test_computed_shape_with_inferred_head_count():
     m = decoder(4, zero_v=[2], dynamic=True, tails=((-1, D), (-1,)))
     result = assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
                             "matmul_o": (12, E)}, groups=1, input_shapes={"x": [B, 7, E]})
+    feeds = {"x": rand(B, 3, E, seed=5)}
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_gqa_with_dynamic_sequence_length():
+    m = decoder(4, 2, zero_v=[0], dynamic=True)
+    result = assert_cut(m, {"matmul_q": (E, 8), "matmul_k": (E, 4), "matmul_v": (E, 4),
+                            "matmul_o": (8, E)}, groups=1, input_shapes={"x": [B, 7, E]})
     feeds = {"x": rand(B, 3, E, seed=5)}
     np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
                                rtol=1e-4, atol=1e-5)

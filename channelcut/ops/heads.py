@@ -222,9 +222,11 @@ def static_dim(a: Dim, walk: Walk, depth: int = 32) -> bool:
     node = value.producer()
     if node is None:
         return False
-    if node.op_type == "Reshape":
+    if node.op_type in ("Reshape", "Expand"):  # an Expand entry above 1 is the output's size
         entries = target_entries(node.inputs[1], walk)
-        return entries is not None and entries[k] is not None and entries[k] > 0
+        rank = len(walk.dims(value) or ())
+        at = k - rank + len(entries) if entries is not None else -1
+        return at >= 0 and entries[at] is not None and entries[at] > (node.op_type == "Expand")
     if node.op_type == "MatMul" and walk.const(node.inputs[1]) is not None:
         return k == len(walk.dims(value) or ()) - 1
     return False
@@ -259,6 +261,27 @@ def _passed_from(a: Dim, walk: Walk, depth: int) -> Dim | None:
     if op == "Transpose":
         perm = attr_ints(node, "perm") or list(reversed(range(rank)))
         return node.inputs[0], perm[k]
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = walk.const(node.inputs[1]) if len(node.inputs) > 1 else None
+        in_dims = walk.dims(node.inputs[0])
+        if axes is None or in_dims is None:
+            return None
+        if op == "Unsqueeze":
+            inserted = {int(x) % rank for x in axes.reshape(-1)}
+            kept = [j for j in range(rank) if j not in inserted]
+            return None if k in inserted else (node.inputs[0], kept.index(k))
+        removed = {int(x) % len(in_dims) for x in axes.reshape(-1)}
+        return node.inputs[0], [j for j in range(len(in_dims)) if j not in removed][k]
+    if op == "Expand":  # broadcast(input dim, entry): the input's where the entry is 1 or it
+        entries, in_dims = target_entries(node.inputs[1], walk), walk.dims(node.inputs[0])
+        if entries is None or in_dims is None or len(entries) != rank or len(in_dims) != rank:
+            return None
+        if entries[k] == 1:
+            return node.inputs[0], k
+        dim = None if entries[k] is not None else _entry_dim(node.inputs[1], k, walk)
+        if dim is not None and root_dim(dim, walk, depth - 1) == \
+                root_dim((node.inputs[0], k), walk, depth - 1):
+            return node.inputs[0], k
     if op == "Reshape":
         entries = target_entries(node.inputs[1], walk)
         if entries is None:
@@ -320,3 +343,47 @@ def outer_sizes_proven(node: ir.Node, walk: Walk, axis: int) -> bool:
                                               or same_dim(dims[i - offset], mine, walk))
         offset += length
     return all(proven)
+
+
+def _entry_dim(target: ir.Value, p: int, walk: Walk) -> Dim | None:
+    """The run-time dim that computed entry `p` of a Concat-built shape operand holds."""
+    offset = 0
+    for piece in target.producer().inputs:
+        length = walk.shape(piece)[0]
+        if p < offset + length:
+            dims = shape_dims(piece, walk)
+            return None if dims is None else dims[p - offset]
+        offset += length
+    return None
+
+
+def computed_target_fixed(node: ir.Node, walk: Walk, axis: int, span: int) -> bool:
+    """Does a Reshape to a computed target keep the analysed layout at every run-time size?
+
+    The output's channel axes [axis, axis+span) must be constants (or one -1 where the sizes
+    before them are the input's own: `outer_sizes_proven`); a computed size after them must
+    be the input's dim at the same place from the end, and the input's other dims after its
+    channel axis constants. Then the sizes after the channel axes change alike on both sides,
+    and the rows before them are the input's (the element count says so)."""
+    source, in_dims = walk.info(node.inputs[0]), walk.dims(node.inputs[0])
+    entries = target_entries(node.inputs[1], walk)
+    if source is None or in_dims is None or entries is None:
+        return False
+    first_inner, matched = source.axis + source.span, set()
+    for p in range(axis, len(entries)):
+        if entries[p] is not None:
+            if entries[p] == 0:
+                return False
+            continue
+        q = p - len(entries) + len(in_dims)
+        dim = _entry_dim(node.inputs[1], p, walk)
+        if p < axis + span or q < first_inner or dim is None \
+                or not same_dim((node.inputs[0], q), dim, walk):
+            return False
+        matched.add(q)
+    if not all(static_dim((node.inputs[0], q), walk)
+               for q in range(first_inner, len(in_dims)) if q not in matched):
+        return False
+    sizes = [e for e in entries[axis:] if e is not None]
+    return all(e > 0 for e in sizes) or (sizes.count(-1) == 1
+                                         and outer_sizes_proven(node, walk, axis))

@@ -14,7 +14,7 @@ from channelcut.cut import Rewrite, delete_positions
 from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
-                                   outer_sizes_proven, split_channels, target_entries)
+                                   computed_target_fixed, split_channels, target_entries)
 
 
 def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarray,
@@ -215,10 +215,7 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     axis, positions, span = mapped
     while span > 1 and out_shape[axis] == 1:  # a leading axis of 1 holds nothing apart
         axis, span = axis + 1, span - 1
-    if computed and not _fixed_from(target_entries(node.inputs[1], walk)[axis:],
-                                    outer_sizes_proven(node, walk, axis)):
-        # Sizes from the channel axis on, fixed: then the run-time sizes before it multiply to
-        # the input's outer rows whatever they are (the element count says so).
+    if computed and not computed_target_fixed(node, walk, axis, span):
         walk.barrier(node, "Reshape to a computed shape whose sizes from the channel axis on "
                            "are not all constants")
         return
@@ -237,14 +234,6 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         owner = out.channel_at_position()
         members = out.ids[owner].reshape(-1, last)  # row-major: one row per leading index
         walk.couple(np.broadcast_to(members[:1], members.shape).ravel(), members.ravel())
-
-
-def _fixed_from(entries: list[int | None], outer_proven: bool) -> bool:
-    """Are a computed target's sizes from the channel axis on fixed: constants, or one -1
-    where the sizes before them are proven to be the input's own (`outer_sizes_proven`)?"""
-    if any(e is None or e == 0 for e in entries):
-        return False
-    return all(e > 0 for e in entries) or (outer_proven and entries.count(-1) == 1)
 
 
 def _flatten_shapes(node: ir.Node, walk: Walk, source: ChannelInfo
@@ -291,10 +280,17 @@ def analyse_expand(node: ir.Node, walk: Walk) -> None:
     if source is None:
         return
     shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
-    if shape is None or out_shape is None or walk.const(node.inputs[1]) is None:
+    entries = target_entries(node.inputs[1], walk) if node.op_type == "Expand" else \
+        (None if walk.const(node.inputs[1]) is None else [])
+    if shape is None or out_shape is None or entries is None:
         walk.barrier(node, f"{node.op_type} to a computed shape")
         return
     axis = source.axis + len(out_shape) - len(shape)
+    at = axis - (len(out_shape) - len(entries))
+    if node.op_type == "Expand" and 0 <= at < len(entries) and entries[at] is None:
+        # a computed size on the channel axis could broadcast it at another size
+        walk.barrier(node, "Expand to a computed shape on the channel axis")
+        return
     if out_shape[axis] != shape[source.axis]:
         walk.barrier(node, f"{node.op_type} repeats the channel axis")
         return
@@ -307,11 +303,10 @@ def rewrite_expand(node: ir.Node, rw: Rewrite) -> None:
     deleted = rw.deleted(node.outputs[0])
     if node.op_type != "Expand" or deleted.size == 0:
         return
-    target = rw.const(node.inputs[1]).copy()
-    axis = rw.info(node.outputs[0]).axis - (len(rw.shape(node.outputs[0])) - target.size)
+    target = target_entries(node.inputs[1], rw)
+    axis = rw.info(node.outputs[0]).axis - (len(rw.shape(node.outputs[0])) - len(target))
     if axis >= 0 and target[axis] != 1:
-        target[axis] -= deleted.size
-        rw.set_const(node, 1, target)
+        set_target_entry(node, 1, rw, axis, target[axis] - deleted.size)
 
 
 rule("Expand", "Tile", rewrite=rewrite_expand)(analyse_expand)
