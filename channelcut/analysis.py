@@ -51,7 +51,12 @@ class Site:
 
     node: ir.Node
     kind: str
-    cost: Cost
+    cost: Cost  # with every channel of the node's output kept
+    # of cost.weight_bytes, the bytes per position along the output's channel axis (it has
+    # `positions`): the cut writes them only for the positions it keeps, and its FLOPs and
+    # copies scale likewise
+    per_position: float = 0.0
+    positions: int = 0
 
 
 @dataclass

@@ -8,13 +8,20 @@ channel made, computed in float64 and stored in the weights' dtype.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
+from channelcut.analysis import Cost, Site
+from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.cut import Rewrite, kept_mask
 from channelcut.graph import attr_float, input_at
+
+if TYPE_CHECKING:
+    from channelcut.solve import Options
 
 _CONV_GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
 
@@ -62,10 +69,139 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
                            {"value": np.ones(1, dtype=weights.dtype)})
     else:  # the folded channels are constants times this map
         ones = rw.new_const(f"{stem}_plane", plane[None, None].astype(weights.dtype))
-    kernel = rw.new_const(f"{stem}_border", folded[:, None].astype(weights.dtype))
+    border_weights = folded[:, None].astype(weights.dtype)
+    raw_rows, border_rows = (_constant_rows(node, rw, border_weights, deleted_in, deleted_out)
+                             if groups == 1 else (_NO_ROWS, _NO_ROWS))
+    bias = rw.const(input_at(node, 2))  # of the kept rows: the raw rows' constants
+    if raw_rows.size:  # the conv computes without them: the reinsertion adds their bias
+        rw.set_const(node, 1, np.delete(rw.const(node.inputs[1]), raw_rows, axis=0))
+        _delete_bias_rows(node, rw, raw_rows)
+    kernel = rw.new_const(f"{stem}_border", np.delete(border_weights, border_rows, axis=0))
     geometry = {k: node.attributes[k] for k in _CONV_GEOMETRY if k in node.attributes}
     border = rw.add_node(node, "Conv", [ones, kernel], geometry)
-    rw.append_after(node.outputs[0], "Add", [border])
+    raw = node.outputs[0]
+    border.shape, border.type = raw.shape, raw.type  # as rules see shapes: before the cut
+    out = rw.append_after(raw, "Add", [border])
+    if raw_rows.size or border_rows.size:
+        _reinsert_constant_rows(rw, out, raw, border, raw_rows, border_rows, bias,
+                                border_weights.shape[0])
+
+
+_NO_ROWS = np.zeros(0, np.int64)
+
+
+def _constant_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
+                   deleted_in: np.ndarray, deleted_out: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Of the kept rows of a conv written as raw + border (one conv group): those whose raw
+    part is its bias (every kept weight zero, or reading a zero channel) and those whose
+    border part is zero, to be computed without and put back in the Add as constants, each
+    side where that pays under the objective. A cut of the cut model would see them as
+    constant operand channels of that Add and take them: the first cut must (the fixed
+    point). The costs are those that cut would count: the rows' weights and FLOPs against a
+    reinsertion per operand; a tensor keeps at least one channel (its first)."""
+    from channelcut.solve import SiteUse, pays  # the decision's cost model
+
+    options, x = rw.analysis.options, node.inputs[0]
+    if not options.allows(Site(node, "reinsert", Cost(nodes=3))):
+        return _NO_ROWS, _NO_ROWS
+    weights = rw.const(node.inputs[1])  # the kept rows and columns
+    bias = rw.const(input_at(node, 2))
+    shape, info = rw.shape(node.outputs[0]), rw.info(x)
+    if shape is None or info is None:
+        return _NO_ROWS, _NO_ROWS
+    rows, cin = weights.shape[:2]
+    flat = weights.reshape(rows, cin, -1)
+    zero_in = info.by_position(info.zero)[kept_mask(info.size, deleted_in)]
+    with np.errstate(invalid="ignore"):
+        constant = ((flat == 0) | (zero_in[None, :, None] & np.isfinite(flat))).all(axis=(1, 2))
+    if bias is not None:
+        constant &= np.isfinite(bias.reshape(-1)) if bias.size == rows else False
+    # 0 * NaN is NaN: a row that NaN or Inf may reach (from its weights or its inputs) is none
+    out = rw.info(node.outputs[0])
+    constant &= np.delete(out.finite, deleted_out) if out is not None else False
+    raw_rows = _kept_aligned(np.flatnonzero(constant), rows, options)
+    border_rows = _kept_aligned(
+        np.flatnonzero(~(border_weights.reshape(rows, -1) != 0).any(axis=1)), rows, options)
+    # per row: the weights and FLOPs it carries (2 per multiply-add over the output plane)
+    plane, spatial = math.prod(shape) / shape[1], math.prod(shape[2:])  # the border: batch 1
+    kernel = flat.shape[2]
+    cut = int(deleted_out.size)
+    size = weights.dtype.itemsize
+    # the Gather order and the constants per kept channel, the Pad amounts (as the Add's)
+    elements = float(math.prod(shape))
+    reinsertion = Site(node, "reinsert", Cost(weight_bytes=12.0 * shape[1] + 16 * len(shape),
+                                              flops=elements, moved=2 * elements, nodes=3),
+                       per_position=12, positions=shape[1])
+    added = options.cost(reinsertion, cut)
+    chosen = []
+    for gone, per_row in ((raw_rows, Cost(weight_bytes=(cin * kernel + (bias is not None)) * size,
+                                          flops=2 * plane * cin * kernel)),
+                          (border_rows, Cost(weight_bytes=kernel * size,
+                                             flops=2 * spatial * kernel))):
+        saved = Cost(weight_bytes=per_row.weight_bytes * gone.size,
+                     flops=per_row.flops * gone.size)
+        if gone.size and pays(saved, added, options.objective, options):
+            rw.analysis.sites.append(SiteUse(node.name or "", "Add", "reinsert",
+                                             int(gone.size), added, saved))
+            chosen.append(gone)
+        else:
+            chosen.append(_NO_ROWS)
+    return chosen[0], chosen[1]
+
+
+def _kept_aligned(gone: np.ndarray, rows: int, options: Options) -> np.ndarray:
+    """Of the rows an operand of the Add could go without, those it may lose: it keeps at
+    least one row, and a multiple of the alignment that applies to it, as the decision keeps
+    for every tensor (channelcut.solve: the first candidates stay)."""
+    if gone.size == rows:
+        gone = gone[1:]
+    blocks, readers = options.blocks, options.align_readers
+    align = options.align if not blocks else next((b for b in blocks if rows % b == 0), 1)
+    if align > 1 and (not readers or "Add" in readers):
+        gone = gone[-(rows - gone.size) % align:]
+    return gone
+
+
+def _delete_bias_rows(node: ir.Node, rw: Rewrite, rows: np.ndarray) -> None:
+    bias = rw.const(input_at(node, 2))
+    if bias is not None and bias.size > 1:
+        rw.set_const(node, 2, np.delete(bias.reshape(-1), rows))
+
+
+def _reinsert_constant_rows(rw: Rewrite, out: ir.Value, raw: ir.Value, border: ir.Value,
+                            raw_rows: np.ndarray, border_rows: np.ndarray,
+                            bias: np.ndarray | None, rows: int) -> None:
+    """raw + border, each without its rows: what both lack comes back after the Add (the bias
+    there; the border is zero), the rest before it into the operand that lacks it."""
+    add = out.producer()
+    constants = np.zeros(rows) if bias is None else bias.reshape(-1).astype(np.float64)
+    both = np.intersect1d(raw_rows, border_rows)
+
+    def before_add(op_type: str, tail: ir.Value, inputs: list[ir.Value],
+                   attributes: dict[str, object] | None = None) -> ir.Value:
+        return rw.add_node(add, op_type, [tail, *inputs], attributes)
+
+    def after(op_type: str, tail: ir.Value, inputs: list[ir.Value],
+              attributes: dict[str, object] | None = None) -> ir.Value:
+        return rw.append_after(tail, op_type, inputs, attributes)
+
+    for index, value, gone, values in ((0, raw, raw_rows, constants),
+                                       (1, border, border_rows, np.zeros(rows))):
+        needed = np.setdiff1d(gone, both)
+        if needed.size:
+            full = _reinsertion(rw, f"{add.name}_in{index}", value, gone, needed, before_add,
+                                _row_info(rows, values))
+            add.replace_input_with(index, full)
+    if both.size:
+        _reinsertion(rw, f"{add.name}_out", out, both, both, after, _row_info(rows, constants))
+
+
+def _row_info(rows: int, constants: np.ndarray) -> ChannelInfo:
+    """The layout of a conv's kept rows, each a known constant (what a reinsertion reads)."""
+    info = ChannelInfo(axis=1, positions=identity_positions(rows), base=0)
+    info.set_values(np.ones(rows, bool), constants)
+    return info
 
 
 def fold_into_carrier(node: ir.Node, rw: Rewrite, original: np.ndarray, weights: np.ndarray,
@@ -160,12 +296,14 @@ def reinsert_output(node: ir.Node, rw: Rewrite, computed_without: np.ndarray,
 
 
 def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
-                 needed: np.ndarray, step: Callable[..., ir.Value]) -> ir.Value:
+                 needed: np.ndarray, step: Callable[..., ir.Value],
+                 info: ChannelInfo | None = None) -> ir.Value:
     """`value` (without the positions `deleted` along its channel axis) with the known constants
     at `needed` back in place: Pad zeros at the end of the channel axis, Gather every position
     into place, then Add the constants (when any is non-zero). `step(op_type, tail, inputs,
-    attributes)` applies each op to the tensor built so far; returns the last one's output."""
-    info = rw.info(value)
+    attributes)` applies each op to the tensor built so far; returns the last one's output.
+    `info`: the channels of `value` (default: the analysis')."""
+    info = info or rw.info(value)
     axis, rank = info.axis, len(rw.shape(value))
     present = np.flatnonzero(kept_mask(info.size, deleted))
     wanted = np.union1d(present, needed)  # the positions the readers see, in order

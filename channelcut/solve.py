@@ -64,17 +64,23 @@ class Options:
     # which runs a channel Pad on the CPU and turns a Gather into such a conv anyway)
     reinsert_form: str = "pad-gather"
 
-    def cost(self, site: Site) -> Cost:
-        """What the site adds, in the form this target writes it."""
+    def cost(self, site: Site, cut: int = 0) -> Cost:
+        """What the site adds, in the form this target writes it, when the node's output loses
+        `cut` of its channel positions: it is written for those it keeps, and the cut model,
+        cut again, sees only those and must come to the same decision."""
+        kept = 1.0 - cut / site.positions if site.positions else 1.0
         if site.kind == "border fold" and self.border_form == "carrier":
             return Cost()  # a weight column changes; the carrier's own cost is a kept channel
         if site.kind == "reinsert" and self.reinsert_form == "conv":
             shape = static_shape(site.node.outputs[0])
-            channels, elements = shape[1], math.prod(shape)
+            channels = shape[1] * kept
+            elements = math.prod(shape) * kept
             # at most every channel kept: channels x channels one-hot weights and a bias
             return Cost(weight_bytes=4.0 * channels * (channels + 1),
                         flops=2.0 * channels * elements, moved=elements, nodes=1)
-        return site.cost
+        full = site.cost
+        return Cost(weight_bytes=full.weight_bytes - site.per_position * cut, flops=full.flops * kept,
+                    moved=full.moved * kept, nodes=full.nodes)
 
     def allows(self, site: Site) -> bool:
         """May the cut use this fold or reinsertion at all?"""
@@ -145,13 +151,16 @@ def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray],
-                cheap: np.ndarray) -> np.ndarray:
+                cheap: np.ndarray, reviving: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> np.ndarray:
     """Removed channels to keep so that every surviving conv group loses the same number.
 
     Conv groups that lose all inputs and outputs are dropped whole and do not count. In the
     others, each loses only as many channels as the group that loses fewest. Of the excess,
-    `cheap` channel nodes (known values: keeping them keeps nothing upstream alive) are kept
-    first, then the highest indices. `removed(ids)` says which channel nodes are cut.
+    channels that `reviving(ids)` does not flag are kept first (keeping a flagged one brings
+    back a conv group another grouped conv drops whole, and that group's channels with it),
+    then `cheap` channel nodes (known values: keeping them keeps nothing upstream alive), then
+    the highest indices. `removed(ids)` says which channel nodes are cut.
     """
     out_removed = removed(conv.rows)
     whole = out_removed.all(axis=1)
@@ -173,7 +182,10 @@ def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray],
             if excess:
                 candidates = ids[k][gone[k]][::-1]
                 order = np.argsort(~cheap[candidates], kind="stable")
-                keep.append(candidates[order][:excess])
+                candidates = candidates[order]
+                if reviving is not None and candidates.size > excess:
+                    candidates = candidates[np.argsort(reviving(candidates), kind="stable")]
+                keep.append(candidates[:excess])
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
 
 
@@ -382,13 +394,32 @@ class _Solver:
         return self.drop(np.concatenate([self.group_of[link.out_ids[out_gone & ~operand_gone]],
                                          self.group_of[link.operand_ids[unknown]]]))
 
+    def _reviving(self, ids: np.ndarray) -> np.ndarray:
+        """Per channel node: would keeping it bring back a conv group that a grouped conv now
+        drops whole (all its inputs and outputs cut)? Its group may hold channels of several
+        grouped convs (a conv's outputs are the next one's inputs)."""
+        dead = []
+        for conv in self.walk.grouped:
+            if conv.columns is None:
+                continue
+            whole = self.removed(conv.rows).all(axis=1) & self.removed(conv.columns).all(axis=1)
+            dead += [self.group_of[conv.rows[whole]].ravel(),
+                     self.group_of[conv.columns[whole]].ravel()]
+        return np.isin(self.group_of[ids], np.concatenate(dead)) if dead else \
+            np.zeros(ids.size, bool)
+
     def _check_grouped(self, conv: GroupedConv) -> np.ndarray:
-        trimmed = _unbalanced(conv, self.removed, self.known_map)
+        trimmed = _unbalanced(conv, self.removed, self.known_map, self._reviving)
         dropped = self.drop(self.group_of[trimmed])
         if dropped.size:
             self.trims.append(Pin(trimmed, conv.op_type, conv.node,
                                   "grouped Conv: every group must keep as many channels"))
         return dropped
+
+    def cut_positions(self, site: Site) -> int:
+        """How many positions of the site's node's output channel axis the decision cuts."""
+        info = self.walk.infos.get(site.node.outputs[0])
+        return 0 if info is None else int(self.removed(info.ids).sum()) * info.block
 
     def site_groups(self) -> dict[int, np.ndarray]:
         """For each site in use: the removed groups that need it (folded or reinserted)."""
@@ -458,7 +489,7 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             site = sites[key]
             saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
                          flops=float(group_flops[groups].sum()))
-            cost = options.cost(site)
+            cost = options.cost(site, solver.cut_positions(site))
             if not pays(saved, cost, options.objective, options):
                 refused.add(key)
             margins[key] = (_metric(saved, options.objective, options)
@@ -471,7 +502,8 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             freed = np.unique(np.concatenate(list(used.values())))
             together = Cost(weight_bytes=float(group_bytes[freed].sum()),
                             flops=float(group_flops[freed].sum()))
-            added = Cost(*(sum(getattr(options.cost(sites[k]), f) for k in used)
+            added = Cost(*(sum(getattr(options.cost(sites[k], solver.cut_positions(sites[k])), f)
+                               for k in used)
                            for f in ("weight_bytes", "flops", "moved", "nodes")))
             if not pays(together, added, options.objective, options):
                 refused.add(min(margins, key=margins.__getitem__))

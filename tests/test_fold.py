@@ -4,11 +4,12 @@ cost model that decides which folds and reinsertions pay."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import channelcut
-from builders import (assert_cut, bias, const_input, conv, gemm, model, node, rand, relu,
-                      weights)
+from builders import (assert_cut, bias, const_input, conv, gemm, initializer, model, node, rand,
+                      random_feeds, relu, run, weights)
 
 POSITIVE = {1: 0.7, 4: 0.3}  # zero-weight rows with these biases are constants after Relu
 
@@ -51,6 +52,65 @@ def test_constant_into_padded_3x3_conv_becomes_a_border_map():
     assert result.report.flops_before == 2 * pixels * 6 * 3 + pixels * 6 + 2 * pixels * 5 * 6 * 9
     assert result.report.flops_after == 2 * pixels * 4 * 3 + pixels * 4 + 2 * pixels * 5 * 4 * 9 \
         + pixels * 5
+
+
+def test_border_fold_rows_that_read_only_folded_channels_come_back_as_their_bias():
+    """Rows 0 and 1 of the padded reader read only the constant channels 1 and 4: after the
+    fold they are their bias plus the border map. The conv computes 3 rows, and the Add gets
+    the two biases back (Pad, Gather, Add: 124 bytes against the rows' 296); left in the
+    conv, a second cut took them (the Add's operand channels are constants)."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:2, [0, 2, 3, 5]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [(s.kind, s.added_bytes, s.saved_bytes) for s in result.report.sites] == [
+        ("border fold", 4 * 5 * 9 + 32, 2 * (3 + 1) * 4 + 2 * 5 * 9 * 4),
+        ("reinsert", 5 * 12 + 64, 2 * (4 * 9 + 1) * 4)]
+    np.testing.assert_array_equal(const_input(result.model, "conv_y"), w2[2:][:, [0, 2, 3, 5]])
+    assert channelcut.cut(result.model).report.removed_groups == 0
+
+
+def test_border_fold_rows_come_back_only_as_far_as_the_alignment_allows():
+    """The same with align=2: the conv keeps 4 of its 5 rows (a multiple of 2), as the cut
+    keeps for every tensor that loses channels, and so does a second cut."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:2, [0, 2, 3, 5]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full", align=2)
+    assert [(s.kind, s.groups) for s in result.report.sites][1:] == [("reinsert", 1)]
+    assert const_input(result.model, "conv_y").shape == (4, 4, 3, 3)
+    assert channelcut.cut(result.model, align=2).report.removed_groups == 0
+
+
+def test_border_fold_rows_that_a_nan_channel_reaches_are_not_their_bias():
+    """As above, but channel 0 is NaN (its bias): 0 * NaN is NaN, so rows 0 and 1 are NaN,
+    not their bias, and stay in the conv."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:2, [0, 2, 3, 5]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    b1 = next(t for t in m.graph.initializer if t.name == "b1")
+    b1.CopyFrom(onnx.numpy_helper.from_array(
+        np.where(np.arange(6) == 0, np.nan, onnx.numpy_helper.to_array(b1)).astype(np.float32),
+        "b1"))
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [s.kind for s in result.report.sites] == ["border fold"]
+    assert np.isnan(run(result.model, random_feeds(m))["y"][0, :2]).all()
+
+
+def test_border_map_rows_of_channels_that_read_no_folded_constant_are_not_computed():
+    """Only row 4 of the padded reader reads the constant channels 1 and 4: the border map
+    computes that row alone and the Add gets zeros for the other four (Pad, Gather: 124
+    bytes against 4 x 36 of border kernel); a second cut took them otherwise."""
+    w2 = weights(5, 6, 3, 3, seed=3)
+    w2[:4, [1, 4]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(5, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 5)}, mode="full")
+    assert [(s.kind, s.added_bytes, s.saved_bytes) for s in result.report.sites][1:] == [
+        ("reinsert", 5 * 12 + 64, 4 * 9 * 4)]
+    [border] = [n for n in result.model.graph.node if n.op_type == "Conv" and
+                n.input[0].endswith("constantofshape_1")]
+    assert initializer(result.model, border.input[1]).shape == (1, 1, 3, 3)
+    assert channelcut.cut(result.model).report.removed_groups == 0
 
 
 def test_constant_into_strided_dilated_padded_conv():
@@ -158,6 +218,26 @@ def test_one_sided_residual_cut_in_a_bottleneck_with_downsample():
     m = model(nodes, {"x": [1, c, 6, 6]}, ["y"], inits)
     result = assert_cut(m, {"conv_c": (mid, out - 3)}, mode="full")
     assert [s.kind for s in result.report.sites] == ["reinsert"]
+
+
+def test_a_reinsertion_costs_what_it_writes_for_the_channels_the_output_keeps():
+    """a + b, a's row 0 a constant (zero weights, bias 0.5) that b keeps alive, and only
+    channels 0-2 of the sum read: the reinsertion writes the Gather order and the constants
+    for the 3 channels the sum keeps (and 64 bytes of Pad amounts), 100 bytes against the
+    112 that a's row saves. Costed for all 8 channels (160 bytes) it was refused, and cutting
+    the cut model again then took it."""
+    wa = weights(8, 3, 3, 3, zero_rows=[0], seed=1)
+    wh = weights(4, 8, 1, 1, zero_cols=range(3, 8), seed=3)
+    inits = {"wa": wa, "ba": bias(8, {0: 0.5}, seed=1), "wb": weights(8, 3, 3, 3, seed=2),
+             "bb": bias(8, seed=2), "wh": wh}
+    nodes = [conv("x", "wa", "a", "ba", pads=1), conv("x", "wb", "b", "bb", pads=1),
+             node("Add", ["a", "b"], ["s"]), conv("s", "wh", "y")]
+    m = model(nodes, {"x": [1, 3, 6, 6]}, ["y"], inits)
+    result = assert_cut(m, {"conv_a": (3, 2), "conv_b": (3, 3), "conv_y": (3, 4)}, groups=16,
+                        mode="full")
+    [site] = result.report.sites
+    assert (site.kind, site.added_bytes, site.saved_bytes) == ("reinsert", 100, 112)
+    assert channelcut.cut(result.model).report.removed_groups == 0
 
 
 def test_cost_model_declines_a_fold_that_would_grow_the_weights():

@@ -175,6 +175,26 @@ def test_emptied_output_of_a_grouped_conv_keeps_a_row_whose_input_stays_anyway(m
     again = cut(result.model, mode)
     assert again.report.removed_groups == 0 and again.report.layers == []
 
+def test_grouped_conv_trims_the_excess_where_no_whole_group_comes_back():
+    # x -> grouped conv (2 groups, 4 -> 4) -> yg -> depthwise x2 with zero weights and
+    # non-zero biases (4 -> 8 constant channels) -> out reads channels 3 and 4 only. The
+    # depthwise conv drops its conv groups 0 and 3 whole and keeps one output of groups 1 and
+    # 2, whose inputs (yg 1 and 2) stay; yg's conv group 1 would lose yg 2 and 3 but may lose
+    # only one. Keeping yg 3 (the highest index) brought the depthwise conv's group 3 back,
+    # then its group 0 and all of yg: a second cut removed 2 more groups. yg 2 stays anyway.
+    wh = np.zeros((3, 8, 1, 1), np.float32)
+    wh[:, 3:5] = weights(3, 2, 1, 1, seed=5)
+    nodes = [conv("x", "wg", "yg", "bg", pads=1, group=2),
+             conv("yg", "wd", "yd", "bd", pads=1, group=4), conv("yd", "wh", "out")]
+    inits = {"wg": weights(4, 2, 3, 3, seed=6), "bg": bias(4, seed=6),
+             "wd": np.zeros((8, 1, 3, 3), np.float32), "bd": bias(8, seed=7), "wh": wh}
+    m = model(nodes, {"x": [1, 4, 8, 8]}, ["out"], inits)
+    result = assert_cut(m, {"conv_yg": (4, 2), "conv_yd": (2, 2), "conv_out": (2, 3)},
+                        groups=8)
+    assert attribute(result.model, "conv_yd", "group") == 2
+    assert cut(result.model).report.removed_groups == 0
+
+
 # --- ConvTranspose -----------------------------------------------------------------------------
 
 def test_conv_transpose_zero_inputs_and_dead_output_columns():

@@ -283,7 +283,8 @@ def _reinsert_site(node: ir.Node, walk: Walk, out: ChannelInfo,
     # constants (float32) and the Gather order (int64) along the axis, Pad amounts (int64)
     added = out.size * (4 + 8) + 2 * len(out_shape) * 8
     return Site(node, "reinsert", Cost(weight_bytes=added, flops=elements,
-                                       moved=2.0 * elements, nodes=3))
+                                       moved=2.0 * elements, nodes=3), per_position=4 + 8,
+                positions=out.size)
 
 
 def rewrite_broadcast(node: ir.Node, rw: Rewrite) -> None:

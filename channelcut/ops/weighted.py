@@ -213,11 +213,13 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
     plus one Add."""
     out_shape = walk.shape(node.outputs[0])
     if not _padded(node, walk.const(node.inputs[1]).shape[2:]) and source.plane is None:
-        return Site(node, "bias fold", Cost(weight_bytes=0 if has_bias else cout * itemsize))
+        return Site(node, "bias fold", Cost(weight_bytes=0 if has_bias else cout * itemsize),
+                    per_position=0 if has_bias else itemsize, positions=cout)
     if not walk.spatial_fixed or out_shape is None:
         return None
     plane = 4 * 8 if source.plane is None else source.plane.size * itemsize  # shape, or map
-    return Site(node, "border fold", _added_output(cout * kernel * itemsize + plane, out_shape))
+    return Site(node, "border fold", _added_output(cout * kernel * itemsize + plane, out_shape),
+                per_position=kernel * itemsize, positions=cout)
 
 
 def _added_output(weight_bytes: float, out_shape: tuple[int, ...]) -> Cost:
@@ -405,7 +407,8 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
         bias_known, bias = np.zeros(out.n, bool), np.zeros(out.n, np.float32)
     has_bias = c is not None and walk.const(c) is not None and walk.const(c).shape[-1:] == (out.n,)
     site = Site(node, "bias fold",
-                Cost(weight_bytes=0 if has_bias else out.n * weights.dtype.itemsize))
+                Cost(weight_bytes=0 if has_bias else out.n * weights.dtype.itemsize),
+                per_position=0 if has_bias else weights.dtype.itemsize, positions=out.n)
     _linear(node, walk, source, w_nk, out, bias_known, bias, attr_float(node, "alpha", 1.0), site)
     out.mark_nonfinite(_unbounded_rows(walk, c, walk.const(c), -1, out.n))  # C: n is last
 
@@ -452,7 +455,8 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     zeros = np.zeros(out.n, np.float32)
     static = walk.shape(node.outputs[0])  # what folding adds is priced by the output's size
     site = None if static is None else \
-        Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, static))
+        Site(node, "bias fold", _added_output(out.n * weights.dtype.itemsize, static),
+             per_position=weights.dtype.itemsize, positions=out.n)
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
