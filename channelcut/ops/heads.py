@@ -5,6 +5,11 @@ After `Reshape(B, S, H*D) -> (B, S, H, D)` a head is one channel of the H axis (
 channels coupled: the score and context MatMuls mix them), so whole heads go and the Reshape's
 H shrinks. A packed projection unflattened to (3, E) keeps E's channels, with what each of q, k
 and v holds (ChannelInfo.parts) for the Gather or Split that picks it.
+
+A target computed at run time (`Concat` of sizes from `Shape` and constants, as exporters write
+`(*x.shape[:-1], H, D)` for a dynamic sequence length) is followed only where the layout cannot
+change with the sizes: the dims it holds are traced back to where they come from
+(`root_dim`), so that "this size is the reshaped tensor's own dim" is proven, not assumed.
 """
 
 from __future__ import annotations
@@ -50,13 +55,13 @@ def parts_picked(value: ir.Value, depth: int = 4) -> bool:
         if reader.op_type in ("Gather", "Split"):
             return True
         if reader.op_type in _AXIS_MOVERS and depth and parts_picked(reader.outputs[0],
-                                                                       depth - 1):
+                                                                      depth - 1):
             return True
     return False
 
 
 def split_channels(walk: Walk, value: ir.Value, source: ChannelInfo, dims: tuple[int, ...],
-                    axis: int, positions: np.ndarray, channel: int) -> None:
+                   axis: int, positions: np.ndarray, channel: int) -> None:
     """A channel axis split into `dims` that is not a channel shuffle: one channel per index
     of split axis `channel`, made of every source channel at that index. Heads: (..., H, D)
     with `channel` on H, so whole heads go and the Reshape's H shrinks (the D channels of a
