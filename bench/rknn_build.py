@@ -18,7 +18,9 @@ Prints one JSON object:
   weight_kib      "Total Weight Memory Size", internal_kib "Total Internal Memory Size"
   pruning         with --model-pruning, the toolkit's own summary lines (weights and GFLOPs)
   cosine          with --simulate: per output, cosine of the simulator's output against ONNX
-                  Runtime's on the same random input (fp16 builds: > 0.999 expected)
+                  Runtime's on the same random input (fp16 builds: > 0.999 expected), of
+                  the model itself or of --reference; max_rel_error: the largest absolute
+                  difference over the reference's largest magnitude
 
 The toolkit's compiler is a C library that prints straight to file descriptors 1 and 2 and, with
 verbose=True, writes check*.onnx into the current directory, so the build runs in a child
@@ -122,6 +124,15 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / denom) if denom else float(np.array_equal(a, b))
 
 
+def _max_rel_error(want: np.ndarray, got: np.ndarray) -> float:
+    """The largest absolute difference relative to the reference's largest magnitude (a
+    per-element relative error is meaningless near zero, where fp16 keeps no digits)."""
+    want, got = want.astype(np.float64), got.astype(np.float64)
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    diff = float(np.max(np.abs(want - got))) if want.size else 0.0
+    return diff / scale if scale else diff
+
+
 def worker(args: argparse.Namespace) -> int:
     """In the scratch directory: config, load, build, export, and (with --simulate) run the
     simulator on the inputs saved as input*.npy, saving its outputs as sim*.npy."""
@@ -192,12 +203,16 @@ def build(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     if args.simulate:
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        # The reference may be another model on the same inputs (the uncut original of a cut).
+        reference = str((args.reference or model).resolve())
+        session = ort.InferenceSession(reference, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         want = session.run(None, dict(zip(names, inputs)))
         got = [np.load(scratch / f"sim{i}.npy") for i in range(len(want))]
         result["cosine"] = [_cosine(w, g.reshape(w.shape)) if g.size == w.size else None
                             for w, g in zip(want, got)]
+        result["max_rel_error"] = [_max_rel_error(w, g.reshape(w.shape))
+                                   if g.size == w.size else None for w, g in zip(want, got)]
     return result
 
 
@@ -215,6 +230,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--simulate", action="store_true",
                         help="also run the PC simulator and compare with ONNX Runtime")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated input")
+    parser.add_argument("--reference", type=Path, default=None, metavar="ONNX",
+                        help="with --simulate: compare with this model's ONNX Runtime outputs "
+                             "(default: the model itself), e.g. the uncut original of a cut")
     parser.add_argument("--keep", type=Path, help="keep the scratch directory here "
                         "(model.rknn, build.log, check*.onnx)")
     parser.add_argument("--rows", action="store_true",

@@ -88,7 +88,7 @@ def _yolov8n() -> Any:
 
 def _module(name: str, shape: tuple[int, ...], seed: int) -> Any:
     if name == "demo":
-        from channelcut import demo
+        from channelcut.rknn import demo
 
         import torch
         torch.manual_seed(demo.SEED)
@@ -101,7 +101,7 @@ def _module(name: str, shape: tuple[int, ...], seed: int) -> Any:
 def pruned_onnx(name: str, pruning: str, shape: tuple[int, ...], seed: int) -> Any:
     """The model, pruned one way, exported to ONNX (BatchNorm folded)."""
     if name == "demo" and pruning == "naive":  # the seed's own model and export
-        from channelcut import demo
+        from channelcut.rknn import demo
         from channelcut.pytorch import to_onnx
 
         return to_onnx(demo.pruned_net(), [list(shape)])
@@ -194,7 +194,7 @@ def rknn_row(row: Row, models: dict, args: Any) -> None:
     builds += [(t, t, False) for t in args.rknn_targets if t in models]
     with tempfile.TemporaryDirectory(prefix="bench-rknn-") as tmp:
         for label, key, toolkit_pruning in builds:
-            for int8 in (False, True):
+            for int8 in (dtype == "int8" for dtype in args.rknn_dtypes):
                 build = f"{label} {'int8' if int8 else 'fp16'}"
                 row.rknn[build] = rknn_build(args.rknn_python, args.rknn_build, models[key],
                                              Path(tmp), key, int8, toolkit_pruning,
@@ -207,7 +207,7 @@ def _rknn_figure(build: dict[str, Any] | None, what: str) -> Any:
     return build[what]
 
 
-def rknn_lines(rows: list[Row], targets: list[str]) -> tuple[list[str], dict]:
+def rknn_lines(rows: list[Row], targets: list[str], dtypes: list[str]) -> tuple[list[str], dict]:
     """The RKNN table (MB and Mcycles per build), and rknn's verdicts per row."""
     builds = ["original", "toolkit", *targets]
     columns = [Column("model", 19), Column("pruning", 7), Column("dtype", 5)]
@@ -218,7 +218,7 @@ def rknn_lines(rows: list[Row], targets: list[str]) -> tuple[list[str], dict]:
         if row.note or not row.rknn:
             continue
         never_above = True
-        for dtype in ("fp16", "int8"):
+        for dtype in dtypes:
             cells = [row.model, row.pruning, dtype]
             for build in builds:
                 figures = row.rknn.get(f"{build} {dtype}")
@@ -254,6 +254,10 @@ def _options(parser: Any) -> None:
     parser.add_argument("--rknn-targets", nargs="+", default=["rknn"], choices=TARGETS,
                         help="whose cuts the RKNN section builds (default: rknn)")
     parser.add_argument("--rknn-platform", default="rk3588")
+    parser.add_argument("--rknn-dtypes", nargs="+", default=["fp16", "int8"],
+                        choices=("fp16", "int8"),
+                        help="which builds (default: both; int8 quantizes, several times "
+                             "slower)")
     parser.add_argument("--rknn-build", type=Path, default=RKNN_BUILD, metavar="PATH",
                         help="the build script run in --rknn-python (default: %(default)s)")
 
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         emit()
         emit(f"RKNN-Toolkit2 builds for {args.rknn_platform}: .rknn MB and the compiler's "
              "summed cycle estimate (M)")
-        lines, rknn_verdicts = rknn_lines(rows, args.rknn_targets)
+        lines, rknn_verdicts = rknn_lines(rows, args.rknn_targets, args.rknn_dtypes)
         for line in lines:
             emit(line)
         for key, more in rknn_verdicts.items():

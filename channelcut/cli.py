@@ -296,7 +296,7 @@ def _progress(stages: Stages) -> object:
 def _demo(args: argparse.Namespace) -> int:
     argv = [a for a in (args.target, args.device_id) if a is not None]
     try:
-        from channelcut import demo  # noqa: PLC0415 - needs torch, which is optional
+        from channelcut.rknn import demo  # noqa: PLC0415 - needs torch, which is optional
 
         code = demo.main(argv)
     except ModuleNotFoundError as exc:

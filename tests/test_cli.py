@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
 import channelcut
+import channelcut.rknn
 from channelcut import api, cli
 from channelcut.errors import ChannelcutError, VerificationError
 from channelcut.render import plain_lines, print_report
@@ -468,12 +469,12 @@ def test_internal_error_is_reported_as_a_bug(capsys, model_file, tmp_path, monke
 # --- demo -------------------------------------------------------------------------------------
 
 def fake_demo(monkeypatch, main) -> None:
-    """Make the CLI's `from channelcut import demo` find a fake: once the real demo has been
-    imported, that import takes the package attribute and never looks at sys.modules."""
-    module = types.ModuleType("channelcut.demo")
+    """Make the CLI's `from channelcut.rknn import demo` find a fake: once the real demo has
+    been imported, that import takes the package attribute and never looks at sys.modules."""
+    module = types.ModuleType("channelcut.rknn.demo")
     module.main = main
-    monkeypatch.setitem(sys.modules, "channelcut.demo", module)
-    monkeypatch.setattr(channelcut, "demo", module, raising=False)
+    monkeypatch.setitem(sys.modules, "channelcut.rknn.demo", module)
+    monkeypatch.setattr(channelcut.rknn, "demo", module, raising=False)
 
 
 def test_demo_passes_target_and_device(capsys, monkeypatch):

@@ -20,12 +20,19 @@ import numpy as np  # noqa: E402 - after the torch skip
 from onnx import load, numpy_helper  # noqa: E402
 
 import channelcut  # noqa: E402
-from channelcut import demo  # noqa: E402
+from channelcut.rknn import demo  # noqa: E402
 from channelcut.api import cut  # noqa: E402
 from channelcut.pytorch import to_onnx  # noqa: E402
 from channelcut.rknn import RKNN  # noqa: E402
+from channelcut.rknn import toolkit  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def simulator_backend(monkeypatch):
+    """These tests are the ONNX Runtime simulator's, even where RKNN-Toolkit2 is installed."""
+    monkeypatch.setattr(toolkit, "available", lambda: False)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "model_pruning" / "test.py"

@@ -14,10 +14,17 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from channelcut.rknn import RKNN, TARGETS  # noqa: E402 - after the torch skip
+from channelcut.rknn import toolkit  # noqa: E402
 from builders import dead_channel_model  # noqa: E402
 
 # The tests save TorchScript files as users do; torch 2.13 calls that API deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def simulator_backend(monkeypatch):
+    """These tests are the ONNX Runtime simulator's, even where RKNN-Toolkit2 is installed."""
+    monkeypatch.setattr(toolkit, "available", lambda: False)
 
 SIZE = [3, 16, 16]
 # conv1 has 8 filters, 4 of them zero with bias -1: ReLU zeroes those channels for any input,
@@ -160,8 +167,7 @@ def test_config_accepts_every_known_target(target, capsys):
 
 def test_config_names_options_the_simulator_ignores(capsys):
     assert RKNN().config(quantized_dtype="asymmetric_affine-u8", batch_size=4) == 0
-    assert lines_of(capsys) == ["W config: the simulator does not use batch_size, "
-                                "quantized_dtype; ignored"]
+    assert lines_of(capsys) == ["W config: the simulator does not use batch_size; ignored"]
 
 
 def test_a_rejected_config_changes_nothing(capsys):
@@ -276,14 +282,15 @@ def test_accuracy_analysis_compares_kept_channels_of_every_tensor(image, tmp_pat
     out_dir = tmp_path / "snapshot" / "nested"
     assert rknn.accuracy_analysis([image], output_dir=out_dir) == 0
     table = (out_dir / "error_analysis.txt").read_text().splitlines()
-    assert table[0].split()[:3] == ["tensor", "cos", "sim"]
-    rows = {line.split()[0]: line.split() for line in table[1:]}
-    assert all(float(row[1]) > 0.9999 for row in rows.values())
-    # conv1's output lost 4 of its 8 channels; the loaded model's were matched to the kept 4.
-    assert any(row[-4:] == ["[1,", "4,", "16,", "16]"] for row in rows.values())
-    assert "output0" in rows
+    assert table[0].startswith("# simulator_error: ") and table[4].startswith("layer_name")
+    rows = {line.split()[1]: line.split()[2:] for line in table[9:]}
+    assert table[8].startswith("[Input] input0 ") and "output0" in rows
+    # A float cut is exact: every tensor, conv1's output among them (4 of its 8 channels cut,
+    # the loaded model's matched to the kept 4), is the original's, entire and single.
+    assert all(values == ["1.00000", "|", "0.00000"] * 2 for values in rows.values())
+    assert any(line.startswith("[Conv] ") for line in table)
     (summary,) = lines_of(capsys)
-    assert summary.startswith("output0: cos sim ")
+    assert summary.startswith("output0: cos sim 1.0000000, euclidean 0, max abs error 0")
 
 
 # --- bad input: -1 (None for inference and eval_perf) and one E line ----------------------
@@ -334,8 +341,10 @@ BAD_CALLS: list[tuple[str, Callable[[], RKNN], Callable[[RKNN, Any], Any], Any, 
      "not Rockchip's RKNN binaries"),
     ("build before load", fresh, lambda r, p: r.build(), -1,
      "call load_pytorch or load_onnx before build"),
-    ("quantization", loaded, lambda r, p: r.build(do_quantization=True), -1,
-     "quantization is not available yet"),
+    ("quantization without dataset", loaded, lambda r, p: r.build(do_quantization=True), -1,
+     "build(do_quantization=True) needs dataset="),
+    ("hybrid quantization", loaded, lambda r, p: r.hybrid_quantization_step1("dataset.txt"), -1,
+     "hybrid quantization (hybrid_quantization_step1/2) is not available"),
     ("mean per channel", fresh, lambda r, p: (r.config(mean_values=[[1, 2]]),
                                               r.load_pytorch(traced_module(), [SIZE]),
                                               r.build())[-1], -1, "has 3 channels"),
@@ -396,7 +405,7 @@ def test_pass_through_of_a_preprocessed_rknn_file_is_refused(image, tmp_path, ca
     rknn = RKNN()
     assert rknn.load_rknn(path) == 0 and rknn.init_runtime() == 0
     lines_of(capsys)
-    assert rknn.inference([image], inputs_pass_through=[1]) is None
+    assert rknn.inference([image], data_format="nhwc", inputs_pass_through=[1]) is None
     (line,) = lines_of(capsys)
     assert line.startswith("E inputs_pass_through needs a model built in this session")
     assert rknn.inference([image], inputs_pass_through=[0]) is not None
@@ -419,6 +428,16 @@ def test_a_failed_load_clears_the_loaded_model(failed_load, onnx_file, tmp_path,
     assert rknn.init_runtime() == -1
     errors = lines_of(capsys)
     assert len(errors) == 2 and "before build" in errors[0] and "before init_runtime" in errors[1]
+
+
+def test_inference_without_data_format_warns_and_takes_nhwc(image, capsys):
+    """RKNN-Toolkit2's default data_format is None: a `W` line, then NHWC."""
+    rknn = running()
+    lines_of(capsys)
+    np.testing.assert_allclose(rknn.inference([image])[0], torch_out(nchw(image)), atol=1e-4)
+    assert lines_of(capsys) == ["W inference: data_format is not set; using 'nhwc'"]
+    rknn.inference([image], data_format="nhwc")
+    assert lines_of(capsys) == []
 
 
 # --- the pruning's HTML report and its dataset (issue 15) ----------------------------------

@@ -3,17 +3,14 @@
 RKNN models have static input shapes and take 4-D inputs NHWC: `check_sizes` reads
 input_size_list, `fix_input_shapes` gives every input its static shape, and `feeds` checks the
 user's arrays against it and turns them into ONNX Runtime's NCHW feeds. `profile` times each
-node (eval_perf); `compare_tensors` runs two models and compares every tensor they share
-(accuracy_analysis).
+node (eval_perf).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -227,66 +224,3 @@ def perf_lines(perf: dict[str, Any]) -> list[str]:
     if total > 0:
         lines.append(f"FPS: {1e6 / total:.1f}")
     return lines
-
-
-# --- accuracy_analysis ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TensorComparison:
-    """One tensor of the loaded model against the same tensor of the built model."""
-
-    name: str
-    shape: tuple[int, ...]
-    cosine: float
-    max_abs_error: float
-
-
-def _run_all(model: onnx.ModelProto, model_feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every tensor the model computes, by name, in execution order (no graph optimisation)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    graph = copy.graph
-    order = list(dict.fromkeys(o for node in graph.node for o in node.output if o))
-    present = {o.name for o in graph.output}
-    # ORT accepts an output without a type; it takes the one it infers.
-    graph.output.extend(onnx.ValueInfoProto(name=n) for n in order if n not in present)
-    unoptimized = session(copy, optimize=False)
-    names = [o.name for o in unoptimized.get_outputs()]
-    values = dict(zip(names, run(unoptimized, model_feeds)))
-    return {name: values[name] for name in order + sorted(present - set(order))}
-
-
-def compare_tensors(reference: onnx.ModelProto, built: onnx.ModelProto,
-                    model_feeds: dict[str, np.ndarray],
-                    channel_map: dict[str, tuple[int, np.ndarray]]) -> list[TensorComparison]:
-    """Cosine and max error of every tensor both models have; cut channels left out."""
-    expected, actual = _run_all(reference, model_feeds), _run_all(built, model_feeds)
-    rows = []
-    for name, want in expected.items():
-        if name not in actual:
-            continue
-        if name in channel_map:
-            axis, kept = channel_map[name]
-            want = np.take(want, kept, axis=axis)
-        rows.append(_compare(name, np.asarray(want), np.asarray(actual[name])))
-    return rows
-
-
-def _compare(name: str, want: np.ndarray, got: np.ndarray) -> TensorComparison:
-    if want.shape != got.shape or want.dtype.kind not in "biuf" or got.dtype.kind not in "biuf":
-        same = want.shape == got.shape and np.array_equal(want, got)
-        return TensorComparison(name, got.shape, 1.0 if same else math.nan,
-                                0.0 if same else math.nan)
-    a, b = want.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-    if np.array_equal(a, b, equal_nan=True):
-        return TensorComparison(name, got.shape, 1.0, 0.0)
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    cosine = float(np.dot(a, b) / norms) if norms > 0 else 0.0
-    return TensorComparison(name, got.shape, cosine, float(np.max(np.abs(a - b))))
-
-
-def comparison_lines(rows: list[TensorComparison]) -> list[str]:
-    """accuracy_analysis's error_analysis.txt: one row per tensor."""
-    row = "{:<56}{:<14}{:<16}{}".format
-    return [row("tensor", "cos sim", "max abs error", "shape (built model)")] + [
-        row(r.name, f"{r.cosine:.7f}", f"{r.max_abs_error:.3g}", list(r.shape)) for r in rows]

@@ -3,10 +3,15 @@
     from channelcut.rknn import RKNN
 
 The call sequence is RKNN-Toolkit's (config, load_pytorch / load_onnx, build, export_rknn,
-init_runtime, inference, release); the model runs in ONNX Runtime on the CPU (the simulator,
-channelcut.simulator), since no Rockchip NPU is reachable here, and "rknn" files are ONNX
-models. config's mean_values, std_values and reorder_channel become nodes in front of each
-model input (channelcut.preprocess), so `inference` takes raw pixels as RKNN does.
+init_runtime, inference, release). Two backends: with RKNN-Toolkit2 importable, channelcut
+cuts the model and the toolkit compiles, exports and runs it (channelcut.rknn.toolkit);
+otherwise, or with backend="onnxruntime", the model runs in ONNX Runtime on the CPU (the
+simulator, channelcut.rknn.simulator) and "rknn" files are ONNX models. config's mean_values,
+std_values and reorder_channel become nodes in front of each model input
+(channelcut.rknn.preprocess), so `inference` takes raw pixels as RKNN does.
+build(do_quantization=True, dataset=...) quantizes the cut model (channelcut.rknn.dataset,
+channelcut.rknn.quantize); accuracy_analysis compares it with the float original layer by
+layer (channelcut.rknn.accuracy).
 
 Conventions, RKNN-Toolkit's: methods return 0 on success and -1 on failure after one `E` line
 that says what to do; `inference` returns the list of outputs, or None after an `E` line;
@@ -32,19 +37,33 @@ from typing import Any, TypeVar
 import numpy as np
 import onnx
 
-from channelcut import io, simulator
+from channelcut import io
 from channelcut.errors import ChannelcutError
-from channelcut.preprocess import (Preprocess, has_preprocessing, preprocess_config,
-                                   preprocess_steps, preprocessed, with_preprocessing)
+from channelcut.rknn import accuracy, simulator
+from channelcut.rknn.dataset import MissingDecoder, load_input, read_dataset
+from channelcut.rknn.preprocess import (Preprocess, has_preprocessing, preprocess_config,
+                                        preprocess_steps, preprocessed, with_preprocessing)
+from channelcut.rknn.quantize import Quantization, ort_options, quantization_config
+from channelcut.rknn.quantize import quantize as quantize_model
+from channelcut.rknn.toolkit import Toolkit, choose_backend, split_preprocessing
+from channelcut.verify import graph_inputs
 
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
-TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106")
+TOOLKIT2_TARGETS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106",
+                    "rv1103b", "rv1106b", "rv1126b", "rk2118")
+# RKNN-Toolkit2 needs a platform; the facade's when none of its own is given
+TOOLKIT2_DEFAULT = "rk3588"
 TARGETS = TOOLKIT1_TARGETS + TOOLKIT2_TARGETS
 # channelcut.targets entry for each platform: every Rockchip NPU is compiled by RKNN-Toolkit,
 # whose channel alignment and placement rules the `rknn` target encodes.
 CUT_TARGETS = {platform: "rknn" for platform in TARGETS}
 DEFAULT_CUT_TARGET = "rknn"  # no target_platform: RKNN-Toolkit2 then builds for rk3566
 FAILED = -1
+# Toolkit1's 8-bit spellings, as RKNN-Toolkit2 names its 8-bit scheme
+TOOLKIT2_DTYPES = {"asymmetric_affine-u8": "w8a8", "asymmetric_quantized-8": "w8a8",
+                   "dynamic_fixed_point-i8": "w8a8"}
+HYBRID = ("hybrid quantization (hybrid_quantization_step1/2) is not available in channelcut; "
+          "build(do_quantization=True, dataset=...) quantizes every layer")
 
 Result = TypeVar("Result")
 
@@ -84,6 +103,8 @@ def _reports_errors(on_error: Any) -> Callable[[Callable[..., Result]], Callable
         @functools.wraps(method)
         def wrapper(self: RKNN, *args: Any, **kwargs: Any) -> Result:
             try:
+                if self._unavailable is not None:
+                    raise ChannelcutError(self._unavailable)
                 return method(self, *args, **kwargs)
             except ChannelcutError as exc:
                 self._log.error(str(exc))
@@ -93,14 +114,34 @@ def _reports_errors(on_error: Any) -> Callable[[Callable[..., Result]], Callable
 
 
 class RKNN:
-    """One conversion: configure, load a model, build (and prune), export, run, release."""
+    """One conversion: configure, load a model, build (and prune), export, run, release.
 
-    def __init__(self, verbose: bool = False, verbose_file: str | Path | None = None) -> None:
+    backend: None picks RKNN-Toolkit2 when `rknn.api` imports, else the ONNX Runtime
+    simulator; "onnxruntime" or "rknn-toolkit2" forces one.
+    """
+
+    # init_runtime's core_mask values, RKNN-Toolkit2's
+    NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_1, NPU_CORE_2 = 0, 1, 2, 4
+    NPU_CORE_0_1, NPU_CORE_0_1_2, NPU_CORE_ALL = 3, 7, 0xFFFF
+
+    def __init__(self, verbose: bool = False, verbose_file: str | Path | None = None,
+                 backend: str | None = None) -> None:
         self._log = _Log(verbose, verbose_file)
         self._preprocess_config: dict[str, Any] = {}
         self._pruning: str | None = None  # None, "zero", "aligned" or "full"
         self._pruning_objective: str | None = None  # None: the target's
         self._cut_target = DEFAULT_CUT_TARGET
+        self._quantization = Quantization()
+        self._toolkit_config: dict[str, Any] = {}
+        self._unavailable: str | None = None  # the E line every call repeats
+        self._toolkit: Toolkit | None = None
+        try:
+            self.backend = choose_backend(backend)
+        except ChannelcutError as exc:
+            self.backend, self._unavailable = "none", str(exc)
+            self._log.error(self._unavailable)
+        if self.backend == "rknn-toolkit2":
+            self._toolkit = Toolkit(verbose, verbose_file)
         self.release()
 
     # --- configuration and loading -------------------------------------------------------
@@ -110,13 +151,18 @@ class RKNN:
                reorder_channel: str | Sequence[str] | None = None,
                target_platform: str | Sequence[str] | None = None,
                model_pruning: bool | str = False, pruning_objective: str | None = None,
+               quantized_dtype: str | None = None, quantized_algorithm: str | None = None,
+               quantized_method: str | None = None, optimization_level: int | None = None,
                **other: Any) -> int:
         """Set preprocessing, the target platform(s) and pruning; used by the next `build`.
 
         model_pruning: False, True (zero or unread channels only, RKNN-Toolkit's), "aligned"
         (the same, keeping a multiple of the NPU's channel block) or "full" (also folds
         constant channels where the NPU runs the fold); pruning_objective ("flops", "params"
-        or "latency"; default the target's) decides which folds the full cut makes.
+        or "latency"; default the target's) decides which folds the full cut makes. The
+        quantization options (RKNN's names, both toolkits' spellings) are used by
+        build(do_quantization=True); channelcut.rknn.quantize says how each maps onto ONNX
+        Runtime's quantizer.
         """
         cut_target = DEFAULT_CUT_TARGET
         if target_platform is not None:
@@ -127,10 +173,24 @@ class RKNN:
         pruning = _pruning_mode(model_pruning)
         if pruning_objective is not None:
             _check_objective(pruning_objective)
+        if self._toolkit is None:
+            quantization = quantization_config(quantized_dtype, quantized_algorithm,
+                                               quantized_method, optimization_level)
+        else:  # the toolkit checks its own options; Toolkit1's 8-bit spellings are its w8a8
+            quantization = Quantization()
+            quantized_dtype = TOOLKIT2_DTYPES.get(str(quantized_dtype).lower(), quantized_dtype)
         # Only a config that is valid as a whole replaces the previous one.
         self._preprocess_config, self._pruning = preprocess, pruning
         self._pruning_objective, self._cut_target = pruning_objective, cut_target
-        self._ignored("config", other)
+        self._quantization = quantization
+        if self._toolkit is not None:  # the toolkit checks (and uses) what is its own
+            given = {"target_platform": target_platform, "quantized_dtype": quantized_dtype,
+                     "quantized_algorithm": quantized_algorithm,
+                     "quantized_method": quantized_method,
+                     "optimization_level": optimization_level}
+            self._toolkit_config = {k: v for k, v in given.items() if v is not None} | other
+        else:
+            self._ignored("config", other)
         return 0
 
     @_reports_errors(FAILED)
@@ -166,72 +226,111 @@ class RKNN:
     # --- build and export ----------------------------------------------------------------
 
     @_reports_errors(FAILED)
-    def build(self, do_quantization: bool = False, dataset: str | None = None,
+    def build(self, do_quantization: bool | None = None, dataset: str | Path | None = None,
+              rknn_batch_size: int | None = None, auto_hybrid: bool = False,
               pre_compile: bool = False, **other: Any) -> int:
-        """Add the preprocessing and, with model_pruning, cut the dead channels out."""
+        """Add the preprocessing, with model_pruning cut the dead channels out, then quantize.
+
+        do_quantization None (RKNN's default is True, which needs a dataset) quantizes when a
+        dataset is given. `dataset` is RKNN's dataset.txt (channelcut.rknn.dataset); the
+        calibrated model is the cut one.
+        """
         if self._loaded is None:
             raise ChannelcutError("no model loaded; call load_pytorch or load_onnx before build")
-        if do_quantization:
-            raise ChannelcutError("quantization is not available yet in channelcut; call "
-                                  "build(do_quantization=False)")
-        # the dataset is what pruning verifies on; nothing else here reads it
-        unread_dataset = dataset is not None and self._pruning is None
-        ignored = [name for name, used in (("dataset", unread_dataset),
-                                           ("pre_compile", pre_compile)) if used]
-        if ignored or other:
-            self._log.warn(f"build: the simulator does not use "
-                           f"{', '.join(ignored + sorted(other))}; ignored")
+        quantize = dataset is not None if do_quantization is None else bool(do_quantization)
+        if quantize and dataset is None:
+            raise ChannelcutError("build(do_quantization=True) needs dataset='dataset.txt' (one "
+                                  "sample per line); or build(do_quantization=False)")
         steps = preprocess_steps(self._loaded, self._preprocess_config)
+        samples = self._dataset(dataset, steps, required=quantize)  # errors before any work
         core, channel_map = self._loaded, {}
         self._report = None
         if self._pruning is not None:
-            samples = None if dataset is None else self._dataset(dataset, steps)
             core, channel_map = self._prune(self._loaded, samples)
+        if self._toolkit is not None:
+            return self._toolkit_build(core, channel_map, steps, quantize, dataset,
+                                       rknn_batch_size, auto_hybrid, pre_compile, other)
+        ignored = [name for name, used in (("pre_compile", pre_compile),
+                                           ("auto_hybrid", auto_hybrid),
+                                           # Toolkit1's default is -1
+                                           ("rknn_batch_size",
+                                            rknn_batch_size not in (None, 1, -1)),
+                                           # what quantization and pruning read
+                                           ("dataset", dataset is not None and not quantize
+                                            and self._pruning is None))
+                   if used]
+        if ignored or other:
+            self._log.warn(f"build: the simulator does not use "
+                           f"{', '.join(ignored + sorted(other))}; ignored")
+        float_core = core
+        if quantize:
+            assert samples is not None  # read with required=True
+            core = quantize_model(core, samples, self._quantization)
+            options = ort_options(self._quantization)
+            self._log.info(f"quantized {self._quantization.dtype} on {len(samples)} samples: "
+                           f"{options['calibrate_method']} calibration, "
+                           f"{'per channel' if options['per_channel'] else 'per layer'}, QDQ")
         self._steps, self._core, self._channel_map = steps, core, channel_map
         self._reference = with_preprocessing(self._loaded, steps)
+        self._float_built = with_preprocessing(float_core, steps)
         self._built = with_preprocessing(core, steps)
         self._sessions, self._runtime_ready = {}, False  # a new model needs init_runtime again
         return 0
 
-    def _dataset(self, dataset: str | Path, steps: dict[str, Preprocess]
-                 ) -> list[dict[str, np.ndarray]] | None:
-        """The samples an RKNN dataset file lists (one line per sample, one path per model
-        input, relative to the file's folder; .npy arrays as `inference` takes them, or
-        images when Pillow is installed), preprocessed as the model's inputs see them."""
-        path = Path(dataset)
+    def _toolkit_build(self, core: onnx.ModelProto, channel_map: dict[str, Any],
+                       steps: dict[str, Preprocess], quantize: bool, dataset: Any,
+                       rknn_batch_size: int | None, auto_hybrid: bool, pre_compile: bool,
+                       other: dict[str, Any]) -> int:
+        """RKNN-Toolkit2's config, load_onnx and build on the cut model."""
+        assert self._toolkit is not None
+        if pre_compile or other:
+            self._log.warn("build: RKNN-Toolkit2 does not take "
+                           f"{', '.join((['pre_compile'] if pre_compile else []) + sorted(other))}"
+                           "; ignored")
+        orders, preprocess = split_preprocessing(steps)
+        config = dict(self._toolkit_config) | preprocess
+        unknown = sorted(set(config) - self._toolkit.config_names())
+        if unknown:  # Toolkit1's options (batch_size, epochs, ...) that Toolkit2 dropped
+            self._log.warn(f"config: RKNN-Toolkit2 does not take {', '.join(unknown)}; ignored")
+            config = {k: v for k, v in config.items() if k not in unknown}
+        platform = config.pop("target_platform", None)
+        platform = platform if isinstance(platform, str) or platform is None else platform[0]
+        if platform is not None and platform.lower() in TOOLKIT1_TARGETS:
+            self._log.warn(f"target_platform {platform} is an RKNN-Toolkit1 platform, which "
+                           f"RKNN-Toolkit2 does not build for; building for {TOOLKIT2_DEFAULT}")
+        config["target_platform"] = (platform.lower() if platform is not None and
+                                     platform.lower() in TOOLKIT2_TARGETS else TOOLKIT2_DEFAULT)
+        build_args = {"do_quantization": quantize, "auto_hybrid": auto_hybrid,
+                      "rknn_batch_size": None if rknn_batch_size == -1 else rknn_batch_size}
+        if quantize:
+            build_args["dataset"] = str(dataset)
+        ret = self._toolkit.build(with_preprocessing(core, orders), config, build_args)
+        if ret == 0:  # export_onnx writes the cut float model the toolkit compiled
+            self._steps, self._core, self._channel_map = steps, core, channel_map
+            self._reference = with_preprocessing(self._loaded, steps)
+            self._float_built = self._built = with_preprocessing(core, steps)
+        return ret
+
+    def _dataset(self, dataset: str | Path | None, steps: dict[str, Preprocess],
+                 required: bool) -> list[dict[str, np.ndarray]] | None:
+        """The dataset's samples as the model's own inputs see them (preprocessed): what
+        quantization calibrates on and pruning verifies on. None without a dataset, or (after
+        a `W` line) when only pruning reads it and its images cannot be decoded here."""
+        if dataset is None or not (required or self._pruning is not None):
+            return None
         try:
-            lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise ChannelcutError(f"dataset {path}: cannot be read ({exc.strerror or exc}); "
-                                  "give a text file with one sample per line") from None
-        samples = []
-        for entries in lines:
-            arrays = [self._sample(path.parent / entry) for entry in entries]
-            if any(a is None for a in arrays):
-                return None
-            raw = simulator.feeds(self._loaded, arrays, "nhwc")
-            samples.append(preprocessed(self._loaded, steps, raw))
-        if not samples:
-            raise ChannelcutError(f"dataset {path}: lists no samples; give one path per line")
-        self._log.info(f"Pruning: verifying on the {len(samples)} samples of {path}")
+            raw = read_dataset(dataset, self._loaded)
+        except MissingDecoder as exc:
+            if required:
+                raise
+            self._log.warn(f"{exc}; verifying pruning on random inputs instead")
+            return None
+        samples = [preprocessed(self._loaded, steps, simulator.feeds(self._loaded, arrays,
+                                                                     "nhwc"))
+                   for arrays in raw]
+        if self._pruning is not None:
+            self._log.info(f"Pruning: verifying on the {len(samples)} samples of {dataset}")
         return samples
-
-    def _sample(self, path: Path) -> np.ndarray | None:
-        """One dataset entry as an array; None (after a `W` line) when it cannot be read."""
-        try:
-            if path.suffix.lower() == ".npy":
-                return np.load(path, allow_pickle=False)
-            from PIL import Image  # noqa: PLC0415 - optional: only for image datasets
-
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-        except ImportError:
-            self._log.warn(f"dataset entry {path}: reading images needs Pillow; verifying "
-                           "pruning on random inputs instead")
-        except (OSError, ValueError) as exc:
-            raise ChannelcutError(f"dataset entry {path}: cannot be read "
-                                  f"({io.error_line(exc)}); list .npy files or images") from None
-        return None
 
     def _prune(self, model: onnx.ModelProto, samples: list[dict[str, np.ndarray]] | None = None
                ) -> tuple[onnx.ModelProto, dict[str, tuple[int, np.ndarray]]]:
@@ -266,25 +365,34 @@ class RKNN:
 
     @_reports_errors(FAILED)
     def export_onnx(self, export_path: str | Path) -> int:
-        """Write the built model as ONNX (and, with verbose=True, the pruning's HTML report)."""
+        """Write the built model as ONNX (QDQ after a quantized build on the simulator; with
+        verbose=True also the pruning's HTML report)."""
         io.save_model(self._require_built("export_onnx"), export_path)
         self._write_report(export_path)
         return 0
 
     @_reports_errors(FAILED)
-    def export_rknn(self, export_path: str | Path) -> int:
-        """Write the built model, as ONNX, to the path a script gives for its .rknn file (and,
-        with verbose=True, the pruning's HTML report next to it)."""
+    def export_rknn(self, export_path: str | Path, **other: Any) -> int:
+        """Write the .rknn file: RKNN-Toolkit2's, or on the simulator the built model as ONNX
+        (and, with verbose=True, the pruning's HTML report next to it)."""
+        if self._toolkit is not None:
+            ret = self._toolkit.call("export_rknn", str(export_path), **other)
+            if ret == 0:
+                self._write_report(export_path)
+            return ret
         io.save_model(self._require_built("export_rknn"), export_path)
         self._write_report(export_path)
         self._log.warn(f"{export_path} is an ONNX model, not Rockchip's proprietary RKNN binary; "
                        "it loads in ONNX Runtime or in RKNN-Toolkit's load_onnx")
+        self._ignored("export_rknn", other)
         return 0
 
     @_reports_errors(FAILED)
     def load_rknn(self, path: str | Path) -> int:
-        """Read back a file written by export_rknn (an ONNX model), ready for init_runtime."""
+        """Read back a file written by export_rknn, ready for init_runtime."""
         self.release()  # a load that fails leaves nothing loaded, not the previous model
+        if self._toolkit is not None:
+            return self._toolkit.load_rknn(path)
         try:
             model = io.load_model(path)
         except ChannelcutError as exc:
@@ -313,8 +421,21 @@ class RKNN:
 
     @_reports_errors(FAILED)
     def init_runtime(self, target: str | None = None, device_id: str | None = None,
-                     perf_debug: bool = False, **other: Any) -> int:
-        """Start the ONNX Runtime simulator; an NPU target falls back to it with a `W` line."""
+                     perf_debug: bool = False, eval_mem: bool = False, async_mode: bool = False,
+                     core_mask: int = NPU_CORE_AUTO, **other: Any) -> int:
+        """Start the runtime: the toolkit's (simulator or board), or ONNX Runtime's simulator.
+
+        On ONNX Runtime an NPU target falls back to the simulator with a `W` line; perf_debug,
+        eval_mem, async_mode and core_mask are the board's and change nothing there.
+        """
+        if self._toolkit is not None:
+            if target is not None and target.lower() in TOOLKIT1_TARGETS:
+                self._log.warn(f"target {target}: an RKNN-Toolkit1 platform, which RKNN-Toolkit2 "
+                               "does not run; using RKNN-Toolkit2's simulator instead")
+                target, device_id = None, None
+            return self._toolkit.call("init_runtime", target=target, device_id=device_id,
+                                      perf_debug=perf_debug, eval_mem=eval_mem,
+                                      async_mode=async_mode, core_mask=core_mask, **other)
         model = self._require_built("init_runtime")
         if target is not None:
             _check_targets(target, "target")
@@ -327,15 +448,24 @@ class RKNN:
         return 0
 
     @_reports_errors(None)
-    def inference(self, inputs: Sequence[np.ndarray], data_format: str | Sequence[str] = "nhwc",
+    def inference(self, inputs: Sequence[np.ndarray],
+                  data_format: str | Sequence[str] | None = None,
                   inputs_pass_through: Sequence[int] | None = None,
                   **other: Any) -> list[np.ndarray] | None:
         """Run the built model on raw inputs (4-D ones NHWC unless data_format says 'nchw').
 
+        data_format None is 'nhwc' (with RKNN-Toolkit2's `W` line).
         `inputs_pass_through[i] = 1` feeds input i to the model without the preprocessing.
         Returns the outputs, or None after an `E` line.
         """
+        if self._toolkit is not None:
+            return self._toolkit.call("inference", inputs=inputs, data_format=data_format,
+                                      inputs_pass_through=inputs_pass_through, **other)
         self._require_runtime("inference")
+        if data_format is None:
+            data_format = "nhwc"
+            if any(len(shape) == 4 for shape in simulator.input_shapes(self._built).values()):
+                self._log.warn("inference: data_format is not set; using 'nhwc'")
         self._ignored("inference", other)
         feeds = simulator.feeds(self._built, inputs, data_format)
         mask = simulator.pass_through_mask(inputs_pass_through, len(feeds))
@@ -359,9 +489,16 @@ class RKNN:
 
     @_reports_errors(None)
     def eval_perf(self, inputs: Sequence[np.ndarray] | None = None, is_print: bool = True,
-                  data_format: str | Sequence[str] = "nhwc") -> dict[str, Any] | None:
-        """Per-op times (ONNX Runtime's profiler, mean of several runs) and their total, in us."""
+                  data_format: str | Sequence[str] = "nhwc", fix_freq: bool = True,
+                  **other: Any) -> dict[str, Any] | None:
+        """Per-op times (ONNX Runtime's profiler, mean of several runs) and their total, in us.
+
+        On RKNN-Toolkit2 its eval_perf (a board's); fix_freq is the board's clock setting.
+        """
+        if self._toolkit is not None:
+            return self._toolkit.call("eval_perf", is_print=is_print, fix_freq=fix_freq)
         self._require_runtime("eval_perf")
+        self._ignored("eval_perf", other)
         feeds = (simulator.random_feeds(self._built) if inputs is None
                  else simulator.feeds(self._built, inputs, data_format))
         perf = simulator.profile(self._built, feeds)
@@ -370,47 +507,86 @@ class RKNN:
                 self._log.line(line)
         return perf
 
-    @_reports_errors(FAILED)
-    def accuracy_analysis(self, inputs: Sequence[np.ndarray], output_dir: str | Path = "./snapshot",
-                          data_format: str | Sequence[str] = "nhwc", **other: Any) -> int:
-        """Compare every intermediate tensor of the loaded and the built model on `inputs`.
+    @_reports_errors(None)
+    def eval_memory(self, is_print: bool = True) -> dict[str, Any] | None:
+        """RKNN-Toolkit2's eval_memory (it needs a board); the simulator has no NPU memory."""
+        if self._toolkit is not None:
+            return self._toolkit.call("eval_memory", is_print=is_print)
+        raise ChannelcutError("eval_memory measures a Rockchip board's NPU memory; the ONNX "
+                              "Runtime simulator has none (use RKNN-Toolkit2 with a board)")
 
-        Channels the cut removed are dropped from the loaded model's tensors before comparing
-        (the cut's channel map). Writes `error_analysis.txt` in `output_dir` and prints one
-        summary line per output.
+    @_reports_errors(FAILED)
+    def accuracy_analysis(self, inputs: Sequence[Any], output_dir: str | Path = "./snapshot",
+                          target: str | None = None, device_id: str | None = None,
+                          data_format: str | Sequence[str] = "nhwc", **other: Any) -> int:
+        """Compare every tensor of the built model with the float original, as RKNN does.
+
+        `inputs`: one image or .npy path per model input (Toolkit2), or arrays. Writes
+        `error_analysis.txt` in `output_dir` (RKNN-Toolkit2's layout: cosine and euclidean,
+        entire and single; channelcut.rknn.accuracy) and prints one summary line per output.
+        Channels the cut removed are left out of the original's tensors.
         """
-        if self._reference is None or self._built is None:
+        if self._toolkit is not None:
+            paths = [str(i) if isinstance(i, str | Path) else i for i in inputs]
+            return self._toolkit.call("accuracy_analysis", inputs=paths,
+                                      output_dir=str(output_dir), target=target,
+                                      device_id=device_id)
+        if self._reference is None or self._built is None or self._float_built is None:
             raise ChannelcutError("accuracy_analysis compares the loaded and the built model; "
                                   "call load_pytorch or load_onnx, then build, first")
+        if target is not None:
+            _check_targets(target, "target")
+            self._log.warn(f"accuracy_analysis: target {target}: no Rockchip NPU is reachable "
+                           "here; comparing on the ONNX Runtime CPU simulator")
         self._ignored("accuracy_analysis", other)
-        feeds = simulator.feeds(self._built, inputs, data_format)
-        rows = simulator.compare_tensors(self._reference, self._built, feeds, self._channel_map)
+        arrays = list(inputs) if isinstance(inputs, list | tuple) else inputs
+        if isinstance(arrays, list):
+            values = graph_inputs(self._built)
+            arrays = [load_input(item, values[index], f"accuracy_analysis input {index}")
+                      if isinstance(item, str | Path) and index < len(values) else item
+                      for index, item in enumerate(arrays)]
+        feeds = simulator.feeds(self._built, arrays, data_format)
+        rows = accuracy.analyse(self._reference, self._float_built, self._built, feeds,
+                                self._channel_map)
         path = Path(output_dir) / "error_analysis.txt"
         try:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ChannelcutError(f"{output_dir}: cannot create the output directory "
                                   f"({exc.strerror or exc})") from None
-        io.write_atomic(path, "\n".join(simulator.comparison_lines(rows)).encode() + b"\n")
+        io.write_atomic(path, "\n".join(accuracy.error_lines(rows)).encode() + b"\n")
         outputs = set(simulator.output_names(self._built))
         for row in rows:
-            if row.name in outputs:
-                self._log.line(f"{row.name}: cos sim {row.cosine:.7f}, max abs error "
-                               f"{row.max_abs_error:.3g}")
+            if row.name in outputs and row.entire is not None:
+                self._log.line(f"{row.name}: cos sim {row.entire[0]:.7f}, euclidean "
+                               f"{row.entire[1]:.5g}, max abs error {row.max_abs_error:.3g}")
         self._log.info(f"accuracy analysis of {len(rows)} tensors written to {path}")
         return 0
+
+    @_reports_errors(FAILED)
+    def hybrid_quantization_step1(self, *args: Any, **kwargs: Any) -> int:
+        """Not available: channelcut quantizes every layer (one `E` line says so)."""
+        raise ChannelcutError(HYBRID)
+
+    @_reports_errors(FAILED)
+    def hybrid_quantization_step2(self, *args: Any, **kwargs: Any) -> int:
+        """Not available: channelcut quantizes every layer (one `E` line says so)."""
+        raise ChannelcutError(HYBRID)
 
     def release(self) -> int:
         """Drop the models and the runtime; the config stays."""
         self._loaded: onnx.ModelProto | None = None
         self._core: onnx.ModelProto | None = None
         self._reference: onnx.ModelProto | None = None
+        self._float_built: onnx.ModelProto | None = None
         self._built: onnx.ModelProto | None = None
         self._steps: dict[str, Preprocess] = {}
         self._channel_map: dict[str, tuple[int, np.ndarray]] = {}
         self._sessions: dict[tuple[int, ...], Any] = {}
         self._runtime_ready = False
         self._report: Any = None  # the pruning's channelcut.report.Report
+        if self._toolkit is not None:
+            self._toolkit.release()
         return 0
 
     def _require_runtime(self, method: str) -> None:
