@@ -20,6 +20,7 @@ import onnx_ir as ir
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.finite import bounded, track_nonfinite
 from channelcut.graph import cached_const, partial_shape, static_shape
+from channelcut.ranges import RangeFact
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,10 @@ class Walk:
         self.nonfinite: set[ir.Value] = set()
         self._finite = np.ones(0, dtype=bool)
         self._bounded: dict[ir.Value, bool] = {}
+        # values without channels that are bounded: graph inputs the user bounded ((lo, hi)
+        # per channel on axis 1, or one pair), and what pointwise ops make of them (one pair)
+        self.input_ranges: dict[ir.Value, tuple[np.ndarray, np.ndarray]] = {}
+        self.range_facts: list[RangeFact] = []  # channels made constant by their interval
 
     # -- reading the graph ------------------------------------------------------------------
     def info(self, value: ir.Value | None) -> ChannelInfo | None:
@@ -436,12 +441,17 @@ def _name_shape_origin(node: ir.Node, walk: Walk, pins: list[Pin]) -> None:
                 pin.reason += f" (input shape unknown after {origin})"
 
 
-def walk_graph(model: ir.Model) -> Walk:
-    """Walk the graph once in topological order, asking each node's rule what it does."""
+def walk_graph(model: ir.Model,
+               input_ranges: dict[ir.Value, tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> Walk:
+    """Walk the graph once in topological order, asking each node's rule what it does (and
+    its bounds rule what interval each output channel lies in, given `input_ranges`)."""
     from channelcut.flops import node_flops
     from channelcut.ops import RULES  # the rule modules import this one
+    from channelcut.ops.bounds import bound_outputs
 
     walk = Walk(model)
+    walk.input_ranges = dict(input_ranges or {})
     graph = model.graph
     for node in graph:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -461,7 +471,7 @@ def walk_graph(model: ir.Model) -> Walk:
             continue
         if not rule.planes:
             walk.hide_planes(node)
-        pins_before = len(walk.pins)
+        pins_before, edges_before = len(walk.pins), len(walk._edges)
         own = rule.own_constants
         try:
             rule.analyse(node, walk)
@@ -482,6 +492,7 @@ def walk_graph(model: ir.Model) -> Walk:
         walk.note_shape_origins(node)
         _extra_outputs_read(node, walk)
         track_nonfinite(node, walk, mark, own)
+        bound_outputs(node, walk, edges_before)  # after the finiteness: NaN has no interval
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:
             walk.charge(out.ids, flops=node_flops(node) / out.n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,10 +17,10 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from channelcut import dynamic_dims, guard, io, targets, verify as verification
-from channelcut.analysis import walk_graph
+from channelcut.analysis import Walk, walk_graph
 from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
-from channelcut.cut import SizeChange, apply_cut, input_role, kept_mask
+from channelcut.rewrite import SizeChange, apply_cut, input_role, kept_mask
 from channelcut.flops import FlopCount, count_flops, node_flops
 from channelcut.graph import tensor_bytes, to_ir, weight_bytes
 from channelcut.samples import Checking
@@ -28,7 +28,10 @@ from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
                                inputs_as_declared, restore_boundary_shapes,
                                restore_boundary_types, set_value_info)
-from channelcut.report import AlignedGain, Blocker, ConstChange, LayerChange, Report, SiteChange
+from channelcut.ranges import (InputRange, by_value, describe_input_ranges,
+                               resolve_input_ranges)
+from channelcut.report import (AlignedGain, Blocker, ConstChange, LayerChange, RangeCut, Report,
+                              SiteChange)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ def cut(
     verify_samples: int | None = None,
     seed: int = 0,
     stages: Stages | None = None,
+    input_ranges: Mapping[str, InputRange] | None = None,
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
@@ -96,6 +100,10 @@ def cut(
     times the cut, the cut with only folds that add no op, the aligned zero-only cut and the
     original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
     fastest; the report gives the times.
+
+    `input_ranges` bounds graph inputs (name -> (lo, hi), or one (lo, hi) per channel on axis
+    1): channels the bounds prove constant then cut or fold (reported as cut by range), and
+    the random input sets of the check are drawn inside them, edges included.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or \
             not 0.0 < threshold <= 1.0:
@@ -124,10 +132,11 @@ def cut(
     if verify_samples is not None and (isinstance(verify_samples, bool) or verify_samples < 1):
         raise ChannelcutError(f"verify_samples {verify_samples!r}: give 1 or more")
     stages = stages or Stages()
-    checking = Checking(verify_inputs, verify_samples, seed)
     with _collector_paused():
         with stages.stage("load"):
             original = io.load_model(model, copy=False)
+        checking = Checking(verify_inputs, verify_samples, seed,
+                            resolve_input_ranges(original, input_ranges))
         result = _cut(original, input_shapes, verify, threshold, options, stages, checking)
         result.report.target = chosen.name
         if seed_mode and chosen.alignment() > 1 and result.report.removed_channels:
@@ -232,7 +241,8 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
     kept: dict[int, str] = {}
     keep_rounds = 0
     while True:  # each pass keeps more readers (a bounded number of times), or folds less
-        result, grown = _cut_once(original, shapes, options, kept, assumed_line, stages)
+        result, grown = _cut_once(original, shapes, options, kept, assumed_line, stages,
+                                  checking.ranges or {})
         report = result.report
         if report.weight_bytes_after <= report.weight_bytes_before:
             break
@@ -254,7 +264,8 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         samples = checking.feeds(original, shapes)
         with stages.stage("verify", len(samples)) as advance:
             result.report.checks = dynamic_dims.compare_sizes(
-                original, result.model, shapes, assumed, samples=samples, advance=advance)
+                original, result.model, shapes, assumed, samples=samples, advance=advance,
+                ranges=checking.ranges)
         result.report.verify_inputs = checking.describe()
         verification.check(result.report.checks, threshold)
     return result
@@ -271,15 +282,17 @@ def _uncut(original: onnx.ModelProto, attempted: Report) -> CutResult:
                     flops_before=attempted.flops_before, flops_after=attempted.flops_before,
                     assumed_dims=attempted.assumed_dims, input_shapes=attempted.input_shapes,
                     params_before=attempted.params_before,
-                    params_after=attempted.params_before)
+                    params_after=attempted.params_before, input_ranges=attempted.input_ranges)
     return CutResult(model, report, {})
 
 
 def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], options: Options,
-              kept: dict[int, str], assumed_line: str, stages: Stages
+              kept: dict[int, str], assumed_line: str, stages: Stages,
+              ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
               ) -> tuple[CutResult, dict[int, str]]:
     """One cut, unverified, with every channel at the nodes in `kept` (by position in the
-    graph, with why) kept; also returns the readers of constants that grew."""
+    graph, with why) kept, assuming the input `ranges`; also returns the readers of
+    constants that grew."""
     with stages.stage("fold shapes"):
         graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
@@ -290,12 +303,13 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
     with stages.stage("analyse"):
         readers = _readers(graph_model)
         removed_nodes, unused = _remove_unused_nodes(graph_model, readers)
-        walk = walk_graph(graph_model)
+        walk = walk_graph(graph_model, by_value(graph_model, ranges or {}))
         for index, node in enumerate(graph_model.graph):
             if index in kept:
                 walk.barrier(node, kept[index])
     with stages.stage("decide"):
         analysis = solve(walk, options)
+        range_cuts = _range_cuts(walk, analysis)
         network = _network(analysis, weighted_flops)
         channel_map = _channel_map(analysis)
         removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
@@ -333,10 +347,27 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
         params_after=_params(result_proto),
         network=network,
         assumed_dims=assumed_line,
+        range_cuts=range_cuts,
+        input_ranges=describe_input_ranges(ranges or {}),
     )
     log.info("cut %d channel groups (%d tensor channels)", report.removed_groups,
              report.removed_channels)
     return CutResult(result_proto, report, channel_map), rewritten.grown_readers
+
+
+def _range_cuts(walk: Walk, analysis: Analysis) -> list[RangeCut]:
+    """The channels whose interval made them constant, where the cut removed them."""
+    cuts = []
+    for fact in walk.range_facts:
+        removed = analysis.removable[analysis.group_of[fact.ids]]
+        if not removed.any():
+            continue
+        bounds = [b for b, r in zip(fact.input_bounds, removed) if r]
+        cuts.append(RangeCut(
+            fact.tensor, fact.node, fact.op_type, int(removed.sum()),
+            [int(c) for c in fact.channels[removed]], fact.value,
+            (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else None))
+    return cuts
 
 
 def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
@@ -451,14 +482,3 @@ def _channel_map(analysis: Analysis) -> dict[str, tuple[int, np.ndarray]]:
         if deleted.size and value.name:
             mapping[value.name] = (info.axis, np.flatnonzero(kept_mask(info.size, deleted)))
     return mapping
-
-
-def _bind_package_names() -> None:
-    """`channelcut.cut` is this function: importing the submodule channelcut.cut (above) set
-    the package's attribute `cut` to that module, and the package imports this one lazily."""
-    import channelcut  # noqa: PLC0415
-
-    channelcut.cut, channelcut.CutResult = cut, CutResult
-
-
-_bind_package_names()

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# A float32 value beyond 2^100 overflows float32 (max 2^128) once multiplied by anything above
-# 2^28: a constant that large is treated like an Inf (what it produces may be non-finite), and a
-# channel's value that large is not folded anywhere (the fold itself could overflow).
-HUGE = 2.0 ** 100
+# A constant beyond 2^28 in magnitude is treated like an Inf (what it produces may be
+# non-finite), and a channel's value that large is not folded anywhere (the fold itself could
+# overflow). Not 2^100 (what overflows float32 once times an input of 2^28): what such a
+# constant makes meets the input again further on (1e30 * x*x * x is Inf for |x| = 1e4, and 0 *
+# Inf is NaN behind a zero weight), and trained weights stay far below 2^28 anyway.
+HUGE = 2.0 ** 28
 
 
 @dataclass
@@ -42,6 +44,10 @@ class ChannelInfo:
     # heads): (that axis, known (L, n), const (L, n)). Only rules that move that axis or pick
     # slices of it carry it on; dropping it only forgets facts.
     parts: tuple[int, np.ndarray, np.ndarray] | None = None
+    # A sound interval holding every value of channel k, in float64 (infinite: unbounded);
+    # set by channelcut.ops.bounds after the node's rule (see channelcut.ranges).
+    lo: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) float64
+    hi: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) float64
 
     def __post_init__(self) -> None:
         if self.known is None:
@@ -50,6 +56,10 @@ class ChannelInfo:
             self.const = np.zeros(self.n, dtype=np.float32)
         if self.finite is None:
             self.finite = np.ones(self.n, dtype=bool)
+        if self.lo is None:
+            self.lo = np.full(self.n, -np.inf)
+        if self.hi is None:
+            self.hi = np.full(self.n, np.inf)
 
     @property
     def n(self) -> int:

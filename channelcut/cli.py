@@ -208,6 +208,9 @@ def _add_input_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:1,3,224,224",
                         help="concrete shape of one input (repeatable); dynamic dims default to 1 "
                              "(a warning names them)")
+    parser.add_argument("--input-range", action="append", default=[], metavar="NAME:LO,HI",
+                        help="every value of this input lies in [LO, HI] (repeatable); channels "
+                             "this proves constant are cut, and verification stays inside it")
 
 
 def _cut(args: argparse.Namespace) -> int:
@@ -236,7 +239,8 @@ def _cut(args: argparse.Namespace) -> int:
                          verify=not args.no_verify, threshold=args.threshold,
                          fold=not args.zero_only, objective=args.objective, align=args.align,
                          target=args.target, verify_inputs=args.verify_inputs,
-                         verify_samples=args.verify_samples, seed=args.seed, stages=stages)
+                         verify_samples=args.verify_samples, seed=args.seed, stages=stages,
+                         input_ranges=_input_ranges(args.input_range))
         with stages.stage("save"):
             save_model(result.model, args.output)
     report = result.report
@@ -262,7 +266,8 @@ def _inspect(args: argparse.Namespace) -> int:
     with _progress(stages):
         result = api.cut(args.input, input_shapes=_input_shapes(args.input_shape),
                          verify=False, fold=not args.zero_only, objective=args.objective,
-                         align=args.align, target=args.target, stages=stages)
+                         align=args.align, target=args.target, stages=stages,
+                         input_ranges=_input_ranges(args.input_range))
     _show(result.report, None, args.verbose)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK
@@ -318,6 +323,18 @@ def _input_shapes(texts: list[str]) -> dict[str, list[int]] | None:
             raise ChannelcutError(f"--input-shape {name}: given twice; give each input once")
         shapes[name] = list(dims)
     return shapes or None
+
+
+def _input_ranges(texts: list[str]) -> dict[str, tuple[float, float]] | None:
+    from channelcut.ranges import parse_input_range  # noqa: PLC0415
+
+    ranges: dict[str, tuple[float, float]] = {}
+    for text in texts:
+        name, bounds = parse_input_range(text)
+        if name in ranges:
+            raise ChannelcutError(f"--input-range {name}: given twice; give each input once")
+        ranges[name] = bounds
+    return ranges or None
 
 
 def _show(report: Report, threshold: float | None, timings: bool = False) -> None:

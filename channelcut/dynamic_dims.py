@@ -73,10 +73,13 @@ def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int
 def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
                   shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]],
                   samples: list[dict[str, np.ndarray]] | None = None,
-                  advance: Callable[[int], None] | None = None) -> list[OutputCheck]:
+                  advance: Callable[[int], None] | None = None,
+                  ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> list[OutputCheck]:
     """`compare` at `shapes` (on `samples`, the caller's or verify.input_sets) and, where dims
-    were assumed, again with them at OTHER_DYNAMIC_DIM on seeded input sets (skipped, with a
-    warning, when the original does not run there)."""
+    were assumed, again with them at OTHER_DYNAMIC_DIM on seeded input sets (inside the
+    declared input `ranges`; skipped, with a warning, when the original does not run
+    there)."""
     try:
         per_size = [verify.compare(original, cut, shapes, samples=samples, advance=advance)]
     except verify.OriginalDoesNotRun as exc:
@@ -91,7 +94,9 @@ def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
     if assumed:
         other = other_shapes(shapes, assumed)
         try:
-            per_size.append(verify.compare(original, cut, other))
+            within = {"samples": verify.input_sets(original, other, ranges=ranges)} \
+                if ranges else {}
+            per_size.append(verify.compare(original, cut, other, **within))
         except verify.OriginalDoesNotRun as exc:
             log.warning("verification at the second input size (%s) skipped: the original "
                         "model does not run there (%s)", _sizes(other, list(assumed)),

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site
 from channelcut.channels import ChannelInfo, identity_positions
-from channelcut.cut import Rewrite, kept_mask
+from channelcut.rewrite import Rewrite, kept_mask
 from channelcut.graph import attr_float, input_at
 
 if TYPE_CHECKING:

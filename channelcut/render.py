@@ -124,8 +124,28 @@ def summary_rows(report: Report, threshold: float | None = None) -> list[tuple[s
         extra = next((v for k, v in EXTRA_LABELS.items() if line.startswith(k)), "note:")
         rows.append((f"{label}:", text) if short else (extra, line))
     rows.append(("removed:", removed_text(report)))
+    rows += range_rows(report)
     rows.append(("verified:", verified_text(report, threshold)))
     rows.append(("blocked most:", blocked_text(report)))
+    return rows
+
+
+def range_rows(report: Report) -> list[tuple[str, str]]:
+    """The input ranges assumed, and the channels cut because their interval is one point
+    (each tensor's, with the bound of the clamp's input that proves it); none without."""
+    rows = [("input range:", f"{name} in " + ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in
+                                                      pairs[:4])
+             + (f", ... ({len(pairs)} channels)" if len(pairs) > 4 else ""))
+            for name, pairs in report.input_ranges.items()]
+    if report.range_cuts:
+        shown = [f"{c.tensor} {c.channels if len(c.channels) <= 6 else c.count} always "
+                 f"{c.value:g}" + ("" if c.bound is None else
+                                   f" (input in [{c.bound[0]:.4g}, {c.bound[1]:.4g}])")
+                 for c in report.range_cuts[:3]]
+        more = f"; {len(report.range_cuts) - 3} more tensors" if len(report.range_cuts) > 3 \
+            else ""
+        rows.append(("by range:", f"{report.range_channels} channels cut, dead by their "
+                                  f"interval: {'; '.join(shown)}{more}"))
     return rows
 
 

@@ -66,6 +66,21 @@ class SiteChange:
 
 
 @dataclass(frozen=True)
+class RangeCut:
+    """Channels cut because their interval is one point: `op_type` (a clamp such as Relu or
+    Clip) always outputs `value` there, as its input never leaves `bound` (the hull of their
+    inputs' intervals)."""
+
+    tensor: str
+    node: str
+    op_type: str
+    count: int
+    channels: list[int]
+    value: float
+    bound: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
 class OutputCheck:
     """Original vs cut model, one graph output, on the same seeded random inputs (the worst
     over every input set: errors and cosine over the positions finite in both models)."""
@@ -127,6 +142,14 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (STAGES)
     # one line when dynamic input dims took the default size: which, and how to set them
     assumed_dims: str = ""
+    range_cuts: list[RangeCut] = field(default_factory=list)  # constant by their interval
+    # graph inputs assumed bounded: name -> [[lo, hi]] (or one pair per channel)
+    input_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    @property
+    def range_channels(self) -> int:
+        """Channels cut because their interval is one point (see RangeCut)."""
+        return sum(c.count for c in self.range_cuts)
 
     def to_dict(self) -> dict:
         """The report as JSON data, in the text's order: what was cut, the summary, the layers,
@@ -153,6 +176,9 @@ class Report:
             "flops_unknown_after": self.flops_unknown_after,
             "removed_groups": self.removed_groups, "removed_channels": self.removed_channels,
             "removed_nodes": self.removed_nodes,
+            "input_ranges": self.input_ranges,
+            "range_channels": self.range_channels,
+            "range_cuts": [asdict(c) for c in self.range_cuts],
             "latencies": self.latencies, "kept": self.kept,
             "aligned": None if self.aligned is None else asdict(self.aligned),
             "assumed_dims": self.assumed_dims,
@@ -249,4 +275,21 @@ def summary_lines(report: Report) -> list[str]:
                      f"{a.align}; --align target), it would be: weights "
                      f"{_signed_change(wb, a.weight_bytes_after, 1e6, 'MB')}, FLOPs "
                      f"{_signed_change(fb, a.flops_after, 1e9, 'GFLOPs')}")
+    return lines
+
+
+def range_lines(report: Report) -> list[str]:
+    """Which input ranges were assumed, and the channels cut because of their interval."""
+    lines = []
+    for name, pairs in report.input_ranges.items():
+        shown = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in pairs[:4])
+        more = f", ... ({len(pairs)} channels)" if len(pairs) > 4 else ""
+        lines.append(f"assumed input range: {name} in {shown}{more}")
+    if report.range_cuts:
+        lines.append(f"cut by range: {report.range_channels} channels")
+        for c in report.range_cuts:
+            bound = "" if c.bound is None else \
+                f" (its input lies in [{c.bound[0]:.4g}, {c.bound[1]:.4g}])"
+            lines.append(f"  {c.tensor} ({c.op_type} {c.node}): {c.count} channels always "
+                         f"{c.value:g}{bound}")
     return lines

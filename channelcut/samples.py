@@ -23,11 +23,13 @@ class Checking:
     inputs: str | Path | list[dict[str, np.ndarray]] | None = None
     samples: int | None = None
     seed: int = 0
+    # declared input ranges (name -> (lo, hi)): the random sets are drawn inside them
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def feeds(self, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
               ) -> list[dict[str, np.ndarray]]:
         if self.inputs is None:
-            return input_sets(model, shapes, self.seed, self.samples)
+            return input_sets(model, shapes, self.seed, self.samples, self.ranges)
         if isinstance(self.inputs, str | Path):
             feeds = load_inputs(self.inputs, model, shapes)
         else:
@@ -42,7 +44,8 @@ class Checking:
             count = self.samples or len(INPUT_SETS)
             large = " (one of large magnitude)" if count >= len(INPUT_SETS) else ""
             plural = "s" if count > 1 else ""
-            return f"{count} seeded random input set{plural}{large}, seed {self.seed}"
+            inside = " inside the declared input ranges" if self.ranges else ""
+            return f"{count} seeded random input set{plural}{large}{inside}, seed {self.seed}"
         source = str(self.inputs) if isinstance(self.inputs, str | Path) else "the caller's"
         return f"{source} inputs" + (f", first {self.samples} samples" if self.samples else "")
 

@@ -115,11 +115,19 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 def random_inputs(
     model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0,
     scale: float = 1.0,
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Seeded inputs: floats standard normal (times `scale`, capped for narrow types at their
-    largest value ** 0.25), integers small and non-negative, bools 50/50."""
+    largest value ** 0.25), integers small and non-negative, bools 50/50.
+
+    A float input with a declared range (`ranges`: name -> (lo, hi), one pair or one per
+    channel on axis 1) is drawn inside it whatever the scale, a fifth of its elements exactly
+    at each edge: the cut assumed the range and may rely on its bounds being reached, never
+    passed.
+    """
     _check_input_bytes(model, shapes)
     rng = np.random.default_rng(seed)
+    ranges = ranges or {}
     feeds = {}
     for value in graph_inputs(model):
         shape = shapes[value.name]
@@ -129,6 +137,8 @@ def random_inputs(
             feeds[value.name] = rng.random(shape) < 0.5
         elif np.issubdtype(dtype, np.integer):
             feeds[value.name] = rng.integers(0, INT_INPUT_HIGH, size=shape).astype(dtype)
+        elif np.issubdtype(dtype, np.floating) and value.name in ranges:
+            feeds[value.name] = inputs_in_range(rng, shape, *ranges[value.name]).astype(dtype)
         elif np.issubdtype(dtype, np.floating):
             limit = float(np.finfo(dtype).max) ** 0.25
             values = rng.standard_normal(shape) * min(scale, limit)
@@ -142,13 +152,36 @@ def random_inputs(
     return feeds
 
 
+def inputs_in_range(rng: np.random.Generator, shape: tuple[int, ...], lo: np.ndarray,
+                    hi: np.ndarray) -> np.ndarray:
+    """Values in [lo, hi] (per channel on axis 1 when there are several): uniform where both
+    bounds are finite, a normal tail from the finite one otherwise; 20% at each edge."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if lo.size > 1:  # one pair per channel on axis 1
+        lo, hi = (b.reshape((1, -1) + (1,) * (len(shape) - 2)) for b in (lo, hi))
+    lo, hi = np.broadcast_to(lo, shape), np.broadcast_to(hi, shape)
+    normal = rng.standard_normal(shape)
+    with np.errstate(all="ignore"):
+        x = np.where(np.isfinite(lo) & np.isfinite(hi), lo + (hi - lo) * rng.random(shape),
+                     np.where(np.isfinite(lo), lo + np.abs(normal),
+                              np.where(np.isfinite(hi), hi - np.abs(normal), normal)))
+    edge = rng.random(shape)
+    x = np.where((edge < 0.2) & np.isfinite(lo), lo, x)
+    x = np.where((edge > 0.8) & np.isfinite(hi), hi, x)
+    return np.clip(x, lo, hi)
+
+
 def input_sets(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0,
-               count: int | None = None) -> list[dict[str, np.ndarray]]:
+               count: int | None = None,
+               ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> list[dict[str, np.ndarray]]:
     """The seeded inputs `compare` runs both models on (INPUT_SETS, from `seed` on); `count`:
-    the first that many of them, then more standard normal ones."""
+    the first that many of them, then more standard normal ones; inputs with a declared range
+    (`ranges`) inside it."""
     sets = list(INPUT_SETS) if count is None else \
         [*INPUT_SETS[:count], *((k, 1.0) for k in range(len(INPUT_SETS), count))]
-    return [random_inputs(model, shapes, seed + offset, scale) for offset, scale in sets]
+    return [random_inputs(model, shapes, seed + offset, scale, ranges)
+            for offset, scale in sets]
 
 
 def _check_input_bytes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:

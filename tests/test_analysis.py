@@ -464,6 +464,18 @@ def test_a_huge_weight_overflows_on_large_inputs_and_is_kept(mode):
 
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
+def test_a_large_weight_overflows_once_its_product_meets_the_input_again(mode):
+    # 1e30 * x is finite for |x| = 1e4 (below 2^128), but squared it is Inf: behind a zero
+    # column that is NaN (bench/fuzz.py: 1e30 * x*x, times x again)
+    wa = weights(4, 3, 1, 1)
+    wa[0] = 1e30
+    m = nonfinite_model(wa, weights(2, 4, 1, 1, zero_cols=[0]),
+                        mid=[node("Mul", ["a", "a"], ["m"])])
+    large = {"x": 1e4 * random_feeds(m)["x"]}
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode, feeds=large)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
 def test_exp_overflows_on_large_inputs_and_is_kept(mode):
     # exp(x) is Inf from x = 89 on: behind a zero column that is NaN
     m = nonfinite_model(weights(4, 3, 1, 1), weights(2, 4, 1, 1, zero_cols=[2]),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -170,3 +173,12 @@ def test_a_scalar_and_a_one_element_constant_stay_apart():
     assert [list(t.dims) for t in result.model.graph.initializer] == [[1], []]
     feeds = random_feeds(m)
     assert [v.shape for v in run(result.model, feeds).values()] == [(1, 4), (1, 1, 4)]
+
+
+def test_channelcut_cut_is_the_function_whatever_was_imported_before():
+    # The rewrite lived in a submodule named `cut`: importing it (any op rule does) made
+    # `channelcut.cut` that module, and `channelcut.cut(...)` a TypeError.
+    code = ("import channelcut, channelcut.rewrite, channelcut.ops; "
+            "assert callable(channelcut.cut), channelcut.cut; "
+            "from channelcut.api import cut; assert channelcut.cut is cut")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -446,7 +446,8 @@ def test_cli_passes_options_to_cut(capsys, model_file, tmp_path, monkeypatch):
     assert seen == {"model": model_file, "input_shapes": {"x": [2, 3, 8, 8]}, "verify": False,
                     "threshold": 0.99, "fold": True, "objective": None, "align": None,
                     "target": "portable",  # the target decides objective and alignment
-                    "verify_inputs": None, "verify_samples": None, "seed": 0}
+                    "verify_inputs": None, "verify_samples": None, "seed": 0,
+                    "input_ranges": None}
     assert stages.listener is None  # stderr is not a terminal, and no -v
     run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params", "--align", "8",
             "--target", "rknn")

@@ -153,6 +153,21 @@ def test_concat_of_a_flattened_and_a_squeezed_operand():
     assert_cut(m, {"conv_b": (2, 2), "matmul_y": (3, 2)}, groups=1)
 
 
+def test_concat_of_operands_with_different_channel_blocks_cuts_the_one_channel_blocks():
+    # f = Flatten(conv_a) has 4 channels of 4 positions, g = Flatten(GAP(conv_b)) 3 of one: the
+    # concat barred both, though with f read whole g's zero channel can go (as it did once a
+    # cut had made f untracked: the re-cut removed it, bench/fuzz.py)
+    m = model(
+        [conv("x", "wa", "a"), node("Flatten", ["a"], ["f"], axis=1),
+         conv("x", "wb", "b"), node("GlobalAveragePool", ["b"], ["p"]),
+         node("Flatten", ["p"], ["g"], axis=1),
+         node("Concat", ["f", "g"], ["cat"], axis=1), matmul("cat", "w2", "y")],
+        inputs={"x": (1, 3, 2, 2)}, outputs=["y"],
+        inits={"wa": weights(4, 3, 1, 1, zero_rows=[2]),
+               "wb": weights(3, 3, 1, 1, zero_rows=[1], seed=3), "w2": weights(19, 2, seed=5)})
+    assert_cut(m, {"conv_b": (3, 2), "matmul_y": (18, 2)}, groups=1)
+
+
 def test_concat_after_a_dfl_head_keeps_the_class_branch():
     """YOLOv8's head: box distributions -> Reshape -> Transpose -> Softmax -> 1-channel conv
     (the expected distance) -> Reshape [1,4,A] (its one channel lands on axis 0), concatenated

@@ -89,6 +89,13 @@ NAN_CHANNEL_UNREAD = Recipe(in_channels=1, steps=(("add", 3232108949), ("conv", 
 NAN_AFTER_PRELU = Recipe(in_channels=1, steps=(("resize", 2935923865), ("prelu", 1777471567),
                                                ("conv", 780791381)),
                          head="conv", p_row=0.6, p_col=0.0, extra_output=False, special=0.3)
+# x*x -> Conv 1->1 with weight -1e30 -> times x -> Conv 1->6 -> a head reading channel 0: on the
+# large input the product overflows, and the unread channels were cut (NaN at 30 positions less).
+LARGE_WEIGHT_TIMES_INPUT = Recipe(in_channels=1, steps=(("mul", 3485035698),
+                                                        ("broadcast", 28737414),
+                                                        ("conv", 581953099)),
+                                  head="conv", p_row=0.0, p_col=0.6, extra_output=False,
+                                  special=0.1)
 # Conv 3x3 valid -> Conv to 2 channels, Transpose (channels to axis 2), Concat on axis 1: the
 # output loses a channel (8 -> 7).
 TRANSPOSED_CONCAT = Recipe(in_channels=1,
@@ -105,6 +112,11 @@ MIXED_AXES_RECUT = Recipe(in_channels=2, steps=(("conv", 1326494862), ("split", 
                                                 ("axisconcat", 3716027968),
                                                 ("matmul", 3146590501)),
                           head="mixflat", p_row=0.6, p_col=0.0, extra_output=False)
+# The mixflat head concatenates Flatten(PRelu) (6 channels of 32) with 7 of one: a full cut,
+# reinserting 4 channels at the PRelu, cut again, removes the MatMul's 2 zero outputs (7 -> 5).
+BLOCKS_RECUT = Recipe(in_channels=2, steps=(("maxpool", 2808715736), ("bcast", 270953762),
+                                            ("prelu", 2592526263), ("matmul", 2985200139)),
+                      head="mixflat", p_row=0.6, p_col=0.0, extra_output=False, special=0.1)
 # Conv 2->1 (a zero weight), Div, then a depthwise conv: the analysis crashes (reshape).
 ONE_CHANNEL_DIV_DEPTHWISE = Recipe(in_channels=2, steps=(("bcast", 3666321497),), head="conv",
                                    p_row=0.0, p_col=0.3, extra_output=False)
@@ -174,6 +186,7 @@ def test_batchnorm_with_zero_scales(mode, recipe):
 @PATTERN_SETTINGS
 @example(recipe=NAN_CHANNEL_UNREAD)
 @example(recipe=NAN_AFTER_PRELU)
+@example(recipe=LARGE_WEIGHT_TIMES_INPUT)
 @given(recipe=recipes(OPS, HEADS, special=(0.3, 0.6), input_is_output="",
                       dynamic_batch=False))
 def test_nonfinite_huge_and_tiny_weights(mode, recipe):
@@ -186,6 +199,7 @@ def test_nonfinite_huge_and_tiny_weights(mode, recipe):
 @example(recipe=TRANSPOSED_CONCAT)
 @example(recipe=TRANSPOSED_CONCAT_GEMM)
 @example(recipe=MIXED_AXES_RECUT)
+@example(recipe=BLOCKS_RECUT)
 @given(recipe=recipes(BASE_OPS, ("mixflat", "mixflat", *BASE_HEADS), must_use=("axisconcat",),
                       **PLAIN))
 def test_concat_of_channels_on_different_axes(mode, recipe):

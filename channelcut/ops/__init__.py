@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
     from channelcut.analysis import Walk
-    from channelcut.cut import Rewrite
+    from channelcut.rewrite import Rewrite
 
 
 @dataclass(frozen=True)

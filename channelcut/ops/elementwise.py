@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
-from channelcut.cut import Rewrite, delete_positions
+from channelcut.rewrite import Rewrite, delete_positions
 from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
 from channelcut.ops import rule

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
-from channelcut.cut import Rewrite
+from channelcut.rewrite import Rewrite
 from channelcut.graph import attr_int, attr_ints
 
 

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo, per_channel_constant
-from channelcut.cut import Rewrite, delete_positions
+from channelcut.rewrite import Rewrite, delete_positions
 from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
@@ -329,9 +329,15 @@ def analyse_concat(node: ir.Node, walk: Walk) -> None:
     # MatMul or a Squeeze): the output follows the operands whose channels are on the concat
     # axis if there are any, else those on the first operand's axis; every other operand is
     # read whole, as is the output's share of it.
-    along = next((i for i in infos if i is not None and i.axis == axis), None)
-    if along is not None:
-        _concat_channels(node, walk, infos, shapes, axis, along.block)
+    along = [i for i in infos if i is not None and i.axis == axis]
+    if along:
+        # their channel blocks may differ (one came through a Flatten of a map): the output
+        # takes the first block that every operand's size divides, the operands with another
+        # block are read whole; as when they are not tracked at all, so that a cut model (where
+        # a reinsertion made such an operand untracked) cuts no more than its original
+        block = next((i.block for i in along if all(s[axis] % i.block == 0 for s in shapes)),
+                     along[0].block)
+        _concat_channels(node, walk, infos, shapes, axis, block)
     else:
         _concat_other_axis(node, walk, infos, next(i for i in infos if i is not None))
 

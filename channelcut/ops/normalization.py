@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import per_channel_constant
-from channelcut.cut import Rewrite, delete_positions
+from channelcut.rewrite import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent

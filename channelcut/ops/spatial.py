@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
-from channelcut.cut import Rewrite
+from channelcut.rewrite import Rewrite
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent

@@ -18,7 +18,7 @@ from channelcut.flops import node_flops
 from channelcut.fold import fold_into_carrier, fold_into_conv, fold_into_gemm, fold_into_matmul
 from channelcut.channels import (HUGE, ChannelInfo, identity_positions,
                                  nonzero_along_last_axis, per_channel_constant)
-from channelcut.cut import Rewrite, delete_positions, kept_mask
+from channelcut.rewrite import Rewrite, delete_positions, kept_mask
 from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
 from channelcut.ops import rule
 

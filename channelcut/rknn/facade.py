@@ -41,8 +41,9 @@ from channelcut import io
 from channelcut.errors import ChannelcutError
 from channelcut.rknn import accuracy, simulator
 from channelcut.rknn.dataset import MissingDecoder, load_input, read_dataset
-from channelcut.rknn.preprocess import (Preprocess, has_preprocessing, preprocess_config,
-                                        preprocess_steps, preprocessed, with_preprocessing)
+from channelcut.rknn.preprocess import (Preprocess, has_preprocessing, normalised_input_ranges,
+                                        preprocess_config, preprocess_steps, preprocessed,
+                                        with_preprocessing)
 from channelcut.rknn.quantize import Quantization, ort_options, quantization_config
 from channelcut.rknn.quantize import quantize as quantize_model
 from channelcut.rknn.toolkit import Toolkit, choose_backend, split_preprocessing
@@ -337,22 +338,28 @@ class RKNN:
         """The cut model and its channel map; logs the const change table (and the folds).
         `samples`: the dataset's inputs to verify on (default seeded random ones)."""
         from channelcut.api import cut  # noqa: PLC0415 - keeps `import rknn` light
-        from channelcut.report import const_change_lines, summary_lines  # noqa: PLC0415
+        from channelcut.report import (const_change_lines, range_lines,  # noqa: PLC0415
+                                       summary_lines)
 
         shapes = simulator.input_shapes(model)
         target = self._cut_target
+        # raw uint8 pixels through mean/std: the model's inputs are bounded (the cut proves
+        # more channels dead by their range)
+        ranges = normalised_input_ranges(model, preprocess_steps(model, self._preprocess_config))
         if self._pruning == "full":
             result = cut(model, input_shapes=shapes, fold=True, target=target,
-                         objective=self._pruning_objective, verify_inputs=samples)
+                         objective=self._pruning_objective, verify_inputs=samples,
+                         input_ranges=ranges)
         elif self._pruning == "aligned":  # zero or unread channels, the NPU's multiple kept
             result = cut(model, input_shapes=shapes, fold=False, target=target,
-                         align="target", verify_inputs=samples)
+                         align="target", verify_inputs=samples, input_ranges=ranges)
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
             result = cut(model, input_shapes=shapes, fold=False, target=target,
-                         verify_inputs=samples)
+                         verify_inputs=samples, input_ranges=ranges)
         self._report = result.report
         self._log.info("Pruning: const change detail")
-        for line in const_change_lines(result.report) + summary_lines(result.report):
+        for line in (const_change_lines(result.report) + summary_lines(result.report)
+                     + range_lines(result.report)):
             self._log.info(line)
         if result.report.aligned is not None:
             self._log.info("Pruning: config(model_pruning=\"aligned\") makes the aligned cut")

@@ -94,6 +94,32 @@ def preprocess_steps(model: onnx.ModelProto, config: dict[str, Any]) -> dict[str
     return steps
 
 
+# Raw pixels are uint8: every value the model sees after mean/std lies in this range's image.
+PIXEL_RANGE = (0.0, 255.0)
+
+
+def normalised_input_ranges(model: onnx.ModelProto, steps: dict[str, Preprocess]
+                            ) -> dict[str, list[tuple[float, float]]]:
+    """Per model input with a mean or std: the interval of each channel the model itself (after
+    the preprocessing) sees, [(0 - mean) / std, (255 - mean) / std], widened by the float32
+    rounding of the Sub and the Div. Reordering moves raw channels that share one range."""
+    ranges = {}
+    for value in graph_inputs(model):
+        step = steps.get(value.name, Preprocess())
+        if step.mean is None and step.std is None:
+            continue
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        channels = dims[1] if len(dims) > 1 and dims[1] > 0 else max(
+            len(step.mean or []), len(step.std or []), 1)
+        mean = np.broadcast_to(np.asarray(step.mean or [0.0], np.float64), (channels,))
+        std = np.broadcast_to(np.asarray(step.std or [1.0], np.float64), (channels,))
+        ends = (np.asarray(PIXEL_RANGE)[:, None] - mean) / std
+        lo, hi = ends.min(axis=0), ends.max(axis=0)
+        margin = 4 * 2.0 ** -24 * (np.abs(lo) + np.abs(hi) + np.abs(mean / std)) + 1e-30
+        ranges[value.name] = [(float(a), float(b)) for a, b in zip(lo - margin, hi + margin)]
+    return ranges
+
+
 # --- the nodes -----------------------------------------------------------------------------
 
 def with_preprocessing(model: onnx.ModelProto, steps: dict[str, Preprocess]) -> onnx.ModelProto:

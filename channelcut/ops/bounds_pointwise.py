@@ -1,0 +1,288 @@
+"""Bounds rules of pointwise and broadcasting ops: out[c] <- f(in[c], ...), an interval mapped
+through f (exactly for clamps, widened for transcendental kernels and for rounded arithmetic)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from channelcut.analysis import Walk
+from channelcut.channels import ChannelInfo
+from channelcut.graph import attr_float, attr_int, attr_string, input_at
+from channelcut.ops.bounds import (Interval, _hull_everywhere, _times, bounds, per_channel,
+                                   positions_range)
+from channelcut.ranges import relative, widen
+
+
+# -- pointwise functions ------------------------------------------------------------------
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0, x)
+
+
+def _at_inf(fn: Callable[[np.ndarray], np.ndarray], low: float, high: float
+            ) -> Callable[[np.ndarray], np.ndarray]:
+    """fn with its limits at -inf and +inf given (x * something of inf is NaN in numpy)."""
+
+    def limited(x: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            y = fn(np.where(np.isfinite(x), x, 0.0))
+        return np.where(x == -np.inf, low, np.where(x == np.inf, high, y))
+
+    return limited
+
+
+# increasing f: [f(lo), f(hi)]; exact ones are computed exactly by the runtime (a clamp, a
+# rounding), the others widened by a relative margin.
+INCREASING: dict[str, tuple[Callable[[np.ndarray, ir.Node], np.ndarray], bool]] = {
+    "Relu": (lambda x, n: np.maximum(x, 0.0), True),
+    "Identity": (lambda x, n: x, True),
+    "Floor": (lambda x, n: np.floor(x), True),
+    "Ceil": (lambda x, n: np.ceil(x), True),
+    "Round": (lambda x, n: np.round(x), True),
+    "Sign": (lambda x, n: np.sign(x), True),
+    "Sigmoid": (lambda x, n: _sigmoid(x), False),
+    "Tanh": (lambda x, n: np.tanh(x), False),
+    "Erf": (lambda x, n: _erf(x), False),
+    "Exp": (lambda x, n: np.exp(x), False),
+    "Softplus": (lambda x, n: _softplus(x), False),
+    "Softsign": (lambda x, n: _at_inf(lambda v: v / (1 + np.abs(v)), -1.0, 1.0)(x), False),
+    "Elu": (lambda x, n: np.where(x < 0, attr_float(n, "alpha", 1.0) * np.expm1(x), x), False),
+    "Selu": (lambda x, n: attr_float(n, "gamma", 1.0507009873554805) * np.where(
+        x <= 0, attr_float(n, "alpha", 1.6732632423543772) * np.expm1(x), x), False),
+}
+
+# quasi-convex f (decreasing, then increasing): op -> (f, where its minimum is, the minimum)
+QUASI_CONVEX: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float, float]] = {
+    "Gelu": (_at_inf(lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), 0.0, np.inf),
+             -0.7517915246, -0.1699712),
+    "Mish": (_at_inf(lambda x: x * np.tanh(_softplus(x)), 0.0, np.inf),
+             -1.1923473371, -0.3088400),
+    "HardSwish": (_at_inf(lambda x: x * np.clip(x / 6 + 0.5, 0, 1), 0.0, np.inf), -1.5,
+                  -0.375),
+    "SiLU": (_at_inf(lambda x: x * _sigmoid(x), 0.0, np.inf), -1.2784645428, -0.2784645),
+}
+
+
+def _input_channels(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """The first input's interval under each of `out`'s channels (a pointwise op)."""
+    lo, hi = positions_range(walk, node.inputs[0], out.axis, out.size)
+    return per_channel(out, lo, hi)
+
+
+def _increasing(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- f(in[c]) for an increasing f: [f(lo), f(hi)]."""
+    fn, exact = INCREASING[node.op_type]
+    if any(attr_float(node, name, 1.0) < 0 for name in ("alpha", "gamma")):
+        return np.full(out.n, -np.inf), np.full(out.n, np.inf)  # Elu/Selu: not increasing
+    lo, hi = _input_channels(node, walk, out)
+    with np.errstate(all="ignore"):
+        lo, hi = fn(lo, node), fn(hi, node)
+    return (lo, hi) if exact else relative(lo, hi)
+
+
+for _op in INCREASING:
+    bounds(_op)(_increasing)
+
+
+def quasi_convex(name: str, lo: np.ndarray, hi: np.ndarray) -> Interval:
+    """f over [lo, hi] for f decreasing up to its minimum, then increasing."""
+    fn, at, minimum = QUASI_CONVEX[name]
+    f_lo, f_hi = fn(lo), fn(hi)
+    top = np.maximum(f_lo, f_hi)
+    bottom = np.where((lo <= at) & (at <= hi), minimum, np.minimum(f_lo, f_hi))
+    low, high = relative(bottom, top, 1e-4)
+    if name == "HardSwish":  # exactly 0 at and below -3 (x * clip(x/6 + 1/2, 0, 1))
+        dead = hi <= -3
+        low[dead], high[dead] = 0.0, 0.0
+    return low, high
+
+
+@bounds("Gelu", "Mish", "HardSwish")
+def _quasi_convex(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
+    """out[c] <- f(in[c]) for f with one minimum: at least that minimum whatever the input."""
+    lo, hi = quasi_convex(node.op_type, *_input_channels(node, walk, out))
+    if node.op_type == "Gelu" and attr_string(node, "approximate", "none") != "none":
+        lo, hi = relative(lo, hi, 1e-2)  # the tanh form is within 1e-3 of the exact one
+        lo = np.minimum(lo, -0.171)
+    return lo, hi
+
+
+@bounds("Clip")
+def _clip(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- clip(in[c], a, b): [clip(lo), clip(hi)], exactly. A computed a (b) may be
+    anything: the output is then only at most b (at least a) and at least min(lo, b)."""
+    dynamic = [False, False]
+    if len(node.inputs) > 1 or "min" not in node.attributes:
+        bounds = [-np.inf, np.inf]
+        for k, i in enumerate((1, 2)):
+            value = input_at(node, i)
+            array = walk.const(value) if value is not None else None
+            if array is not None:
+                bounds[k] = float(np.asarray(array).reshape(-1)[0])
+            dynamic[k] = value is not None and array is None
+        a, b = bounds
+    else:
+        a = attr_float(node, "min", -np.inf)
+        b = attr_float(node, "max", np.inf)
+    a, b = float(np.float32(a)), float(np.float32(b))  # the runtime compares in float32
+    lo, hi = _input_channels(node, walk, out)
+    if dynamic[0] and dynamic[1]:
+        return np.full(out.n, -np.inf), np.full(out.n, np.inf)
+    if dynamic[0]:
+        return np.minimum(lo, b), np.full(out.n, b)
+    if dynamic[1]:
+        return np.full(out.n, a), np.maximum(hi, a)
+    return np.clip(lo, a, b), np.clip(hi, a, b)
+
+
+@bounds("HardSigmoid")
+def _hard_sigmoid(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- clip(alpha * in[c] + beta, 0, 1): the affine part widened, the clamp exact."""
+    alpha, beta = attr_float(node, "alpha", 0.2), attr_float(node, "beta", 0.5)
+    lo, hi = _input_channels(node, walk, out)
+    ends = _times(np.float64(alpha), np.stack([lo, hi])) + beta
+    lo, hi = widen(ends.min(axis=0), ends.max(axis=0), np.abs(ends).max(axis=0), terms=2)
+    return np.clip(lo, 0, 1), np.clip(hi, 0, 1)
+
+
+@bounds("LeakyRelu")
+def _leaky_relu(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
+    """out[c] <- in[c] or alpha * in[c] below 0: increasing for alpha >= 0."""
+    alpha = attr_float(node, "alpha", 0.01)
+    if alpha < 0:
+        return None
+    lo, hi = _input_channels(node, walk, out)
+    f = lambda x: np.where(x < 0, _times(np.float64(alpha), x), x)  # noqa: E731
+    return widen(f(lo), f(hi), np.maximum(np.abs(f(lo)), np.abs(f(hi))))
+
+
+@bounds("Neg")
+def _neg(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- -in[c]."""
+    lo, hi = _input_channels(node, walk, out)
+    return -hi, -lo
+
+
+@bounds("Abs")
+def _abs(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- |in[c]| >= 0."""
+    lo, hi = _input_channels(node, walk, out)
+    top = np.maximum(np.abs(lo), np.abs(hi))
+    return np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi))), top
+
+
+@bounds("Sin", "Cos")
+def _periodic(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] in [-1, 1]."""
+    return np.full(out.n, -1.0), np.full(out.n, 1.0)
+
+
+@bounds("Softmax")
+def _softmax(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] in [0, 1] (a probability)."""
+    return np.full(out.n, 0.0), np.full(out.n, 1.0 + 1e-6)
+
+
+@bounds("Cast")
+def _cast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """A float cast rounds to the target's precision (bounds widened by its unit roundoff),
+    and overflows to Inf past its largest value (then unbounded)."""
+    info = np.finfo(ir.DataType(attr_int(node, "to", 1)).numpy())
+    lo, hi = _input_channels(node, walk, out)
+    lo, hi = relative(lo, hi, 2.0 * float(info.eps))
+    past = np.maximum(np.abs(lo), np.abs(hi)) >= float(info.max)
+    return np.where(past, -np.inf, lo), np.where(past, np.inf, hi)
+
+
+# -- broadcasting ops ---------------------------------------------------------------------
+
+def _operand(node: ir.Node, walk: Walk, out: ChannelInfo, value: ir.Value) -> Interval:
+    """A broadcast operand's interval under each of the output's channels."""
+    out_dims, dims = walk.dims(node.outputs[0]), walk.dims(value)
+    if out_dims is None or dims is None:
+        return np.full(out.n, -np.inf), np.full(out.n, np.inf)
+    ax = out.axis - (len(out_dims) - len(dims))
+    info = walk.info(value)
+    if info is not None and info.axis == ax and info.size == out.size:
+        if np.array_equal(info.positions, out.positions):
+            return info.lo, info.hi
+        return per_channel(out, info.by_position(info.lo), info.by_position(info.hi))
+    if info is not None and info.axis == ax and dims[ax] == 1:
+        return np.full(out.n, info.lo[0]), np.full(out.n, info.hi[0])
+    if ax < 0 or dims[ax] == 1:
+        lo, hi = positions_range(walk, value, max(ax, 0), 1) if info is None else \
+            _hull_everywhere(info.lo, info.hi, 1)
+        return np.full(out.n, lo[0]), np.full(out.n, hi[0])
+    lo, hi = positions_range(walk, value, ax, out.size)
+    return per_channel(out, lo, hi)
+
+
+def _products(a: Interval, b: Interval) -> np.ndarray:
+    return np.stack([_times(x, y) for x in a for y in b])
+
+
+@bounds("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean")
+def _broadcast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
+    """Interval arithmetic over the operands, per output channel."""
+    values = [v for v in node.inputs if v is not None]
+    silu = _silu_operand(node, values)
+    operands = [_operand(node, walk, out, v) for v in values]
+    op = node.op_type
+    if silu is not None:
+        return quasi_convex("SiLU", *operands[silu])
+    if op in ("Max", "Min"):
+        pick = np.max if op == "Max" else np.min
+        return pick([lo for lo, _ in operands], axis=0), pick([hi for _, hi in operands], axis=0)
+    with np.errstate(all="ignore"):
+        if op in ("Add", "Sum", "Mean"):
+            lo = np.sum([lo for lo, _ in operands], axis=0)
+            hi = np.sum([hi for _, hi in operands], axis=0)
+            if op == "Mean":
+                lo, hi = lo / len(operands), hi / len(operands)
+            size = np.sum([np.maximum(np.abs(a), np.abs(b)) for a, b in operands], axis=0)
+            return widen(lo, hi, size, terms=len(operands) + 1)
+        if len(operands) != 2:
+            return None
+        (alo, ahi), (blo, bhi) = operands
+        if op == "Sub":
+            lo, hi = alo - bhi, ahi - blo
+            return widen(lo, hi, np.maximum(np.abs(alo), np.abs(ahi))
+                         + np.maximum(np.abs(blo), np.abs(bhi)), terms=2)
+        if op == "Div":
+            safe = (blo > 0) | (bhi < 0)  # the divisor keeps one sign
+            inv = (np.where(safe, 1 / bhi, -np.inf), np.where(safe, 1 / blo, np.inf))
+            ends = _products((alo, ahi), (np.minimum(*inv), np.maximum(*inv)))
+        else:
+            ends = _products((alo, ahi), (blo, bhi))
+        lo, hi = ends.min(axis=0), ends.max(axis=0)
+        if op == "Div":
+            lo, hi = np.where(safe, lo, -np.inf), np.where(safe, hi, np.inf)
+        return widen(lo, hi, np.abs(ends).max(axis=0), terms=3)
+
+
+def _silu_operand(node: ir.Node, values: list[ir.Value]) -> int | None:
+    """x * Sigmoid(x) (SiLU, Swish): the index of the x operand."""
+    if node.op_type != "Mul" or len(values) != 2:
+        return None
+    for i, value in enumerate(values):
+        other = values[1 - i]
+        producer = other.producer()
+        if producer is not None and producer.op_type == "Sigmoid" and \
+                producer.inputs[0] is value:
+            return i
+    return None
+
+
