@@ -458,6 +458,10 @@ def _network(analysis: Analysis, flops: dict[ir.Node, int]
     for node in analysis.model.graph:
         if node.op_type not in WEIGHTED_OPS:
             continue
+        weights = node.inputs[1] if len(node.inputs) > 1 else None
+        if node.op_type == "MatMul" and (weights is None or weights.const_value is None
+                                         or weights.is_graph_input()):
+            continue  # two activations (attention's scores, context): no weights of its own
         in_axis = -1 if node.op_type == "MatMul" else 1
         in_channels = _channel_count(analysis, node.inputs[0], in_axis)
         out_channels = _channel_count(analysis, node.outputs[0], in_axis)

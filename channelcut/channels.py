@@ -40,6 +40,10 @@ class ChannelInfo:
     # (a constant averaged with zero padding; see Rule.planes for who may read it).
     plane: np.ndarray | None = None
     finite: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) bool
+    # None, or what is known of each slice along one other axis (the q, k, v of a fused qkv's
+    # heads): (that axis, known (L, n), const (L, n)). Only rules that move that axis or pick
+    # slices of it carry it on; dropping it only forgets facts.
+    parts: tuple[int, np.ndarray, np.ndarray] | None = None
     # A sound interval holding every value of channel k, in float64 (infinite: unbounded);
     # set by channelcut.ops.bounds after the node's rule (see channelcut.ranges).
     lo: np.ndarray = field(default=None)  # type: ignore[assignment]  # (n,) float64

@@ -13,6 +13,8 @@ from channelcut.channels import ChannelInfo, per_channel_constant
 from channelcut.rewrite import Rewrite, delete_positions
 from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
+from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
+                                   computed_target_fixed, split_channels, target_entries)
 
 
 def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarray,
@@ -52,7 +54,9 @@ def analyse_transpose(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, "Transpose separates the axes a channel lies on")
         return
     if source.span == 1:
-        walk.like(node.outputs[0], source, axis=lands[0])
+        out = walk.like(node.outputs[0], source, axis=lands[0])
+        if source.parts is not None:
+            out.parts = (perm.index(source.parts[0]), *source.parts[1:])
         return
     dims = np.array([shape[a] for a in axes])
     order = np.argsort(lands)  # input span axes in output order
@@ -76,7 +80,10 @@ def analyse_squeeze(node: ir.Node, walk: Walk) -> None:
     if source.axis in axes:
         walk.barrier(node, "Squeeze removes the channel axis")
         return
-    walk.like(node.outputs[0], source, axis=source.axis - sum(a < source.axis for a in axes))
+    out = walk.like(node.outputs[0], source, axis=source.axis - sum(a < source.axis for a in axes))
+    if source.parts is not None and source.parts[0] not in axes:
+        part_axis = source.parts[0]
+        out.parts = (part_axis - sum(a < part_axis for a in axes), *source.parts[1:])
 
 
 @rule("Unsqueeze")
@@ -91,7 +98,9 @@ def analyse_unsqueeze(node: ir.Node, walk: Walk) -> None:
         return
     inserted = {a % len(out_shape) for a in axes}
     kept = [j for j in range(len(out_shape)) if j not in inserted]
-    walk.like(node.outputs[0], source, axis=kept[source.axis])
+    out = walk.like(node.outputs[0], source, axis=kept[source.axis])
+    if source.parts is not None:
+        out.parts = (kept[source.parts[0]], *source.parts[1:])
 
 
 @rule("Gather")
@@ -109,20 +118,28 @@ def analyse_gather(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, "Gather along the channel axis")
         return
     shift = len(indices_shape) - 1 if source.axis > axis else 0
-    walk.like(node.outputs[0], source, axis=source.axis + shift)
+    out = walk.like(node.outputs[0], source, axis=source.axis + shift)
+    index = walk.const(node.inputs[1])
+    if source.parts is not None and source.parts[0] == axis and index is not None \
+            and index.size == 1:  # one of q, k, v: what is known of that part
+        _, known, const = source.parts
+        part = int(index.reshape(-1)[0]) % known.shape[0]
+        out.set_values(known[part] & out.finite, const[part])
 
 
 # -- Reshape and Flatten ------------------------------------------------------------------
 
-def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
-                   ) -> tuple[int, np.ndarray, int] | None:
+def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                   literal: bool = False) -> tuple[int, np.ndarray, int] | None:
     """Where a reshape puts each channel: (output axis, positions, span), or None.
 
     With `outer` elements before the channel axes and `inner` after them, position p owns flat
     slab [p*inner, (p+1)*inner) of each outer row. The output axes [j, j+span) must see the
     same outer rows, and each channel must cover whole output positions. A span > 1 splits a
     plain channel axis over several axes, as a channel shuffle does. The outer (or inner) dims
-    must match one for one, so the mapping holds for any batch size, not just the analysed one.
+    must match one for one, so the mapping holds for any batch size, not just the analysed one;
+    with a `literal` target (no 0 or -1: every run has the analysed sizes) dims of 1 may come
+    or go ((S, 1, H, D) -> (S, H*D), torch's attention with a batch of one).
     """
     a, s = source.axis, source.span
     outer, inner = math.prod(in_shape[:a]), math.prod(in_shape[a + s:])
@@ -134,13 +151,19 @@ def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tu
             inner_out = math.prod(out_shape[j + span:])
             if math.prod(out_shape[j:j + span]) * inner_out != source.size * inner:
                 continue
-            if list(in_shape[:a]) != list(out_shape[:j]) and \
-                    list(in_shape[a + s:]) != list(out_shape[j + span:]):
+            if not _same_dims(in_shape[:a], out_shape[:j], literal) and \
+                    not _same_dims(in_shape[a + s:], out_shape[j + span:], literal):
                 continue
             positions = _regroup(source, inner, inner_out)
             if positions is not None:
                 return j, positions, span
     return None
+
+
+def _same_dims(a: tuple[int, ...], b: tuple[int, ...], ignore_ones: bool) -> bool:
+    if ignore_ones:
+        return [d for d in a if d != 1] == [d for d in b if d != 1]
+    return list(a) == list(b)
 
 
 def map_reshape(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
@@ -174,7 +197,8 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     if source is None:
         return
     in_shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
-    if node.op_type == "Reshape" and walk.const(node.inputs[1]) is None:
+    computed = node.op_type == "Reshape" and walk.const(node.inputs[1]) is None
+    if computed and target_entries(node.inputs[1], walk) is None:
         walk.barrier(node, "Reshape to a computed shape")
         return
     if node.op_type == "Flatten" and (in_shape is None or out_shape is None):
@@ -182,11 +206,26 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
     if in_shape is None or out_shape is None:
         walk.barrier(node, f"{node.op_type} shapes unknown")
         return
-    mapped = reshape_layout(source, in_shape, out_shape)
+    target = walk.const(node.inputs[1]) if node.op_type == "Reshape" else None
+    literal = target is not None and bool(np.all(target > 0))
+    mapped = reshape_layout(source, in_shape, out_shape, literal)
     if mapped is None:
         walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
         return
     axis, positions, span = mapped
+    while span > 1 and out_shape[axis] == 1:  # a leading axis of 1 holds nothing apart
+        axis, span = axis + 1, span - 1
+    if computed and not computed_target_fixed(node, walk, axis, span):
+        walk.barrier(node, "Reshape to a computed shape whose sizes from the channel axis on "
+                           "are not all constants")
+        return
+    if span > 1 and not grid_readers_only(node, walk, axis, span):
+        dims = out_shape[axis:axis + span]
+        # an unpacked projection, (..., 3, E) picked apart into q, k, v, keeps E's channels;
+        # else the split is (..., H, D), heads
+        channel = len(dims) - (1 if len(dims) == 2 and parts_picked(node.outputs[0]) else 2)
+        split_channels(walk, node.outputs[0], source, dims, axis, positions, channel)
+        return
     out = _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions, span)
     if span > 1:
         # Split into dims (d0, ..., dk): channels that share the last index go together, so
@@ -220,14 +259,12 @@ def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
     deleted = rw.deleted(node.outputs[0])
     if node.op_type != "Reshape" or deleted.size == 0:
         return
-    target = rw.const(node.inputs[1]).copy()
     out = rw.info(node.outputs[0])
     shape = rw.shape(node.outputs[0])
     axis = out.axis + out.span - 1
     rows = math.prod(shape[out.axis:axis])  # the grid's other dims keep their size
-    if target[axis] != -1:
-        target[axis] = shape[axis] - deleted.size // rows
-        rw.set_const(node, 1, target)
+    if target_entries(node.inputs[1], rw)[axis] != -1:
+        set_target_entry(node, 1, rw, axis, shape[axis] - deleted.size // rows)
 
 
 rule("Reshape", "Flatten", rewrite=rewrite_reshape, spans=True)(analyse_reshape)
@@ -243,10 +280,17 @@ def analyse_expand(node: ir.Node, walk: Walk) -> None:
     if source is None:
         return
     shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
-    if shape is None or out_shape is None or walk.const(node.inputs[1]) is None:
+    entries = target_entries(node.inputs[1], walk) if node.op_type == "Expand" else \
+        (None if walk.const(node.inputs[1]) is None else [])
+    if shape is None or out_shape is None or entries is None:
         walk.barrier(node, f"{node.op_type} to a computed shape")
         return
     axis = source.axis + len(out_shape) - len(shape)
+    at = axis - (len(out_shape) - len(entries))
+    if node.op_type == "Expand" and 0 <= at < len(entries) and entries[at] is None:
+        # a computed size on the channel axis could broadcast it at another size
+        walk.barrier(node, "Expand to a computed shape on the channel axis")
+        return
     if out_shape[axis] != shape[source.axis]:
         walk.barrier(node, f"{node.op_type} repeats the channel axis")
         return
@@ -259,11 +303,10 @@ def rewrite_expand(node: ir.Node, rw: Rewrite) -> None:
     deleted = rw.deleted(node.outputs[0])
     if node.op_type != "Expand" or deleted.size == 0:
         return
-    target = rw.const(node.inputs[1]).copy()
-    axis = rw.info(node.outputs[0]).axis - (len(rw.shape(node.outputs[0])) - target.size)
+    target = target_entries(node.inputs[1], rw)
+    axis = rw.info(node.outputs[0]).axis - (len(rw.shape(node.outputs[0])) - len(target))
     if axis >= 0 and target[axis] != 1:
-        target[axis] -= deleted.size
-        rw.set_const(node, 1, target)
+        set_target_entry(node, 1, rw, axis, target[axis] - deleted.size)
 
 
 rule("Expand", "Tile", rewrite=rewrite_expand)(analyse_expand)
@@ -398,8 +441,15 @@ def analyse_split(node: ir.Node, walk: Walk) -> None:
         return
     axis = attr_int(node, "axis", 0) % len(shape)
     if source.axis != axis:
-        for value in node.outputs:
-            walk.like(value, source)
+        start = 0
+        for value, size in zip(node.outputs, sizes):
+            out = walk.like(value, source)
+            if source.parts is not None and source.parts[0] == axis:  # q, k or v of a qkv
+                known = source.parts[1][start:start + size]
+                const = source.parts[2][start:start + size]
+                same = known.all(axis=0) & (const == const[:1]).all(axis=0)
+                out.set_values(same & out.finite, const[0])
+            start += size
         return
     starts = np.concatenate([[0], np.cumsum(sizes)])
     piece = np.searchsorted(starts, source.positions, side="right") - 1

@@ -441,6 +441,9 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     weights = _matrix(walk.const(b))
     # the ranks place the channel axes (the dims may be unknown after a custom op)
     a_shape, out_shape = walk.dims(a), walk.dims(node.outputs[0])
+    if weights is None and walk.const(b) is None:
+        _activation_matmul(node, walk)
+        return
     if weights is None:
         walk.barrier(node, "MatMul without a constant weight matrix")
         return
@@ -457,9 +460,74 @@ def analyse_matmul(node: ir.Node, walk: Walk) -> None:
     _linear(node, walk, source, weights.T, out, np.ones(out.n, bool), zeros, 1.0, site)
 
 
+def _landing(info: ChannelInfo, rank: int, out_rank: int, left: bool) -> int | None:
+    """The output axis a MatMul operand's channel axis becomes: a batch axis stays one, A's
+    rows and B's columns carry over; None for the contracted axis."""
+    if info.axis < rank - 2:
+        return info.axis + out_rank - rank
+    if left:
+        return out_rank - 2 if info.axis == rank - 2 else None
+    return out_rank - 1 if info.axis == rank - 1 else None
+
+
+def _activation_matmul(node: ir.Node, walk: Walk) -> None:
+    """out[c] <- A[c] @ B[c] for channels on a batch axis (attention heads: scores and context
+    are per head); A's row and B's column channels carry over; a contracted channel axis mixes
+    every channel (kept). A zero channel times a finite one is zero."""
+    values = list(node.inputs[:2])
+    infos = [walk.info(v) for v in values]
+    shapes = [walk.shape(v) for v in values]
+    out_shape = walk.shape(node.outputs[0])
+    if all(i is None for i in infos):
+        return
+    if out_shape is None or any(s is None or len(s) < 2 for s in shapes):
+        walk.barrier(node, "MatMul shapes unknown")
+        return
+    rank = len(out_shape)
+    lands: list[int | None] = []
+    for k, info in enumerate(infos):
+        land = None if info is None else _landing(info, len(shapes[k]), rank, k == 0)
+        if info is not None and land is None:
+            walk.pin(info, node, "MatMul of two activations contracts the channel axis")
+        lands.append(land)
+    carried = [k for k in (0, 1) if lands[k] is not None]
+    if not carried:
+        return
+    first, axis = carried[0], lands[carried[0]]
+    if len(carried) == 2 and lands[1] != axis:  # rows of A and columns of B: keep B's
+        walk.pin(infos[1], node, "MatMul operands hold channels on different axes")
+        carried = [0]
+    lead = infos[first]
+    out = walk.like(node.outputs[0], lead, axis=axis)
+    zero = lead.zero.copy()
+    if len(carried) == 2:
+        other = infos[1]
+        if other.size != lead.size:
+            walk.pin(other, node, "MatMul operands' channel axes do not line up")
+            walk.pin(out, node, "MatMul operands' channel axes do not line up")
+            return
+        # heads line up by position (a kv head repeated for its q heads covers several)
+        walk.couple(other.ids[other.channel_at_position()], lead.ids[lead.channel_at_position()])
+        zero |= _zero_under(other, lead)
+    elif axis < rank - 2:  # a batch axis: the other operand must broadcast along it
+        k = 1 - first
+        dim = shapes[k][axis - rank + len(shapes[k])] if axis - rank + len(shapes[k]) >= 0 else 1
+        if dim != 1:
+            walk.pin(out, node, "MatMul operand whose channels cannot be cut")
+    out.set_values(zero, np.zeros(out.n, np.float32))
+
+
+def _zero_under(other: ChannelInfo, lead: ChannelInfo) -> np.ndarray:
+    """Per channel of `lead`: are all the `other` channels at its positions zero?"""
+    zero_at = other.zero[other.channel_at_position()]
+    return zero_at[lead.positions].all(axis=1)
+
+
 def rewrite_matmul(node: ir.Node, rw: Rewrite) -> None:
     deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
     if deleted_out.size == 0 and deleted_in.size == 0:
+        return
+    if _matrix(rw.const(node.inputs[1])) is None:  # two activations: no constant to slice
         return
     original = rw.const(node.inputs[1])
     weights = delete_positions(original, {-1: deleted_out, -2: deleted_in})
