@@ -45,9 +45,9 @@ TARGETS = ("rknn", "portable")
 
 
 def demo() -> onnx.ModelProto:
-    """The seed's pruned network (channelcut.demo), exported at 32x32 to keep builds short: its
+    """The seed's pruned network (channelcut.rknn.demo), exported at 32x32 to keep builds short: its
     constant channels are read by padded convs (carrier folds)."""
-    from channelcut import demo as seed
+    from channelcut.rknn import demo as seed
     from channelcut.pytorch import to_onnx
 
     return to_onnx(seed.pruned_net(), [[1, 3, 32, 32]])

@@ -26,7 +26,7 @@ PYTHONPATH="$REPO:$REPO/bench" "$PY" - "$WORK/models" <<'EOF'
 import sys
 import common  # bench/common.py: tests/zoo.py's builders, torchvision importable
 import onnx, torch
-from channelcut.demo import pruned_net
+from channelcut.rknn.demo import pruned_net
 out = sys.argv[1]
 torch.onnx.export(pruned_net(), (torch.randn(1, 3, 224, 224),), f"{out}/demo.onnx",
                   dynamo=False, opset_version=17, input_names=["input"])
