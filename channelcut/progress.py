@@ -12,7 +12,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 class TerminalProgress:
     """One line per stage on stderr: a spinner while it runs (a bar when it has steps), its
-    time once done. Use it as a context manager around the work."""
+    time once done. A stage that runs again (the weight guard and the `ort-cpu` guard redo
+    analyse/decide/rewrite) reuses its line, which counts the runs. Use it as a context
+    manager around the work."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.progress = Progress(SpinnerColumn(finished_text="[green]done[/green]"),
@@ -20,6 +22,7 @@ class TerminalProgress:
                                  MofNCompleteColumn(), TimeElapsedColumn(),
                                  console=console or Console(stderr=True))
         self.tasks: dict[str, TaskID] = {}
+        self.runs: dict[str, int] = {}
 
     def __enter__(self) -> TerminalProgress:
         self.progress.start()
@@ -30,7 +33,12 @@ class TerminalProgress:
         self.progress.stop()
 
     def start(self, stage: str, total: int | None) -> None:
-        self.tasks[stage] = self.progress.add_task(stage, total=total or 1)
+        self.runs[stage] = self.runs.get(stage, 0) + 1
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total or 1)
+            return
+        self.progress.reset(self.tasks[stage], total=total or 1,
+                            description=f"{stage} x{self.runs[stage]}")
 
     def advance(self, stage: str, done: int) -> None:
         self.progress.update(self.tasks[stage], completed=done)

@@ -218,6 +218,24 @@ def test_progress_on_a_terminal_and_none_with_quiet(model_path, tmp_path):
     assert (code, out, screen) == (0, "", "")
 
 
+def test_a_stage_that_runs_again_reuses_its_line():
+    """The guards redo analyse/decide/rewrite: one line per stage, counting the runs."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from channelcut.progress import TerminalProgress  # noqa: PLC0415
+    from channelcut.stages import Stages  # noqa: PLC0415
+
+    console = Console(record=True, force_terminal=False, width=100)
+    with TerminalProgress(console) as progress:
+        stages = Stages(progress)
+        for _ in range(3):
+            with stages.stage("analyse"), stages.stage("decide"):
+                pass
+    assert len(progress.progress.tasks) == 2
+    assert [task.description for task in progress.progress.tasks] == ["analyse x3", "decide x3"]
+    assert all(task.finished for task in progress.progress.tasks)
+
+
 def test_no_progress_when_stderr_is_not_a_terminal_unless_verbose(capsys, model_path, tmp_path):
     assert cli.main(["cut", str(model_path), "-o", str(tmp_path / "a.onnx")]) == 0
     assert capsys.readouterr().err == ""
