@@ -53,7 +53,9 @@ NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 MODELS = ("demo", "resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121",
           "shufflenet_v2_x1_0")  # bench/targets.py's, less yolov8n (the compiler crashes on it)
 MIB = 2 ** 20
-MODES = {"zero": {"fold": False}, "rknn": {"target": "rknn"}, "full": {"fold": True}}
+MODES = {"zero": {"fold": False}, "rknn": {"target": "rknn"}, "full": {"fold": True},
+         # the rknn target without its alignment of Concat inputs to 8: what that costs
+         "rknn-a1": {"target": "rknn", "align": 1}}
 
 
 def rknn_worker(model: str, pruned: str, pruning: str) -> int:
@@ -134,15 +136,18 @@ def channelcut_cuts(proto: Any, input_ranges: dict[str, tuple[float, float]] | N
     return rows, models
 
 
-def counted(original: Any, pruned: Any) -> dict[str, Any]:
-    """The toolkit's pruned graph against the original, both counted by channelcut."""
+def measure(model: Any) -> tuple[int, int]:
+    """Weight bytes and FLOPs of a model, by channelcut's counters."""
     from channelcut.api import cut
 
-    def measure(model: Any) -> tuple[int, int]:
-        report = cut(model, verify=False, fold=False).report
-        return report.weight_bytes_before, report.flops_before
+    report = cut(model, verify=False, fold=False).report
+    return report.weight_bytes_before, report.flops_before
 
-    (w0, f0), (w1, f1) = measure(original), measure(pruned)
+
+def counted(original: Any, before: tuple[int, int], pruned: Any) -> dict[str, Any]:
+    """A toolkit's graph against the original (whose `before` = measure()), both counted by
+    channelcut."""
+    (w0, f0), (w1, f1) = before, measure(pruned)
     lost_total, lost = filters_cut(filters(original), pruned)
     return {"weight_mb_before": w0 / 1e6, "weight_mb_removed": (w0 - w1) / 1e6,
             "gflops_before": f0 / 1e9, "gflops_removed": (f0 - f1) / 1e9,
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     print(f"input range: {'unbounded' if bounds is None else list(bounds)}; groups variant: "
           f"{args.amount:.0%} of the coupled groups zeroed; MB = 10^6 bytes")
-    print(f"{'model':<19}{'variant':<8}{'tool':<17}{'by range':>9}{'channels':>9}"
+    print(f"{'model':<19}{'variant':<8}{'tool':<19}{'by range':>9}{'channels':>9}"
           f"{'filters':>8}{'MB before':>10}{'MB cut':>9}{'GF before':>10}{'GF cut':>9}"
           f"{'tk err':>9}")
     verdicts: dict[str, bool] = {}
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             results[label] = {"channelcut": rows}
             lead = f"{name:<19}{variant:<8}"
             for mode, row in rows.items():
-                print(f"{lead}{'channelcut ' + mode:<17}{row['range_channels']:>9}"
+                print(f"{lead}{'channelcut ' + mode:<19}{row['range_channels']:>9}"
                       f"{row['removed_channels']:>9}{row['filters_cut']:>8}"
                       f"{row['weight_mb_before']:>10.4f}{row['weight_mb_removed']:>9.4f}"
                       f"{row['gflops_before']:>10.4f}{row['gflops_removed']:>9.4f}")
@@ -287,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             weight, gflops = toolkit.get("weight_mib"), toolkit.get("gflops")
             if weight is None or gflops is None or len(weight) < 2 or len(gflops) < 2 \
                     or pruned is None:
-                print(f"{lead}{'RKNN-Toolkit2':<17}(no pruning lines; exit "
+                print(f"{lead}{'RKNN-Toolkit2':<19}(no pruning lines; exit "
                       f"{toolkit['returncode']}) {toolkit.get('log_tail', '')}")
                 verdicts[label] = False
                 continue
             # its "MB" is MiB, its total implied by the share it prints
             tk_mb, tk_gf = -weight[0] * MIB / 1e6, -gflops[0]
-            print(f"{lead}{'RKNN-Tk own':<17}{'':>26}{100 * tk_mb / -weight[1]:>10.4f}"
+            print(f"{lead}{'RKNN-Tk own':<19}{'':>26}{100 * tk_mb / -weight[1]:>10.4f}"
                   f"{tk_mb:>9.4f}{100 * tk_gf / -gflops[1]:>10.4f}{tk_gf:>9.4f}"
                   f"   ({weight[1]:+.1f}% weights, {gflops[1]:+.1f}% GFLOPs)")
             ours = rows["rknn"]
@@ -303,14 +308,15 @@ def main(argv: list[str] | None = None) -> int:
             # of our rknn cut built without its pruning, both counted by channelcut (its own
             # rewrites, a channel shuffle turned into 1x1 convs say, are then in both)
             built_status, built = toolkit_row(cut_models["rknn"], args, pruning=False)
+            before = measure(proto)
             for tool, graph in (("RKNN-Tk pruned", pruned), ("cc rknn, tk-built", built)):
                 if graph is None:
-                    print(f"{lead}{tool:<17}(build failed: {built_status.get('log_tail')})")
+                    print(f"{lead}{tool:<19}(build failed: {built_status.get('log_tail')})")
                     continue
-                tk = counted(proto, graph)
+                tk = counted(proto, before, graph)
                 tk["max_rel_error"] = output_error(proto, graph, args.seed)
                 results[label][tool] = tk
-                print(f"{lead}{tool:<17}{'':>18}{tk['filters_cut']:>8}"
+                print(f"{lead}{tool:<19}{'':>18}{tk['filters_cut']:>8}"
                       f"{tk['weight_mb_before']:>10.4f}{tk['weight_mb_removed']:>9.4f}"
                       f"{tk['gflops_before']:>10.4f}{tk['gflops_removed']:>9.4f}"
                       f"{tk['max_rel_error']:>9.1e}")
@@ -333,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"(toolkit {-weight[1]:.1f}%), GFLOPs {share(ours, 'gflops'):.1f}% "
                   f"(toolkit {-gflops[1]:.1f}%): " + ", ".join(
                       f"{k} {'ok' if v else 'LESS'}" for k, v in checks.items()))
+            if not verdicts[label]:
+                free = rows["rknn-a1"]
+                print(f"{'':<27}unaligned (rknn-a1): weights {share(free, 'weight_mb'):.1f}%, "
+                      f"GFLOPs {share(free, 'gflops'):.1f}%")
             results[label]["checks"] = checks
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
