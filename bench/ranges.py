@@ -136,6 +136,29 @@ def channelcut_cuts(proto: Any, input_ranges: dict[str, tuple[float, float]] | N
     return rows, models
 
 
+def standard_ops(model: Any) -> Any:
+    """The toolkit's graph with its own fused ops written in ONNX ops (what they compute), so
+    that channelcut and ONNX Runtime read it: exSwish(x) = x * Sigmoid(x). Another op of its
+    own stays (the graph then fails to load, and the bench says so)."""
+    import onnx
+    from onnx import helper
+
+    if not any(n.op_type == "exSwish" for n in model.graph.node):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    nodes = []
+    for n in model.graph.node:
+        if n.op_type != "exSwish":
+            nodes.append(n)
+            continue
+        gate = f"{n.output[0]}__sigmoid"
+        nodes += [helper.make_node("Sigmoid", [n.input[0]], [gate], name=f"{n.name}__sigmoid"),
+                  helper.make_node("Mul", [n.input[0], gate], [n.output[0]], name=n.name)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def measure(model: Any) -> tuple[int, int]:
     """Weight bytes and FLOPs of a model, by channelcut's counters."""
     from channelcut.api import cut
@@ -230,7 +253,7 @@ def toolkit_row(proto: Any, args: argparse.Namespace, pruning: bool = True
             toolkit = toolkit_pruning(args.rknn_python, path, pruned, args.timeout, pruning)
             if toolkit["returncode"] == 0 and args.cache:
                 done.write_text(json.dumps(toolkit, indent=2) + "\n")
-        return toolkit, onnx.load(str(pruned)) if pruned.exists() else None
+        return toolkit, standard_ops(onnx.load(str(pruned))) if pruned.exists() else None
 
 
 def share(row: dict[str, Any], key: str) -> float:
