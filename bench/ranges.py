@@ -368,25 +368,27 @@ def main(argv: list[str] | None = None) -> int:
             if args.layers and more:
                 print(f"{'':<27}the toolkit cuts more filters than channelcut rknn in "
                       f"{len(more)} initializers: " + ", ".join(
-                          f"{n} {k} vs {o}" for n, (k, o) in list(more.items())[:12]))
+                          f"{n} {k} vs {o}" for n, (k, o) in list(more.items())[:6]))
             verdicts[label] = all(checks.values())
-            print(f"{'':<27}channelcut rknn: weights {share(ours, 'weight_mb'):.1f}% "
-                  f"(toolkit {-weight[1]:.1f}%), GFLOPs {share(ours, 'gflops'):.1f}% "
-                  f"(toolkit {-gflops[1]:.1f}%): " + ", ".join(
-                      f"{k} {'ok' if v else 'LESS'}" for k, v in checks.items()))
+            word = {True: "ok", False: "LESS"}
+            print(f"{'':<27}rknn vs toolkit, shares: weights {share(ours, 'weight_mb'):.1f}% vs "
+                  f"{-weight[1]:.1f}% {word[checks['weights share']]}, GFLOPs "
+                  f"{share(ours, 'gflops'):.1f}% vs {-gflops[1]:.1f}% "
+                  f"{word[checks['GFLOPs share']]}; absolute: weights "
+                  f"{word[checks['weights abs']]}, GFLOPs {word[checks['GFLOPs abs']]}")
             if not verdicts[label]:
                 free = rows["rknn-a1"]
-                print(f"{'':<27}unaligned (rknn-a1): weights {share(free, 'weight_mb'):.1f}%, "
-                      f"GFLOPs {share(free, 'gflops'):.1f}%")
+                print(f"{'':<27}unaligned (rknn-a1) shares: weights "
+                      f"{share(free, 'weight_mb'):.1f}%, GFLOPs {share(free, 'gflops'):.1f}%")
             results[label]["checks"] = checks
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.rknn_python:
         missed = [label for label, met in verdicts.items() if not met]
         print(f"\ntarget (channelcut's rknn cut removes at least what the toolkit's "
-              f"model_pruning removes, shares of each tool's own totals and absolute by "
-              f"channelcut's counters): met on {len(verdicts) - len(missed)} of "
-              f"{len(verdicts)} rows"
+              f"model_pruning removes:\n  shares of each tool's own totals, and absolute by "
+              f"channelcut's counters on the toolkit's graphs): met on "
+              f"{len(verdicts) - len(missed)} of {len(verdicts)} rows"
               + (f"; missed: {', '.join(missed)}" if missed else ""))
     return 0
 
