@@ -110,6 +110,30 @@ class Link:
 
 
 @dataclass
+class ComputedRows:
+    """The rows a conv with a border fold computes, before the fold's Add adds the border map:
+    channel nodes of their own, one per output channel.
+
+    With folding, a row the output keeps need not be computed when it is then its bias (every
+    column it reads with a non-zero weight is zero, or a constant the fold takes): it goes from
+    the conv and its bias is put back at the Add (`site`), as a cut of the cut model would put
+    it back. A conv group whose rows and inputs all go is then dropped whole. Without that
+    (zero-only, or the fold or reinsertion not allowed) each row shares its output's fate.
+    """
+
+    rows: ChannelInfo  # axis 1, one channel node per weight row
+    out_ids: np.ndarray  # (rows,) the output channel of each row
+    readers: list[Reader]  # the conv's, one per conv group (their rows are out_ids)
+    bounded: np.ndarray  # (rows,) bool: the row's weights and bias make no NaN or Inf
+    site: Site  # the reinsertion of rows the conv computes without
+    fold: Site  # the border fold they rely on
+    kernel: int  # weights per row and input channel
+    itemsize: int
+    has_bias: bool
+    plane: float  # output elements per channel (what a row's FLOPs scale with)
+
+
+@dataclass
 class GroupedConv:
     """A grouped conv's channels, one row per conv group (node ids; inputs by position).
 
@@ -121,6 +145,9 @@ class GroupedConv:
     rows: np.ndarray  # (groups, cout/groups)
     op_type: str
     node: str
+    # the rows it computes (ComputedRows, their ids laid out as `rows`): where they may go
+    # apart from the outputs, the conv groups balance those
+    computed: ComputedRows | None = None
 
 
 class Walk:
@@ -135,6 +162,7 @@ class Walk:
         self.readers: list[Reader] = []
         self.grouped: list[GroupedConv] = []
         self.links: list[Link] = []
+        self.computed: dict[ir.Value, ComputedRows] = {}  # by the conv's output
         self._charges: list[tuple[np.ndarray, float, float]] = []  # (ids, bytes, flops) each
         # A border fold bakes the input's spatial size into a constant: only when it is fixed.
         self.spatial_fixed = all(
@@ -369,7 +397,22 @@ class Walk:
             columns = self._ids(columns, "grouped conv")
             if rows.ndim != 2 or columns.ndim != 2 or columns.shape[0] != rows.shape[0]:
                 raise ValueError("grouped conv rows and columns differ in groups")
-        self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or ""))
+        computed = self.computed.get(node.outputs[0])
+        self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or "", computed))
+
+    def computed_rows(self, node: ir.Node, readers: list[Reader], bounded: np.ndarray,
+                      site: Site, fold: Site, kernel: int, itemsize: int, has_bias: bool
+                      ) -> None:
+        """The conv's rows as it computes them (see ComputedRows): fresh channel nodes, one
+        per channel of its output, after the readers it registered."""
+        out = self.infos[node.outputs[0]]
+        rows = ChannelInfo(axis=1, positions=identity_positions(out.n), base=self.n_nodes)
+        self.n_nodes += rows.n
+        shape = static_shape(node.outputs[0])
+        plane = float(np.prod(shape, dtype=np.float64)) / shape[1] if shape else 0.0
+        self.computed[node.outputs[0]] = ComputedRows(
+            rows, out.ids, readers, np.asarray(bounded, bool), site, fold, kernel, itemsize,
+            has_bias, plane)
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._edges:
