@@ -382,10 +382,12 @@ class _Solver:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
         that keeps outputs anyway, or writes in one that keeps inputs anyway (keeping it there
         keeps no other conv group alive), else its first channel."""
-        for conv in self.grouped:
+        for conv, written in zip(self.grouped, self.walk.grouped):
             if conv.columns is None:
                 continue
-            for ids, other in ((conv.columns, conv.rows), (conv.rows, conv.columns)):
+            # (the output channels of computed rows, whose conv groups keep inputs likewise)
+            for ids, other in ((conv.columns, conv.rows), (conv.rows, conv.columns),
+                               (written.rows, conv.columns)):
                 alive = ~self.removed(other).all(axis=1)
                 free = ids[alive].ravel()
                 free = free[(free >= info.base) & (free < info.base + info.n)]

@@ -212,6 +212,25 @@ def test_div_of_a_constant_channel_is_kept():
     assert_cut(m, {})
 
 
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_division_by_a_zero_channel_is_nonfinite_whatever_the_dividend(mode):
+    """m = h / z with z a computed zero (a conv with zero weights): every channel of m is
+    +-Inf or NaN, so the next conv's rows, with zero weights and a bias (0 for rows 0-2),
+    are NaN, not their bias: nothing goes. Only a known dividend's quotient was marked, so a
+    full cut folded those rows into conv_y's bias (finite outputs where the original's are
+    NaN) and a zero-only cut dropped rows 0-2."""
+    m = model([conv("x", "w1", "h", "b1"), conv("x", "wz", "z"), node("Div", ["h", "z"], ["m"]),
+               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"w1": weights(C, 4, 1, 1), "b1": bias(C),
+                     "wz": np.zeros((1, 4, 1, 1), np.float32),
+                     "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    result = assert_cut(m, {}, mode=mode)
+    assert np.isnan(run(result.model, random_feeds(m))["y"]).all()
+
+
 @pytest.mark.parametrize("op, const, bias, cut", [
     ("Max", 0.0, -1.0, True),  # Max(-1, 0) = 0
     ("Max", 0.0, 1.0, False),

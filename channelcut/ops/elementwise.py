@@ -208,12 +208,14 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
                 linked.add(value)
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
+            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1])
             continue
         if info is not None and info.axis == ax and shape[ax] == 1:
             # one channel broadcast over all of the output's: it stays (a tensor keeps at
             # least one channel), and its value is every output channel's operand value
             walk.pin(info, node, "a channel broadcast over all channels")
             values.append((np.full(out.n, info.known[0]), np.full(out.n, info.const[0])))
+            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1])
             continue
         if info is not None:
             walk.pin(info, node, "operand channels lie on another axis")
@@ -252,6 +254,19 @@ def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
     if per_position.size == 1:
         return np.full(out.n, bool(per_position[0]))
     return per_position[out.positions].any(axis=1)
+
+
+def _known_makes_nonfinite(op_type: str, index: int, known: np.ndarray, const: np.ndarray
+                           ) -> np.ndarray:
+    """Per output channel: does this operand's known channel value make NaN or Inf whatever
+    the others hold, as a constant operand would (see `_makes_nonfinite`)? x / 0 is +-Inf or
+    NaN for every x: a divisor channel that is known zero (all-zero weights) is one."""
+    bad = np.zeros(known.shape, dtype=bool)
+    if index == 1 and op_type == "Div":
+        bad = known & (const == 0)
+    elif index == 1 and op_type == "Pow":
+        bad = known & ((const < 0) | (const != np.round(const)))
+    return bad
 
 
 def _output_channels(node: ir.Node, walk: Walk, tracked: list[ir.Value],
