@@ -123,7 +123,11 @@ class ComputedRows:
 
     rows: ChannelInfo  # axis 1, one channel node per weight row
     out_ids: np.ndarray  # (rows,) the output channel of each row
-    readers: list[Reader]  # the conv's, one per conv group (their rows are out_ids)
+    # what each row reads, as its conv group's Reader has it: (rows, cin/groups) input channel
+    # ids, non-zero weights (or a NaN there), and whether a constant there folds
+    columns: np.ndarray
+    nz: np.ndarray
+    foldable: np.ndarray
     bounded: np.ndarray  # (rows,) bool: the row's weights and bias make no NaN or Inf
     site: Site  # the reinsertion of rows the conv computes without
     fold: Site  # the border fold they rely on
@@ -410,9 +414,13 @@ class Walk:
         self.n_nodes += rows.n
         shape = static_shape(node.outputs[0])
         plane = float(np.prod(shape, dtype=np.float64)) / shape[1] if shape else 0.0
+        per_group = out.n // len(readers)
+        columns = np.repeat(np.stack([r.in_ids for r in readers]), per_group, axis=0)
+        foldable = np.repeat(np.stack([np.ones(r.in_ids.size, bool) if r.foldable is None
+                                       else r.foldable for r in readers]), per_group, axis=0)
         self.computed[node.outputs[0]] = ComputedRows(
-            rows, out.ids, readers, np.asarray(bounded, bool), site, fold, kernel, itemsize,
-            has_bias, plane)
+            rows, out.ids, columns, np.concatenate([r.nz for r in readers]), foldable,
+            np.asarray(bounded, bool), site, fold, kernel, itemsize, has_bias, plane)
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._edges:
@@ -529,6 +537,7 @@ def walk_graph(model: ir.Model,
             # after an op without a rule
             for value in node.outputs:
                 walk.infos.pop(value, None)
+                walk.computed.pop(value, None)
             own = False  # the rule may not have marked what its constants make
         walk.show_planes()
         _name_shape_origin(node, walk, walk.pins[pins_before:])

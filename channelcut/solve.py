@@ -222,7 +222,7 @@ class _Solver:
         self.computed = [c for c in walk.computed.values()
                          if options.fold and options.border_form != "carrier"
                          and id(c.site) in allowed and id(c.fold) in allowed]
-        free = {id(c) for c in self.computed}
+        self.free = free = {id(c) for c in self.computed}
         self.grouped = [replace(g, rows=g.computed.rows.ids[g.rows - g.rows.flat[0]])
                         if g.computed is not None and id(g.computed) in free else g
                         for g in walk.grouped]
@@ -331,26 +331,16 @@ class _Solver:
 
     def _border_written(self, rows: ComputedRows) -> bool:
         """Does a kept output row read a folded channel (a non-zero constant that goes)?"""
-        for reader in rows.readers:
-            ids = reader.in_ids
-            folded = self.removed(ids) & self.known_map[ids] & ~self.zero[ids]
-            if folded.any() and reader.nz[~self.removed(reader.row_ids)][:, folded].any():
-                return True
-        return False
+        ids = rows.columns
+        folded = self.removed(ids) & self.known_map[ids] & ~self.zero[ids]
+        return bool((rows.nz & folded)[~self.removed(rows.out_ids)].any())
 
     def _constant_rows(self, rows: ComputedRows) -> np.ndarray:
         """Per row: is it its bias in the conv as cut (every column it reads with a non-zero
         weight, or whatever its weight when NaN may be there, is zero or folded away)?"""
-        constant = rows.bounded.copy()
-        first = rows.out_ids[0]
-        for reader in rows.readers:
-            ids = reader.in_ids
-            folded = self.removed(ids) & self.known_map[ids]
-            if reader.foldable is not None:
-                folded &= reader.foldable
-            unknown = ~(self.zero[ids] | folded)
-            constant[reader.row_ids - first] &= ~reader.nz[:, unknown].any(axis=1)
-        return constant
+        ids = rows.columns
+        folded = self.removed(ids) & self.known_map[ids] & rows.foldable
+        return rows.bounded & ~(rows.nz & ~(self.zero[ids] | folded)).any(axis=1)
 
     def _check_computed(self, rows: ComputedRows) -> np.ndarray:
         """A row goes from the conv when its output channel goes; it may go alone (put back
@@ -371,7 +361,7 @@ class _Solver:
             taken = self._taken(rows)
             if not taken.any():
                 continue
-            kept = float(max(int((~self.removed(r.in_ids)).sum()) for r in rows.readers))
+            kept = float((~self.removed(rows.columns)).sum(axis=1).max())
             n = float(taken.sum())
             savings[id(rows.site)] = Cost(
                 weight_bytes=n * (kept * rows.kernel + rows.has_bias) * rows.itemsize,
@@ -406,10 +396,8 @@ class _Solver:
             for info, value in self.tensors:
                 align = self.options.align if not blocks else \
                     next((b for b in blocks if info.n % b == 0), 1)
-                read_by = {"Add"} if value is None else {u.node.op_type for u in value.uses()} \
-                    if readers else set()
                 if info.block != 1 or info.span != 1 or align == 1 or (
-                        readers and not read_by & readers):
+                        readers and not _read_by(value) & readers):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -433,7 +421,7 @@ class _Solver:
         checks += [(partial(self._check_link, k), np.concatenate([k.out_ids, k.operand_ids]))
                    for k in self.links]
         checks += [(partial(self._check_computed, c),
-                    np.concatenate([c.rows.ids, c.out_ids, *[r.in_ids for r in c.readers]]))
+                    np.unique(np.concatenate([c.rows.ids, c.out_ids, c.columns.ravel()])))
                    for c in self.computed]
         self._first_grouped = len(checks)
         checks += [(partial(self._check_grouped, c),
@@ -545,6 +533,11 @@ class _Solver:
         return {key: np.unique(np.concatenate(parts)) for key, parts in used.items()}
 
 
+def _read_by(value: ir.Value | None) -> set[str]:
+    """The op types that read a tensor (None: a conv's computed rows, which its Add reads)."""
+    return {"Add"} if value is None else {use.node.op_type for use in value.uses()}
+
+
 def _metric(cost: Cost, objective: str, options: Options = Options()) -> float:
     if objective == "params":
         return cost.weight_bytes
@@ -622,7 +615,7 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
         allowed -= refused
     blockers = _blockers(walk, solver)
     computed = {value: rows.rows for value, rows in walk.computed.items()
-                if any(rows is c for c in solver.computed)}
+                if id(rows) in solver.free}
     return Analysis(walk.model, walk.infos, solver.group_of, solver.removable, options,
                     blockers, uses, walk.unsupported, walk.consts, computed)
 
