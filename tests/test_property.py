@@ -165,6 +165,13 @@ BN_GROUP_OF_BIASES_RECUT = Recipe(in_channels=1,
 DIVISION_BY_ZERO_RECUT = Recipe(in_channels=1, steps=(("conv", 2970246929), ("pad", 3094583791),
                                                       ("bcast", 191517558)),
                                 head="conv", p_row=0.6, p_col=0.0, extra_output=False)
+# ... and a Div by a MatMul output with zero columns: the first cut reinserted those zeros at
+# the Div, and a second cut, seeing an unknown divisor, took the next convs' rows (3 groups).
+ZERO_DIVISOR_RECUT = Recipe(in_channels=6,
+                            steps=(("resize", 3381448080), ("mixconcat", 3043360937),
+                                   ("axisconcat", 642284523), ("bcast", 254733608),
+                                   ("conv", 3919098841)),
+                            head="conv", p_row=0.6, p_col=0.0, extra_output=False)
 # The YOLOv8 head after a per-channel Mul: output [1, 9, 32] becomes [1, 5, 32].
 YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_row=0.6,
                    p_col=0.6, extra_output=True)
@@ -194,9 +201,11 @@ def test_cut_is_exact(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["full", "params"])
 @pytest.mark.parametrize("recipe", [GROUP_OF_BIASES_RECUT, BN_GROUP_OF_BIASES_RECUT,
-                                    DIVISION_BY_ZERO_RECUT], ids=["group", "bn", "div"])
+                                    DIVISION_BY_ZERO_RECUT, ZERO_DIVISOR_RECUT],
+                         ids=["group", "bn", "div", "divisor"])
 def test_full_cut_is_a_fixed_point_after_a_border_fold_into_a_grouped_conv(mode, recipe):
-    """The fixpoint findings of issue 10 item 5, under both objectives that fold."""
+    """The fixpoint findings of issue 10 item 5, under both objectives that fold (the last two
+    divide by zero channels)."""
     assert_exact(recipe, mode)
 
 
@@ -228,6 +237,7 @@ def test_nonfinite_huge_and_tiny_weights(mode, recipe):
 @example(recipe=TRANSPOSED_CONCAT_GEMM)
 @example(recipe=MIXED_AXES_RECUT)
 @example(recipe=BLOCKS_RECUT)
+@example(recipe=ZERO_DIVISOR_RECUT)
 @given(recipe=recipes(BASE_OPS, ("mixflat", "mixflat", *BASE_HEADS), must_use=("axisconcat",),
                       **PLAIN))
 def test_concat_of_channels_on_different_axes(mode, recipe):

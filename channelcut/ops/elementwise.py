@@ -192,7 +192,7 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     axis = out.axis
     values: list[Values] = []
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
-    linked: set[ir.Value] = set()
+    linked: dict[ir.Value, tuple[np.ndarray, Site | None]] = {}
     nonfinite = np.zeros(out.n, bool)  # channels a constant operand makes NaN or Inf
     for index, value in enumerate(operands):
         shape = walk.dims(value)
@@ -203,9 +203,8 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             if owner is not None and value not in linked:
                 # coupled, or in the full cut a constant can be reinserted (once per tensor,
                 # however many operands it is)
-                walk.link(info.ids[owner], out.ids,
-                          _reinsert_site(node, walk, out, walk.shape(out_value)))
-                linked.add(value)
+                linked[value] = (info.ids[owner],
+                                 _reinsert_site(node, walk, out, walk.shape(out_value)))
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
             nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1])
@@ -234,6 +233,14 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
                 nonfinite |= _makes_nonfinite(node.op_type, index, array.reshape(-1), 0, None)
     out.set_values(*BROADCAST[node.op_type](values))
     out.mark_nonfinite(nonfinite)
+    # An operand channel stays with an output channel its value may make NaN or Inf (x / 0):
+    # put back by a reinsertion, it would be an unknown channel to a cut of the cut model,
+    # which assumes a computed divisor is not zero, and that cut would take what this one kept.
+    for operand_ids, site in linked.values():
+        finite = out.finite
+        walk.link(operand_ids[finite], out.ids[finite], site)
+        if not finite.all():
+            walk.couple(operand_ids[~finite], out.ids[~finite])
 
 
 def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
