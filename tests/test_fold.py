@@ -395,3 +395,22 @@ def test_border_fold_into_a_grouped_conv_keeps_its_rows_in_zero_only_mode():
     m = grouped_reader_of_constants()
     result = assert_cut(m, {"conv_c0": (1, 4), "conv_y": (4, 4)}, mode="zero")
     assert channelcut.cut(result.model, fold=False).report.removed_groups == 0
+
+
+def test_rows_left_with_their_bias_come_back_after_the_conv_when_the_border_map_cancels():
+    """Row 0 of the padded reader reads the constant channels 0 and 1 (both 1.0) with
+    opposite kernels: their border map is zero, so no Add is written. Rows 1-7 have zero
+    weights: the conv computes row 0 alone and the seven biases come back after it."""
+    w0 = np.zeros((3, 1, 3, 3), np.float32)
+    w0[2] = weights(1, 1, 3, 3, seed=1)[0]
+    w1 = np.zeros((8, 3, 3, 3), np.float32)
+    kernel = weights(1, 1, 3, 3, seed=4)[0, 0]
+    w1[0, 0], w1[0, 1], w1[0, 2] = kernel, -kernel, weights(1, 1, 3, 3, seed=5)[0, 0]
+    m = model([conv("x", "w0", "c0", "b0", pads=1), conv("c0", "w1", "y", "b1", pads=1)],
+              {"x": [1, 1, 4, 8]}, ["y"],
+              {"w0": w0, "b0": np.array([1.0, 1.0, 0.2], np.float32), "w1": w1,
+               "b1": bias(8, seed=2)})
+    result = assert_cut(m, {"conv_c0": (1, 1), "conv_y": (1, 8)}, mode="full")
+    assert const_input(result.model, "conv_y").shape == (1, 1, 3, 3)
+    assert ops(result.model) == ["Conv", "Conv", "Pad", "Gather", "Add"]
+    assert channelcut.cut(result.model).report.removed_groups == 0
