@@ -3,8 +3,9 @@
 One walk in topological order asks each node's op rule (channelcut.ops.RULES) to describe it:
 the channel layout of its outputs, the per-channel values they carry, which channels must share
 one fate (couplings, solved by union-find into groups), which inputs it reads through weights
-(readers), which operands an op could take back as constants (links), which channels it forces
-us to keep (pins), and what each channel costs in parameters and FLOPs. `channelcut.solve`
+(readers), which operands an op could take back as constants (links), which rows a conv with
+a border fold computes (computed rows, which may go while its output keeps them), which
+channels it forces us to keep (pins), and what each channel costs in parameters and FLOPs. `channelcut.solve`
 then decides; nothing here decides or rewrites.
 """
 
