@@ -5,8 +5,8 @@ the channel layout of its outputs, the per-channel values they carry, which chan
 one fate (couplings, solved by union-find into groups), which inputs it reads through weights
 (readers), which operands an op could take back as constants (links), which rows a conv with
 a border fold computes (computed rows, which may go while its output keeps them), which
-channels it forces us to keep (pins), and what each channel costs in parameters and FLOPs. `channelcut.solve`
-then decides; nothing here decides or rewrites.
+channels it forces us to keep (pins), and what each channel costs in parameters and FLOPs.
+`channelcut.solve` then decides; nothing here decides or rewrites.
 """
 
 from __future__ import annotations
