@@ -3,9 +3,10 @@
 One walk in topological order asks each node's op rule (channelcut.ops.RULES) to describe it:
 the channel layout of its outputs, the per-channel values they carry, which channels must share
 one fate (couplings, solved by union-find into groups), which inputs it reads through weights
-(readers), which operands an op could take back as constants (links), which channels it forces
-us to keep (pins), and what each channel costs in parameters and FLOPs. `channelcut.solve`
-then decides; nothing here decides or rewrites.
+(readers), which operands an op could take back as constants (links), which rows a conv with
+a border fold computes (computed rows, which may go while its output keeps them), which
+channels it forces us to keep (pins), and what each channel costs in parameters and FLOPs.
+`channelcut.solve` then decides; nothing here decides or rewrites.
 """
 
 from __future__ import annotations
@@ -110,6 +111,34 @@ class Link:
 
 
 @dataclass
+class ComputedRows:
+    """The rows a conv with a border fold computes, before the fold's Add adds the border map:
+    channel nodes of their own, one per output channel.
+
+    With folding, a row the output keeps need not be computed when it is then its bias (every
+    column it reads with a non-zero weight is zero, or a constant the fold takes): it goes from
+    the conv and its bias is put back at the Add (`site`), as a cut of the cut model would put
+    it back. A conv group whose rows and inputs all go is then dropped whole. Without that
+    (zero-only, or the fold or reinsertion not allowed) each row shares its output's fate.
+    """
+
+    rows: ChannelInfo  # axis 1, one channel node per weight row
+    out_ids: np.ndarray  # (rows,) the output channel of each row
+    # what each row reads, as its conv group's Reader has it: (rows, cin/groups) input channel
+    # ids, non-zero weights (or a NaN there), and whether a constant there folds
+    columns: np.ndarray
+    nz: np.ndarray
+    foldable: np.ndarray
+    bounded: np.ndarray  # (rows,) bool: the row's weights and bias make no NaN or Inf
+    site: Site  # the reinsertion of rows the conv computes without
+    fold: Site  # the border fold they rely on
+    kernel: int  # weights per row and input channel
+    itemsize: int
+    has_bias: bool
+    plane: float  # output elements per channel (what a row's FLOPs scale with)
+
+
+@dataclass
 class GroupedConv:
     """A grouped conv's channels, one row per conv group (node ids; inputs by position).
 
@@ -121,6 +150,9 @@ class GroupedConv:
     rows: np.ndarray  # (groups, cout/groups)
     op_type: str
     node: str
+    # the rows it computes (ComputedRows, their ids laid out as `rows`): where they may go
+    # apart from the outputs, the conv groups balance those
+    computed: ComputedRows | None = None
 
 
 class Walk:
@@ -135,6 +167,7 @@ class Walk:
         self.readers: list[Reader] = []
         self.grouped: list[GroupedConv] = []
         self.links: list[Link] = []
+        self.computed: dict[ir.Value, ComputedRows] = {}  # by the conv's output
         self._charges: list[tuple[np.ndarray, float, float]] = []  # (ids, bytes, flops) each
         # A border fold bakes the input's spatial size into a constant: only when it is fixed.
         self.spatial_fixed = all(
@@ -369,7 +402,26 @@ class Walk:
             columns = self._ids(columns, "grouped conv")
             if rows.ndim != 2 or columns.ndim != 2 or columns.shape[0] != rows.shape[0]:
                 raise ValueError("grouped conv rows and columns differ in groups")
-        self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or ""))
+        computed = self.computed.get(node.outputs[0])
+        self.grouped.append(GroupedConv(columns, rows, node.op_type, node.name or "", computed))
+
+    def computed_rows(self, node: ir.Node, readers: list[Reader], bounded: np.ndarray,
+                      site: Site, fold: Site, kernel: int, itemsize: int, has_bias: bool
+                      ) -> None:
+        """The conv's rows as it computes them (see ComputedRows): fresh channel nodes, one
+        per channel of its output, after the readers it registered."""
+        out = self.infos[node.outputs[0]]
+        rows = ChannelInfo(axis=1, positions=identity_positions(out.n), base=self.n_nodes)
+        self.n_nodes += rows.n
+        shape = static_shape(node.outputs[0])
+        plane = float(np.prod(shape, dtype=np.float64)) / shape[1] if shape else 0.0
+        per_group = out.n // len(readers)
+        columns = np.repeat(np.stack([r.in_ids for r in readers]), per_group, axis=0)
+        foldable = np.repeat(np.stack([np.ones(r.in_ids.size, bool) if r.foldable is None
+                                       else r.foldable for r in readers]), per_group, axis=0)
+        self.computed[node.outputs[0]] = ComputedRows(
+            rows, out.ids, columns, np.concatenate([r.nz for r in readers]), foldable,
+            np.asarray(bounded, bool), site, fold, kernel, itemsize, has_bias, plane)
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._edges:
@@ -486,6 +538,7 @@ def walk_graph(model: ir.Model,
             # after an op without a rule
             for value in node.outputs:
                 walk.infos.pop(value, None)
+                walk.computed.pop(value, None)
             own = False  # the rule may not have marked what its constants make
         walk.show_planes()
         _name_shape_origin(node, walk, walk.pins[pins_before:])

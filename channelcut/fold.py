@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from channelcut.solve import Options
 
 _CONV_GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 def folded_inputs(rw: Rewrite, value: ir.Value, deleted: np.ndarray
@@ -39,23 +40,33 @@ def folded_inputs(rw: Rewrite, value: ir.Value, deleted: np.ndarray
 
 
 def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
-                   padded: bool, deleted_in: np.ndarray, deleted_out: np.ndarray) -> None:
+                   padded: bool, deleted_in: np.ndarray, deleted_out: np.ndarray,
+                   constant_rows: np.ndarray = _NO_ROWS, bias: np.ndarray | None = None) -> None:
     """out[o] += sum_c v_c * (W[o, c] applied to a plane of ones): into the bias when no
     padding reaches the input, else as a border map Conv(ones, U) added to the output. Where
-    the input's constant channels are maps (v_c times the input's plane P), Conv(P, U)."""
+    the input's constant channels are maps (v_c times the input's plane P), Conv(P, U).
+
+    `constant_rows`: output positions the conv no longer computes (the decision's: each is
+    its bias `bias[o]` there), put back at the border map's Add (after the conv when there is
+    no map to add)."""
     positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
-    if positions.size == 0:
-        return
-    cout, cin_g = weights.shape[:2]
-    in_group = (np.arange(cout) // (cout // groups))[:, None] == (positions // cin_g)[None, :]
-    coeff = np.where(in_group, values[None, :], 0.0)
-    read = weights[:, positions % cin_g].astype(np.float64)
-    # rows of other groups do not read these channels: their weights must not count, not even
-    # as NaN * 0
-    read = np.where(in_group.reshape(in_group.shape + (1,) * (read.ndim - 2)), read, 0.0)
-    folded = np.einsum("of...,of->o...", read, coeff)
-    folded = np.delete(folded, deleted_out, axis=0)
-    if not folded.any():  # only rows that read the channels with zero weights are left
+    folded = np.zeros(0)
+    if positions.size:
+        cout, cin_g = weights.shape[:2]
+        in_group = (np.arange(cout) // (cout // groups))[:, None] == \
+            (positions // cin_g)[None, :]
+        coeff = np.where(in_group, values[None, :], 0.0)
+        read = weights[:, positions % cin_g].astype(np.float64)
+        # rows of other groups do not read these channels: their weights must not count, not
+        # even as NaN * 0
+        read = np.where(in_group.reshape(in_group.shape + (1,) * (read.ndim - 2)), read, 0.0)
+        folded = np.delete(np.einsum("of...,of->o...", read, coeff), deleted_out, axis=0)
+    constants = np.zeros(weights.shape[0]) if bias is None else \
+        np.broadcast_to(bias.reshape(-1).astype(np.float64), weights.shape[:1])
+    if not folded.any():  # no channel folded, or only into rows that read it with zero weights
+        if constant_rows.size:
+            _rows_after_conv(node, rw, np.union1d(deleted_out, constant_rows), constant_rows,
+                             constants)
         return
     plane = rw.info(node.inputs[0]).plane
     if not padded and plane is None:
@@ -70,12 +81,9 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
     else:  # the folded channels are constants times this map
         ones = rw.new_const(f"{stem}_plane", plane[None, None].astype(weights.dtype))
     border_weights = folded[:, None].astype(weights.dtype)
-    raw_rows, border_rows = (_constant_rows(node, rw, border_weights, deleted_in, deleted_out)
-                             if groups == 1 else (_NO_ROWS, _NO_ROWS))
-    bias = rw.const(input_at(node, 2))  # of the kept rows: the raw rows' constants
-    if raw_rows.size:  # the conv computes without them: the reinsertion adds their bias
-        rw.set_const(node, 1, np.delete(rw.const(node.inputs[1]), raw_rows, axis=0))
-        _delete_bias_rows(node, rw, raw_rows)
+    kept_out = np.flatnonzero(kept_mask(weights.shape[0], deleted_out))
+    raw_rows = np.searchsorted(kept_out, constant_rows)  # among the rows the output keeps
+    border_rows = _zero_border_rows(node, rw, border_weights, deleted_out)
     kernel = rw.new_const(f"{stem}_border", np.delete(border_weights, border_rows, axis=0))
     geometry = {k: node.attributes[k] for k in _CONV_GEOMETRY if k in node.attributes}
     border = rw.add_node(node, "Conv", [ones, kernel], geometry)
@@ -83,71 +91,57 @@ def fold_into_conv(node: ir.Node, rw: Rewrite, weights: np.ndarray, groups: int,
     border.shape, border.type = raw.shape, raw.type  # as rules see shapes: before the cut
     out = rw.append_after(raw, "Add", [border])
     if raw_rows.size or border_rows.size:
-        _reinsert_constant_rows(rw, out, raw, border, raw_rows, border_rows, bias,
-                                border_weights.shape[0])
+        _reinsert_constant_rows(rw, out, raw, border, raw_rows, border_rows,
+                                constants[kept_out], border_weights.shape[0])
 
 
-_NO_ROWS = np.zeros(0, np.int64)
+def _rows_after_conv(node: ir.Node, rw: Rewrite, computed_out: np.ndarray,
+                     constant_rows: np.ndarray, constants: np.ndarray) -> None:
+    """The conv computes without the output positions `computed_out`: put those at
+    `constant_rows` back after it, each its constant (the decision's rows whose border map
+    came to nothing: the folded terms cancel)."""
+    def after(op_type: str, tail: ir.Value, inputs: list[ir.Value],
+              attributes: dict[str, object] | None = None) -> ir.Value:
+        return rw.append_after(tail, op_type, inputs, attributes)
+
+    _reinsertion(rw, f"{node.name or 'conv'}_out", node.outputs[0], computed_out, constant_rows,
+                 after, _row_info(constants.size, constants))
 
 
-def _constant_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
-                   deleted_in: np.ndarray, deleted_out: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Of the kept rows of a conv written as raw + border (one conv group): those whose raw
-    part is its bias (every kept weight zero, or reading a zero channel) and those whose
-    border part is zero, to be computed without and put back in the Add as constants, each
-    side where that pays under the objective. A cut of the cut model would see them as
-    constant operand channels of that Add and take them: the first cut must (the fixed
-    point). The costs are those that cut would count: the rows' weights and FLOPs against a
-    reinsertion per operand; a tensor keeps at least one channel (its first)."""
+def _zero_border_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
+                      deleted_out: np.ndarray) -> np.ndarray:
+    """Of the kept rows of a border map, those that are zero (they read no folded constant),
+    to be left out of it and put back in the Add as zeros where that pays under the
+    objective. A cut of the cut model would see them as zero operand channels of that Add and
+    take them: the first cut must (the fixed point). The costs are those that cut would count:
+    the rows' kernels and FLOPs against a reinsertion; a tensor keeps at least one channel
+    (its first)."""
     from channelcut.solve import SiteUse, pays  # the decision's cost model
 
-    options, x = rw.analysis.options, node.inputs[0]
-    if not options.allows(Site(node, "reinsert", Cost(nodes=3))):
-        return _NO_ROWS, _NO_ROWS
-    weights = rw.const(node.inputs[1])  # the kept rows and columns
-    bias = rw.const(input_at(node, 2))
-    shape, info = rw.shape(node.outputs[0]), rw.info(x)
-    if shape is None or info is None:
-        return _NO_ROWS, _NO_ROWS
-    rows, cin = weights.shape[:2]
-    flat = weights.reshape(rows, cin, -1)
-    zero_in = info.by_position(info.zero)[kept_mask(info.size, deleted_in)]
-    with np.errstate(invalid="ignore"):
-        constant = ((flat == 0) | (zero_in[None, :, None] & np.isfinite(flat))).all(axis=(1, 2))
-    if bias is not None:
-        constant &= np.isfinite(bias.reshape(-1)) if bias.size == rows else False
-    # 0 * NaN is NaN: a row that NaN or Inf may reach (from its weights or its inputs) is none
-    out = rw.info(node.outputs[0])
-    constant &= np.delete(out.finite, deleted_out) if out is not None else False
-    raw_rows = _kept_aligned(np.flatnonzero(constant), rows, options)
-    border_rows = _kept_aligned(
+    options = rw.analysis.options
+    shape = rw.shape(node.outputs[0])
+    if shape is None or not options.allows(Site(node, "reinsert", Cost(nodes=3))):
+        return _NO_ROWS
+    rows = border_weights.shape[0]
+    gone = _kept_aligned(
         np.flatnonzero(~(border_weights.reshape(rows, -1) != 0).any(axis=1)), rows, options)
-    # per row: the weights and FLOPs it carries (2 per multiply-add over the output plane)
-    plane, spatial = math.prod(shape) / shape[1], math.prod(shape[2:])  # the border: batch 1
-    kernel = flat.shape[2]
-    cut = int(deleted_out.size)
-    size = weights.dtype.itemsize
+    if gone.size == 0:
+        return _NO_ROWS
+    spatial = math.prod(shape[2:])  # the border map: batch 1
+    kernel = math.prod(border_weights.shape[2:])
     # the Gather order and the constants per kept channel, the Pad amounts (as the Add's)
     elements = float(math.prod(shape))
     reinsertion = Site(node, "reinsert", Cost(weight_bytes=12.0 * shape[1] + 16 * len(shape),
                                               flops=elements, moved=2 * elements, nodes=3),
                        per_position=12, positions=shape[1])
-    added = options.cost(reinsertion, cut)
-    chosen = []
-    for gone, per_row in ((raw_rows, Cost(weight_bytes=(cin * kernel + (bias is not None)) * size,
-                                          flops=2 * plane * cin * kernel)),
-                          (border_rows, Cost(weight_bytes=kernel * size,
-                                             flops=2 * spatial * kernel))):
-        saved = Cost(weight_bytes=per_row.weight_bytes * gone.size,
-                     flops=per_row.flops * gone.size)
-        if gone.size and pays(saved, added, options.objective, options):
-            rw.analysis.sites.append(SiteUse(node.name or "", "Add", "reinsert",
-                                             int(gone.size), added, saved))
-            chosen.append(gone)
-        else:
-            chosen.append(_NO_ROWS)
-    return chosen[0], chosen[1]
+    added = options.cost(reinsertion, int(deleted_out.size))
+    saved = Cost(weight_bytes=kernel * border_weights.dtype.itemsize * gone.size,
+                 flops=2 * spatial * kernel * gone.size)
+    if not pays(saved, added, options.objective, options):
+        return _NO_ROWS
+    rw.analysis.sites.append(SiteUse(node.name or "", "Add", "reinsert", int(gone.size), added,
+                                     saved))
+    return gone
 
 
 def _kept_aligned(gone: np.ndarray, rows: int, options: Options) -> np.ndarray:
@@ -161,12 +155,6 @@ def _kept_aligned(gone: np.ndarray, rows: int, options: Options) -> np.ndarray:
     if align > 1 and (not readers or "Add" in readers):
         gone = gone[-(rows - gone.size) % align:]
     return gone
-
-
-def _delete_bias_rows(node: ir.Node, rw: Rewrite, rows: np.ndarray) -> None:
-    bias = rw.const(input_at(node, 2))
-    if bias is not None and bias.size > 1:
-        rw.set_const(node, 2, np.delete(bias.reshape(-1), rows))
 
 
 def _reinsert_constant_rows(rw: Rewrite, out: ir.Value, raw: ir.Value, border: ir.Value,

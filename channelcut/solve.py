@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 import onnx_ir as ir
 
-from channelcut.analysis import (Cost, GroupedConv, Link, Pin, Reader, Site, Walk,
-                                 connected_components)
+from channelcut.analysis import (ComputedRows, Cost, GroupedConv, Link, Pin, Reader, Site,
+                                 Walk, connected_components)
 from channelcut.channels import ChannelInfo
 from channelcut.graph import static_shape
 
@@ -113,6 +113,8 @@ class Analysis:
     sites: list[SiteUse] = field(default_factory=list)
     unsupported: dict[str, list[str]] = field(default_factory=dict)
     consts: dict[ir.Value, np.ndarray | None] = field(default_factory=dict)  # converted once
+    # a conv's computed rows by its output (ComputedRows.rows), where they have their own fate
+    computed: dict[ir.Value, ChannelInfo] = field(default_factory=dict)
     _deleted: dict[ir.Value, np.ndarray] = field(default_factory=dict, repr=False)
 
     def removed(self, value: ir.Value) -> np.ndarray:
@@ -133,9 +135,24 @@ class Analysis:
                 else _NOTHING
         return self._deleted[value]
 
+    def computed_without(self, value: ir.Value) -> np.ndarray:
+        """Sorted positions of `value` that the cut keeps but its producer no longer computes
+        (a conv's rows that are then their bias, put back as constants)."""
+        rows = self.computed.get(value)
+        if rows is None:
+            return _NOTHING
+        return np.flatnonzero(self.removable[self.group_of[rows.ids]] & ~self.removed(value))
+
     @property
     def removed_groups(self) -> int:
-        return int(self.removable.sum())
+        """Removed channel groups; a computed row that goes with its output channel is part of
+        that channel's removal, not one more."""
+        removed = self.removable.copy()
+        for value, rows in self.computed.items():
+            out = self.infos[value].ids
+            along = (self.group_of[rows.ids] != self.group_of[out]) & self.removed(value)
+            removed[self.group_of[rows.ids[along]]] = False
+        return int(removed.sum())
 
 
 def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,17 +217,34 @@ class _Solver:
         self.links = [k for k in walk.links
                       if options.fold and k.site is not None and id(k.site) in allowed]
         constrained = {id(k) for k in self.links}
+        # a conv's computed rows have a fate of their own only where their fold and their
+        # reinsertion may both be written (a carrier fold adds no Add to put them back at)
+        self.computed = [c for c in walk.computed.values()
+                         if options.fold and options.border_form != "carrier"
+                         and id(c.site) in allowed and id(c.fold) in allowed]
+        self.free = free = {id(c) for c in self.computed}
+        self.grouped = [replace(g, rows=g.computed.rows.ids[g.rows - g.rows.flat[0]])
+                        if g.computed is not None and id(g.computed) in free else g
+                        for g in walk.grouped]
         a, b = walk.edges()
-        coupled = [k for k in walk.links if id(k) not in constrained]
+        coupled = [(k.operand_ids, k.out_ids) for k in walk.links if id(k) not in constrained]
+        coupled += [(c.rows.ids, c.out_ids) for c in walk.computed.values() if id(c) not in free]
         if coupled:
-            a = np.concatenate([a, *[k.operand_ids for k in coupled]])
-            b = np.concatenate([b, *[k.out_ids for k in coupled]])
+            a = np.concatenate([a, *[x for x, _ in coupled]])
+            b = np.concatenate([b, *[y for _, y in coupled]])
         self.group_of = connected_components(walk.n_nodes, a, b)
         n_groups = int(self.group_of.max()) + 1 if walk.n_nodes else 0
         self.removable = np.ones(n_groups, dtype=bool)
         for pin in walk.pins:
             self.removable[self.group_of[pin.ids]] = False
         self.trims: list[Pin] = []
+        # every tensor, with a conv's free computed rows just before its output (None: what
+        # the fold's Add reads): each keeps a channel, and aligns
+        self.tensors: list[tuple[ChannelInfo, ir.Value | None]] = []
+        for value, info in walk.infos.items():
+            if id(walk.computed.get(value)) in free:
+                self.tensors.append((walk.computed[value].rows, None))
+            self.tensors.append((info, value))
 
     def folds(self, reader: Reader) -> bool:
         return self.options.fold and reader.site is not None and id(reader.site) in self.allowed
@@ -255,13 +289,13 @@ class _Solver:
             self._settle(checks, watchers, pending)
             removed = self.removable[self.group_of]
             # the last emptied tensor first: the channel it keeps may make upstream ones needed
-            emptied = next((info for info in reversed(self.walk.infos.values())
+            emptied = next((info for info, _ in reversed(self.tensors)
                             if info.n and removed[info.base:info.base + info.n].all()), None)
             if emptied is None:
-                carriers = self._carriers()
-                if carriers.size == 0:
+                kept = np.concatenate([self._carriers(), self._unwritten_rows()])
+                if kept.size == 0:
                     break
-                pending = watchers(self.drop(carriers))
+                pending = watchers(self.drop(kept))
                 continue
             pending = watchers(self.drop(self.group_of[[self._cheapest_to_keep(emptied)]]))
         if self.options.align > 1 or self.options.blocks:
@@ -283,14 +317,67 @@ class _Solver:
                 keep.append(self.group_of[reader.in_ids[np.flatnonzero(folded)[0]]])
         return np.unique(np.array(keep, np.int64))
 
+    def _unwritten_rows(self) -> np.ndarray:
+        """Groups of computed rows to keep because no border map would be added to the conv's
+        output (no kept output row reads a folded channel): there is no Add to put them back
+        at, and a cut of the cut model would see no such rows either."""
+        keep = [self.group_of[c.rows.ids[self._taken(c)]] for c in self.computed
+                if self._taken(c).any() and not self._border_written(c)]
+        return np.concatenate(keep) if keep else np.zeros(0, np.int64)
+
+    def _taken(self, rows: ComputedRows) -> np.ndarray:
+        """Per row: does the conv compute without it while the output keeps it?"""
+        return self.removed(rows.rows.ids) & ~self.removed(rows.out_ids)
+
+    def _border_written(self, rows: ComputedRows) -> bool:
+        """Does a kept output row read a folded channel (a non-zero constant that goes)?"""
+        ids = rows.columns
+        folded = self.removed(ids) & self.known_map[ids] & ~self.zero[ids]
+        return bool((rows.nz & folded)[~self.removed(rows.out_ids)].any())
+
+    def _constant_rows(self, rows: ComputedRows) -> np.ndarray:
+        """Per row: is it its bias in the conv as cut (every column it reads with a non-zero
+        weight, or whatever its weight when NaN may be there, is zero or folded away)?"""
+        ids = rows.columns
+        folded = self.removed(ids) & self.known_map[ids] & rows.foldable
+        return rows.bounded & ~(rows.nz & ~(self.zero[ids] | folded)).any(axis=1)
+
+    def _check_computed(self, rows: ComputedRows) -> np.ndarray:
+        """A row goes from the conv when its output channel goes; it may go alone (put back
+        as a constant) only while it is its bias."""
+        computed_gone, out_gone = self.removed(rows.rows.ids), self.removed(rows.out_ids)
+        taken = computed_gone & ~out_gone
+        return self.drop(np.concatenate([
+            self.group_of[rows.out_ids[out_gone & ~computed_gone]],
+            self.group_of[rows.rows.ids[taken & ~self._constant_rows(rows)]]]))
+
+    def row_savings(self) -> dict[int, Cost]:
+        """Per reinsertion site of computed rows in use: what the conv saves by computing
+        without them, as a cut of the cut model would count it: each row's weights over the
+        inputs a conv group keeps (every group that computes a row keeps as many; a group
+        dropped whole would keep as many without the reinsertion), its bias and its FLOPs."""
+        savings: dict[int, Cost] = {}
+        for rows in self.computed:
+            taken = self._taken(rows)
+            if not taken.any():
+                continue
+            kept = float((~self.removed(rows.columns)).sum(axis=1).max())
+            n = float(taken.sum())
+            savings[id(rows.site)] = Cost(
+                weight_bytes=n * (kept * rows.kernel + rows.has_bias) * rows.itemsize,
+                flops=n * 2.0 * rows.plane * kept * rows.kernel)
+        return savings
+
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
         that keeps outputs anyway, or writes in one that keeps inputs anyway (keeping it there
         keeps no other conv group alive), else its first channel."""
-        for conv in self.walk.grouped:
+        for conv, written in zip(self.grouped, self.walk.grouped):
             if conv.columns is None:
                 continue
-            for ids, other in ((conv.columns, conv.rows), (conv.rows, conv.columns)):
+            # (the output channels of computed rows, whose conv groups keep inputs likewise)
+            for ids, other in ((conv.columns, conv.rows), (conv.rows, conv.columns),
+                               (written.rows, conv.columns)):
                 alive = ~self.removed(other).all(axis=1)
                 free = ids[alive].ravel()
                 free = free[(free >= info.base) & (free < info.base + info.n)]
@@ -306,11 +393,11 @@ class _Solver:
         blocks, readers, changed = self.options.blocks, self.options.align_readers, True
         while changed:
             changed = False
-            for value, info in self.walk.infos.items():
+            for info, value in self.tensors:
                 align = self.options.align if not blocks else \
                     next((b for b in blocks if info.n % b == 0), 1)
                 if info.block != 1 or info.span != 1 or align == 1 or (
-                        readers and not any(u.node.op_type in readers for u in value.uses())):
+                        readers and not _read_by(value) & readers):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -333,11 +420,14 @@ class _Solver:
         checks = [(partial(self._check_reader, r), r.row_ids) for r in reversed(self.walk.readers)]
         checks += [(partial(self._check_link, k), np.concatenate([k.out_ids, k.operand_ids]))
                    for k in self.links]
+        checks += [(partial(self._check_computed, c),
+                    np.unique(np.concatenate([c.rows.ids, c.out_ids, c.columns.ravel()])))
+                   for c in self.computed]
         self._first_grouped = len(checks)
         checks += [(partial(self._check_grouped, c),
                     c.rows.ravel() if c.columns is None else
                     np.concatenate([c.rows.ravel(), c.columns.ravel()]))
-                   for c in self.walk.grouped]
+                   for c in self.grouped]
         return checks
 
     def _watchers(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]]
@@ -399,7 +489,7 @@ class _Solver:
         drops whole (all its inputs and outputs cut)? Its group may hold channels of several
         grouped convs (a conv's outputs are the next one's inputs)."""
         dead = []
-        for conv in self.walk.grouped:
+        for conv in self.grouped:
             if conv.columns is None:
                 continue
             whole = self.removed(conv.rows).all(axis=1) & self.removed(conv.columns).all(axis=1)
@@ -436,7 +526,16 @@ class _Solver:
             taken = removed[link.operand_ids] & ~removed[link.out_ids]
             if taken.any():
                 used.setdefault(id(link.site), []).append(self.group_of[link.operand_ids[taken]])
+        for rows in self.computed:
+            taken = self._taken(rows)
+            if taken.any():
+                used.setdefault(id(rows.site), []).append(self.group_of[rows.rows.ids[taken]])
         return {key: np.unique(np.concatenate(parts)) for key, parts in used.items()}
+
+
+def _read_by(value: ir.Value | None) -> set[str]:
+    """The op types that read a tensor (None: a conv's computed rows, which its Add reads)."""
+    return {"Add"} if value is None else {use.node.op_type for use in value.uses()}
 
 
 def _metric(cost: Cost, objective: str, options: Options = Options()) -> float:
@@ -484,11 +583,13 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
         uses: list[SiteUse] = []
         refused = set()
         used = solver.site_groups()
+        rows_saved = solver.row_savings()  # computed rows carry no charges of their own
         margins: dict[int, float] = {}
         for key, groups in used.items():
             site = sites[key]
-            saved = Cost(weight_bytes=float(group_bytes[groups].sum()),
-                         flops=float(group_flops[groups].sum()))
+            extra = rows_saved.get(key, Cost())
+            saved = Cost(weight_bytes=float(group_bytes[groups].sum()) + extra.weight_bytes,
+                         flops=float(group_flops[groups].sum()) + extra.flops)
             cost = options.cost(site, solver.cut_positions(site))
             if not pays(saved, cost, options.objective, options):
                 refused.add(key)
@@ -500,8 +601,10 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
                                 int(groups.size), cost, saved))
         if not refused and used:
             freed = np.unique(np.concatenate(list(used.values())))
-            together = Cost(weight_bytes=float(group_bytes[freed].sum()),
-                            flops=float(group_flops[freed].sum()))
+            together = Cost(
+                weight_bytes=float(group_bytes[freed].sum())
+                + sum(c.weight_bytes for c in rows_saved.values()),
+                flops=float(group_flops[freed].sum()) + sum(c.flops for c in rows_saved.values()))
             added = Cost(*(sum(getattr(options.cost(sites[k], solver.cut_positions(sites[k])), f)
                                for k in used)
                            for f in ("weight_bytes", "flops", "moved", "nodes")))
@@ -511,8 +614,10 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
             break
         allowed -= refused
     blockers = _blockers(walk, solver)
+    computed = {value: rows.rows for value, rows in walk.computed.items()
+                if id(rows) in solver.free}
     return Analysis(walk.model, walk.infos, solver.group_of, solver.removable, options,
-                    blockers, uses, walk.unsupported, walk.consts)
+                    blockers, uses, walk.unsupported, walk.consts, computed)
 
 
 def _writable(walk: Walk, site: Site, options: Options) -> bool:
@@ -536,6 +641,8 @@ def _all_sites(walk: Walk) -> list[Site]:
     for link in walk.links:
         if link.site is not None:
             found[id(link.site)] = link.site
+    for rows in walk.computed.values():
+        found[id(rows.site)] = rows.site
     return list(found.values())
 
 

@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 import channelcut
-from builders import (assert_cut, bias, const_input, conv, gemm, initializer, model, node, rand,
-                      random_feeds, relu, run, weights)
+from builders import (assert_cut, attribute, bias, const_input, conv, gemm, initializer, model,
+                      node, rand, random_feeds, relu, run, weights)
 
 POSITIVE = {1: 0.7, 4: 0.3}  # zero-weight rows with these biases are constants after Relu
 
@@ -353,3 +353,64 @@ def test_an_averaged_constant_read_by_an_op_without_plane_rules_stays(between):
     m = producer_then(nodes, {"w2": weights(16, 6, 1, 1, seed=3), "b2": bias(16, seed=3)},
                       size=4)
     assert_cut(m, {}, mode="full")
+
+
+def grouped_reader_of_constants():
+    """x -> Conv 1 -> 6 (3x3, padded): rows 0 and 5 the constant 0.75, rows 1-3 zero, row 4
+    live -> Conv 6 -> 4 in 2 groups (3x3, padded) -> y. Group 0 reads channels 0-2: its row 0
+    has zero weights, its row 1 reads only the constant 0 and the zero 1 and 2; group 1's
+    row 2 has zero weights, its row 3 reads the constant 5 and the live 4."""
+    w0 = np.zeros((6, 1, 3, 3), np.float32)
+    w0[4] = weights(1, 1, 3, 3, seed=1)[0]
+    w1 = weights(4, 3, 3, 3, seed=2)
+    w1[[0, 2]] = 0.0
+    inits = {"w0": w0, "b0": np.array([0.75, 0, 0, 0, -0.03, 0.75], np.float32),
+             "w1": w1, "b1": bias(4, seed=2)}
+    return model([conv("x", "w0", "c0", "b0", pads=1), conv("c0", "w1", "y", "b1", pads=1,
+                                                            group=2)],
+                 {"x": [1, 1, 4, 8]}, ["y"], inits)
+
+
+@pytest.mark.parametrize("objective", ["flops", "params"])
+def test_border_fold_into_a_grouped_conv_drops_a_conv_group_left_with_its_bias(objective):
+    """The constants 0 and 5 fold into a border map; conv group 0 then computes only its bias
+    (rows 0 and 1 read nothing else that stays), and so does row 2. The conv computes row 3
+    alone (one group, one input: conv group 0 no longer keeps the zero channel 1 for its
+    inputs), and the Add gets the three biases back. A first cut that kept conv group 0 (a
+    grouped conv keeps as many inputs per group) left a second cut 4 groups to take."""
+    m = grouped_reader_of_constants()
+    result = assert_cut(m, {"conv_c0": (1, 1), "conv_y": (1, 4)}, mode="full",
+                        objective=objective)
+    assert const_input(result.model, "conv_y").shape == (1, 1, 3, 3)
+    assert attribute(result.model, "conv_y", "group") == 1
+    assert [(s.kind, s.groups) for s in result.report.sites] == [("border fold", 2),
+                                                                 ("reinsert", 3)]
+    again = channelcut.cut(result.model, objective=objective)
+    assert (again.report.removed_groups, again.report.removed_channels) == (0, 0)
+
+
+def test_border_fold_into_a_grouped_conv_keeps_its_rows_in_zero_only_mode():
+    """Zero-only: nothing folds and every row stays with its output; of the zero channels 1-3
+    each conv group loses as many as the other can (one)."""
+    m = grouped_reader_of_constants()
+    result = assert_cut(m, {"conv_c0": (1, 4), "conv_y": (4, 4)}, mode="zero")
+    assert channelcut.cut(result.model, fold=False).report.removed_groups == 0
+
+
+def test_rows_left_with_their_bias_come_back_after_the_conv_when_the_border_map_cancels():
+    """Row 0 of the padded reader reads the constant channels 0 and 1 (both 1.0) with
+    opposite kernels: their border map is zero, so no Add is written. Rows 1-7 have zero
+    weights: the conv computes row 0 alone and the seven biases come back after it."""
+    w0 = np.zeros((3, 1, 3, 3), np.float32)
+    w0[2] = weights(1, 1, 3, 3, seed=1)[0]
+    w1 = np.zeros((8, 3, 3, 3), np.float32)
+    kernel = weights(1, 1, 3, 3, seed=4)[0, 0]
+    w1[0, 0], w1[0, 1], w1[0, 2] = kernel, -kernel, weights(1, 1, 3, 3, seed=5)[0, 0]
+    m = model([conv("x", "w0", "c0", "b0", pads=1), conv("c0", "w1", "y", "b1", pads=1)],
+              {"x": [1, 1, 4, 8]}, ["y"],
+              {"w0": w0, "b0": np.array([1.0, 1.0, 0.2], np.float32), "w1": w1,
+               "b1": bias(8, seed=2)})
+    result = assert_cut(m, {"conv_c0": (1, 1), "conv_y": (1, 8)}, mode="full")
+    assert const_input(result.model, "conv_y").shape == (1, 1, 3, 3)
+    assert ops(result.model) == ["Conv", "Conv", "Pad", "Gather", "Add"]
+    assert channelcut.cut(result.model).report.removed_groups == 0

@@ -212,6 +212,45 @@ def test_div_of_a_constant_channel_is_kept():
     assert_cut(m, {})
 
 
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_division_by_a_zero_channel_is_nonfinite_whatever_the_dividend(mode):
+    """m = h / z with z a computed zero (a conv with zero weights): every channel of m is
+    +-Inf or NaN, so the next conv's rows, with zero weights and a bias (0 for rows 0-2),
+    are NaN, not their bias: nothing goes. Only a known dividend's quotient was marked, so a
+    full cut folded those rows into conv_y's bias (finite outputs where the original's are
+    NaN) and a zero-only cut dropped rows 0-2."""
+    m = model([conv("x", "w1", "h", "b1"), conv("x", "wz", "z"), node("Div", ["h", "z"], ["m"]),
+               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"w1": weights(C, 4, 1, 1), "b1": bias(C),
+                     "wz": np.zeros((1, 4, 1, 1), np.float32),
+                     "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    result = assert_cut(m, {}, mode=mode)
+    assert np.isnan(run(result.model, random_feeds(m))["y"]).all()
+
+
+def test_zero_divisor_channels_stay_with_the_nan_they_make():
+    """m = h / d with d's channels 2 and 5 zero (zero rows of a 3x3 conv): m is NaN or +-Inf
+    there, so conv_k's rows (zero weights, a bias) are NaN, not their bias. conv_k reads the
+    other 6 channels of m with zero weights: they go. d keeps its zero channels: taken and
+    put back at the Div as zeros (the conv saves 2 rows of 36 weights), they are an unknown
+    operand to a cut of the cut model, which assumes a computed divisor is not zero and took
+    conv_k's rows for their biases."""
+    m = model([conv("x", "w1", "h", "b1"), conv("x", "wd", "d", "bd", pads=1),
+               node("Div", ["h", "d"], ["m"]), conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"w1": weights(C, 4, 1, 1), "b1": bias(C),
+                     "wd": weights(C, 4, 3, 3, zero_rows=[2, 5], seed=3),
+                     "bd": per_channel({2: 0.0, 5: 0.0}, 0.5, (C,)),
+                     "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    result = assert_cut(m, {"conv_h": (4, 2), "conv_d": (4, 2), "conv_k": (2, 6)}, mode="full")
+    assert cut(result.model, "full").report.removed_groups == 0
+
+
 @pytest.mark.parametrize("op, const, bias, cut", [
     ("Max", 0.0, -1.0, True),  # Max(-1, 0) = 0
     ("Max", 0.0, 1.0, False),

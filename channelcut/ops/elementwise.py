@@ -192,7 +192,7 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     axis = out.axis
     values: list[Values] = []
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
-    linked: set[ir.Value] = set()
+    linked: dict[ir.Value, tuple[np.ndarray, Site | None]] = {}
     nonfinite = np.zeros(out.n, bool)  # channels a constant operand makes NaN or Inf
     for index, value in enumerate(operands):
         shape = walk.dims(value)
@@ -203,17 +203,18 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             if owner is not None and value not in linked:
                 # coupled, or in the full cut a constant can be reinserted (once per tensor,
                 # however many operands it is)
-                walk.link(info.ids[owner], out.ids,
-                          _reinsert_site(node, walk, out, walk.shape(out_value)))
-                linked.add(value)
+                linked[value] = (info.ids[owner],
+                                 _reinsert_site(node, walk, out, walk.shape(out_value)))
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
+            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1])
             continue
         if info is not None and info.axis == ax and shape[ax] == 1:
             # one channel broadcast over all of the output's: it stays (a tensor keeps at
             # least one channel), and its value is every output channel's operand value
             walk.pin(info, node, "a channel broadcast over all channels")
             values.append((np.full(out.n, info.known[0]), np.full(out.n, info.const[0])))
+            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1])
             continue
         if info is not None:
             walk.pin(info, node, "operand channels lie on another axis")
@@ -232,6 +233,14 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
                 nonfinite |= _makes_nonfinite(node.op_type, index, array.reshape(-1), 0, None)
     out.set_values(*BROADCAST[node.op_type](values))
     out.mark_nonfinite(nonfinite)
+    # An operand channel stays with an output channel its value may make NaN or Inf (x / 0):
+    # put back by a reinsertion, it would be an unknown channel to a cut of the cut model,
+    # which assumes a computed divisor is not zero, and that cut would take what this one kept.
+    for operand_ids, site in linked.values():
+        finite = out.finite
+        walk.link(operand_ids[finite], out.ids[finite], site)
+        if not finite.all():
+            walk.couple(operand_ids[~finite], out.ids[~finite])
 
 
 def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
@@ -252,6 +261,19 @@ def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
     if per_position.size == 1:
         return np.full(out.n, bool(per_position[0]))
     return per_position[out.positions].any(axis=1)
+
+
+def _known_makes_nonfinite(op_type: str, index: int, known: np.ndarray, const: np.ndarray
+                           ) -> np.ndarray:
+    """Per output channel: does this operand's known channel value make NaN or Inf whatever
+    the others hold, as a constant operand would (see `_makes_nonfinite`)? x / 0 is +-Inf or
+    NaN for every x: a divisor channel that is known zero (all-zero weights) is one."""
+    bad = np.zeros(known.shape, dtype=bool)
+    if index == 1 and op_type == "Div":
+        bad = known & (const == 0)
+    elif index == 1 and op_type == "Pow":
+        bad = known & ((const < 0) | (const != np.round(const)))
+    return bad
 
 
 def _output_channels(node: ir.Node, walk: Walk, tracked: list[ir.Value],

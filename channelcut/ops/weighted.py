@@ -191,6 +191,10 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
             walk.reader_ids(columns[k], rows[k], nz_g[k], site,
                             None if foldable is None else foldable[k],
                             None if nonfinite is None else nonfinite[k])
+        if site is not None and site.kind == "border fold":
+            walk.computed_rows(node, walk.readers[-groups:], ~bad_rows,
+                               _reinsert_rows_site(node, walk, cout), site, kernel, size,
+                               b is not None)
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
     out.set_values(*_row_values(nz_g, flat.reshape(groups, cout_g, cin_g, -1),
@@ -222,6 +226,17 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
                 per_position=kernel * itemsize, positions=cout)
 
 
+def _reinsert_rows_site(node: ir.Node, walk: Walk, cout: int) -> Site:
+    """Putting rows the conv computes without back as constants at the border fold's Add:
+    Pad, Gather and Add of the constants (the Gather order and a constant per channel the
+    output keeps, the Pad amounts), as a reinsertion at that Add costs."""
+    shape = walk.shape(node.outputs[0])  # static: the border fold needs it
+    elements = float(math.prod(shape))
+    return Site(node, "reinsert", Cost(weight_bytes=12.0 * cout + 16 * len(shape),
+                                       flops=elements, moved=2 * elements, nodes=3),
+                per_position=12, positions=cout)
+
+
 def _added_output(weight_bytes: float, out_shape: tuple[int, ...]) -> Cost:
     """An Add of a constant over the whole output: one op, one FLOP and one element moved per
     output element, and these weight bytes."""
@@ -240,28 +255,34 @@ def _depthwise_values(nz: np.ndarray, wsum: np.ndarray, in_known: np.ndarray,
 
 
 def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
-    """Drop weight rows of cut outputs and columns of cut inputs (per group); fix `group`."""
+    """Drop weight rows of cut outputs and columns of cut inputs (per group); fix `group`.
+    Rows the output keeps but the conv no longer computes (their bias) come back as
+    constants where the border map is added."""
     deleted_out, deleted_in = rw.deleted(node.outputs[0]), rw.deleted(node.inputs[0])
-    if deleted_out.size == 0 and deleted_in.size == 0:
+    constant_rows = rw.analysis.computed_without(node.outputs[0])
+    if deleted_out.size == 0 and deleted_in.size == 0 and constant_rows.size == 0:
         return
     original = rw.const(node.inputs[1])
+    original_bias = rw.const(input_at(node, 2))
     groups = attr_int(node, "group", 1)
     cout, cin_g = original.shape[:2]
+    computed_out = np.union1d(deleted_out, constant_rows)  # the rows the conv goes without
     if _depthwise(groups, cin_g, cout):  # one row per channel
         weights = delete_positions(original, {0: deleted_out})
         rw.set_attr_int(node, "group", groups - deleted_in.size)
     elif groups == 1:
-        weights = delete_positions(original, {0: deleted_out, 1: deleted_in})
+        weights = delete_positions(original, {0: computed_out, 1: deleted_in})
     else:
-        weights = _cut_groups(original, groups, deleted_out, deleted_in, node, rw)
+        weights = _cut_groups(original, groups, computed_out, deleted_in, node, rw)
     padded = _padded(node, original.shape[2:])
     carried = padded and groups == 1 and rw.analysis.options.border_form == "carrier"
     if carried:
         weights = fold_into_carrier(node, rw, original, weights, deleted_in, deleted_out)
     rw.set_const(node, 1, weights)
-    _rewrite_bias(node, rw, 2, deleted_out, axis=0)
+    _rewrite_bias(node, rw, 2, computed_out, axis=0)
     if not _depthwise(groups, cin_g, cout) and not carried:
-        fold_into_conv(node, rw, original, groups, padded, deleted_in, deleted_out)
+        fold_into_conv(node, rw, original, groups, padded, deleted_in, deleted_out,
+                       constant_rows, original_bias)
 
 
 def _cut_groups(weights: np.ndarray, groups: int, deleted_out: np.ndarray,
