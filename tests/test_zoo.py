@@ -100,7 +100,9 @@ class Case:
         return self.consistent_file()[1].report.removed_groups
 
 
-@pytest.fixture(scope="module", params=MODELS)
+# One xdist worker per model: its tests share the built model (the module-scoped fixture).
+@pytest.fixture(scope="module",
+                params=[pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in MODELS])
 def case(request) -> Case:
     if request.param in zoo.ULTRALYTICS:
         pytest.importorskip("ultralytics", reason=f"`{zoo.ULTRALYTICS_HINT}` to run it")
