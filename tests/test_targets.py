@@ -56,7 +56,7 @@ def two_layers(b_rows: int = 24):
     ("min-flops", 5, 5),  # no alignment
     ("rknn", 5, 5),  # no Concat reads them: the NPU's cycles step in blocks either way
     ("portable", 16, 8),  # 16 (a multiple of 8 too); 24 channels only to 8
-    ("ort-cpu", ORT_ALIGN, 8 if ORT_ALIGN == 8 else 5),
+    ("ort-cpu", ORT_ALIGN, 8 if ORT_ALIGN == 8 else 16),  # every tensor: MLAS pads 24 to 32
 ])
 def test_each_target_keeps_its_multiple_where_the_tensor_had_one(target, a, b):
     result = assert_cut(two_layers(), {"conv_a": (4, a), "conv_b": (a, b), "conv_y": (b, 6)},
@@ -91,6 +91,19 @@ def test_a_tensor_no_block_divides_may_lose_any_channel():
                mode="full", objective=None, target="portable")
     assert_cut(two_layers(20), {"conv_a": (4, 8), "conv_b": (8, 8), "conv_y": (8, 6)},
                mode="full", objective=None, target="portable", align=8)
+
+
+def test_ort_cpu_aligns_a_tensor_no_block_divides():
+    """MLAS pads 20 channels to 24 or 32 and runs them in its blocked layout; cut to 5, the conv
+    that reads them would take an NCHW input behind a reorder: ort-cpu keeps a multiple of its
+    block (8 or 16) in every tensor that loses channels, the zero-only cut too."""
+    m = two_layers(20)
+    assert_cut(m, {"conv_a": (4, ORT_ALIGN), "conv_b": (ORT_ALIGN, ORT_ALIGN),
+                   "conv_y": (ORT_ALIGN, 6)}, mode="full", objective=None, target="ort-cpu",
+               measure=fastest_is("cut"))
+    assert_cut(m, {"conv_a": (4, ORT_ALIGN), "conv_b": (ORT_ALIGN, ORT_ALIGN),
+                   "conv_y": (ORT_ALIGN, 6)}, mode="full", objective=None, target="ort-cpu",
+               measure=fastest_is("zero-only"))
 
 
 def test_zero_only_keeps_the_seed_table_and_reports_the_aligned_cut():
