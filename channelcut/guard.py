@@ -35,6 +35,15 @@ EXTEND = 4
 # it, a difference is within what the load leaves in the figures, and the simpler model wins.
 MARGIN = 0.02
 
+# The guard's "fewer added ops" candidate charges each element a reinsertion or border map
+# moves this many times the latency objective's MOVED_ELEMENT: what a copy costs depends on the
+# fusions it breaks around it. Measured (CPU time, alternated): naive resnet50, where each
+# reinsertion splits a conv+Add+Relu fusion, 35.9 ms against 41.0 ms with the default charge
+# (0.78 ns per element of the full tensor, ~80 FLOPs of conv work, not 41); naive
+# efficientnet_b0, whose reinsertions spare wide 1x1 convs, 8.0 ms against 8.4-8.6 ms the
+# other way. One constant cannot fit both, the guard can: it times both.
+FEWER_MOVES = 5.0
+
 # candidate name -> model, feeds -> candidate name -> seconds per run
 Measure = Callable[[dict[str, onnx.ModelProto], dict[str, np.ndarray]], dict[str, float]]
 Clock = Callable[[], float]

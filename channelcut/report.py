@@ -128,7 +128,8 @@ class Report:
     checks: list[OutputCheck] = field(default_factory=list)
     target: str = ""  # channelcut.targets name the cut was made for
     # the guard's ONNX Runtime CPU times (CPU seconds per run, lower quartile; channelcut.guard)
-    # by candidate, and which it kept: "cut", "no added ops", "zero-only" (aligned), "original"
+    # by candidate, and which it kept: "cut", "fewer added ops", "no added ops", "zero-only"
+    # (aligned) or "original"
     latencies: dict[str, float] = field(default_factory=dict)
     kept: str = ""
     aligned: AlignedGain | None = None

@@ -278,6 +278,29 @@ def test_guard_times_a_candidate_that_comes_out_the_same_once():
     assert measure.models["cut"] is result.model
 
 
+def residual_with_a_dead_half():
+    """x (64 channels) -> 3x3 conv a (32 rows, 16 zero) -> relu -> 3x3 conv b (16 rows
+    constant) -> Add x -> relu: conv b's 16 constant rows go only if the Add gets them back,
+    which saves 72 FLOPs per element of the 64x32x32 sum and moves 2 elements for each."""
+    inits = {"wa": weights(32, 64, 3, 3, zero_rows=range(16), seed=1),
+             "wb": weights(64, 32, 3, 3, zero_rows=range(16), seed=2),
+             "bb": bias(64, {r: 0.25 for r in range(16)}, seed=2)}
+    nodes = [conv("x", "wa", "a", pads=1), relu("a", "ra"), conv("ra", "wb", "b", "bb", pads=1),
+             node("Add", ["b", "x"], ["s"]), relu("s", "y")]
+    return model(nodes, {"x": [1, 64, 32, 32]}, ["y"], inits)
+
+
+@pytest.mark.parametrize("kept, conv_b", [("cut", (16, 48)), ("fewer added ops", (16, 64))])
+def test_guard_times_the_cut_with_fewer_added_ops(kept, conv_b):
+    """The reinsertion pays at the latency objective's charge per element moved (41 FLOPs per
+    element against 72 saved), not at guard.FEWER_MOVES times it: the guard times both."""
+    measure = fastest_is(kept)
+    result = assert_cut(residual_with_a_dead_half(), {"conv_a": (64, 16), "conv_b": conv_b},
+                        mode="full", objective=None, target="ort-cpu", measure=measure)
+    assert list(measure.models) == ["cut", "fewer added ops", "original"]
+    assert ("Pad" in ops(result.model)) == (kept == "cut") and result.report.kept == kept
+
+
 def test_no_guard_off_ort_cpu():
     def measure(models, feeds):
         raise AssertionError("only ort-cpu is timed")
