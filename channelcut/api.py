@@ -97,8 +97,8 @@ def cut(
     target aligns only the tensors that had its channel block). The zero-only cut (fold=False)
     stays unaligned unless `align` is given (the seed's table; "target": the target's); the
     report then says what the target's alignment would give. A target with a guard (ort-cpu)
-    times the cut, the cut with only folds that add no op, the aligned zero-only cut and the
-    original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
+    times the cut, the cut with fewer added ops, the cut with only folds that add no op, the
+    aligned zero-only cut and the original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
     fastest (a candidate with more rewrites only where it is measurably faster than every
     simpler one); the report gives the times.
 

@@ -89,6 +89,7 @@ def ort_latencies(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarra
 
 
 def lower_quartile(times: list[float]) -> float:
+    """A run time the load did not inflate: three quarters of the runs took longer."""
     return statistics.quantiles(times, n=4, method="inclusive")[0] if len(times) > 1 \
         else times[0]
 
