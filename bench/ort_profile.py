@@ -8,7 +8,7 @@ are split by kind (1x1, depthwise, kxk, squeeze-excite 1x1 on a 1x1 map).
 
     python bench/ort_profile.py a.onnx b.onnx ...
     python bench/ort_profile.py --model efficientnet_b0 --pruning naive   # original + the
-        # ort-cpu guard's candidates (cut, no added ops, zero-only) and the cut without
+        # ort-cpu guard's candidates (cut, fewer and no added ops, zero-only) and the cut without
         # reinsertions, made here as bench/targets.py makes them
 """
 
@@ -112,7 +112,7 @@ def candidates(name: str, pruning: str, workdir: Path) -> list[str]:
     original = bench_targets.pruned_onnx(name, pruning, common.input_shape(name, None), 0)
     paths = [workdir / "original.onnx"]
     onnx.save(original, str(paths[0]))
-    for kept in ("cut", "no added ops", "zero-only"):
+    for kept in ("cut", "fewer added ops", "no added ops", "zero-only"):
         def measure(models, feeds, kept=kept):  # make the guard keep this candidate
             return {n: 0.0 if n == kept else 1.0 for n in models}
         result = channelcut.cut(original, target="ort-cpu", verify=False, measure=measure)
