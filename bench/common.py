@@ -79,6 +79,10 @@ def parse_args(description: str, models: Sequence[str], argv: Sequence[str] | No
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="latency statistic over the timed runs (default: median; min is "
                              "steadier on a machine other processes load)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="what a run's time is: wall-clock (default) or this process's CPU "
+                             "time, which leaves out the time other processes held the CPU "
+                             "(one thread: ONNX Runtime computes on the calling thread)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="times each tool runs on a model; its fastest is reported "
                              "(default: 3)")
@@ -129,7 +133,8 @@ def latency_setup(args: argparse.Namespace) -> str:
     """How latency is measured, on what machine (and the cut's alignment), for a table's title."""
     threads = f"{args.threads} intra-op thread{'' if args.threads == 1 else 's'}"
     align = f"; cut aligned to {args.align} channels" if args.align > 1 else ""
-    return (f"ONNX Runtime CPU, {threads}, {args.stat} of {args.runs} "
+    clock = " (CPU time)" if getattr(args, "clock", "wall") == "cpu" else ""
+    return (f"ONNX Runtime CPU, {threads}, {args.stat}{clock} of {args.runs} "
             f"alternated runs after {args.warmup} warm-up; {platform.machine()}, "
             f"{os.cpu_count()} CPUs{align}")
 
@@ -251,20 +256,21 @@ class Session:
 
 
 def alternating_latency(sessions: Sequence[Session], x: np.ndarray, runs: int,
-                        warmup: int, stat: str = "median") -> list[float]:
+                        warmup: int, stat: str = "median", clock: str = "wall") -> list[float]:
     """Seconds per run of each session (median or min of `runs`), timed in turns so that drift
     hits all of them alike.
 
     Each round runs every session once; the order rotates from round to round so that no model
     is always the one that runs right after another (cache and frequency effects).
     """
+    now = time.process_time if clock == "cpu" else time.perf_counter
     times: list[list[float]] = [[] for _ in sessions]
     for round_ in range(warmup + runs):
         shift = round_ % len(sessions)
         for k in [*range(shift, len(sessions)), *range(shift)]:
-            start = time.perf_counter()
+            start = now()
             sessions[k].run(x)
-            elapsed = time.perf_counter() - start
+            elapsed = now() - start
             if round_ >= warmup:
                 times[k].append(elapsed)
     return [(min if stat == "min" else statistics.median)(t) for t in times]

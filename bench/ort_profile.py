@@ -2,13 +2,13 @@
 by kind of node (issue 11: why ort-cpu's speed-up falls short of the FLOP ratio).
 
 ONNX Runtime's own profiler (SessionOptions.enable_profiling), one thread, after warm-up; each
-node's time is its median over the timed runs, so that the preemptions of a loaded machine
+node's time is its minimum (--stat) over the timed runs, so that the preemptions of a loaded machine
 (which add whole time slices to a few runs) drop out; the sums are the uncontended cost. Convs
 are split by kind (1x1, depthwise, kxk, squeeze-excite 1x1 on a 1x1 map).
 
     python bench/ort_profile.py a.onnx b.onnx ...
     python bench/ort_profile.py --model efficientnet_b0 --pruning naive   # original + the
-        # ort-cpu guard's candidates (cut, no added ops, zero-only) and the cut without
+        # ort-cpu guard's candidates (cut, fewer and no added ops, zero-only) and the cut without
         # reinsertions, made here as bench/targets.py makes them
 """
 
@@ -41,29 +41,33 @@ def _session(path: str, prefix: str):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _conv_kinds(model: onnx.ModelProto) -> dict[str, str]:
-    """Conv output name -> "1x1", "dw", "kxk" or "se" (a 1x1 conv on a 1x1 map)."""
-    dims = {i.name: list(i.dims) for i in model.graph.initializer}
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*model.graph.value_info, *model.graph.output]}
-    kinds = {}
-    for node in model.graph.node:
-        if node.op_type != "Conv" or node.input[1] not in dims:
-            continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        weight = dims[node.input[1]]
-        kind = "dw" if group > 1 else "1x1" if weight[2:] == [1, 1] else "kxk"
-        if kind == "1x1" and shapes.get(node.output[0], [0, 0, 0, 0])[2:] == [1, 1]:
-            kind = "se"
-        kinds[node.output[0]] = kind
-    return kinds
+def _conv_kind(args: dict) -> str:
+    """A Conv event's kind from the shapes ONNX Runtime profiles: "1x1", "dw" (one input
+    channel per group), "kxk" or "se" (a 1x1 conv on a 1x1 map); its own names do not say
+    (an NCHWc conv fused with its activation is named after the activation's output)."""
+    shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    out = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
+    if len(shapes) < 2 or len(shapes[1]) != 4:
+        return "other"
+    weight = shapes[1]
+    if weight[1] == 1 and weight[2:] != [1, 1]:
+        return "dw"
+    if weight[2:] == [1, 1]:
+        return "se" if out and out[0][2:] == [1, 1] else "1x1"
+    return "kxk"
 
 
-def profile(path: str, runs: int, warmup: int) -> dict[str, float]:
-    """Milliseconds per run by node kind (sum of per-node medians), and "total"."""
-    model = onnx.load(path)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    kinds = _conv_kinds(inferred)
+def _conv_flops(args: dict) -> float:
+    """A Conv event's FLOPs (a multiply-add counts 2), from its profiled shapes."""
+    shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    out = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
+    return 2.0 * float(np.prod(out[0])) * float(np.prod(shapes[1][1:])) if out else 0.0
+
+
+def profile(path: str, runs: int, warmup: int, stat: str = "min"
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """Milliseconds per run by node kind (sum of per-node minima or medians), and "total";
+    MFLOPs per run by conv kind."""
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as tmp:
         session = _session(path, os.path.join(tmp, "p"))
         feeds = {i.name: np.random.default_rng(0).standard_normal(
@@ -73,17 +77,24 @@ def profile(path: str, runs: int, warmup: int) -> dict[str, float]:
             session.run(None, feeds)
         events = json.load(open(session.end_profiling()))
     durations: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    flops: dict[tuple[str, str], float] = {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            durations[event["name"][:-len("_kernel_time")], event["args"]["op_name"]].append(
-                event["dur"])
+            op = event["args"]["op_name"]
+            if op == "Conv":
+                op = "Conv " + _conv_kind(event["args"])
+            key = event["name"][:-len("_kernel_time")], op
+            durations[key].append(event["dur"])
+            if op.startswith("Conv"):
+                flops[key] = _conv_flops(event["args"]) / 1e6
     by_kind: collections.Counter[str] = collections.Counter()
     for (name, op), values in durations.items():
-        if op == "Conv":  # ORT names its NCHWc convs after the output, "<out>_nchwc"
-            op = "Conv " + kinds.get(name.removesuffix("_nchwc"), "fused")
-        by_kind[op] += float(np.median(values[-runs:])) / 1e3
+        by_kind[op] += float((np.min if stat == "min" else np.median)(values[-runs:])) / 1e3
     by_kind["total"] = sum(by_kind.values())
-    return dict(by_kind)
+    mflops: collections.Counter[str] = collections.Counter()
+    for (_, op), value in flops.items():
+        mflops[op] += value
+    return dict(by_kind), dict(mflops)
 
 
 def candidates(name: str, pruning: str, workdir: Path) -> list[str]:
@@ -94,12 +105,14 @@ def candidates(name: str, pruning: str, workdir: Path) -> list[str]:
     import channelcut
     from channelcut import api
     from channelcut import targets as cc_targets
+    from channelcut.samples import Checking
     from channelcut.solve import SITE_KINDS
+    from channelcut.stages import Stages
 
     original = bench_targets.pruned_onnx(name, pruning, common.input_shape(name, None), 0)
     paths = [workdir / "original.onnx"]
     onnx.save(original, str(paths[0]))
-    for kept in ("cut", "no added ops", "zero-only"):
+    for kept in ("cut", "fewer added ops", "no added ops", "zero-only"):
         def measure(models, feeds, kept=kept):  # make the guard keep this candidate
             return {n: 0.0 if n == kept else 1.0 for n in models}
         result = channelcut.cut(original, target="ort-cpu", verify=False, measure=measure)
@@ -109,7 +122,8 @@ def candidates(name: str, pruning: str, workdir: Path) -> list[str]:
     options = replace(cc_targets.get("ort-cpu").options(),
                       sites=frozenset(SITE_KINDS) - {"reinsert"})
     paths.append(workdir / "cut_without_reinsertions.onnx")
-    onnx.save(api._cut(original, None, False, 0.9999, options).model, str(paths[-1]))
+    cut = api._cut(original, None, False, 0.9999, options, Stages(), Checking())
+    onnx.save(cut.model, str(paths[-1]))
     return [str(p) for p in paths]
 
 
@@ -121,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pruning", default="naive", choices=("naive", "groups"))
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--stat", choices=("min", "median"), default="min",
+                        help="per node, over the timed runs (default: min: the profile times "
+                             "wall-clock, and on a loaded machine a node longer than a time "
+                             "slice is preempted in most runs, which moves its median)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ort-profile-models-") as tmp:
         paths = list(args.models)
@@ -130,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give ONNX files or --model")
         import common
 
-        tables = {Path(p).stem: profile(p, args.runs, args.warmup) for p in paths}
+        profiles = {Path(p).stem: profile(p, args.runs, args.warmup, args.stat) for p in paths}
+        tables = {n: t for n, (t, _) in profiles.items()}
         flops = {Path(p).stem: common.onnx_flops(onnx.load(p)) for p in paths}
     names = list(tables)
     kinds = sorted({k for t in tables.values() for k in t} - {"total"},
                    key=lambda k: -tables[names[0]].get(k, 0.0))
-    print(f"ms per run (sum of per-node medians over {args.runs} runs, 1 thread)")
+    print(f"ms per run (sum of per-node {args.stat}s over {args.runs} runs, 1 thread)")
     print(f"{'':20s}" + "".join(f"{n[:24]:>26s}" for n in names))
     for kind in [*kinds, "total"]:
         print(f"{kind:20s}" + "".join(f"{tables[n].get(kind, 0.0):26.2f}" for n in names))
@@ -144,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                                          for n in names))
     print(f"{'FLOP ratio':20s}" + "".join(f"{flops[names[0]] / flops[n]:25.2f}x"
                                            for n in names))
+    print("\nconvs: MFLOPs per run, and GFLOP/s (MFLOPs / ms above)")
+    for kind in (k for k in kinds if k.startswith("Conv")):
+        print(f"{kind:20s}" + "".join(
+            f"{profiles[n][1].get(kind, 0.0):15.1f}"
+            f"{profiles[n][1].get(kind, 0.0) / max(tables[n].get(kind, 0.0), 1e-9):9.1f}/s "
+            for n in names))
     return 0
 
 

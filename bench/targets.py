@@ -130,37 +130,43 @@ def measure_row(name: str, pruning: str, args: Any, failures: Failures) -> tuple
         row.note = "failed, see below"
         return row, {}
     models = {"original": original}
-    for target in TARGETS:
+    for target in args.targets:
         result = failures.attempt(label, f"cut ({target})", channelcut.cut, original,
                                   target=target, verify=False)
         if ok(result):
             models[target] = result.model
             if target == "ort-cpu":
                 row.kept = result.report.kept or "cut"
-    sessions = {}
-    for key, model in models.items():
+    sessions, same = {}, {}  # a model identical to one timed already (a guard that kept the
+    for key, model in models.items():  # original) is that one's figure, not a second noisy one
         row.flops[key] = failures.attempt(label, "FLOP count", common.onnx_flops, model)
+        first = same.setdefault(model.SerializeToString(), key)
+        if first != key:
+            continue
         session = failures.attempt(label, f"ORT session ({key})", Session, model, args.threads)
         if ok(session):
             sessions[key] = session
     x = common.example_input(shape, args.seed)
     times = common.alternating_latency(list(sessions.values()), x, args.runs, args.warmup,
-                                       args.stat)
+                                       args.stat, args.clock)
     row.latency = dict(zip(sessions, times))
+    for key, model in models.items():
+        row.latency.setdefault(key, row.latency.get(same[model.SerializeToString()], FAIL))
     return row, models
 
 
-COLUMNS = [Column("model", 19), Column("pruning", 7), Column("orig ms", 8),
-           *[c for t in TARGETS for c in (Column("FLOPs", 6, t), Column("ms", 7, t),
-                                          Column("speed", 6, t))],
-           Column("guard kept", 10)]
+def columns(targets: list[str]) -> list[Column]:
+    return [Column("model", 19), Column("pruning", 7), Column("orig ms", 8),
+            *[c for t in targets for c in (Column("FLOPs", 6, t), Column("ms", 7, t),
+                                           Column("speed", 6, t))],
+            Column("guard kept", 10)]
 
 
-def ort_cells(row: Row) -> list[str]:
+def ort_cells(row: Row, targets: list[str]) -> list[str]:
     if row.note:
         return [row.model, row.pruning, row.note]
     cells = [row.model, row.pruning, common.millis(row.latency.get("original", FAIL))]
-    for target in TARGETS:
+    for target in targets:
         flops, speed = row.flop_ratio(target), row.speedup(target)
         cells += [f"x{flops:.2f}" if ok(flops) else "FAIL",
                   common.millis(row.latency.get(target, FAIL)),
@@ -248,6 +254,8 @@ def rknn_lines(rows: list[Row], targets: list[str], dtypes: list[str]) -> tuple[
 
 def _options(parser: Any) -> None:
     parser.add_argument("--prunings", nargs="+", default=list(PRUNINGS), choices=PRUNINGS)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS,
+                        help="whose cuts the ONNX Runtime table times (default: all)")
     parser.add_argument("--rknn-python", default=None, metavar="PATH",
                         help="a python with RKNN-Toolkit2 (bench/rknn_env.sh): also build "
                              "each row with its compiler")
@@ -265,7 +273,7 @@ def _options(parser: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = common.parse_args(__doc__, MODELS, argv, more=_options)
     failures, rows = Failures(), []
-    table = Table(COLUMNS)
+    table = Table(columns(args.targets))
     emit(f"ORT CPU latency per target's cut; {common.latency_setup(args)}; FLOPs: original / "
          "cut; speed: original ms / cut ms")
     emit(table.header())
@@ -278,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         for pruning in args.prunings:
             row, models = measure_row(name, pruning, args, failures)
-            emit(table.row(ort_cells(row)))
+            emit(table.row(ort_cells(row, args.targets)))
             if args.rknn_python and models:
                 if args.rknn_build.exists():
                     rknn_row(row, models, args)

@@ -97,9 +97,10 @@ def cut(
     target aligns only the tensors that had its channel block). The zero-only cut (fold=False)
     stays unaligned unless `align` is given (the seed's table; "target": the target's); the
     report then says what the target's alignment would give. A target with a guard (ort-cpu)
-    times the cut, the cut with only folds that add no op, the aligned zero-only cut and the
-    original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
-    fastest; the report gives the times.
+    times the cut, the cut with fewer added ops, the cut with only folds that add no op, the
+    aligned zero-only cut and the original with `measure` (default: ONNX Runtime here, channelcut.guard) and returns the
+    fastest (a candidate with more rewrites only where it is measurably faster than every
+    simpler one); the report gives the times.
 
     `input_ranges` bounds graph inputs (name -> (lo, hi), or one (lo, hi) per channel on axis
     1): channels the bounds prove constant then cut or fold (reported as cut by range), and
@@ -160,14 +161,19 @@ def _guarded(original: onnx.ModelProto, result: CutResult,
              input_shapes: dict[str, list[int] | tuple[int, ...]] | None, verify: bool,
              threshold: float, options: Options, zero_only: Options,
              measure: guard.Measure, stages: Stages, checking: Checking) -> CutResult:
-    """The fastest of the cut, the same cut with only the folds that add no op, the aligned
-    zero-only cut (`zero_only`) and the original, timed by `measure` (a candidate that comes
-    out the same as an earlier one is timed once); the report of the one kept, with the times."""
+    """The fastest of the cut, the same cut with fewer added ops (under the latency objective,
+    each element they move charged guard.FEWER_MOVES times as much), with only the folds that
+    add no op, the aligned zero-only cut (`zero_only`) and the original, timed by `measure` (a
+    candidate that comes out the same as an earlier one is timed once); the report of the one
+    kept, with the times."""
     candidates = {"cut": result}
     seen = {result.model.SerializeToString()}
+    fewer = replace(options, moved_element=options.moved_element * guard.FEWER_MOVES)
     no_added_ops = replace(options, added_ops=False, border_form="carrier")
-    for name, variant in (("no added ops", no_added_ops), ("zero-only", zero_only)):
-        if variant == options:
+    for name, variant in (("fewer added ops", fewer), ("no added ops", no_added_ops),
+                          ("zero-only", zero_only)):
+        if variant == options or (variant is fewer and (options.objective != "latency"
+                                                        or not options.added_ops)):
             continue
         other = _cut(original, input_shapes, verify, threshold, variant, stages, checking)
         serialized = other.model.SerializeToString()

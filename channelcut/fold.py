@@ -150,8 +150,7 @@ def _kept_aligned(gone: np.ndarray, rows: int, options: Options) -> np.ndarray:
     for every tensor (channelcut.solve: the first candidates stay)."""
     if gone.size == rows:
         gone = gone[1:]
-    blocks, readers = options.blocks, options.align_readers
-    align = options.align if not blocks else next((b for b in blocks if rows % b == 0), 1)
+    readers, align = options.align_readers, options.alignment_of(rows)
     if align > 1 and (not readers or "Add" in readers):
         gone = gone[-(rows - gone.size) % align:]
     return gone

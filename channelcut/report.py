@@ -127,8 +127,9 @@ class Report:
     removed_nodes: int = 0  # nodes no graph output depends on, deleted whole
     checks: list[OutputCheck] = field(default_factory=list)
     target: str = ""  # channelcut.targets name the cut was made for
-    # the guard's ONNX Runtime CPU times (seconds per run, median) by candidate, and which
-    # candidate it kept: "cut", "zero-only" (aligned) or "original"
+    # the guard's ONNX Runtime CPU times (CPU seconds per run, lower quartile; channelcut.guard)
+    # by candidate, and which it kept: "cut", "fewer added ops", "no added ops", "zero-only"
+    # (aligned) or "original"
     latencies: dict[str, float] = field(default_factory=dict)
     kept: str = ""
     aligned: AlignedGain | None = None
@@ -268,7 +269,8 @@ def summary_lines(report: Report) -> list[str]:
     if report.latencies:
         times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"
                           for name, seconds in report.latencies.items())
-        lines.append(f"ONNX Runtime CPU, 1 thread, median: {times}; kept: {report.kept}")
+        lines.append(f"ONNX Runtime CPU, 1 thread, CPU time per run: {times}; "
+                     f"kept: {report.kept}")
     if report.aligned is not None:
         a = report.aligned
         lines.append(f"aligned as {report.target or 'the target'} runs best (blocks of "

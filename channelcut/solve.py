@@ -63,6 +63,17 @@ class Options:
     # with one-hot weights and the constants as its bias: one NPU layer for RKNN-Toolkit2,
     # which runs a channel Pad on the CPU and turns a Gather into such a conv anyway)
     reinsert_form: str = "pad-gather"
+    # the runtime pads a channel count of a block or more up to the block (ONNX Runtime's
+    # MLAS): `blocks` then apply to every tensor at least one block wide, not only to those
+    # they divide
+    pad_to_blocks: bool = False
+
+    def alignment_of(self, channels: int) -> int:
+        """The multiple a tensor of `channels` channels keeps when it loses some (1: none)."""
+        if not self.blocks:
+            return self.align
+        return next((b for b in self.blocks
+                     if (channels >= b if self.pad_to_blocks else channels % b == 0)), 1)
 
     def cost(self, site: Site, cut: int = 0) -> Cost:
         """What the site adds, in the form this target writes it, when the node's output loses
@@ -390,12 +401,11 @@ class _Solver:
         """Keep removed channels until every tensor that loses some keeps a multiple of
         `align` (or all of them). Keeping is always exact; known channels are kept first,
         since their rows read nothing unknown and keep nothing else alive."""
-        blocks, readers, changed = self.options.blocks, self.options.align_readers, True
+        readers, changed = self.options.align_readers, True
         while changed:
             changed = False
             for info, value in self.tensors:
-                align = self.options.align if not blocks else \
-                    next((b for b in blocks if info.n % b == 0), 1)
+                align = self.options.alignment_of(info.n)
                 if info.block != 1 or info.span != 1 or align == 1 or (
                         readers and not _read_by(value) & readers):
                     continue
