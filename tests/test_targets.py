@@ -55,7 +55,7 @@ def two_layers(b_rows: int = 24):
 @pytest.mark.parametrize("target, a, b", [
     ("min-flops", 5, 5),  # no alignment
     ("rknn", 5, 5),  # no Concat reads them: the NPU's cycles step in blocks either way
-    ("portable", 16, 8),  # 16 (a multiple of 8 too); 24 channels only to 8
+    ("portable", 16, 16),  # as ort-cpu: 16 or more channels keep a multiple of 16
     ("ort-cpu", ORT_ALIGN, 8 if ORT_ALIGN == 8 else 16),  # every tensor: MLAS pads 24 to 32
 ])
 def test_each_target_keeps_its_multiple_where_the_tensor_had_one(target, a, b):
@@ -85,9 +85,10 @@ def test_rknn_aligns_the_inputs_of_a_concat_to_8(target, kept):
                objective=None, target=target)
 
 
-def test_a_tensor_no_block_divides_may_lose_any_channel():
-    """20 channels run the slow path already; an explicit --align still applies to them."""
-    assert_cut(two_layers(20), {"conv_a": (4, 16), "conv_b": (16, 5), "conv_y": (5, 6)},
+def test_portable_aligns_a_tensor_no_block_divides():
+    """MLAS runs 20 channels blocked (padded to 32); cut below 16 they would leave that path:
+    portable keeps 16 of them, as ort-cpu does; an explicit --align applies instead."""
+    assert_cut(two_layers(20), {"conv_a": (4, 16), "conv_b": (16, 16), "conv_y": (16, 6)},
                mode="full", objective=None, target="portable")
     assert_cut(two_layers(20), {"conv_a": (4, 8), "conv_b": (8, 8), "conv_y": (8, 6)},
                mode="full", objective=None, target="portable", align=8)
@@ -113,7 +114,7 @@ def test_zero_only_keeps_the_seed_table_and_reports_the_aligned_cut():
     assert result.report.align == 1
     gain = result.report.aligned
     aligned = channelcut.cut(m, fold=False, align="target", target="portable")
-    assert kept_channels(aligned) == {"conv_a": (4, 16), "conv_b": (16, 8), "conv_y": (8, 6)}
+    assert kept_channels(aligned) == {"conv_a": (4, 16), "conv_b": (16, 16), "conv_y": (16, 6)}
     assert (gain.align, gain.weight_bytes_after, gain.flops_after) == (
         16, aligned.report.weight_bytes_after, aligned.report.flops_after)
     # nothing to gain where the target does not align, or aligns nothing here
@@ -385,7 +386,7 @@ def test_ort_latencies_times_each_model():
 def test_cli_target_decides_alignment_and_reports_the_guard(tmp_path, capsys, monkeypatch):
     src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(two_layers(), src)
-    for target, a, b in (("rknn", 5, 5), ("portable", 16, 8)):
+    for target, a, b in (("rknn", 5, 5), ("portable", 16, 16)):
         assert cli.main(["cut", str(src), "-o", str(out), "--target", target]) == 0
         sizes = {i.name: i.dims[0] for i in onnx.load(out).graph.initializer}
         assert (sizes["wa"], sizes["wb"]) == (a, b)
