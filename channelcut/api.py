@@ -381,6 +381,11 @@ def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
     restore_boundary_types(result_proto, original)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)
+    # FLOPs at the sizes the analysis used, as before the cut: the declared inputs (restored
+    # above, a dynamic dim symbolic) would leave their readers uncounted
+    for value in graph_model.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape(shapes[value.name])
     flops_after = count_flops(graph_model)
     if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
         types = inferred_types(result_proto)

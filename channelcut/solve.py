@@ -113,6 +113,8 @@ class Analysis:
     sites: list[SiteUse] = field(default_factory=list)
     unsupported: dict[str, list[str]] = field(default_factory=dict)
     consts: dict[ir.Value, np.ndarray | None] = field(default_factory=dict)  # converted once
+    # coupled units the cut removes (see `_removed_units`); by default the removable groups
+    removed_units: int | None = None
     _deleted: dict[ir.Value, np.ndarray] = field(default_factory=dict, repr=False)
 
     def removed(self, value: ir.Value) -> np.ndarray:
@@ -135,7 +137,8 @@ class Analysis:
 
     @property
     def removed_groups(self) -> int:
-        return int(self.removable.sum())
+        """How many coupled channel units the cut removes (what the report counts)."""
+        return int(self.removable.sum()) if self.removed_units is None else self.removed_units
 
 
 def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -512,7 +515,24 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
         allowed -= refused
     blockers = _blockers(walk, solver)
     return Analysis(walk.model, walk.infos, solver.group_of, solver.removable, options,
-                    blockers, uses, walk.unsupported, walk.consts)
+                    blockers, uses, walk.unsupported, walk.consts,
+                    removed_units=_removed_units(solver))
+
+
+def _removed_units(solver: _Solver) -> int:
+    """The removable groups, counted as units: a broadcasting op's operand channel and its
+    output channel are separate groups when a reinsertion may let the operand go alone, but
+    where both go they are one unit (as without folding, where they are coupled): otherwise
+    every channel of a head behind a bias Add would count once per channel in full mode."""
+    removable, group_of = solver.removable, solver.group_of
+    a, b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for link in solver.links:
+        operand, out = group_of[link.operand_ids], group_of[link.out_ids]
+        both = removable[operand] & removable[out]
+        a.append(operand[both])
+        b.append(out[both])
+    units = connected_components(removable.size, np.concatenate(a), np.concatenate(b))
+    return int(np.unique(units[removable]).size)
 
 
 def _writable(walk: Walk, site: Site, options: Options) -> bool:
