@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
+import llama
 from builders import assert_cut, blockers, cut, initializer, model, node, rand, run, weights
 
 B, S, E, D = 2, 5, 16, 4
@@ -338,21 +339,11 @@ def test_heads_and_swiglu_mlp_channels_cut_in_one_layer():
     hidden channels: heads go as units, MLP channels one by one."""
     attention = decoder(4, zero_v=[0])
     hidden = 24
-    rms = lambda x, y: [  # noqa: E731 - RMSNorm as exporters write it
-        node("Pow", [x, "two"], [f"{y}_sq"]),
-        node("ReduceMean", [f"{y}_sq", "last"], [f"{y}_ms"], keepdims=1),
-        node("Add", [f"{y}_ms", "eps"], [f"{y}_mse"]),
-        node("Sqrt", [f"{y}_mse"], [f"{y}_rms"]),
-        node("Div", [x, f"{y}_rms"], [f"{y}_n"]),
-        node("Mul", [f"{y}_n", f"{y}_g"], [y])]
     nodes = list(attention.graph.node)
     for n in nodes:  # the attention reads the normed input, the residual the raw one
         n.input[:] = ["xn" if i == "x" and n.op_type == "MatMul" else i for i in n.input]
-    nodes = rms("x", "xn") + nodes + rms("y", "yn") + [
-        node("MatMul", ["yn", "wg"], ["g"]), node("Sigmoid", ["g"], ["gs"]),
-        node("Mul", ["g", "gs"], ["silu"]), node("MatMul", ["yn", "wu"], ["u"]),
-        node("Mul", ["silu", "u"], ["gu"]), node("MatMul", ["gu", "wd"], ["d"]),
-        node("Add", ["y", "d"], ["z"])]
+    nodes = llama.rms_norm("x", "xn", "xn_g") + nodes + llama.rms_norm("y", "yn", "yn_g") + \
+        llama.swiglu("yn", "d", "wg", "wu", "wd") + [node("Add", ["y", "d"], ["z"])]
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in attention.graph.initializer}
     inits.update(two=np.array(2, np.float32), last=i64(-1), eps=np.array(1e-6, np.float32),
                  xn_g=rand(E, seed=11), yn_g=rand(E, seed=12),
@@ -360,5 +351,5 @@ def test_heads_and_swiglu_mlp_channels_cut_in_one_layer():
                  wu=weights(E, hidden, seed=14), wd=weights(hidden, E, seed=15))
     m = model(nodes, inputs={"x": [B, S, E]}, outputs=["z"], inits=inits)
     assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
-                   "matmul_o": (12, E), "matmul_g": (E, 21), "matmul_u": (E, 21),
+                   "matmul_o": (12, E), "matmul_d_g": (E, 21), "matmul_d_u": (E, 21),
                    "matmul_d": (21, E)}, groups=4)
