@@ -66,9 +66,10 @@ class Shape:
         return 4 * self.width * self.width + 3 * self.width * self.hidden + 2 * self.width
 
 
-def shape_for(megabytes: float, itemsize: int) -> Shape:
-    """The widest of a few LLaMA-like widths that gives at least two layers of the size."""
-    for width in (2048, 1024, 512, 256, 128):
+def shape_for(megabytes: float, itemsize: int, width: int = 1024) -> Shape:
+    """Layers of `width` (LLaMA's MLP ratio), or of the widest smaller width that still
+    gives two layers: one width across sizes, so that growth is measured in layers alone."""
+    for width in [w for w in (4096, 2048, 1024, 512, 256, 128) if w <= width]:
         hidden = int(round(width * 2.6875 / 64)) * 64  # LLaMA's 11008 / 4096
         shape = Shape(0, width, width // HEAD_DIM, hidden)
         layers = round(megabytes * 1e6 / (shape.layer_params * itemsize))
@@ -258,9 +259,9 @@ class Row:
 
 
 def bench_one(megabytes: float, dtype: str, out: Path, onnxslim: bool, ort_mb: float,
-              keep: bool) -> Row:
+              keep: bool, width: int) -> Row:
     itemsize = np.dtype(DTYPES[dtype][0]).itemsize
-    shape = shape_for(megabytes, itemsize)
+    shape = shape_for(megabytes, itemsize, width)
     folder = out / f"{dtype}_{megabytes:g}MB"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -335,17 +336,21 @@ def table(rows: list[Row]) -> list[str]:
                      f"{r.heads_cut}/{r.dead_heads}", f"{r.channels_cut}/{r.dead_channels}",
                      exact, *cells(slim)])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
     return [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
             *[line(b) for b in body]]
 
 
 def growth(rows: list[Row]) -> list[str]:
-    """Per dtype: seconds and RSS per GB at each size, and the marginal figures between
-    consecutive sizes (what one more GB costs): flat marginal figures mean linear growth."""
+    """Per dtype and width: seconds and RSS per GB at each size, and the marginal figures
+    between consecutive sizes (what one more GB costs): flat marginal figures mean linear
+    growth."""
     lines = []
-    for dtype in sorted({r.dtype for r in rows}):
-        mine = sorted((r for r in rows if r.dtype == dtype), key=lambda r: r.megabytes)
+    for dtype, width in sorted({(r.dtype, r.shape["width"]) for r in rows}):
+        mine = sorted((r for r in rows if r.dtype == dtype and r.shape["width"] == width),
+                      key=lambda r: r.megabytes)
         for key, label in (("no-verify", "cut"), ("verify", "cut+verify"), (None, "onnxslim")):
             points = []
             for r in mine:
@@ -359,7 +364,7 @@ def growth(rows: list[Row]) -> list[str]:
             marginal = [((s2 - s1) / (g2 - g1), (m2 - m1) / (g2 - g1))
                         for (g1, s1, m1), (g2, s2, m2) in zip(points, points[1:])]
             steps = ", ".join(f"{s:.1f} s/GB {m:.2f} GB/GB" for s, m in marginal)
-            lines.append(f"{dtype} {label}: {per_gb}; marginal: {steps}; "
+            lines.append(f"{dtype} width {width} {label}: {per_gb}; marginal: {steps}; "
                          f"{_linear(marginal)}")
     return lines
 
@@ -419,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also compare outputs in ONNX Runtime on models up to this size "
                              "(default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the models written")
+    parser.add_argument("--width", type=int, default=1024,
+                        help="hidden width of the layers (heads of 64), smaller only where a "
+                             "size holds fewer than two layers (default: %(default)s)")
     args = parser.parse_args(argv)
     sizes = [float(s) for s in args.sizes.split(",") if s]
     dtypes = [d for d in args.dtypes.split(",") if d]
@@ -432,9 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in dtypes:
         for mb in sizes:
             rows.append(bench_one(mb, dtype, args.out, not args.no_onnxslim, args.ort_mb,
-                                  args.keep))
+                                  args.keep, args.width))
             (args.out / "results.json").write_text(json.dumps([asdict(r) for r in rows],
                                                               indent=1))
+    import channelcut
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"channelcut from {Path(channelcut.__file__).parent}; {os.cpu_count()} CPUs, load "
+          f"average {load} at the end; B={BATCH}, S={SEQ}; cut --target min-flops")
     print("\n".join([*table(rows), "", *growth(rows), "", *targets(rows)]))
     return 0
 
