@@ -28,8 +28,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,18 +192,40 @@ class Run:
     tail: str = ""
 
 
+# a child past this RSS is killed (exit -9 in the table): the machine is shared
+RSS_LIMIT = 18e9
+
+
 def measure(command: list[str], env: dict[str, str] | None = None) -> Run:
     """Run `command` as a child; its wall time and its own peak RSS (os.wait4's rusage is the
-    child's alone, with its waited-for children, unlike RUSAGE_CHILDREN's maximum so far)."""
+    child's alone, with its waited-for children, unlike RUSAGE_CHILDREN's maximum so far).
+    A child whose RSS passes RSS_LIMIT is killed."""
     start = time.perf_counter()
-    with open(os.devnull, "wb") as null:
-        child = subprocess.Popen(command, stdout=null, stderr=subprocess.PIPE, env=env)
-        err = child.stderr.read()
+    with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(command, stdout=null, stderr=err, env=env)
+        done = threading.Event()
+        threading.Thread(target=_guard, args=(child.pid, done), daemon=True).start()
         _, status, usage = os.wait4(child.pid, 0)
+        done.set()
         child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-600:]
     seconds = time.perf_counter() - start
-    return Run(seconds, usage.ru_maxrss * 1024, child.returncode,
-               err.decode(errors="replace")[-600:])
+    return Run(seconds, usage.ru_maxrss * 1024, child.returncode, tail)
+
+
+def _guard(pid: int, done: threading.Event) -> None:
+    """Kill process `pid` once its RSS passes RSS_LIMIT (read from /proc every 0.2 s)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    while not done.wait(0.2):
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                rss = int(statm.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            return
+        if rss > RSS_LIMIT:
+            os.kill(pid, signal.SIGKILL)
+            return
 
 
 def channelcut_command(source: Path, target: Path, verify: bool, report: Path) -> list[str]:
@@ -411,6 +436,7 @@ def targets(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RSS_LIMIT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="8,64,256",
@@ -424,10 +450,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also compare outputs in ONNX Runtime on models up to this size "
                              "(default: %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the models written")
+    parser.add_argument("--rss-limit", type=float, default=RSS_LIMIT / 1e9,
+                        help="kill a child whose RSS passes this many GB (default: %(default)s)")
     parser.add_argument("--width", type=int, default=1024,
                         help="hidden width of the layers (heads of 64), smaller only where a "
                              "size holds fewer than two layers (default: %(default)s)")
     args = parser.parse_args(argv)
+    RSS_LIMIT = args.rss_limit * 1e9
     sizes = [float(s) for s in args.sizes.split(",") if s]
     dtypes = [d for d in args.dtypes.split(",") if d]
     bad = [d for d in dtypes if d not in DTYPES]
