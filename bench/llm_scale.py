@@ -196,36 +196,54 @@ class Run:
 RSS_LIMIT = 18e9
 
 
+# Runs the command as its own child and writes that child's exit status and peak RSS (KB) to
+# argv[1]. The peak must come from a fork of a small process: a process's ru_maxrss counts the
+# memory of the process it was forked from (Linux keeps the high-water mark across exec), and
+# this bench grows as it builds and checks models.
+_LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def measure(command: list[str], env: dict[str, str] | None = None) -> Run:
-    """Run `command` as a child; its wall time and its own peak RSS (os.wait4's rusage is the
-    child's alone, with its waited-for children, unlike RUSAGE_CHILDREN's maximum so far).
-    A child whose RSS passes RSS_LIMIT is killed."""
-    start = time.perf_counter()
-    with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen(command, stdout=null, stderr=err, env=env)
+    """Run `command` as a child of a small launcher: its wall time, and its own peak RSS
+    (os.wait4's rusage for it: the child's alone, with its waited-for children, unlike
+    RUSAGE_CHILDREN's maximum so far). A child whose RSS passes RSS_LIMIT is killed."""
+    with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as result:
+        start = time.perf_counter()
+        launcher = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, result.name,
+                                     *command], stdout=null, stderr=err, env=env)
         done = threading.Event()
-        threading.Thread(target=_guard, args=(child.pid, done), daemon=True).start()
-        _, status, usage = os.wait4(child.pid, 0)
+        threading.Thread(target=_guard, args=(launcher.pid, done), daemon=True).start()
+        launcher.wait()
+        seconds = time.perf_counter() - start
         done.set()
-        child.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         tail = err.read().decode(errors="replace")[-600:]
-    seconds = time.perf_counter() - start
-    return Run(seconds, usage.ru_maxrss * 1024, child.returncode, tail)
+        status, peak_kb = (int(x) for x in (result.read().split() or [launcher.returncode, 0]))
+    return Run(seconds, peak_kb * 1024, status, tail)
 
 
-def _guard(pid: int, done: threading.Event) -> None:
-    """Kill process `pid` once its RSS passes RSS_LIMIT (read from /proc every 0.2 s)."""
+def _guard(launcher: int, done: threading.Event) -> None:
+    """Kill the launcher's child once its RSS passes RSS_LIMIT (/proc, every 0.2 s)."""
     page = os.sysconf("SC_PAGE_SIZE")
     while not done.wait(0.2):
         try:
-            with open(f"/proc/{pid}/statm") as statm:
-                rss = int(statm.read().split()[1]) * page
+            with open(f"/proc/{launcher}/task/{launcher}/children") as children:
+                pids = [int(p) for p in children.read().split()]
+            for pid in pids:
+                with open(f"/proc/{pid}/statm") as statm:
+                    if int(statm.read().split()[1]) * page > RSS_LIMIT:
+                        os.kill(pid, signal.SIGKILL)
+                        return
         except (OSError, ValueError, IndexError):
-            return
-        if rss > RSS_LIMIT:
-            os.kill(pid, signal.SIGKILL)
-            return
+            continue
 
 
 def channelcut_command(source: Path, target: Path, verify: bool, report: Path) -> list[str]:
