@@ -9,12 +9,19 @@ stored bfloat16 tensor, not a float32 copy."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, numpy_helper
 
-from builders import assert_cut, bias, conv, initializer, model, node, relu, weights
+import channelcut
+from builders import (assert_cut, bias, conv, initializer, kept_channels, model, node,
+                      random_feeds, relu, run, weights)
 from test_attention import B, D, E, S, decoder
 
 FP16, BF16 = TensorProto.FLOAT16, TensorProto.BFLOAT16
@@ -134,3 +141,34 @@ def test_bfloat16_bias_that_a_fold_changes_is_read_in_float32():
     assert kinds["w1_bf16"] == kinds["w2_bf16"] == BF16
     y = next(n for n in result.model.graph.node if n.name == "conv_y")
     assert kinds[y.input[2]] == TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_bench_decoder_with_external_data_cut_exactly(tmp_path, dtype):
+    """bench/llm_scale.py's decoder, small: every zeroed head and MLP channel goes, from a
+    file with external data, and the weights keep their type."""
+    bench = _bench_module()
+    built = bench.build(tmp_path / "m.onnx", bench.Shape(2, 128, 2, 320), dtype)
+    result = channelcut.cut(str(built.path))
+    s, kept = built.shape, kept_channels(result)
+    assert sum(s.heads - kept[f"matmul_l{i}_attn_q"][1] // bench.HEAD_DIM
+               for i in range(s.layers)) == built.dead_heads == 2
+    assert sum(s.hidden - kept[f"matmul_l{i}_mlp_g"][1] for i in range(s.layers)) \
+        == built.dead_channels
+    want = FP16 if dtype == "fp16" else TensorProto.FLOAT
+    assert {t.data_type for t in result.model.graph.initializer if len(t.dims) == 2} == {want}
+    assert result.report.checks and all(c.cosine >= 0.9999 for c in result.report.checks)
+    original = onnx.load(str(built.path))
+    feeds = random_feeds(original)
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(original, feeds)["y"],
+                               rtol=1e-3, atol=1e-3)
+
+
+def _bench_module():
+    """bench/llm_scale.py, by path (bench/ is no package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "llm_scale.py"
+    spec = importlib.util.spec_from_file_location("llm_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
