@@ -210,7 +210,8 @@ with open(sys.argv[1], "w") as f:
 """
 
 
-def measure(command: list[str], env: dict[str, str] | None = None) -> Run:
+def measure(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+            ) -> Run:
     """Run `command` as a child of a small launcher: its wall time, and its own peak RSS
     (os.wait4's rusage for it: the child's alone, with its waited-for children, unlike
     RUSAGE_CHILDREN's maximum so far). A child whose RSS passes RSS_LIMIT is killed."""
@@ -218,7 +219,7 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> Run:
             tempfile.NamedTemporaryFile("r") as result:
         start = time.perf_counter()
         launcher = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, result.name,
-                                     *command], stdout=null, stderr=err, env=env)
+                                     *command], stdout=null, stderr=err, env=env, cwd=cwd)
         done = threading.Event()
         threading.Thread(target=_guard, args=(launcher.pid, done), daemon=True).start()
         launcher.wait()
@@ -310,13 +311,14 @@ def bench_one(megabytes: float, dtype: str, out: Path, onnxslim: bool, ort_mb: f
     folder.mkdir(parents=True)
     built = build(folder / "model.onnx", shape, dtype)
     row = Row(dtype, built.bytes / 1e6, asdict(shape), built.dead_heads, built.dead_channels)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.environ.get("PYTHONPATH", str(REPO)), str(REPO)])}
+    env = _child_env()
     for verify in (False, True):
         key = "verify" if verify else "no-verify"
         target = folder / f"cut_{key}.onnx"
         report = folder / f"cut_{key}.json"
-        run = measure(channelcut_command(built.path, target, verify, report), env)
+        # in the model's folder: `python -m` puts the working directory first on sys.path,
+        # and a checkout there would shadow the channelcut PYTHONPATH names
+        run = measure(channelcut_command(built.path, target, verify, report), env, folder)
         row.cut[key] = asdict(run)
         print(f"  {dtype} {row.megabytes:.0f} MB cut {key}: {run.seconds:.1f} s, "
               f"{run.peak_rss / 1e9:.2f} GB, exit {run.status}", file=sys.stderr, flush=True)
@@ -333,7 +335,7 @@ def bench_one(megabytes: float, dtype: str, out: Path, onnxslim: bool, ort_mb: f
                 p.unlink()
     if onnxslim:
         target = folder / "slim.onnx"
-        run = measure(onnxslim_command(built.path, target), env)
+        run = measure(onnxslim_command(built.path, target), env, folder)
         row.onnxslim = asdict(run)
         print(f"  {dtype} {row.megabytes:.0f} MB onnxslim: {run.seconds:.1f} s, "
               f"{run.peak_rss / 1e9:.2f} GB, exit {run.status}", file=sys.stderr, flush=True)
@@ -453,6 +455,19 @@ def targets(rows: list[Row]) -> list[str]:
     return lines or ["targets: no model of 1 GB or more in this run"]
 
 
+def _child_env() -> dict[str, str]:
+    """The children's environment: this checkout after the PYTHONPATH given."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.environ.get("PYTHONPATH", str(REPO)), str(REPO)])}
+
+
+def _child_channelcut(folder: Path) -> str:
+    """Where the children import channelcut from (as they are run: env and folder)."""
+    return subprocess.run([sys.executable, "-c", "import channelcut, os; "
+                           "print(os.path.dirname(channelcut.__file__))"], env=_child_env(),
+                          cwd=folder, capture_output=True, text=True).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     global RSS_LIMIT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -498,9 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                     (row.dtype, round(row.megabytes))] + [row]
             rows.sort(key=lambda r: (r.dtype, r.megabytes))
             saved.write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    import channelcut
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"channelcut from {Path(channelcut.__file__).parent}; {os.cpu_count()} CPUs, load "
+    print(f"channelcut from {_child_channelcut(args.out)}; {os.cpu_count()} CPUs, load "
           f"average {load} at the end; B={BATCH}, S={SEQ}; cut --target min-flops")
     print("\n".join([*table(rows), "", *growth(rows), "", *targets(rows)]))
     return 0
