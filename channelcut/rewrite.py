@@ -327,7 +327,13 @@ def share_equal_constants(graph: ir.Graph, changes: dict[str, SizeChange],
 
 def remove_unused_constants(graph: ir.Graph, changes: dict[str, SizeChange],
                             created: set[str]) -> None:
-    """Drop the constants nothing reads any more (every reader got its own sliced copy)."""
+    """Drop the constants nothing reads any more (every reader got its own sliced copy), and
+    the Casts of stored weights nothing reads (their reader got the values in its own type)."""
+    for node in list(graph):
+        out = node.outputs[0] if node.outputs else None
+        if out is not None and cast_source(out) is not None and not out.uses() and \
+                not out.is_graph_output():
+            graph.remove(node, safe=True)
     for value in list(graph.initializers.values()):
         if value.const_value is not None and not value.uses() and \
                 not value.is_graph_input() and not value.is_graph_output():

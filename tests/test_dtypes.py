@@ -141,6 +141,8 @@ def test_bfloat16_bias_that_a_fold_changes_is_read_in_float32():
     assert kinds["w1_bf16"] == kinds["w2_bf16"] == BF16
     y = next(n for n in result.model.graph.node if n.name == "conv_y")
     assert kinds[y.input[2]] == TensorProto.FLOAT
+    assert "b2_bf16" not in kinds  # nor its Cast: nothing reads them
+    assert [n.op_type for n in result.model.graph.node].count("Cast") == 3
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
