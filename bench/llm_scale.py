@@ -368,6 +368,9 @@ def table(rows: list[Row]) -> list[str]:
         def cells(run: dict | None) -> list[str]:
             if run is None:
                 return ["-", "-", "-"]
+            if run["status"] == -signal.SIGKILL:  # past --rss-limit (or the OOM killer)
+                return ["killed", f">{run['peak_rss'] / 1e9:.2f}",
+                        f">{run['peak_rss'] / size:.2f}"]
             if run["status"] not in (0, 3):
                 return [f"exit {run['status']}", "-", "-"]
             return [f"{run['seconds']:.1f}", f"{run['peak_rss'] / 1e9:.2f}",
