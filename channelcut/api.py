@@ -22,7 +22,7 @@ from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.rewrite import SizeChange, apply_cut, input_role, kept_mask
 from channelcut.flops import FlopCount, count_flops, node_flops
-from channelcut.graph import tensor_bytes, to_ir, weight_bytes
+from channelcut.graph import is_constant, tensor_bytes, to_ir, weight_bytes
 from channelcut.samples import Checking
 from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
@@ -387,6 +387,11 @@ def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
     restore_boundary_types(result_proto, original)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)
+    # FLOPs at the sizes the analysis used, as before the cut: the declared inputs (restored
+    # above, a dynamic dim symbolic) would leave their readers uncounted
+    for value in graph_model.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape(shapes[value.name])
     flops_after = count_flops(graph_model)
     if not as_declared:  # from the declared inputs, so that dynamic dimensions stay dynamic
         types = inferred_types(result_proto)
@@ -465,8 +470,7 @@ def _network(analysis: Analysis, flops: dict[ir.Node, int]
         if node.op_type not in WEIGHTED_OPS:
             continue
         weights = node.inputs[1] if len(node.inputs) > 1 else None
-        if node.op_type == "MatMul" and (weights is None or weights.const_value is None
-                                         or weights.is_graph_input()):
+        if node.op_type == "MatMul" and not is_constant(weights):
             continue  # two activations (attention's scores, context): no weights of its own
         in_axis = -1 if node.op_type == "MatMul" else 1
         in_channels = _channel_count(analysis, node.inputs[0], in_axis)

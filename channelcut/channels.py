@@ -11,7 +11,9 @@ import numpy as np
 # overflow). Not 2^100 (what overflows float32 once times an input of 2^28): what such a
 # constant makes meets the input again further on (1e30 * x*x * x is Inf for |x| = 1e4, and 0 *
 # Inf is NaN behind a zero weight), and trained weights stay far below 2^28 anyway.
-HUGE = 2.0 ** 28
+# A float32 scalar, not a Python float: compared with a float16 array, a Python float is cast
+# to float16, where 2^28 is Inf (and an Inf weight then passes as bounded).
+HUGE = np.float32(2.0 ** 28)
 
 
 @dataclass

@@ -76,10 +76,40 @@ def _bypass_constant_identities(graph: ir.Graph) -> None:
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value of a constant tensor (an initializer the user cannot override), else None."""
-    if value is None or value.const_value is None or value.is_graph_input():
+    """The value of a constant tensor (an initializer the user cannot override), else None;
+    a constant cast at run time (`cast_source`) is the cast values."""
+    if value is None or value.is_graph_input():
         return None
+    if value.const_value is None:
+        source = cast_source(value)
+        if source is None:
+            return None
+        to = ir.DataType(attr_int(value.producer(), "to", 0)).numpy()
+        return source.const_value.numpy().astype(to)
     return value.const_value.numpy()
+
+
+def cast_source(value: ir.Value | None) -> ir.Value | None:
+    """The constant that `value` is a float Cast of, else None.
+
+    Exports store weights in bfloat16 (or float16) and Cast them to the compute type where
+    the runtime cannot compute in it; such a weight is a constant to its readers, and a cut
+    slices the stored one (`Rewrite.set_const`), which keeps its type."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
+        return None
+    source = node.inputs[0]
+    if source is None or source.const_value is None or source.is_graph_input():
+        return None
+    to = ir.DataType(attr_int(node, "to", 0))
+    return source if source.const_value.dtype.is_floating_point() and \
+        to.is_floating_point() else None
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    """`const_array(value) is not None` without converting the tensor (weights are large)."""
+    return value is not None and not value.is_graph_input() and (
+        value.const_value is not None or cast_source(value) is not None)
 
 
 def cached_const(cache: dict[ir.Value, np.ndarray | None], value: ir.Value | None

@@ -63,6 +63,10 @@ def _change(before: int, after: int) -> str:
     return f'<span class="d{" up" if percent > 0 else ""}">{percent:+.1f}%</span>'
 
 
+def _at_least(flops: int, unknown_nodes: int) -> str:
+    return f"{'&ge; ' if unknown_nodes else ''}{flops / 1e9:.3f} G"
+
+
 def _threshold(threshold: float | None) -> str:
     return "" if threshold is None else f"worst output; threshold {threshold}"
 
@@ -74,8 +78,11 @@ def _cards(report: Report, threshold: float | None) -> str:
          _change(report.weight_bytes_before, report.weight_bytes_after)),
         ("parameters", f"{report.params_before / 1e6:.2f} M",
          f"{report.params_after / 1e6:.2f} M", _change(report.params_before, report.params_after)),
-        ("FLOPs", f"{report.flops_before / 1e9:.3f} G", f"{report.flops_after / 1e9:.3f} G",
-         _change(report.flops_before, report.flops_after)),
+        # a count that misses nodes of unknown shape is a lower bound, and its change unknown
+        ("FLOPs", _at_least(report.flops_before, report.flops_unknown_before),
+         _at_least(report.flops_after, report.flops_unknown_after),
+         "change unknown" if report.flops_unknown_before or report.flops_unknown_after
+         else _change(report.flops_before, report.flops_after)),
     ]
     html = ['<div class="cards">']
     for label, before, after, change in cards:

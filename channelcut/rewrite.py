@@ -12,7 +12,8 @@ import onnx_ir as ir
 
 from channelcut.solve import Analysis
 from channelcut.channels import ChannelInfo
-from channelcut.graph import cached_const, input_at, static_shape, tensor_bytes
+from channelcut.graph import (attr_int, cached_const, cast_source, input_at, static_shape,
+                             tensor_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ class Rewrite:
         gets a copy for this node, so other readers see the original.
         """
         value = input_at(node, index)
+        source = cast_source(value)
+        if source is not None:
+            self._set_cast_const(node, index, value, source, array)
+            return
         if value is not None and value.const_value is not None:
             array = np.ascontiguousarray(array, dtype=value.const_value.dtype.numpy())
         else:
@@ -130,6 +135,32 @@ class Rewrite:
         self.changes[value.name] = SizeChange(previous.src_size if previous else before,
                                               array.nbytes, self._owner(node),
                                               input_role(node, index))
+
+    def _set_cast_const(self, node: ir.Node, index: int, value: ir.Value, source: ir.Value,
+                        array: np.ndarray) -> None:
+        """`set_const` for a weight stored in another type and Cast at run time: the stored
+        one is sliced and keeps its type (a Cast other nodes read too gets a copy for this
+        node). Values its type cannot hold exactly (a bias with constants folded in) are
+        given to the node in its own type instead."""
+        role = input_role(node, index)
+        stored = array.astype(source.const_value.dtype.numpy())
+        if not np.array_equal(stored.astype(array.dtype), array, equal_nan=True):
+            new = self._new_initializer(f"{source.name}_cut", np.ascontiguousarray(array))
+            node.replace_input_with(index, new)
+            self._consts[new] = array
+            self.changes[new.name] = SizeChange(0, array.nbytes, self._owner(node), role)
+            return
+        cast = value.producer()
+        if len(value.uses()) > 1 or value.is_graph_output():
+            copy = self.add_node(node, "Cast", [source], {"to": attr_int(cast, "to", 0)})
+            copy.type = value.type
+            node.replace_input_with(index, copy)
+            cast, value = copy.producer(), copy
+        self.set_const(cast, 0, stored)
+        value.shape = ir.Shape(array.shape)
+        self._consts[value] = array
+        change = self.changes[cast.inputs[0].name]  # the stored weight belongs to the reader
+        change.node, change.role = self._owner(node), role
 
     def new_const(self, stem: str, array: np.ndarray) -> ir.Value:
         """A new constant; counted in the report as a constant that grew from nothing."""
@@ -296,7 +327,13 @@ def share_equal_constants(graph: ir.Graph, changes: dict[str, SizeChange],
 
 def remove_unused_constants(graph: ir.Graph, changes: dict[str, SizeChange],
                             created: set[str]) -> None:
-    """Drop the constants nothing reads any more (every reader got its own sliced copy)."""
+    """Drop the constants nothing reads any more (every reader got its own sliced copy), and
+    the Casts of stored weights nothing reads (their reader got the values in its own type)."""
+    for node in list(graph):
+        out = node.outputs[0] if node.outputs else None
+        if out is not None and cast_source(out) is not None and not out.uses() and \
+                not out.is_graph_output():
+            graph.remove(node, safe=True)
     for value in list(graph.initializers.values()):
         if value.const_value is not None and not value.uses() and \
                 not value.is_graph_input() and not value.is_graph_output():

@@ -126,6 +126,8 @@ class Analysis:
     consts: dict[ir.Value, np.ndarray | None] = field(default_factory=dict)  # converted once
     # a conv's computed rows by its output (ComputedRows.rows), where they have their own fate
     computed: dict[ir.Value, ChannelInfo] = field(default_factory=dict)
+    # the coupled unit of each group, where removal links groups (see `_units`)
+    units: np.ndarray | None = None
     _deleted: dict[ir.Value, np.ndarray] = field(default_factory=dict, repr=False)
 
     def removed(self, value: ir.Value) -> np.ndarray:
@@ -156,14 +158,17 @@ class Analysis:
 
     @property
     def removed_groups(self) -> int:
-        """Removed channel groups; a computed row that goes with its output channel is part of
-        that channel's removal, not one more."""
+        """How many coupled channel units the cut removes (what the report counts): a computed
+        row that goes with its output channel is part of that channel's removal, not one more,
+        and groups linked as one unit (`_units`) count once."""
         removed = self.removable.copy()
         for value, rows in self.computed.items():
             out = self.infos[value].ids
             along = (self.group_of[rows.ids] != self.group_of[out]) & self.removed(value)
             removed[self.group_of[rows.ids[along]]] = False
-        return int(removed.sum())
+        if self.units is None:
+            return int(removed.sum())
+        return int(np.unique(self.units[removed]).size)
 
 
 def _node_values(walk: Walk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -627,7 +632,23 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
     computed = {value: rows.rows for value, rows in walk.computed.items()
                 if id(rows) in solver.free}
     return Analysis(walk.model, walk.infos, solver.group_of, solver.removable, options,
-                    blockers, uses, walk.unsupported, walk.consts, computed)
+                    blockers, uses, walk.unsupported, walk.consts, computed,
+                    units=_units(solver))
+
+
+def _units(solver: _Solver) -> np.ndarray:
+    """Each group's removal unit: a broadcasting op's operand channel and its output channel
+    are separate groups when a reinsertion may let the operand go alone, but where both go
+    they are one unit (as without folding, where they are coupled): otherwise every channel
+    of a head behind a bias Add would count once per channel in full mode."""
+    removable, group_of = solver.removable, solver.group_of
+    a, b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for link in solver.links:
+        operand, out = group_of[link.operand_ids], group_of[link.out_ids]
+        both = removable[operand] & removable[out]
+        a.append(operand[both])
+        b.append(out[both])
+    return connected_components(removable.size, np.concatenate(a), np.concatenate(b))
 
 
 def _writable(walk: Walk, site: Site, options: Options) -> bool:

@@ -178,15 +178,18 @@ def dead_channel_model() -> onnx.ModelProto:
 
 def random_feeds(m: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None = None,
                  seed: int = 1) -> dict[str, np.ndarray]:
-    """Seeded random float32 inputs for every graph input; `shapes` overrides declared shapes,
-    other dynamic dims become 1."""
+    """Seeded random inputs for every graph input, of its float type (float32 when it
+    declares none); `shapes` overrides declared shapes, other dynamic dims become 1."""
     inits = {t.name for t in m.graph.initializer}
     feeds = {}
     for i, vi in enumerate(v for v in m.graph.input if v.name not in inits):
         dims = [d.dim_value if d.HasField("dim_value") else 1
                 for d in vi.type.tensor_type.shape.dim]
         dims = list((shapes or {}).get(vi.name, dims))
-        feeds[vi.name] = np.random.default_rng(seed + i).standard_normal(dims).astype(np.float32)
+        elem = vi.type.tensor_type.elem_type
+        dtype = helper.tensor_dtype_to_np_dtype(elem) if elem in (
+            TensorProto.FLOAT16, TensorProto.DOUBLE) else np.float32
+        feeds[vi.name] = np.random.default_rng(seed + i).standard_normal(dims).astype(dtype)
     return feeds
 
 

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
-from builders import assert_cut, blockers, initializer, model, node, rand, run, weights
+import llama
+from builders import assert_cut, blockers, cut, initializer, model, node, rand, run, weights
 
 B, S, E, D = 2, 5, 16, 4
 
@@ -203,35 +204,50 @@ def test_gqa_rotary_both_kv_heads_dead_by_o():
                 "matmul_o": (8, E)}, groups=1)
 
 
-def test_dynamic_sequence_length_heads_count_rewritten_in_the_computed_shape():
-    m = decoder(4, zero_v=[2], dynamic=True)
-    result = assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
-                            "matmul_o": (12, E)}, groups=1, input_shapes={"x": [B, 7, E]})
-    assert list(initializer(result.model, "shape_q_tail")) == [3, D]
-    assert list(initializer(result.model, "shape_out_tail")) == [3 * D]
-    feeds = {"x": rand(B, 3, E, seed=5)}  # another sequence length than the analysed one
+def assert_dynamic_cut(m: onnx.ModelProto, kept: dict[str, tuple[int, int]], **options):
+    """Cut a dynamic-S decoder analysed at S = 7 (`assert_cut`), and check it at S = 3 too:
+    the computed shapes must hold at another sequence length than the analysed one."""
+    result = assert_cut(m, kept, input_shapes={"x": [B, 7, E]}, **options)
+    feeds = {"x": rand(B, 3, E, seed=5)}
     np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
                                rtol=1e-4, atol=1e-5)
+    return result
+
+
+ONE_HEAD_OF_4 = {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
+                 "matmul_o": (12, E)}
+
+
+def test_dynamic_sequence_length_heads_count_rewritten_in_the_computed_shape():
+    result = assert_dynamic_cut(decoder(4, zero_v=[2], dynamic=True), ONE_HEAD_OF_4, groups=1)
+    assert list(initializer(result.model, "shape_q_tail")) == [3, D]
+    assert list(initializer(result.model, "shape_out_tail")) == [3 * D]
 
 
 def test_computed_shape_with_inferred_head_count():
     # HF's (*x.shape[:-1], -1, D) and (*x.shape[:-1], -1): the sizes before the heads are
     # proven to be q's own (q = x @ Wq keeps x's first dims), so -1 is the head count
-    m = decoder(4, zero_v=[2], dynamic=True, tails=((-1, D), (-1,)))
-    result = assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
-                            "matmul_o": (12, E)}, groups=1, input_shapes={"x": [B, 7, E]})
-    feeds = {"x": rand(B, 3, E, seed=5)}
-    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
-                               rtol=1e-4, atol=1e-5)
+    assert_dynamic_cut(decoder(4, zero_v=[2], dynamic=True, tails=((-1, D), (-1,))),
+                       ONE_HEAD_OF_4, groups=1)
 
 
 def test_gqa_with_dynamic_sequence_length():
-    m = decoder(4, 2, zero_v=[0], dynamic=True)
-    result = assert_cut(m, {"matmul_q": (E, 8), "matmul_k": (E, 4), "matmul_v": (E, 4),
-                            "matmul_o": (8, E)}, groups=1, input_shapes={"x": [B, 7, E]})
-    feeds = {"x": rand(B, 3, E, seed=5)}
-    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
-                               rtol=1e-4, atol=1e-5)
+    assert_dynamic_cut(decoder(4, 2, zero_v=[0], dynamic=True),
+                       {"matmul_q": (E, 8), "matmul_k": (E, 4), "matmul_v": (E, 4),
+                        "matmul_o": (8, E)}, groups=1)
+
+
+def test_flops_after_a_dynamic_sequence_cut_are_counted_at_the_analysed_length():
+    # the cut model, analysed at the same S, counts what the first cut said it would: the
+    # declared input (S symbolic) once left the projections uncounted (a number 60% low)
+    for mode in ("zero", "full"):
+        result = assert_dynamic_cut(decoder(4, zero_v=[2], dynamic=True), ONE_HEAD_OF_4,
+                                    groups=1, mode=mode)
+        again = cut(result.model, mode, input_shapes={"x": [B, 7, E]}).report
+        assert result.report.flops_unknown_after == again.flops_unknown_before == 0
+        assert result.report.flops_after == again.flops_before
+        assert 0.7 * result.report.flops_before < result.report.flops_after \
+            < result.report.flops_before
 
 
 def test_inferred_head_count_from_another_tensors_shape_is_a_named_barrier():
@@ -304,6 +320,16 @@ def test_torch_multihead_attention_dead_heads_go():
     assert not blockers(result, "Transpose") and not blockers(result, "MatMul")
 
 
+def test_torch_multihead_attention_full_cut_counts_heads_not_channels():
+    # in the full cut the packed projection's bias Add may reinsert constants, so its operand
+    # channels are groups of their own; where they go with their heads, they are one unit
+    m = vit_block(zero_v=[0], zero_o=[3])
+    in_proj, out_proj = reader_of(m, (E, 3 * E)), reader_of(m, (E, E))
+    kept = {in_proj: (E, 3 * 8), out_proj: (8, E)}
+    zero, full = (assert_cut(m, kept, groups=2, mode=mode).report for mode in ("zero", "full"))
+    assert full.removed_channels == zero.removed_channels
+
+
 def test_torch_multihead_attention_zero_q_head_stays():
     assert_cut(vit_block(zero_q=[2]), {})
 
@@ -313,21 +339,11 @@ def test_heads_and_swiglu_mlp_channels_cut_in_one_layer():
     hidden channels: heads go as units, MLP channels one by one."""
     attention = decoder(4, zero_v=[0])
     hidden = 24
-    rms = lambda x, y: [  # noqa: E731 - RMSNorm as exporters write it
-        node("Pow", [x, "two"], [f"{y}_sq"]),
-        node("ReduceMean", [f"{y}_sq", "last"], [f"{y}_ms"], keepdims=1),
-        node("Add", [f"{y}_ms", "eps"], [f"{y}_mse"]),
-        node("Sqrt", [f"{y}_mse"], [f"{y}_rms"]),
-        node("Div", [x, f"{y}_rms"], [f"{y}_n"]),
-        node("Mul", [f"{y}_n", f"{y}_g"], [y])]
     nodes = list(attention.graph.node)
     for n in nodes:  # the attention reads the normed input, the residual the raw one
         n.input[:] = ["xn" if i == "x" and n.op_type == "MatMul" else i for i in n.input]
-    nodes = rms("x", "xn") + nodes + rms("y", "yn") + [
-        node("MatMul", ["yn", "wg"], ["g"]), node("Sigmoid", ["g"], ["gs"]),
-        node("Mul", ["g", "gs"], ["silu"]), node("MatMul", ["yn", "wu"], ["u"]),
-        node("Mul", ["silu", "u"], ["gu"]), node("MatMul", ["gu", "wd"], ["d"]),
-        node("Add", ["y", "d"], ["z"])]
+    nodes = llama.rms_norm("x", "xn", "xn_g") + nodes + llama.rms_norm("y", "yn", "yn_g") + \
+        llama.swiglu("yn", "d", "wg", "wu", "wd") + [node("Add", ["y", "d"], ["z"])]
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in attention.graph.initializer}
     inits.update(two=np.array(2, np.float32), last=i64(-1), eps=np.array(1e-6, np.float32),
                  xn_g=rand(E, seed=11), yn_g=rand(E, seed=12),
@@ -335,5 +351,5 @@ def test_heads_and_swiglu_mlp_channels_cut_in_one_layer():
                  wu=weights(E, hidden, seed=14), wd=weights(hidden, E, seed=15))
     m = model(nodes, inputs={"x": [B, S, E]}, outputs=["z"], inits=inits)
     assert_cut(m, {"matmul_q": (E, 12), "matmul_k": (E, 12), "matmul_v": (E, 12),
-                   "matmul_o": (12, E), "matmul_g": (E, 21), "matmul_u": (E, 21),
+                   "matmul_o": (12, E), "matmul_d_g": (E, 21), "matmul_d_u": (E, 21),
                    "matmul_d": (21, E)}, groups=4)

@@ -293,15 +293,7 @@ def _passed_from(a: Dim, walk: Walk, depth: int) -> Dim | None:
             return None
         if entries[k] == 0 and attr_int(node, "allowzero", 0) == 0:
             return node.inputs[0], k
-        if entries[k] is not None:
-            return None
-        offset = 0
-        for piece in node.inputs[1].producer().inputs:
-            length = walk.shape(piece)[0]
-            if k < offset + length:
-                dims = shape_dims(piece, walk)
-                return None if dims is None else dims[k - offset]
-            offset += length
+        return None if entries[k] is not None else _entry_dim(node.inputs[1], k, walk)
     return None
 
 
