@@ -375,20 +375,21 @@ def test_flatten_then_reshape_back_to_channels():
 
 def shuffle_model(w1: np.ndarray, w2: np.ndarray, groups: int = 2, b1: np.ndarray | None = None,
                   perm: tuple[int, ...] = (0, 2, 1, 3, 4)):
-    """conv_h -> Reshape [1,8,4,8] -> [1,groups,8/groups,4,8] -> Transpose(perm) -> Reshape
-    [1,8,4,8] -> conv_y: ShuffleNet's channel shuffle between two 1x1 convs."""
+    """conv_h -> Reshape [1,C,4,8] -> [1,groups,C/groups,4,8] -> Transpose(perm) -> Reshape
+    [1,C,4,8] -> conv_y (C: w1's rows): ShuffleNet's channel shuffle between two 1x1 convs."""
+    c = w1.shape[0]
     return model(
         [conv("x", "w1", "h", "b1" if b1 is not None else None),
          node("Reshape", ["h", "s1"], ["r"]), node("Transpose", ["r"], ["t"], perm=list(perm)),
          node("Reshape", ["t", "s2"], ["u"]), conv("u", "w2", "y")],
         inputs={"x": X_SHAPE}, outputs=["y"],
-        inits={"w1": w1, "w2": w2, "s1": i64(1, groups, 8 // groups, 4, 8),
-               "s2": i64(1, 8, 4, 8), **({} if b1 is None else {"b1": b1})})
+        inits={"w1": w1, "w2": w2, "s1": i64(1, groups, c // groups, 4, 8),
+               "s2": i64(1, c, 4, 8), **({} if b1 is None else {"b1": b1})})
 
 
-def shuffle_order(groups: int) -> np.ndarray:
+def shuffle_order(groups: int, channels: int = 8) -> np.ndarray:
     """Output channel c of the shuffle holds input channel order[c] (numpy's own transpose)."""
-    return np.arange(8).reshape(groups, 8 // groups).T.reshape(-1)
+    return np.arange(channels).reshape(groups, channels // groups).T.reshape(-1)
 
 
 def op_types(m) -> list[str]:
@@ -415,9 +416,10 @@ def assert_shuffle_gathers(result, groups: int, dead: list[int], w2: np.ndarray)
     channels landed."""
     assert op_types(result.model) == ["Conv", "Gather", "Conv"]
     assert attribute(result.model, "reshape_u", "axis") == 1
-    order = shuffle_order(groups)
-    kept_in = [c for c in range(8) if c not in dead]
-    landed = [c for c in range(8) if order[c] in dead]
+    channels = w2.shape[1]
+    order = shuffle_order(groups, channels)
+    kept_in = [c for c in range(channels) if c not in dead]
+    landed = [c for c in range(channels) if order[c] in dead]
     np.testing.assert_array_equal(const_input(result.model, "reshape_u"),
                                   [kept_in.index(c) for c in order if c not in dead])
     np.testing.assert_array_equal(const_input(result.model, "conv_y"),
@@ -445,6 +447,18 @@ def test_channel_shuffle_with_unequal_groups_after_the_cut_is_a_gather(groups):
                       b1=zero_bias(8, [1, 2]))
     result = assert_cut(m, {"conv_h": (4, 6), "conv_y": (6, 6)}, groups=2)
     assert_shuffle_gathers(result, groups, [1, 2], w2)
+
+
+@pytest.mark.parametrize("target", ["min-flops", "rknn", "portable"])
+def test_every_target_writes_the_shuffle_as_a_gather(target):
+    # Group 0 (channels 0..15 of 32) is dead, group 1 alive: no column goes whole. The Gather
+    # replaces three ops by one, so a target that allows no added op (portable) writes it
+    # too; 16 channels stay, aligned for portable's blocks of 16.
+    dead = list(range(16))
+    w2 = weights(6, 32, 1, 1, seed=5)
+    m = shuffle_model(weights(32, 4, 1, 1, zero_rows=dead), w2, b1=zero_bias(32, dead))
+    result = assert_cut(m, {"conv_h": (4, 16), "conv_y": (16, 6)}, target=target)
+    assert_shuffle_gathers(result, 2, dead, w2)
 
 
 def test_channel_shuffle_that_also_moves_the_spatial_axes_stays_coupled():
