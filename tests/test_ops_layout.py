@@ -461,6 +461,20 @@ def test_every_target_writes_the_shuffle_as_a_gather(target):
     assert_shuffle_gathers(result, 2, dead, w2)
 
 
+def test_channel_shuffle_with_dynamic_spatial_dims_stays_coupled():
+    # The targets infer H (-1) and copy the batch (0): at another H and W than the analysed
+    # 4x8 ((1, 8, 2, 16), say) the first Reshape takes up a size of W into H, which is no
+    # permutation of the channels; a Gather would give another shape. A half-dead column stays.
+    m = model(
+        [conv("x", "w1", "h"), node("Reshape", ["h", "s1"], ["r"]),
+         node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
+         node("Reshape", ["t", "s2"], ["u"]), conv("u", "w2", "y")],
+        inputs={"x": ("N", 4, "H", "W")}, outputs=["y"],
+        inits={"w1": weights(8, 4, 1, 1, zero_rows=[1]), "w2": weights(6, 8, 1, 1, seed=5),
+               "s1": i64(0, 2, 4, -1, 8), "s2": i64(0, -1, 4, 8)})
+    assert_cut(m, {}, input_shapes={"x": X_SHAPE})
+
+
 def test_channel_shuffle_that_also_moves_the_spatial_axes_stays_coupled():
     # The Transpose swaps H and W too: the chain is not a permutation of the channels alone
     # (no Gather can write it), so a half-dead column stays.

@@ -15,7 +15,7 @@ from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
                                    computed_target_fixed, split_channels, target_entries)
-from channelcut.ops.shuffle import is_grid, rewrite_as_gather, shuffle_chain
+from channelcut.ops.shuffle import is_grid, proven_shuffle, rewrite_as_gather, shuffle_chain
 
 
 def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarray,
@@ -229,7 +229,7 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         return
     out = _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions, span)
     if span > 1 and not (axis == source.axis and span == len(out_shape) - len(in_shape) + 1
-                         and shuffle_chain(node, walk, axis) is not None):
+                         and proven_shuffle(node, walk, axis) is not None):
         # (a proven shuffle leaves each channel on its own: the rewrite turns a cut that is
         # not a grid into a Gather, channelcut.ops.shuffle)
         # Split into dims (d0, ..., dk): channels that share the last index go together, so

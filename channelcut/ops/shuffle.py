@@ -80,6 +80,24 @@ def shuffle_chain(node: ir.Node, walk: Walk | Rewrite, axis: int) -> Shuffle | N
     return Shuffle(node, transpose, merge, axis, order)
 
 
+def proven_shuffle(node: ir.Node, walk: Walk, axis: int) -> Shuffle | None:
+    """`shuffle_chain`, when it also permutes the channels alone at every size the model runs
+    at: the graph inputs' dims after the batch are fixed (Walk.spatial_fixed), and the targets
+    name every dim from `axis` on (the last Reshape may infer the channel count, -1), the dims
+    before it copied (0) or literal. A -1 elsewhere, or a 0 after `axis`, could take up a
+    run-time size into another axis than the analysed one."""
+    shuffle = shuffle_chain(node, walk, axis)
+    if shuffle is None or not walk.spatial_fixed:
+        return None
+    for reshape, inferred in ((shuffle.reshape, None), (shuffle.merge, axis)):
+        target = [int(x) for x in walk.const(reshape.inputs[1]).reshape(-1)]
+        if any(e < 0 for e in target[:axis]) or \
+                any(e <= 0 and not (k == inferred and e == -1)
+                    for k, e in enumerate(target[axis:], axis)):
+            return None
+    return shuffle
+
+
 def is_grid(deleted: np.ndarray, dims: tuple[int, ...]) -> bool:
     """Do the `deleted` flat positions over `dims` (the split axes) take whole columns (the
     same last index in every row), so that what is kept is still a grid?"""
