@@ -7,8 +7,9 @@ the kept channels still form a grid (each column of the (g, C/g) split kept or c
 shuffle stays, with smaller Reshape targets. When the chain is proven a pure permutation (this
 module), channels are not coupled by column: each goes on its own, and a cut that leaves the
 groups unequal replaces the three ops by one `Gather(axis, kept permutation)`, which adds no op
-in any target. Anything not provably a permutation (dynamic shapes, other axes moved, another
-reader of the intermediate tensors) keeps the column coupling.
+in any target (three ops become one, so even a target that allows no added op writes it).
+Anything not provably a permutation (computed or inferred sizes that may change at run time,
+other axes moved, another reader of the intermediate tensors) keeps the column coupling.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def shuffle_chain(node: ir.Node, walk: Walk | Rewrite, axis: int) -> Shuffle | N
     Proven from static shapes and constant targets: the first Reshape splits only `axis`
     (its dims before and after are the input's, one for one), the Transpose moves only the
     split axes (among themselves), and the last Reshape gives back the input's shape. Then
-    every (batch, spatial) slab is permuted alike along `axis`, at the analysed shape; the
-    shapes are static, so that is every run.
+    every (batch, spatial) slab is permuted alike along `axis`, at the analysed shape
+    (`proven_shuffle` says when that holds at every run-time size).
     """
     if node.op_type != "Reshape" or walk.const(node.inputs[1]) is None:
         return None
