@@ -16,7 +16,8 @@ a MatMul on the last axis; Squeeze + Flatten in the `mixflat` head, YOLOv8's box
 `dfl` head), a 1-channel tensor broadcast by Add/Sub/Mul/Div against an n-channel one and then a
 grouped or depthwise conv (`bcast`), one constant read by two convs and equal but separate
 constants, and ops channelcut does not know (a model-local function in a custom domain, and
-com.microsoft's QuickGelu, which ONNX Runtime runs). Weight rows and columns are zeroed at
+com.microsoft's QuickGelu, which ONNX Runtime runs); and issue 12's ShuffleNet channel shuffle
+(`shuffle`, drawn only where asked for). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -45,6 +46,9 @@ BASE_OPS = ("conv", "conv", "conv", "bn", "act", "add", "mul", "concat", "split"
 # The patterns of issue 10, each one op of a recipe.
 NEW_OPS = ("axisconcat", "bcast", "shared", "custom")
 OPS = BASE_OPS + NEW_OPS
+# Issue 12's channel shuffle; drawn only by its own property test (OPS keeps the draws of the
+# others and of bench/fuzz.py as they were).
+SHUFFLE = "shuffle"
 BASE_HEADS = ("gemm", "conv", "gemm", "raw")
 HEADS = BASE_HEADS + ("mixflat", "dfl")
 
@@ -557,13 +561,30 @@ def add_custom(net: Net, rng: np.random.Generator) -> None:
         net.add(node("QuickGelu", [x], [y], domain="com.microsoft"), c, h, w)
 
 
+def add_shuffle(net: Net, rng: np.random.Generator) -> None:
+    """ShuffleNet's channel shuffle: Reshape (N, g, C/g, H, W), Transpose the two group axes
+    (sometimes H and W too: no longer a channel permutation), Reshape back to C channels."""
+    x, c, h, w = net.pick(rng)
+    groups = [g for g in (2, 3, 4) if c % g == 0 and c > g]
+    if not groups:
+        return
+    g = int(rng.choice(groups))
+    perm = [0, 2, 1, 4, 3] if rng.random() < 0.2 else [0, 2, 1, 3, 4]
+    split, moved = net.name("split5d"), net.name("shuffled")
+    net.nodes.append(node("Reshape", [x, net.const("s", np.array([0, g, c // g, h, w]))],
+                          [split]))
+    net.nodes.append(node("Transpose", [split], [moved], perm=perm))
+    merged = net.name("shuffle")
+    net.add(node("Reshape", [moved, net.const("s", np.array([0, c, h, w]))], [merged]), c, h, w)
+
+
 BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("Add"),
             "mul": add_binary("Mul"), "concat": add_concat, "split": add_split,
             "maxpool": add_maxpool, "const": add_const, "avgpool": add_avgpool,
             "slice": add_slice, "pad": add_pad, "resize": add_resize, "prelu": add_prelu,
             "matmul": add_matmul, "mixconcat": add_mixed_concat,
             "broadcast": add_broadcast, "axisconcat": add_axis_concat, "bcast": add_bcast,
-            "shared": add_shared, "custom": add_custom}
+            "shared": add_shared, "custom": add_custom, "shuffle": add_shuffle}
 
 
 def add_dfl_head(net: Net, rng: np.random.Generator) -> tuple[str, tuple[int, ...]]:

@@ -373,32 +373,113 @@ def test_flatten_then_reshape_back_to_channels():
     np.testing.assert_array_equal(initializer(result.model, "shape"), [1, 3, 4, 8])
 
 
+def shuffle_model(w1: np.ndarray, w2: np.ndarray, groups: int = 2, b1: np.ndarray | None = None,
+                  perm: tuple[int, ...] = (0, 2, 1, 3, 4)):
+    """conv_h -> Reshape [1,C,4,8] -> [1,groups,C/groups,4,8] -> Transpose(perm) -> Reshape
+    [1,C,4,8] -> conv_y (C: w1's rows): ShuffleNet's channel shuffle between two 1x1 convs."""
+    c = w1.shape[0]
+    return model(
+        [conv("x", "w1", "h", "b1" if b1 is not None else None),
+         node("Reshape", ["h", "s1"], ["r"]), node("Transpose", ["r"], ["t"], perm=list(perm)),
+         node("Reshape", ["t", "s2"], ["u"]), conv("u", "w2", "y")],
+        inputs={"x": X_SHAPE}, outputs=["y"],
+        inits={"w1": w1, "w2": w2, "s1": i64(1, groups, c // groups, 4, 8),
+               "s2": i64(1, c, 4, 8), **({} if b1 is None else {"b1": b1})})
+
+
+def shuffle_order(groups: int, channels: int = 8) -> np.ndarray:
+    """Output channel c of the shuffle holds input channel order[c] (numpy's own transpose)."""
+    return np.arange(channels).reshape(groups, channels // groups).T.reshape(-1)
+
+
+def op_types(m) -> list[str]:
+    return [n.op_type for n in m.graph.node]
+
+
 def test_channel_shuffle_maps_channels_through_the_permutation():
     # Reshape [1,8,4,8] -> [1,2,4,4,8] -> Transpose -> [1,4,2,4,8] -> Reshape [1,8,4,8]:
     # channel (i, j) = 4i + j lands at 2j + i. Cutting column j = 1 takes channels 1 and 5 of
     # the producer (both groups of the shuffle lose the same column) and the reader's weight
-    # columns 2 and 3 (where they landed).
-    w1 = weights(8, 4, 1, 1, zero_rows=[1, 5])
+    # columns 2 and 3 (where they landed). What is kept is still a grid: the shuffle stays.
     w2 = weights(6, 8, 1, 1, seed=5)
-    m = model(
-        [conv("x", "w1", "h"), node("Reshape", ["h", "s1"], ["r"]),
-         node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
-         node("Reshape", ["t", "s2"], ["u"]), conv("u", "w2", "y")],
-        inputs={"x": X_SHAPE}, outputs=["y"],
-        inits={"w1": w1, "w2": w2, "s1": i64(1, 2, 4, 4, 8), "s2": i64(1, 8, 4, 8)})
+    m = shuffle_model(weights(8, 4, 1, 1, zero_rows=[1, 5]), w2)
     result = assert_cut(m, {"conv_h": (4, 6), "conv_y": (6, 6)})
     np.testing.assert_array_equal(const_input(result.model, "conv_y")[:, :, 0, 0],
                                   np.delete(w2, [2, 3], axis=1)[:, :, 0, 0])
+    assert op_types(result.model) == ["Conv", "Reshape", "Transpose", "Reshape", "Conv"]
+    np.testing.assert_array_equal(const_input(result.model, "reshape_r"), [1, 2, 3, 4, 8])
 
 
-def test_channel_shuffle_keeps_a_column_that_is_only_half_dead():
+def assert_shuffle_gathers(result, groups: int, dead: list[int], w2: np.ndarray) -> None:
+    """The shuffle became one Gather that reads, for each kept output channel in order, its
+    input channel's place in the cut producer; the reader lost the columns where the dead
+    channels landed."""
+    assert op_types(result.model) == ["Conv", "Gather", "Conv"]
+    assert attribute(result.model, "reshape_u", "axis") == 1
+    channels = w2.shape[1]
+    order = shuffle_order(groups, channels)
+    kept_in = [c for c in range(channels) if c not in dead]
+    landed = [c for c in range(channels) if order[c] in dead]
+    np.testing.assert_array_equal(const_input(result.model, "reshape_u"),
+                                  [kept_in.index(c) for c in order if c not in dead])
+    np.testing.assert_array_equal(const_input(result.model, "conv_y"),
+                                  np.delete(w2, landed, axis=1))
+
+
+def test_channel_shuffle_cuts_a_channel_of_one_half_as_a_gather():
+    # Channel 1 (group 0, column 1) is zero, channel 5 (group 1, column 1) is not. Once this
+    # coupled the column (the shuffle's Reshapes need equal groups) and nothing was cut; the
+    # chain is a fixed permutation of the channels, so channel 1 goes alone and the three ops
+    # become Gather(axis 1) of the kept permutation (RKNN-Toolkit2's model_pruning, which
+    # turns a shuffle into a 1x1 permutation conv, cuts it too).
+    w2 = weights(6, 8, 1, 1, seed=5)
+    result = assert_cut(shuffle_model(weights(8, 4, 1, 1, zero_rows=[1]), w2),
+                        {"conv_h": (4, 7), "conv_y": (7, 6)})
+    assert_shuffle_gathers(result, 2, [1], w2)
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_channel_shuffle_with_unequal_groups_after_the_cut_is_a_gather(groups):
+    # Channels 1 and 2 are zero (zero weight rows, zero bias): not whole columns of the
+    # (groups, 8/groups) split, so the groups end unequal.
+    w2 = weights(6, 8, 1, 1, seed=5)
+    m = shuffle_model(weights(8, 4, 1, 1, zero_rows=[1, 2]), w2, groups,
+                      b1=zero_bias(8, [1, 2]))
+    result = assert_cut(m, {"conv_h": (4, 6), "conv_y": (6, 6)}, groups=2)
+    assert_shuffle_gathers(result, groups, [1, 2], w2)
+
+
+@pytest.mark.parametrize("target", ["min-flops", "rknn", "portable"])
+def test_every_target_writes_the_shuffle_as_a_gather(target):
+    # Group 0 (channels 0..15 of 32) is dead, group 1 alive: no column goes whole. The Gather
+    # replaces three ops by one, so a target that allows no added op (portable) writes it
+    # too; 16 channels stay, aligned for portable's blocks of 16.
+    dead = list(range(16))
+    w2 = weights(6, 32, 1, 1, seed=5)
+    m = shuffle_model(weights(32, 4, 1, 1, zero_rows=dead), w2, b1=zero_bias(32, dead))
+    result = assert_cut(m, {"conv_h": (4, 16), "conv_y": (16, 6)}, target=target)
+    assert_shuffle_gathers(result, 2, dead, w2)
+
+
+def test_channel_shuffle_with_dynamic_spatial_dims_stays_coupled():
+    # The targets infer H (-1) and copy the batch (0): at another H and W than the analysed
+    # 4x8 ((1, 8, 2, 16), say) the first Reshape takes up a size of W into H, which is no
+    # permutation of the channels; a Gather would give another shape. A half-dead column stays.
     m = model(
         [conv("x", "w1", "h"), node("Reshape", ["h", "s1"], ["r"]),
          node("Transpose", ["r"], ["t"], perm=[0, 2, 1, 3, 4]),
          node("Reshape", ["t", "s2"], ["u"]), conv("u", "w2", "y")],
-        inputs={"x": X_SHAPE}, outputs=["y"],
+        inputs={"x": ("N", 4, "H", "W")}, outputs=["y"],
         inits={"w1": weights(8, 4, 1, 1, zero_rows=[1]), "w2": weights(6, 8, 1, 1, seed=5),
-               "s1": i64(1, 2, 4, 4, 8), "s2": i64(1, 8, 4, 8)})
+               "s1": i64(0, 2, 4, -1, 8), "s2": i64(0, -1, 4, 8)})
+    assert_cut(m, {}, input_shapes={"x": X_SHAPE})
+
+
+def test_channel_shuffle_that_also_moves_the_spatial_axes_stays_coupled():
+    # The Transpose swaps H and W too: the chain is not a permutation of the channels alone
+    # (no Gather can write it), so a half-dead column stays.
+    m = shuffle_model(weights(8, 4, 1, 1, zero_rows=[1]), weights(6, 8, 1, 1, seed=5),
+                      perm=(0, 2, 1, 4, 3))
     assert_cut(m, {})
 
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 
 from cutcheck import failures, judge
-from randomgraphs import BASE_HEADS, BASE_OPS, HEADS, OPS, Recipe, build, recipes
+from randomgraphs import BASE_HEADS, BASE_OPS, HEADS, OPS, SHUFFLE, Recipe, build, recipes
 
 EXAMPLES = int(os.environ.get("CHANNELCUT_PROPERTY_EXAMPLES", 60))
 SETTINGS = settings(
@@ -297,6 +297,14 @@ def test_shared_and_equal_initializers(mode, recipe):
 @PATTERN_SETTINGS
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("custom",), **PLAIN))
 def test_custom_domain_op(mode, recipe):
+    assert_exact(recipe, mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full", "align8"])
+@PATTERN_SETTINGS
+@given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=(SHUFFLE,), **{**PLAIN, "dynamic_batch": (False, True)}))
+def test_channel_shuffle(mode, recipe):
+    """ShuffleNet's Reshape -> Transpose -> Reshape: a Gather where the groups end unequal."""
     assert_exact(recipe, mode)
 
 

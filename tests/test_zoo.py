@@ -329,7 +329,9 @@ def parameter_bytes_after(stored: Stored, groups: list[ChannelGroup],
             array = stored.arrays[name]
             for axis, gone in enumerate(cut):
                 array = np.delete(array, sorted(gone), axis=axis)
-            left[(array.dtype.str, array.shape, array.tobytes())] = array.nbytes
+            if array.size >= 2:  # as parameter_names sees the cut model (a bias cut to one
+                # entry is a scalar there)
+                left[(array.dtype.str, array.shape, array.tobytes())] = array.nbytes
     return sum(left.values())
 
 

@@ -15,6 +15,7 @@ from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
                                    computed_target_fixed, split_channels, target_entries)
+from channelcut.ops.shuffle import is_grid, proven_shuffle, rewrite_as_gather, shuffle_chain
 
 
 def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarray,
@@ -227,7 +228,10 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         split_channels(walk, node.outputs[0], source, dims, axis, positions, channel)
         return
     out = _carry(walk, node.outputs[0], source, np.arange(source.n), axis, positions, span)
-    if span > 1:
+    if span > 1 and not (axis == source.axis and span == len(out_shape) - len(in_shape) + 1
+                         and proven_shuffle(node, walk, axis) is not None):
+        # (a proven shuffle leaves each channel on its own: the rewrite turns a cut that is
+        # not a grid into a Gather, channelcut.ops.shuffle)
         # Split into dims (d0, ..., dk): channels that share the last index go together, so
         # what is kept is still a grid (d0, ..., dk - removed) and a shuffle stays exact.
         last = out_shape[axis + span - 1]
@@ -261,6 +265,13 @@ def rewrite_reshape(node: ir.Node, rw: Rewrite) -> None:
         return
     out = rw.info(node.outputs[0])
     shape = rw.shape(node.outputs[0])
+    if out.span > 1 and not is_grid(deleted, shape[out.axis:out.axis + out.span]):
+        # only a proven shuffle leaves its channels uncoupled by column (analyse_reshape)
+        shuffle = shuffle_chain(node, rw, out.axis)
+        if shuffle is None:
+            raise ValueError("a cut that is not a grid through a Reshape that is no shuffle")
+        rewrite_as_gather(shuffle, rw)
+        return
     axis = out.axis + out.span - 1
     rows = math.prod(shape[out.axis:axis])  # the grid's other dims keep their size
     if target_entries(node.inputs[1], rw)[axis] != -1:
