@@ -134,7 +134,7 @@ def cut(
     stages = stages or Stages()
     with _collector_paused():
         with stages.stage("load"):
-            original = io.load_model(model, copy=False)
+            original = io.load_model(model, copy=False, lazy=True)
         checking = Checking(verify_inputs, verify_samples, seed,
                             resolve_input_ranges(original, input_ranges))
         result = _cut(original, input_shapes, verify, threshold, options, stages, checking)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -224,33 +222,40 @@ def compare(
     Conv's weights changes where NaN appears).
     """
     runtime_errors = _runtime_errors()
+    samples = samples or input_sets(original, shapes, seed)
+    # One session at a time, each freed before the next: a multi-GB model and its cut are
+    # never both held by ONNX Runtime.
+    try:
+        expected = _outputs(original, samples)
+    except runtime_errors as exc:
+        raise OriginalDoesNotRun(io.error_line(exc)) from None
     per_set = []
-    sessions: dict[str, object] = {}
-    for k, feeds in enumerate(samples or input_sets(original, shapes, seed), 1):
-        try:
-            if "original" not in sessions:
-                sessions["original"] = _session(original)
-            expected = _run(sessions["original"], feeds)
-        except runtime_errors as exc:
-            raise OriginalDoesNotRun(io.error_line(exc)) from None
-        try:
-            if "cut" not in sessions:
-                sessions["cut"] = _session(cut)
-            actual = _run(sessions["cut"], feeds)
-        except runtime_errors as exc:
-            raise VerificationError(
-                f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a "
-                "bug in channelcut, nothing was written: please report it with the model"
-            ) from None
-        checks = []
-        for name, want in expected.items():
-            if name not in actual:
-                raise VerificationError(f"the cut model lost output {name!r}; this is a bug")
-            checks.append(_compare_output(name, want, actual[name]))
-        per_set.append(checks)
-        if advance is not None:
-            advance(k)
+    try:
+        session, weights = _session(cut)
+        for k, (feeds, want) in enumerate(zip(samples, expected), 1):
+            actual = _run(session, feeds, weights)
+            checks = []
+            for name, value in want.items():
+                if name not in actual:
+                    raise VerificationError(
+                        f"the cut model lost output {name!r}; this is a bug")
+                checks.append(_compare_output(name, value, actual[name]))
+            per_set.append(checks)
+            if advance is not None:
+                advance(k)
+    except runtime_errors as exc:
+        raise VerificationError(
+            f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a "
+            "bug in channelcut, nothing was written: please report it with the model"
+        ) from None
     return worst(per_set)
+
+
+def _outputs(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]
+             ) -> list[dict[str, object]]:
+    """The model's outputs on each of the samples, from one session freed on return."""
+    session, weights = _session(model)
+    return [_run(session, feeds, weights) for feeds in samples]
 
 
 def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:
@@ -322,8 +327,9 @@ def _format_dims(dims: tuple[int | None, ...] | None) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _session(model: onnx.ModelProto) -> object:
-    """An ONNX Runtime CPU session that runs the model as written."""
+def _session(model: onnx.ModelProto) -> tuple[object, dict[str, np.ndarray]]:
+    """An ONNX Runtime CPU session that runs the model as written, and the weights to feed it
+    with every run (see `weights_as_inputs`; none for a model small enough to hand over)."""
     import onnxruntime as ort  # noqa: PLC0415 - heavy import, only verification needs it
 
     options = ort.SessionOptions()
@@ -334,22 +340,67 @@ def _session(model: onnx.ModelProto) -> object:
     # exceptions (a size the original cannot run at is reported in one line, or skipped)
     options.log_severity_level = 4
     providers = ["CPUExecutionProvider"]
-    if io.needs_external_data(model):
-        # Protobuf cannot hand a >2 GB model over in memory: ORT reads it from disk instead.
-        with tempfile.TemporaryDirectory(prefix="channelcut-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            io.save_model(model, path)
-            session = ort.InferenceSession(str(path), options, providers=providers)
-    else:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    return session
+    weights: dict[str, np.ndarray] = {}
+    if any(io.on_disk(t) for t in model.graph.initializer) or io.needs_external_data(model):
+        model, weights = weights_as_inputs(model)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    return session, weights
 
 
-def _run(session: object, feeds: dict[str, np.ndarray]) -> dict[str, object]:
+def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose large initializers are graph inputs, and their values.
+
+    Protobuf cannot hand a model over 2 GB to ONNX Runtime in memory, and ONNX Runtime copies
+    the initializers it is given, where it reads an input in place. So the weights go in as
+    inputs: data left on disk by a lazy load (channelcut.io) memory-mapped from its file, and
+    nothing written to a temporary file. Initializers of a type numpy lacks, or read by a node
+    outside the ONNX domain (a contrib kernel may want a constant), stay initializers.
+    """
+    special = {name for node in model.graph.node if node.domain not in ("", "ai.onnx")
+               for name in node.input}
+    moved = {}
+    for index, tensor in io.large_initializers(model).items():
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if tensor.name not in special and dtype.kind in "biufc" and dtype.isnative:
+            moved[index] = (tensor, dtype)
+    light = io.skeleton(model, moved)
+    declared = {v.name for v in light.graph.input}
+    weights = {}
+    for index in sorted(moved, reverse=True):
+        tensor, dtype = moved[index]
+        del light.graph.initializer[index]
+        if tensor.name not in declared:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+        source = io.on_disk(tensor)
+        shape = tuple(tensor.dims)
+        if source is None:
+            array = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(shape)
+        else:
+            array = np.memmap(source[0], dtype=dtype, mode="r", offset=source[1], shape=shape)
+        weights[tensor.name] = array
+    for tensor in light.graph.initializer:  # what stayed, and has its data on disk: read in
+        source = io.on_disk(tensor)
+        if source is not None:
+            with open(source[0], "rb") as file:
+                file.seek(source[1])
+                raw = file.read(source[2])
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = raw
+    return light, weights
+
+
+def _run(session: object, feeds: dict[str, np.ndarray],
+         weights: dict[str, np.ndarray] | None = None) -> dict[str, object]:
     """The session's outputs by name."""
     wanted = {i.name for i in session.get_inputs()}
     names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    given = {**(weights or {}), **{k: v for k, v in feeds.items() if k in wanted}}
+    values = session.run(names, given)
     return dict(zip(names, values))
 
 
