@@ -22,7 +22,7 @@ from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.rewrite import SizeChange, apply_cut, input_role, kept_mask
 from channelcut.flops import FlopCount, count_flops, node_flops
-from channelcut.graph import tensor_bytes, to_ir, weight_bytes
+from channelcut.graph import release_pages, tensor_bytes, to_ir, weight_bytes
 from channelcut.samples import Checking
 from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
@@ -261,6 +261,9 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
             result = _uncut(original, result.report)
             break
     if verify:
+        # The cut's IR (weights it sliced included) is garbage in reference cycles, which the
+        # paused collector would keep while ONNX Runtime runs both models.
+        gc.collect()
         samples = checking.feeds(original, shapes)
         with stages.stage("verify", len(samples)) as advance:
             result.report.checks = dynamic_dims.compare_sizes(
@@ -317,6 +320,7 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
         rewritten = apply_cut(analysis)
         changes = {**unused, **rewritten.changes}
         result_proto, flops_after = _serialized(graph_model, shapes, original)
+        release_pages(graph_model.graph.initializers.values())
     network = [replace(layer, flops=(layer.flops[0], node_flops(node) if node.graph else 0))
                for layer, node in network]
 

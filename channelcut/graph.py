@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -90,6 +92,19 @@ def cached_const(cache: dict[ir.Value, np.ndarray | None], value: ir.Value | Non
     if value not in cache:
         cache[value] = const_array(value)
     return cache[value]
+
+
+def release_pages(values: Iterable[ir.Value | None]) -> None:
+    """Hand the pages of these constants' memory-mapped data back to the page cache.
+
+    A weight left on disk (channelcut.io's lazy load) is a read-only map of its file; each
+    page read stays in this process until unmapped, so reading every weight once would hold
+    the whole model. Arrays over the map stay valid: a page read again comes from the cache.
+    """
+    for value in values:
+        tensor = None if value is None else value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None:
+            tensor.raw.madvise(mmap.MADV_DONTNEED)
 
 
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:

@@ -63,9 +63,9 @@ def load_model(source: onnx.ModelProto | str | Path, copy: bool = True,
             f"{path}: cannot read the model's external data ({error_line(exc)}); keep the "
             "data file next to the model, under the name the model refers to, and complete"
         ) from None
-    check_model(model, str(path))
     if lazy:
         _refer_to_data_on_disk(model, path)
+    check_model(model, str(path))
     return model
 
 
