@@ -6,6 +6,8 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -231,9 +233,9 @@ def compare(
         raise OriginalDoesNotRun(io.error_line(exc)) from None
     per_set = []
     try:
-        session, weights = _session(cut)
+        session = _session(cut)
         for k, (feeds, want) in enumerate(zip(samples, expected), 1):
-            actual = _run(session, feeds, weights)
+            actual = _run(session, feeds)
             checks = []
             for name, value in want.items():
                 if name not in actual:
@@ -254,8 +256,8 @@ def compare(
 def _outputs(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]
              ) -> list[dict[str, object]]:
     """The model's outputs on each of the samples, from one session freed on return."""
-    session, weights = _session(model)
-    return [_run(session, feeds, weights) for feeds in samples]
+    session = _session(model)
+    return [_run(session, feeds) for feeds in samples]
 
 
 def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:
@@ -327,9 +329,17 @@ def _format_dims(dims: tuple[int | None, ...] | None) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _session(model: onnx.ModelProto) -> tuple[object, dict[str, np.ndarray]]:
-    """An ONNX Runtime CPU session that runs the model as written, and the weights to feed it
-    with every run (see `weights_as_inputs`; none for a model small enough to hand over)."""
+@dataclass
+class Session:
+    """An ONNX Runtime session, and the weights it is fed with every run (`weights_as_inputs`;
+    none for a model small enough to hand over whole)."""
+
+    session: Any
+    weights: dict[str, np.ndarray]
+
+
+def _session(model: onnx.ModelProto) -> Session:
+    """An ONNX Runtime CPU session that runs the model as written."""
     import onnxruntime as ort  # noqa: PLC0415 - heavy import, only verification needs it
 
     options = ort.SessionOptions()
@@ -344,7 +354,7 @@ def _session(model: onnx.ModelProto) -> tuple[object, dict[str, np.ndarray]]:
     if any(io.on_disk(t) for t in model.graph.initializer) or io.needs_external_data(model):
         model, weights = weights_as_inputs(model)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    return session, weights
+    return Session(session, weights)
 
 
 def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -394,13 +404,12 @@ def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
     return light, weights
 
 
-def _run(session: object, feeds: dict[str, np.ndarray],
-         weights: dict[str, np.ndarray] | None = None) -> dict[str, object]:
+def _run(session: Session, feeds: dict[str, np.ndarray]) -> dict[str, object]:
     """The session's outputs by name."""
-    wanted = {i.name for i in session.get_inputs()}
-    names = [o.name for o in session.get_outputs()]
-    given = {**(weights or {}), **{k: v for k, v in feeds.items() if k in wanted}}
-    values = session.run(names, given)
+    wanted = {i.name for i in session.session.get_inputs()}
+    names = [o.name for o in session.session.get_outputs()]
+    given = {**session.weights, **{k: v for k, v in feeds.items() if k in wanted}}
+    values = session.session.run(names, given)
     return dict(zip(names, values))
 
 
