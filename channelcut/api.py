@@ -50,6 +50,8 @@ class CutResult:
     # tensor name -> (channel axis, original positions kept along that axis), for every
     # tensor that lost channels; lets a caller compare original and cut intermediates.
     channel_map: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    # the input kept its weights in an external data file: so does the output (io.save_model)
+    external_data: bool = False
 
 
 def cut(
@@ -152,6 +154,7 @@ def cut(
             result = _guarded(original, result, input_shapes, verify, threshold, options,
                               zero_only, measure or guard.ort_latencies, stages, checking)
     result.report.model_path = str(model) if isinstance(model, str | Path) else ""
+    result.external_data = any(io.on_disk(t) is not None for t in original.graph.initializer)
     result.report.seconds = dict(stages.seconds)
     return result
 

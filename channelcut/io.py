@@ -124,10 +124,10 @@ def _refer_to_data_on_disk(model: onnx.ModelProto, path: Path) -> None:
 
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = False) -> None:
     """Write a model atomically. Its large tensors go to `<name>.data` beside it when it is
-    past 2 GB, or when it refers to data left on disk by a lazy load (a model whose input
-    kept its weights apart keeps them apart too); that data is copied file to file."""
+    past 2 GB, when it refers to data left on disk by a lazy load (copied file to file), or
+    with `external_data` (the cut of a model that kept its weights apart keeps them apart)."""
     path = Path(path)
     _require_parent_dir(path)
     external = [t for t in _all_tensors(model) if uses_external_data(t)]
@@ -136,7 +136,7 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> None:
             f"{path}: the model refers to external data that was never loaded; load it with "
             "channelcut.io.load_model(path) before saving"
         )
-    if not external and not needs_external_data(model):
+    if not external and not external_data and not needs_external_data(model):
         write_atomic(path, model.SerializeToString())
         return
     data_path = path.with_name(path.name + ".data")
