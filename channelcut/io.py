@@ -81,47 +81,54 @@ def on_disk(tensor: onnx.TensorProto) -> tuple[str, int, int] | None:
 
 
 def _refer_to_data_on_disk(model: onnx.ModelProto, path: Path) -> None:
-    """Make each external reference of `model` (read from `path`) absolute, once checked;
-    small tensors (shape constants) are read in, since shape inference reads their values."""
+    """Make the external references of the main graph's initializers (read from `path`)
+    absolute, once checked. Small ones (shape constants: shape inference reads their values)
+    and tensors elsewhere (attributes, subgraphs) are read in."""
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            data_path, offset, length = _checked_reference(tensor, path)
+            if length > EXTERNAL_TENSOR_MIN_BYTES:
+                del tensor.external_data[:]
+                for key, value in (("location", str(data_path.resolve())),
+                                   ("offset", str(offset)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
     for tensor in _all_tensors(model):
-        if not uses_external_data(tensor):
-            continue
-        info = dict((e.key, e.value) for e in tensor.external_data)
-        location = info.get("location", "")
-        data_path = path.parent / location
-        where = f"{path}: cannot read the model's external data (tensor {tensor.name!r} in " \
-                f"{location!r}"
-        fix = "keep the data file next to the model, under the name the model refers to, " \
-              "and complete"
-        if not location or os.path.isabs(location) or \
-                os.path.normpath(location).split(os.sep)[0] == os.pardir:
-            raise ChannelcutError(f"{where}: the location must be a file beside the model); "
-                                  "re-export the model")
-        if not data_path.is_file():
-            raise ChannelcutError(f"{where}: no such file); {fix}")
-        offset, needed = int(info.get("offset") or 0), _raw_bytes(tensor)
-        length = int(info["length"]) if info.get("length") else needed
-        if length is None or offset + length > data_path.stat().st_size:
-            raise ChannelcutError(f"{where}: offset {offset} and length {length} exceeds "
-                                  f"available data); {fix}")
-        if needed is not None and length != needed:
-            raise ChannelcutError(f"{where}: {length} bytes, its shape {list(tensor.dims)} "
-                                  f"needs {needed}); re-export the model")
-        if length <= EXTERNAL_TENSOR_MIN_BYTES:
+        if uses_external_data(tensor) and on_disk(tensor) is None:
+            data_path, offset, length = _checked_reference(tensor, path)
             with open(data_path, "rb") as file:
                 file.seek(offset)
                 raw = file.read(length)
             del tensor.external_data[:]
             tensor.ClearField("data_location")
             tensor.raw_data = raw
-            continue
-        del tensor.external_data[:]
-        for key, value in (("location", str(data_path.resolve())), ("offset", str(offset)),
-                           ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
 
 
+def _checked_reference(tensor: onnx.TensorProto, path: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of a tensor's data in a file beside the model at `path`; a
+    ChannelcutError when the file is not there, or does not hold the whole tensor."""
+    info = dict((e.key, e.value) for e in tensor.external_data)
+    location = info.get("location", "")
+    data_path = path.parent / location
+    where = f"{path}: cannot read the model's external data (tensor {tensor.name!r} in " \
+            f"{location!r}"
+    fix = "keep the data file next to the model, under the name the model refers to, " \
+          "and complete"
+    if not location or os.path.isabs(location) or \
+            os.path.normpath(location).split(os.sep)[0] == os.pardir:
+        raise ChannelcutError(f"{where}: the location must be a file beside the model); "
+                              "re-export the model")
+    if not data_path.is_file():
+        raise ChannelcutError(f"{where}: no such file); {fix}")
+    offset, needed = int(info.get("offset") or 0), _raw_bytes(tensor)
+    length = int(info["length"]) if info.get("length") else needed
+    if length is None or offset + length > data_path.stat().st_size:
+        raise ChannelcutError(f"{where}: offset {offset} and length {length} exceeds "
+                              f"available data); {fix}")
+    if needed is not None and length != needed:
+        raise ChannelcutError(f"{where}: {length} bytes, its shape {list(tensor.dims)} "
+                              f"needs {needed}); re-export the model")
+    return data_path, offset, length
 
 
 def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = False) -> None:

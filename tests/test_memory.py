@@ -167,3 +167,11 @@ def test_a_data_file_shorter_than_the_model_says_is_refused(tmp_path):
     os.unlink(data)
     with pytest.raises(ChannelcutError, match="no such file"):
         io.load_model(source, lazy=True)
+
+
+def test_the_ort_cpu_guard_times_an_external_data_model(tmp_path):
+    """The guard's sessions read the model from a file: one whose weights stayed on disk
+    (absolute references, which ONNX Runtime refuses in memory) is saved for it first."""
+    source = saved_with_external_data(tmp_path / "in.onnx")
+    result = api.cut(source, target="ort-cpu", align=1, verify=False)
+    assert set(result.report.latencies) >= {"cut", "original"}
