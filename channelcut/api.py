@@ -22,7 +22,7 @@ from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.rewrite import SizeChange, apply_cut, input_role, kept_mask
 from channelcut.flops import FlopCount, count_flops, node_flops
-from channelcut.graph import release_pages, tensor_bytes, to_ir, weight_bytes
+from channelcut.graph import release_pages, tensor_bytes, to_ir, to_proto, weight_bytes
 from channelcut.samples import Checking
 from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
@@ -321,6 +321,9 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
         removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
     with stages.stage("rewrite"):
         rewritten = apply_cut(analysis)
+        # the weights read for the facts and the rewrite (the sliced ones among them) are not
+        # read again: the cache would keep each sliced array beside its copy in the proto
+        analysis.consts.clear()
         changes = {**unused, **rewritten.changes}
         result_proto, flops_after = _serialized(graph_model, shapes, original)
         release_pages(graph_model.graph.initializers.values())
@@ -384,7 +387,7 @@ def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
     clear_intermediate_shapes(graph_model)
     as_declared = inputs_as_declared(graph_model)
     restore_boundary_shapes(graph_model)
-    result_proto = ir.to_proto(graph_model)
+    result_proto = to_proto(graph_model)
     restore_boundary_types(result_proto, original)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)

@@ -107,6 +107,40 @@ def release_pages(values: Iterable[ir.Value | None]) -> None:
             tensor.raw.madvise(mmap.MADV_DONTNEED)
 
 
+# In-memory weights of at least this many bytes are moved into the proto one at a time.
+MOVED_TENSOR_BYTES = 2**20
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """`ir.to_proto(model)`, with each large weight the cut made (a numpy array) copied into
+    the proto on its own and then read from there, so that its array can go: the sliced
+    weights of a multi-GB model are never held twice."""
+    moved: dict[str, tuple[ir.Value, ir.Tensor]] = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if isinstance(tensor, ir.Tensor) and tensor.nbytes >= MOVED_TENSOR_BYTES:
+            moved[name] = (value, tensor)
+            # a stand-in of the same type and shape, serialized as a reference to nothing
+            value.const_value = ir.ExternalTensor(
+                "", 0, 0, tensor.dtype, shape=tensor.shape, name=tensor.name or name,
+                doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props))
+    try:
+        proto = ir.to_proto(model)
+    finally:
+        for value, tensor in moved.values():
+            value.const_value = tensor
+    for initializer in proto.graph.initializer:
+        if initializer.name not in moved:
+            continue
+        value, tensor = moved.pop(initializer.name)
+        del initializer.external_data[:]
+        initializer.ClearField("data_location")
+        initializer.raw_data = tensor.tobytes()
+        value.const_value = ir.serde.TensorProtoTensor(initializer)
+        del tensor
+    return proto
+
+
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     """The shape as ints when every dimension is known, else None."""
     if value is None or value.shape is None:
