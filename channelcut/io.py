@@ -221,7 +221,7 @@ def serialized_bytes(model: onnx.ModelProto) -> int:
     large = large_initializers(model)
     light = skeleton(model, large)
     # each tensor's raw_data field: tag, length and data; its message's length prefix grows
-    return light.ByteSize() + sum(_inline_bytes(t) + 16 for t in large.values()
+    return light.ByteSize() + sum(inline_bytes(t) + 16 for t in large.values()
                                       if not uses_external_data(t))
 
 
@@ -340,10 +340,10 @@ def large_initializers(model: onnx.ModelProto) -> dict[int, onnx.TensorProto]:
     """The main graph's initializers with raw data worth moving out, by position."""
     return {i: t for i, t in enumerate(model.graph.initializer)
             if uses_external_data(t) or (t.HasField("raw_data") and
-                                         _inline_bytes(t) >= EXTERNAL_TENSOR_MIN_BYTES)}
+                                         inline_bytes(t) >= EXTERNAL_TENSOR_MIN_BYTES)}
 
 
-def _inline_bytes(tensor: onnx.TensorProto) -> int:
+def inline_bytes(tensor: onnx.TensorProto) -> int:
     """Bytes of a tensor's raw data, from its shape where it can (reading `raw_data` from
     protobuf copies it)."""
     size = _raw_bytes(tensor)

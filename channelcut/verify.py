@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -228,12 +229,13 @@ def compare(
     # One session at a time, each freed before the next: a multi-GB model and its cut are
     # never both held by ONNX Runtime.
     try:
-        expected = _outputs(original, samples)
+        as_inputs = _weights_as_inputs(original) or _weights_as_inputs(cut)
+        expected = _outputs(original, samples, as_inputs)
     except runtime_errors as exc:
         raise OriginalDoesNotRun(io.error_line(exc)) from None
     per_set = []
     try:
-        session = _session(cut)
+        session = _session(cut, as_inputs)
         for k, (feeds, want) in enumerate(zip(samples, expected), 1):
             actual = _run(session, feeds)
             checks = []
@@ -253,11 +255,18 @@ def compare(
     return worst(per_set)
 
 
-def _outputs(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]
-             ) -> list[dict[str, object]]:
+def _outputs(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
+             as_inputs: bool = False) -> list[dict[str, object]]:
     """The model's outputs on each of the samples, from one session freed on return."""
-    session = _session(model)
-    return [_run(session, feeds) for feeds in samples]
+    session = _session(model, as_inputs)
+    try:
+        return [_run(session, feeds) for feeds in samples]
+    finally:
+        # The weights' maps go with their arrays, and the session (whose bindings hold
+        # reference cycles) with a collection: the collector may be paused (channelcut.api).
+        session.weights.clear()
+        del session
+        gc.collect()
 
 
 def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:
@@ -338,8 +347,26 @@ class Session:
     weights: dict[str, np.ndarray]
 
 
-def _session(model: onnx.ModelProto) -> Session:
-    """An ONNX Runtime CPU session that runs the model as written."""
+# Past this many bytes of weights, verification feeds them as inputs (`weights_as_inputs`):
+# handed over inside the model, they would be held three times (the proto, its serialized
+# bytes and ONNX Runtime's copy).
+WEIGHTS_AS_INPUTS_BYTES = 2**26
+
+
+def _weights_as_inputs(model: onnx.ModelProto) -> bool:
+    """Whether `model`'s weights are to be fed as inputs: it has data on disk (a lazy load's,
+    which ONNX Runtime cannot read from a proto in memory), or many weights."""
+    large = io.large_initializers(model).values()
+    return any(io.on_disk(t) for t in large) or \
+        sum(io.inline_bytes(t) for t in large) >= WEIGHTS_AS_INPUTS_BYTES or \
+        io.needs_external_data(model)
+
+
+def _session(model: onnx.ModelProto, as_inputs: bool | None = None) -> Session:
+    """An ONNX Runtime CPU session that runs the model as written; with `as_inputs` (by
+    default, when `_weights_as_inputs` says so), its large weights fed as inputs.
+
+    Both models of a comparison run the same way, so that they run the same kernels."""
     import onnxruntime as ort  # noqa: PLC0415 - heavy import, only verification needs it
 
     options = ort.SessionOptions()
@@ -351,7 +378,7 @@ def _session(model: onnx.ModelProto) -> Session:
     options.log_severity_level = 4
     providers = ["CPUExecutionProvider"]
     weights: dict[str, np.ndarray] = {}
-    if any(io.on_disk(t) for t in model.graph.initializer) or io.needs_external_data(model):
+    if as_inputs or (as_inputs is None and _weights_as_inputs(model)):
         model, weights = weights_as_inputs(model)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     return Session(session, weights)

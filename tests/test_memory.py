@@ -113,9 +113,9 @@ def test_verification_holds_one_session_at_a_time(tmp_path, monkeypatch):
     live: list[weakref.ref] = []
     real_session = verify._session
 
-    def session(m):
+    def session(m, *args):
         assert all(ref() is None for ref in live), "the previous session is freed first"
-        made = real_session(m)
+        made = real_session(m, *args)
         live.append(weakref.ref(made))
         return made
 
@@ -175,3 +175,22 @@ def test_the_ort_cpu_guard_times_an_external_data_model(tmp_path):
     source = saved_with_external_data(tmp_path / "in.onnx")
     result = api.cut(source, target="ort-cpu", align=1, verify=False)
     assert set(result.report.latencies) >= {"cut", "original"}
+
+
+def test_to_proto_moves_the_weights_into_the_proto_one_at_a_time(monkeypatch):
+    """graph.to_proto is ir.to_proto, and each moved weight is then read from the proto."""
+    import onnx_ir as ir
+
+    from channelcut import graph
+
+    monkeypatch.setattr(graph, "MOVED_TENSOR_BYTES", 1)
+    ir_model = ir.from_proto(mlp())
+    for value in ir_model.graph.initializers.values():  # weights a cut made: numpy arrays
+        value.const_value = ir.Tensor(value.const_value.numpy().copy(), name=value.name)
+    expected = ir.to_proto(ir_model).SerializeToString()
+    proto = graph.to_proto(ir_model)
+    assert proto.SerializeToString() == expected
+    for value in ir_model.graph.initializers.values():
+        assert isinstance(value.const_value, ir.serde.TensorProtoTensor)
+    np.testing.assert_array_equal(ir_model.graph.initializers["up"].const_value.numpy(),
+                                  weights(HIDDEN, FFN, zero_cols=DEAD, seed=2))
