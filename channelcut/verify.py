@@ -6,7 +6,8 @@ import gc
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,18 +236,18 @@ def compare(
         raise OriginalDoesNotRun(io.error_line(exc)) from None
     per_set = []
     try:
-        session = _session(cut, as_inputs)
-        for k, (feeds, want) in enumerate(zip(samples, expected), 1):
-            actual = _run(session, feeds)
-            checks = []
-            for name, value in want.items():
-                if name not in actual:
-                    raise VerificationError(
-                        f"the cut model lost output {name!r}; this is a bug")
-                checks.append(_compare_output(name, value, actual[name]))
-            per_set.append(checks)
-            if advance is not None:
-                advance(k)
+        with _opened(cut, as_inputs) as session:
+            for k, (feeds, want) in enumerate(zip(samples, expected), 1):
+                actual = _run(session, feeds)
+                checks = []
+                for name, value in want.items():
+                    if name not in actual:
+                        raise VerificationError(
+                            f"the cut model lost output {name!r}; this is a bug")
+                    checks.append(_compare_output(name, value, actual[name]))
+                per_set.append(checks)
+                if advance is not None:
+                    advance(k)
     except runtime_errors as exc:
         raise VerificationError(
             f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a "
@@ -258,14 +259,21 @@ def compare(
 def _outputs(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
              as_inputs: bool = False) -> list[dict[str, object]]:
     """The model's outputs on each of the samples, from one session freed on return."""
+    with _opened(model, as_inputs) as session:
+        return [_run(session, feeds) for feeds in samples]
+
+
+@contextmanager
+def _opened(model: onnx.ModelProto, as_inputs: bool) -> Iterator[Session]:
+    """A session for `model`, freed when the block ends."""
     session = _session(model, as_inputs)
     try:
-        return [_run(session, feeds) for feeds in samples]
+        yield session
     finally:
-        # The weights' maps go with their arrays, and the session (whose bindings hold
-        # reference cycles) with a collection: the collector may be paused (channelcut.api).
+        # The weights' maps go with their arrays, and ONNX Runtime's session (whose bindings
+        # hold reference cycles) with a collection: the collector may be paused (channelcut.api)
         session.weights.clear()
-        del session
+        session.session = None
         gc.collect()
 
 
