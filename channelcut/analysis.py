@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.finite import bounded, track_nonfinite
-from channelcut.graph import cached_const, partial_shape, static_shape
+from channelcut.graph import cached_const, partial_shape, release_pages, static_shape
 from channelcut.ranges import RangeFact
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,10 @@ class Reader:
 
     in_ids: np.ndarray  # (n_in,)
     row_ids: np.ndarray  # (n_out,)
-    nz: np.ndarray  # (n_out, n_in) bool
+    # (n_out, n_in) bool; or, when it is the outer product of (n_out,) and (n_in,) masks (the
+    # pattern of whole zero rows and columns that structured pruning leaves), the two masks:
+    # a byte per weight would be a quarter of a float32 model (channelcut.analysis.Walk.reader_ids)
+    nz: np.ndarray | tuple[np.ndarray, np.ndarray]
     site: Site | None = None  # None: this reader cannot fold constants
     # (n_in,) bool: columns whose known constant folds without overflow; None: all of them
     foldable: np.ndarray | None = None
@@ -86,6 +89,9 @@ class Reader:
         Counts per column are computed once; then only the smaller of the removed and the
         kept rows is read (the solver asks many times while rows go one by one).
         """
+        if isinstance(self.nz, tuple):
+            rows, columns = self.nz
+            return columns & bool(np.any(rows & ~removed_rows))
         if self._readers_per_column is None:
             self._readers_per_column = self.nz.sum(axis=0, dtype=np.int32)
         n_removed = int(np.count_nonzero(removed_rows))
@@ -95,6 +101,13 @@ class Reader:
             lost = self.nz[removed_rows].sum(axis=0, dtype=np.int32)
             return self._readers_per_column > lost
         return self.nz[~removed_rows].any(axis=0)
+
+    def read_columns(self) -> np.ndarray:
+        """Input channels that some row reads with a non-zero weight."""
+        if isinstance(self.nz, tuple):
+            rows, columns = self.nz
+            return columns & bool(rows.any())
+        return self.nz.any(axis=0)
 
 
 @dataclass
@@ -348,6 +361,10 @@ class Walk:
         nonfinite = ~self.finite_ids(in_ids)
         if nonfinite.any():  # 0 * NaN is NaN: every row reads such a channel, zero weight or not
             nz = nz | nonfinite[None, :]
+        rows, columns = nz.any(axis=1), nz.any(axis=0)
+        # nz lies inside the outer product of its rows and columns: equal when as many
+        if np.count_nonzero(nz) == np.count_nonzero(rows) * np.count_nonzero(columns):
+            nz = (rows, columns)
         self.readers.append(Reader(in_ids, row_ids, nz, site, foldable, nonfinite_weights))
 
     def finite_ids(self, ids: np.ndarray) -> np.ndarray:
@@ -546,6 +563,7 @@ def walk_graph(model: ir.Model,
         _extra_outputs_read(node, walk)
         track_nonfinite(node, walk, mark, own)
         bound_outputs(node, walk, edges_before)  # after the finiteness: NaN has no interval
+        release_pages(node.inputs)  # the walk holds facts, not weights
         out = walk.info(node.outputs[0]) if node.outputs else None
         if out is not None and out.n:
             walk.charge(out.ids, flops=node_flops(node) / out.n)

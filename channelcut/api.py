@@ -22,7 +22,8 @@ from channelcut.errors import ChannelcutError
 from channelcut.solve import OBJECTIVES, Analysis, Options, solve
 from channelcut.rewrite import SizeChange, apply_cut, input_role, kept_mask
 from channelcut.flops import FlopCount, count_flops, node_flops
-from channelcut.graph import is_constant, tensor_bytes, to_ir, weight_bytes
+from channelcut.graph import (is_constant, release_pages, tensor_bytes, to_ir, to_proto,
+                             weight_bytes)
 from channelcut.samples import Checking
 from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
@@ -50,6 +51,8 @@ class CutResult:
     # tensor name -> (channel axis, original positions kept along that axis), for every
     # tensor that lost channels; lets a caller compare original and cut intermediates.
     channel_map: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    # the input kept its weights in an external data file: so does the output (io.save_model)
+    external_data: bool = False
 
 
 def cut(
@@ -135,7 +138,7 @@ def cut(
     stages = stages or Stages()
     with _collector_paused():
         with stages.stage("load"):
-            original = io.load_model(model, copy=False)
+            original = io.load_model(model, copy=False, lazy=True)
         checking = Checking(verify_inputs, verify_samples, seed,
                             resolve_input_ranges(original, input_ranges))
         result = _cut(original, input_shapes, verify, threshold, options, stages, checking)
@@ -153,6 +156,7 @@ def cut(
             result = _guarded(original, result, input_shapes, verify, threshold, options,
                               zero_only, measure or guard.ort_latencies, stages, checking)
     result.report.model_path = str(model) if isinstance(model, str | Path) else ""
+    result.external_data = any(io.on_disk(t) is not None for t in original.graph.initializer)
     result.report.seconds = dict(stages.seconds)
     return result
 
@@ -267,6 +271,9 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
             result = _uncut(original, result.report)
             break
     if verify:
+        # The cut's IR (weights it sliced included) is garbage in reference cycles, which the
+        # paused collector would keep while ONNX Runtime runs both models.
+        gc.collect()
         samples = checking.feeds(original, shapes)
         with stages.stage("verify", len(samples)) as advance:
             result.report.checks = dynamic_dims.compare_sizes(
@@ -321,8 +328,12 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
         removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
     with stages.stage("rewrite"):
         rewritten = apply_cut(analysis)
+        # the weights read for the facts and the rewrite (the sliced ones among them) are not
+        # read again: the cache would keep each sliced array beside its copy in the proto
+        analysis.consts.clear()
         changes = {**unused, **rewritten.changes}
         result_proto, flops_after = _serialized(graph_model, shapes, original)
+        release_pages(graph_model.graph.initializers.values())
     network = [replace(layer, flops=(layer.flops[0], node_flops(node) if node.graph else 0))
                for layer, node in network]
 
@@ -383,7 +394,7 @@ def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
     clear_intermediate_shapes(graph_model)
     as_declared = inputs_as_declared(graph_model)
     restore_boundary_shapes(graph_model)
-    result_proto = ir.to_proto(graph_model)
+    result_proto = to_proto(graph_model)
     restore_boundary_types(result_proto, original)
     types = inferred_types(result_proto, shapes)
     apply_types(graph_model, types)

@@ -242,7 +242,7 @@ def _cut(args: argparse.Namespace) -> int:
                          verify_samples=args.verify_samples, seed=args.seed, stages=stages,
                          input_ranges=_input_ranges(args.input_range))
         with stages.stage("save"):
-            save_model(result.model, args.output)
+            save_model(result.model, args.output, external_data=result.external_data)
     report = result.report
     report.seconds = dict(stages.seconds)
     threshold = None if args.no_verify else args.threshold

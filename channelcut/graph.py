@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -120,6 +122,53 @@ def cached_const(cache: dict[ir.Value, np.ndarray | None], value: ir.Value | Non
     if value not in cache:
         cache[value] = const_array(value)
     return cache[value]
+
+
+def release_pages(values: Iterable[ir.Value | None]) -> None:
+    """Hand the pages of these constants' memory-mapped data back to the page cache.
+
+    A weight left on disk (channelcut.io's lazy load) is a read-only map of its file; each
+    page read stays in this process until unmapped, so reading every weight once would hold
+    the whole model. Arrays over the map stay valid: a page read again comes from the cache.
+    """
+    for value in values:
+        tensor = None if value is None else value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None:
+            tensor.raw.madvise(mmap.MADV_DONTNEED)
+
+
+# In-memory weights of at least this many bytes are moved into the proto one at a time.
+MOVED_TENSOR_BYTES = 2**20
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """`ir.to_proto(model)`, with each large weight the cut made (a numpy array) copied into
+    the proto on its own and then read from there, so that its array can go: the sliced
+    weights of a multi-GB model are never held twice."""
+    moved: dict[str, tuple[ir.Value, ir.Tensor]] = {}
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if isinstance(tensor, ir.Tensor) and tensor.nbytes >= MOVED_TENSOR_BYTES:
+            moved[name] = (value, tensor)
+            # a stand-in of the same type and shape, serialized as a reference to nothing
+            value.const_value = ir.ExternalTensor(
+                "", 0, 0, tensor.dtype, shape=tensor.shape, name=tensor.name or name,
+                doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props))
+    try:
+        proto = ir.to_proto(model)
+    finally:
+        for value, tensor in moved.values():
+            value.const_value = tensor
+    for initializer in proto.graph.initializer:
+        if initializer.name not in moved:
+            continue
+        value, tensor = moved.pop(initializer.name)
+        del initializer.external_data[:]
+        initializer.ClearField("data_location")
+        initializer.raw_data = tensor.tobytes()
+        value.const_value = ir.serde.TensorProtoTensor(initializer)
+        del tensor
+    return proto
 
 
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:

@@ -68,7 +68,9 @@ def _session(model: onnx.ModelProto, workdir: Path) -> object:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
-    if io.needs_external_data(model):  # protobuf cannot pass >2 GB in memory
+    # protobuf cannot pass >2 GB in memory, and ONNX Runtime refuses the absolute paths of a
+    # lazy load's data (channelcut.io.on_disk)
+    if any(io.on_disk(t) for t in model.graph.initializer) or io.needs_external_data(model):
         path = workdir / f"model{len(list(workdir.iterdir()))}.onnx"
         io.save_model(model, path)
         return ort.InferenceSession(str(path), options, providers=providers)

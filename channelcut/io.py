@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx.external_data_helper import uses_external_data
 
 from channelcut.errors import ChannelcutError
-from channelcut.validate import check_model
+from channelcut.validate import _raw_bytes, check_model
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,17 @@ EXTERNAL_DATA_THRESHOLD = 2**31 - 1
 EXTERNAL_TENSOR_MIN_BYTES = 1024
 
 
-def load_model(source: onnx.ModelProto | str | Path, copy: bool = True) -> onnx.ModelProto:
+def load_model(source: onnx.ModelProto | str | Path, copy: bool = True,
+               lazy: bool = False) -> onnx.ModelProto:
     """A model read from a path (with its external data), or a proto: a private copy of it,
     or with `copy=False` the caller's own proto, for readers that never modify it. Either is
-    refused with a ChannelcutError when it is not valid ONNX (channelcut.validate)."""
+    refused with a ChannelcutError when it is not valid ONNX (channelcut.validate).
+
+    With `lazy`, a file's large external tensors are not read: they stay references to their
+    data file, by absolute path (see `on_disk`), so a multi-GB model costs no memory until
+    its weights are read (onnx-ir maps them); each reference is checked to lie inside its
+    file and to fill its tensor's shape.
+    """
     if isinstance(source, onnx.ModelProto):
         check_model(source, "the model")
         if not copy:
@@ -44,7 +51,7 @@ def load_model(source: onnx.ModelProto | str | Path, copy: bool = True) -> onnx.
     path = _require_file(Path(source), "model")
     hint = "re-export it from your framework, or check that the download finished"
     try:
-        model = onnx.load_model(str(path), load_external_data=True)
+        model = onnx.load_model(str(path), load_external_data=not lazy)
     except DecodeError:
         raise ChannelcutError(
             f"{path}: not a valid ONNX model (truncated, or another format); {hint}"
@@ -56,35 +63,102 @@ def load_model(source: onnx.ModelProto | str | Path, copy: bool = True) -> onnx.
             f"{path}: cannot read the model's external data ({error_line(exc)}); keep the "
             "data file next to the model, under the name the model refers to, and complete"
         ) from None
+    if lazy:
+        _refer_to_data_on_disk(model, path)
     check_model(model, str(path))
     return model
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
-    """Write a model atomically; past 2 GB its large tensors go to `<name>.data` beside it."""
+def on_disk(tensor: onnx.TensorProto) -> tuple[str, int, int] | None:
+    """(file, offset, length) of a tensor whose data a lazy load left in its file, else None."""
+    if not uses_external_data(tensor):
+        return None
+    info = dict((e.key, e.value) for e in tensor.external_data)
+    location = info.get("location", "")
+    if not os.path.isabs(location):
+        return None  # a reference relative to a directory this proto does not know
+    return location, int(info.get("offset") or 0), int(info.get("length") or 0)
+
+
+def _refer_to_data_on_disk(model: onnx.ModelProto, path: Path) -> None:
+    """Make the external references of the main graph's initializers (read from `path`)
+    absolute, once checked. Small ones (shape constants: shape inference reads their values)
+    and tensors elsewhere (attributes, subgraphs) are read in."""
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            data_path, offset, length = _checked_reference(tensor, path)
+            if length > EXTERNAL_TENSOR_MIN_BYTES:
+                del tensor.external_data[:]
+                for key, value in (("location", str(data_path.resolve())),
+                                   ("offset", str(offset)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+    for tensor in _all_tensors(model):
+        if uses_external_data(tensor) and on_disk(tensor) is None:
+            data_path, offset, length = _checked_reference(tensor, path)
+            with open(data_path, "rb") as file:
+                file.seek(offset)
+                raw = file.read(length)
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = raw
+
+
+def _checked_reference(tensor: onnx.TensorProto, path: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of a tensor's data in a file beside the model at `path`; a
+    ChannelcutError when the file is not there, or does not hold the whole tensor."""
+    info = dict((e.key, e.value) for e in tensor.external_data)
+    location = info.get("location", "")
+    data_path = path.parent / location
+    where = f"{path}: cannot read the model's external data (tensor {tensor.name!r} in " \
+            f"{location!r}"
+    fix = "keep the data file next to the model, under the name the model refers to, " \
+          "and complete"
+    if not location or os.path.isabs(location) or \
+            os.path.normpath(location).split(os.sep)[0] == os.pardir:
+        raise ChannelcutError(f"{where}: the location must be a file beside the model); "
+                              "re-export the model")
+    if not data_path.is_file():
+        raise ChannelcutError(f"{where}: no such file); {fix}")
+    offset, needed = int(info.get("offset") or 0), _raw_bytes(tensor)
+    length = int(info["length"]) if info.get("length") else needed
+    if length is None or offset + length > data_path.stat().st_size:
+        raise ChannelcutError(f"{where}: offset {offset} and length {length} exceeds "
+                              f"available data); {fix}")
+    if needed is not None and length != needed:
+        raise ChannelcutError(f"{where}: {length} bytes, its shape {list(tensor.dims)} "
+                              f"needs {needed}); re-export the model")
+    return data_path, offset, length
+
+
+def save_model(model: onnx.ModelProto, path: str | Path, external_data: bool = False) -> None:
+    """Write a model atomically. Its large tensors go to `<name>.data` beside it when it is
+    past 2 GB, when it refers to data left on disk by a lazy load (copied file to file), or
+    with `external_data` (the cut of a model that kept its weights apart keeps them apart)."""
     path = Path(path)
     _require_parent_dir(path)
-    if any(uses_external_data(t) for t in _all_tensors(model)):
+    external = [t for t in _all_tensors(model) if uses_external_data(t)]
+    if any(on_disk(t) is None for t in external):
         raise ChannelcutError(
             f"{path}: the model refers to external data that was never loaded; load it with "
             "channelcut.io.load_model(path) before saving"
         )
-    if not needs_external_data(model):
+    if not external and not external_data and not needs_external_data(model):
         write_atomic(path, model.SerializeToString())
         return
     data_path = path.with_name(path.name + ".data")
-    log.info("model is over %d bytes: saving tensors to %s", EXTERNAL_DATA_THRESHOLD, data_path)
+    log.info("saving the model's tensors to %s", data_path)
     data_tmp = _temp_path(data_path)
     try:
         with _os_errors_named(data_path), open(data_tmp, "wb") as data_file:
-            with _tensors_moved_to(model, data_file, data_path.name):
-                try:
-                    model_bytes = model.SerializeToString()
-                except (EncodeError, ValueError) as exc:
-                    raise ChannelcutError(
-                        f"{path}: the model is still over 2 GB without its large tensors "
-                        f"({error_line(exc)}); it cannot be saved as ONNX"
-                    ) from None
+            light = _with_data_in(model, data_file, data_path.name)
+            try:
+                model_bytes = light.SerializeToString()
+            except (EncodeError, ValueError) as exc:
+                raise ChannelcutError(
+                    f"{path}: the model is still over 2 GB without its large tensors "
+                    f"({error_line(exc)}); it cannot be saved as ONNX"
+                ) from None
             data_file.flush()
             os.fsync(data_file.fileno())
         # The data file goes in place first, so a model file always finds the data it names;
@@ -132,10 +206,23 @@ def check_paths(input_path: str | Path, output_path: str | Path) -> None:
 def needs_external_data(model: onnx.ModelProto) -> bool:
     """Whether the model is too large for one protobuf file (see EXTERNAL_DATA_THRESHOLD)."""
     try:
-        size = model.ByteSize()
+        size = serialized_bytes(model)
     except (EncodeError, ValueError):  # protobuf refuses to even size a message past 2 GB
         return True
     return size > EXTERNAL_DATA_THRESHOLD
+
+
+def serialized_bytes(model: onnx.ModelProto) -> int:
+    """The size of the serialized model, at least (external data not counted): the raw data
+    of its large initializers is counted from their shapes, without serializing it (protobuf's
+    ByteSize serializes the whole message, a minute for a few GB)."""
+    if not isinstance(model, onnx.ModelProto):
+        return model.ByteSize()
+    large = large_initializers(model)
+    light = skeleton(model, large)
+    # each tensor's raw_data field: tag, length and data; its message's length prefix grows
+    return light.ByteSize() + sum(inline_bytes(t) + 16 for t in large.values()
+                                      if not uses_external_data(t))
 
 
 def write_atomic(
@@ -249,40 +336,85 @@ def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
         yield from in_nodes(function.node)
 
 
-class _tensors_moved_to:
-    """Context: large raw tensors live in `data_file` while inside; restored on exit.
+def large_initializers(model: onnx.ModelProto) -> dict[int, onnx.TensorProto]:
+    """The main graph's initializers with raw data worth moving out, by position."""
+    return {i: t for i, t in enumerate(model.graph.initializer)
+            if uses_external_data(t) or (t.HasField("raw_data") and
+                                         inline_bytes(t) >= EXTERNAL_TENSOR_MIN_BYTES)}
 
-    Moving data out of the caller's proto and back avoids a second in-memory copy of a
-    multi-GB model; the proto is exactly as it was once the block ends, even on error.
-    """
 
-    def __init__(self, model: onnx.ModelProto, data_file, location: str) -> None:
-        self.model, self.data_file, self.location = model, data_file, location
-        self.moved: list[tuple[onnx.TensorProto, bytes, int | None]] = []
+def inline_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's raw data, from its shape where it can (reading `raw_data` from
+    protobuf copies it)."""
+    size = _raw_bytes(tensor)
+    return len(tensor.raw_data) if size is None else size
 
-    def __enter__(self) -> None:
-        offset = 0
-        for tensor in _all_tensors(self.model):
-            if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_TENSOR_MIN_BYTES:
-                continue
-            raw = tensor.raw_data
-            self.data_file.write(raw)
-            location = tensor.data_location if tensor.HasField("data_location") else None
-            self.moved.append((tensor, raw, location))
-            del tensor.external_data[:]
-            for key, value in (("location", self.location), ("offset", str(offset)),
-                               ("length", str(len(raw)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            tensor.ClearField("raw_data")
-            offset += len(raw)
 
-    def __exit__(self, *exc_info) -> None:
-        for tensor, raw, location in self.moved:
-            del tensor.external_data[:]
-            if location is None:
-                tensor.ClearField("data_location")
-            else:
-                tensor.data_location = location
-            tensor.raw_data = raw
+def skeleton(model: onnx.ModelProto, moved: dict[int, onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of `model` whose initializers at the positions in `moved` have no data (name,
+    type and shape only): copying the model without copying its weights."""
+    light = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(light, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(light.graph, field, value)
+    for index, tensor in enumerate(model.graph.initializer):
+        if index not in moved:
+            light.graph.initializer.append(tensor)
+            continue
+        empty = light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type,
+                                            dims=tensor.dims, doc_string=tensor.doc_string)
+        empty.metadata_props.extend(tensor.metadata_props)
+    return light
+
+
+def _copy_field(target, field, value) -> None:
+    if hasattr(value, "extend"):  # a repeated field
+        getattr(target, field.name).extend(value)
+    elif hasattr(value, "CopyFrom"):  # a message
+        getattr(target, field.name).CopyFrom(value)
+    else:
+        setattr(target, field.name, value)
+
+
+def _with_data_in(model: onnx.ModelProto, data_file, location: str) -> onnx.ModelProto:
+    """A copy of `model` whose large initializers refer to `data_file` (named `location`),
+    where their data is written: raw data one tensor at a time, data left on disk by a lazy
+    load copied from its file in large blocks. The caller's proto is not modified."""
+    moved = large_initializers(model)
+    light = skeleton(model, moved)
+    offset = 0
+    for index, tensor in moved.items():
+        source = on_disk(tensor)
+        if source is None:
+            length = data_file.write(tensor.raw_data)
+        else:
+            length = _copy_range(*source, data_file)
+        target = light.graph.initializer[index]
+        for key, value in (("location", location), ("offset", str(offset)),
+                           ("length", str(length))):
+            entry = target.external_data.add()
+            entry.key, entry.value = key, value
+        target.data_location = onnx.TensorProto.EXTERNAL
+        offset += length
+    return light
+
+
+COPY_BLOCK_BYTES = 64 * 2**20
+
+
+def _copy_range(source: str, offset: int, length: int, data_file) -> int:
+    """Append `length` bytes of `source` from `offset` to `data_file`, in large blocks."""
+    with open(source, "rb") as file:
+        file.seek(offset)
+        left = length
+        while left:
+            block = file.read(min(left, COPY_BLOCK_BYTES))
+            if not block:
+                raise ChannelcutError(f"{source}: shorter than the model says; was it changed "
+                                      "while channelcut ran?")
+            data_file.write(block)
+            left -= len(block)
+    return length

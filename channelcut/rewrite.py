@@ -3,7 +3,6 @@ attribute that indexes them. It consumes the analysis' facts and never re-derive
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -12,8 +11,8 @@ import onnx_ir as ir
 
 from channelcut.solve import Analysis
 from channelcut.channels import ChannelInfo
-from channelcut.graph import (attr_int, cached_const, cast_source, input_at, static_shape,
-                             tensor_bytes)
+from channelcut.graph import (attr_int, cached_const, cast_source, input_at, release_pages,
+                             static_shape, tensor_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +298,9 @@ def apply_cut(analysis: Analysis) -> Rewritten:
         rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         if rule is not None and rule.rewrite is not None and _touches_cut(node, analysis):
             rw.node = node
+            read = list(node.inputs)
             rule.rewrite(node, rw)
+            release_pages(read)  # what it sliced is copied; the rest stays on disk
     share_equal_constants(graph, rw.changes, rw.created)
     remove_unused_constants(graph, rw.changes, rw.created)
     return Rewritten(rw.changes, _grown_readers(rw.shared, position))
@@ -310,19 +311,38 @@ def share_equal_constants(graph: ir.Graph, changes: dict[str, SizeChange],
     """Readers of constants with equal type, shape and bytes read the first of them (the
     copies one shared constant got for readers cut alike, the equal biases an exporter had
     shared); the others go. Graph inputs and outputs stay as they are."""
-    first: dict[tuple[object, tuple[int, ...], bytes], ir.Value] = {}
+    # Candidates by type, shape and a sample of their elements, so that a weight no other
+    # resembles is neither copied nor read whole (a multi-GB model's weights stay on disk).
+    first: dict[tuple[object, tuple[int, ...], bytes], list[ir.Value]] = {}
     for value in list(graph.initializers.values()):
         tensor = value.const_value
         if tensor is None or tensor.dtype == ir.DataType.STRING or value.is_graph_input() or \
                 value.is_graph_output():
             continue
         array = tensor.numpy()  # (not ascontiguousarray: it makes a scalar 1-d)
-        key = (tensor.dtype, tuple(array.shape), hashlib.sha256(array.tobytes()).digest())
-        kept = first.setdefault(key, value)
-        if kept is not value and kept.const_value.numpy().shape == array.shape and \
-                np.array_equal(kept.const_value.numpy(), array):
-            value.replace_all_uses_with(kept)
-            _forget(graph, value, changes, created)
+        flat = array.reshape(-1)
+        sample = flat[::max(1, flat.size // SAMPLED_ELEMENTS)][:SAMPLED_ELEMENTS].tobytes()
+        candidates = first.setdefault((tensor.dtype, tuple(array.shape), sample), [])
+        kept = next((c for c in candidates if _same_bytes(c.const_value.numpy(), array)), None)
+        if kept is None:
+            candidates.append(value)
+            continue
+        value.replace_all_uses_with(kept)
+        _forget(graph, value, changes, created)
+
+
+# Elements of a constant that `share_equal_constants` compares before comparing it whole.
+SAMPLED_ELEMENTS = 64
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shape and equal bytes (so 0.0 and -0.0 differ) and equal as numbers (so NaN
+    never equals NaN: a constant holding one is not shared)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    bytes_a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    bytes_b = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    return bool(np.array_equal(bytes_a, bytes_b)) and bool(np.array_equal(a, b))
 
 
 def remove_unused_constants(graph: ir.Graph, changes: dict[str, SizeChange],

@@ -688,7 +688,7 @@ def _blockers(walk: Walk, solver: _Solver) -> list[Pin]:
     evidence[group_of[solver.known_map if solver.options.fold else solver.zero]] = True
     for reader in walk.readers:
         needed[group_of[reader.in_ids[solver.needed_columns(reader, removed)]]] = True
-        evidence[group_of[reader.in_ids[~reader.nz.any(axis=0)]]] = True
+        evidence[group_of[reader.in_ids[~reader.read_columns()]]] = True
     blocked = evidence & ~needed & ~removable
     found: dict[tuple[str, str, str], np.ndarray] = {}
     for pin in [*walk.pins, *solver.trims]:

@@ -10,6 +10,7 @@ UTF-8, negative dims, tensor data shorter than its shape) are made here.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import onnx
@@ -109,6 +110,9 @@ def _without_large_data(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         if value.type.HasField("tensor_type") and not value.type.tensor_type.HasField("shape"):
             value.type.tensor_type.shape.SetInParent()
     for tensor in graph.initializer:
+        if _on_disk(tensor):  # a lazy load checked it (channelcut.io); the checker would not
+            light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=[0])
+            continue
         size = len(tensor.raw_data) if tensor.HasField("raw_data") else 0
         needed = _raw_bytes(tensor)
         if size < PLACEHOLDER_MIN_BYTES or needed is None:
@@ -120,6 +124,12 @@ def _without_large_data(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
                 f"{list(tensor.dims)} needs {needed}; {FIX}")
         light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=[0])
     return light
+
+
+def _on_disk(tensor: onnx.TensorProto) -> bool:
+    """Whether the tensor refers to its data by absolute path, as a lazy load leaves it."""
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and any(
+        e.key == "location" and os.path.isabs(e.value) for e in tensor.external_data)
 
 
 def _raw_bytes(tensor: onnx.TensorProto) -> int | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -224,33 +226,55 @@ def compare(
     Conv's weights changes where NaN appears).
     """
     runtime_errors = _runtime_errors()
+    samples = samples or input_sets(original, shapes, seed)
+    # One session at a time, each freed before the next: a multi-GB model and its cut are
+    # never both held by ONNX Runtime.
+    try:
+        as_inputs = _weights_as_inputs(original) or _weights_as_inputs(cut)
+        expected = _outputs(original, samples, as_inputs)
+    except runtime_errors as exc:
+        raise OriginalDoesNotRun(io.error_line(exc)) from None
     per_set = []
-    sessions: dict[str, object] = {}
-    for k, feeds in enumerate(samples or input_sets(original, shapes, seed), 1):
-        try:
-            if "original" not in sessions:
-                sessions["original"] = _session(original)
-            expected = _run(sessions["original"], feeds)
-        except runtime_errors as exc:
-            raise OriginalDoesNotRun(io.error_line(exc)) from None
-        try:
-            if "cut" not in sessions:
-                sessions["cut"] = _session(cut)
-            actual = _run(sessions["cut"], feeds)
-        except runtime_errors as exc:
-            raise VerificationError(
-                f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a "
-                "bug in channelcut, nothing was written: please report it with the model"
-            ) from None
-        checks = []
-        for name, want in expected.items():
-            if name not in actual:
-                raise VerificationError(f"the cut model lost output {name!r}; this is a bug")
-            checks.append(_compare_output(name, want, actual[name]))
-        per_set.append(checks)
-        if advance is not None:
-            advance(k)
+    try:
+        with _opened(cut, as_inputs) as session:
+            for k, (feeds, want) in enumerate(zip(samples, expected), 1):
+                actual = _run(session, feeds)
+                checks = []
+                for name, value in want.items():
+                    if name not in actual:
+                        raise VerificationError(
+                            f"the cut model lost output {name!r}; this is a bug")
+                    checks.append(_compare_output(name, value, actual[name]))
+                per_set.append(checks)
+                if advance is not None:
+                    advance(k)
+    except runtime_errors as exc:
+        raise VerificationError(
+            f"the cut model does not run in ONNX Runtime ({io.error_line(exc)}); this is a "
+            "bug in channelcut, nothing was written: please report it with the model"
+        ) from None
     return worst(per_set)
+
+
+def _outputs(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
+             as_inputs: bool = False) -> list[dict[str, object]]:
+    """The model's outputs on each of the samples, from one session freed on return."""
+    with _opened(model, as_inputs) as session:
+        return [_run(session, feeds) for feeds in samples]
+
+
+@contextmanager
+def _opened(model: onnx.ModelProto, as_inputs: bool) -> Iterator[Session]:
+    """A session for `model`, freed when the block ends."""
+    session = _session(model, as_inputs)
+    try:
+        yield session
+    finally:
+        # The weights' maps go with their arrays, and ONNX Runtime's session (whose bindings
+        # hold reference cycles) with a collection: the collector may be paused (channelcut.api)
+        session.weights.clear()
+        session.session = None
+        gc.collect()
 
 
 def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:
@@ -322,8 +346,35 @@ def _format_dims(dims: tuple[int | None, ...] | None) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _session(model: onnx.ModelProto) -> object:
-    """An ONNX Runtime CPU session that runs the model as written."""
+@dataclass
+class Session:
+    """An ONNX Runtime session, and the weights it is fed with every run (`weights_as_inputs`;
+    none for a model small enough to hand over whole)."""
+
+    session: Any
+    weights: dict[str, np.ndarray]
+
+
+# Past this many bytes of weights, verification feeds them as inputs (`weights_as_inputs`):
+# handed over inside the model, they would be held three times (the proto, its serialized
+# bytes and ONNX Runtime's copy).
+WEIGHTS_AS_INPUTS_BYTES = 2**26
+
+
+def _weights_as_inputs(model: onnx.ModelProto) -> bool:
+    """Whether `model`'s weights are to be fed as inputs: it has data on disk (a lazy load's,
+    which ONNX Runtime cannot read from a proto in memory), or many weights."""
+    large = io.large_initializers(model).values()
+    return any(io.on_disk(t) for t in large) or \
+        sum(io.inline_bytes(t) for t in large) >= WEIGHTS_AS_INPUTS_BYTES or \
+        io.needs_external_data(model)
+
+
+def _session(model: onnx.ModelProto, as_inputs: bool | None = None) -> Session:
+    """An ONNX Runtime CPU session that runs the model as written; with `as_inputs` (by
+    default, when `_weights_as_inputs` says so), its large weights fed as inputs.
+
+    Both models of a comparison run the same way, so that they run the same kernels."""
     import onnxruntime as ort  # noqa: PLC0415 - heavy import, only verification needs it
 
     options = ort.SessionOptions()
@@ -334,22 +385,66 @@ def _session(model: onnx.ModelProto) -> object:
     # exceptions (a size the original cannot run at is reported in one line, or skipped)
     options.log_severity_level = 4
     providers = ["CPUExecutionProvider"]
-    if io.needs_external_data(model):
-        # Protobuf cannot hand a >2 GB model over in memory: ORT reads it from disk instead.
-        with tempfile.TemporaryDirectory(prefix="channelcut-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            io.save_model(model, path)
-            session = ort.InferenceSession(str(path), options, providers=providers)
-    else:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    return session
+    weights: dict[str, np.ndarray] = {}
+    if as_inputs or (as_inputs is None and _weights_as_inputs(model)):
+        model, weights = weights_as_inputs(model)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    return Session(session, weights)
 
 
-def _run(session: object, feeds: dict[str, np.ndarray]) -> dict[str, object]:
+def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose large initializers are graph inputs, and their values.
+
+    Protobuf cannot hand a model over 2 GB to ONNX Runtime in memory, and ONNX Runtime copies
+    the initializers it is given, where it reads an input in place. So the weights go in as
+    inputs: data left on disk by a lazy load (channelcut.io) memory-mapped from its file, and
+    nothing written to a temporary file. Initializers of a type numpy lacks, or read by a node
+    outside the ONNX domain (a contrib kernel may want a constant), stay initializers.
+    """
+    special = {name for node in model.graph.node if node.domain not in ("", "ai.onnx")
+               for name in node.input}
+    moved = {}
+    for index, tensor in io.large_initializers(model).items():
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if tensor.name not in special and dtype.kind in "biufc" and dtype.isnative:
+            moved[index] = (tensor, dtype)
+    light = io.skeleton(model, moved)
+    declared = {v.name for v in light.graph.input}
+    weights = {}
+    for index in sorted(moved, reverse=True):
+        tensor, dtype = moved[index]
+        del light.graph.initializer[index]
+        if tensor.name not in declared:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+        source = io.on_disk(tensor)
+        shape = tuple(tensor.dims)
+        if source is None:
+            array = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(shape)
+        else:
+            array = np.memmap(source[0], dtype=dtype, mode="r", offset=source[1], shape=shape)
+        weights[tensor.name] = array
+    for tensor in light.graph.initializer:  # what stayed, and has its data on disk: read in
+        source = io.on_disk(tensor)
+        if source is not None:
+            with open(source[0], "rb") as file:
+                file.seek(source[1])
+                raw = file.read(source[2])
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = raw
+    return light, weights
+
+
+def _run(session: Session, feeds: dict[str, np.ndarray]) -> dict[str, object]:
     """The session's outputs by name."""
-    wanted = {i.name for i in session.get_inputs()}
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    wanted = {i.name for i in session.session.get_inputs()}
+    names = [o.name for o in session.session.get_outputs()]
+    given = {**session.weights, **{k: v for k, v in feeds.items() if k in wanted}}
+    values = session.session.run(names, given)
     return dict(zip(names, values))
 
 

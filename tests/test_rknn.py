@@ -478,7 +478,7 @@ def test_build_verifies_the_pruning_on_its_dataset(tmp_path, capsys, monkeypatch
     # the model's own inputs: each raw NHWC image, NCHW, minus the mean, over std
     mean = np.array([10, 20, 30], np.float32).reshape(1, 3, 1, 1)
     std = np.array([2, 4, 8], np.float32).reshape(1, 3, 1, 1)
-    assert len(seen) == 4  # original and cut model, per sample
+    assert len(seen) == 4  # the original on each sample, then the cut model
     for k in range(2):
-        [fed] = seen[2 * k].values()
+        [fed] = seen[k].values()
         np.testing.assert_allclose(fed, (nchw(images[k]) - mean) / std, rtol=1e-6)

@@ -39,12 +39,37 @@ def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
     return any(p != 0 for p in attr_ints(node, "pads", []) or [])
 
 
-def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For groups of rows of weights w [groups, rows, cols, k] reading inputs in [lo, hi]
-    ([groups, cols]): per row (flattened over groups) the bounds of sum w * x over the terms
-    (a subset of them, when `subset`: a term zero padding replaces is 0), and the sum of the
-    terms' magnitudes.
+# Rows of weights whose bounds are summed at once: up to this many weights, converted to
+# float64 a chunk at a time (half a dozen float64 temporaries of a whole LLM projection would
+# be several times the model's largest weight).
+CHUNK_WEIGHTS = 2**21
+
+
+def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool,
+                  scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For groups of rows of weights w [groups, rows, cols, k] (times `scale`) reading inputs
+    in [lo, hi] ([groups, cols]): per row (flattened over groups) the bounds of sum w * x
+    over the terms (a subset of them, when `subset`: a term zero padding replaces is 0), and
+    the sum of the terms' magnitudes; CHUNK_WEIGHTS weights at a time.
+    """
+    groups, rows, cols, k = w.shape
+    if not (np.isfinite(lo).any() or np.isfinite(hi).any()):  # nothing bounded to sum
+        unbounded = np.full(groups * rows, np.inf)
+        return -unbounded, unbounded, unbounded
+    lo, hi = (np.repeat(b.reshape(groups, cols), k, axis=1) for b in (lo, hi))
+    if subset:
+        lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+    step = max(1, CHUNK_WEIGHTS // max(1, groups * cols * k))
+    parts = [_weighted_sum_rows(scale * np.asarray(w[:, r:r + step], np.float64), lo, hi)
+             for r in range(0, rows, step)] if rows else [(np.zeros((groups, 0)),) * 3]
+    return tuple(np.concatenate([part[i] for part in parts], axis=1).reshape(-1)
+                 for i in range(3))
+
+
+def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_weighted_sum` of float64 rows w [groups, rows, cols, k], bounds [groups, cols * k],
+    as [groups, rows] arrays.
 
     Each term's largest value is w+ * hi + w- * lo (with `subset`, w+ * max(hi, 0) + w- *
     min(lo, 0)), its smallest the other way round: two products per bound (einsum: numpy's
@@ -52,13 +77,7 @@ def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool
     infinite bound read through a non-zero weight makes the row's bound infinite.
     """
     groups, rows, cols, k = w.shape
-    if not (np.isfinite(lo).any() or np.isfinite(hi).any()):  # nothing bounded to sum
-        unbounded = np.full(groups * rows, np.inf)
-        return -unbounded, unbounded, unbounded
     w = w.reshape(groups, rows, cols * k)
-    lo, hi = (np.repeat(b.reshape(groups, cols), k, axis=1) for b in (lo, hi))
-    if subset:
-        lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
     positive, negative = np.maximum(w, 0), np.minimum(w, 0)
 
     def dot(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -74,7 +93,7 @@ def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool
         high = dot(positive, hi) + dot(negative, lo)
         low = dot(positive, lo) + dot(negative, hi)
         size = dot(np.abs(w), np.maximum(np.abs(lo), np.abs(hi)))
-    return low.reshape(-1), high.reshape(-1), size.reshape(-1)
+    return low, high, size
 
 
 @bounds("Conv")
@@ -86,7 +105,7 @@ def _conv(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
     groups = attr_int(node, "group", 1)
     cout, cin_g = weights.shape[:2]
     lo, hi = positions_range(walk, node.inputs[0], 1, cin_g * groups)
-    flat = np.asarray(weights, np.float64).reshape(groups, cout // groups, cin_g, -1)
+    flat = np.asarray(weights).reshape(groups, cout // groups, cin_g, -1)
     low, high, size = _weighted_sum(flat, lo, hi, _padded(node, weights.shape[2:]))
     return widen(low + bias, high + bias, size + np.abs(bias), terms=cin_g * flat.shape[-1] + 1)
 
@@ -101,7 +120,7 @@ def _conv_transpose(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | N
     cin_g = cin // groups
     bias = np.zeros(cout_g * groups) if b is None else np.asarray(walk.const(b), np.float64)
     lo, hi = positions_range(walk, node.inputs[0], 1, cin)
-    flat = np.asarray(weights, np.float64).reshape(groups, cin_g, cout_g, -1).transpose(0, 2, 1, 3)
+    flat = np.asarray(weights).reshape(groups, cin_g, cout_g, -1).transpose(0, 2, 1, 3)
     low, high, size = _weighted_sum(flat, lo, hi, True)
     return widen(low + bias, high + bias, size + np.abs(bias), terms=cin_g * flat.shape[-1] + 1)
 
@@ -109,12 +128,12 @@ def _conv_transpose(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | N
 @bounds("Gemm")
 def _gemm(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
     """out[n] in beta * C[n] + alpha * sum_k [min, max](B'[k, n] * [lo, hi] of A'[k])."""
-    weights = np.asarray(walk.const(node.inputs[1]), np.float64)
+    weights = walk.const(node.inputs[1])
     w_nk = weights if attr_int(node, "transB", 0) else weights.T
     alpha, beta = attr_float(node, "alpha", 1.0), attr_float(node, "beta", 1.0)
     lo, hi = positions_range(walk, node.inputs[0], 0 if attr_int(node, "transA", 0) else 1,
                              w_nk.shape[1])
-    low, high, size = _weighted_sum(alpha * w_nk[None, :, :, None], lo, hi, False)
+    low, high, size = _weighted_sum(w_nk[None, :, :, None], lo, hi, False, alpha)
     c = input_at(node, 2)
     if c is None:
         clo = chi = np.zeros(out.n)
@@ -142,7 +161,7 @@ def _matmul(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
     a_dims = walk.dims(node.inputs[0])
     if weights is None or a_dims is None or weights.ndim < 2:
         return None
-    matrix = np.asarray(weights, np.float64).reshape(weights.shape[-2:])
+    matrix = weights.reshape(weights.shape[-2:])
     lo, hi = positions_range(walk, node.inputs[0], len(a_dims) - 1, matrix.shape[0])
     low, high, size = _weighted_sum(matrix.T[None, :, :, None], lo, hi, False)
     return widen(low, high, size, terms=matrix.shape[0] + 1)
