@@ -102,6 +102,13 @@ class Reader:
             return self._readers_per_column > lost
         return self.nz[~removed_rows].any(axis=0)
 
+    def dense_nz(self) -> np.ndarray:
+        """The (n_out, n_in) non-zero pattern, expanded where it is kept as two masks."""
+        if isinstance(self.nz, tuple):
+            rows, columns = self.nz
+            return np.outer(rows, columns)
+        return self.nz
+
     def read_columns(self) -> np.ndarray:
         """Input channels that some row reads with a non-zero weight."""
         if isinstance(self.nz, tuple):
@@ -437,7 +444,7 @@ class Walk:
         foldable = np.repeat(np.stack([np.ones(r.in_ids.size, bool) if r.foldable is None
                                        else r.foldable for r in readers]), per_group, axis=0)
         self.computed[node.outputs[0]] = ComputedRows(
-            rows, out.ids, columns, np.concatenate([r.nz for r in readers]), foldable,
+            rows, out.ids, columns, np.concatenate([r.dense_nz() for r in readers]), foldable,
             np.asarray(bounded, bool), site, fold, kernel, itemsize, has_bias, plane)
 
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
