@@ -271,10 +271,13 @@ def _opened(model: onnx.ModelProto, as_inputs: bool) -> Iterator[Session]:
         yield session
     finally:
         # The weights' maps go with their arrays, and ONNX Runtime's session (whose bindings
-        # hold reference cycles) with a collection: the collector may be paused (channelcut.api)
+        # hold reference cycles) with a collection: the collector may be paused
+        # (channelcut.api). Only for a large model: a full collection in a process that holds
+        # many objects costs more than a small model's whole check.
         session.weights.clear()
         session.session = None
-        gc.collect()
+        if as_inputs:
+            gc.collect()
 
 
 def worst(per_set: list[list[OutputCheck]]) -> list[OutputCheck]:
