@@ -613,8 +613,11 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
         if not refused:
             break
         if len(refused) > 1:
+            # each may pay once the others go: the worse half goes first, so that a chain of
+            # them (reinsertions along a residual stream) takes a few solves, not one each
+            worst = sorted(refused, key=margins.__getitem__)[:(len(refused) + 1) // 2]
             refused = _surely_refused(solver, sites, refused, group_bytes, group_flops) or \
-                {min(refused, key=margins.__getitem__)}
+                set(worst)
         allowed -= refused
     blockers = _blockers(walk, solver)
     computed = {value: rows.rows for value, rows in walk.computed.items()
