@@ -371,7 +371,9 @@ class _Solver:
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
         that keeps outputs anyway, or writes in one that keeps inputs anyway (keeping it there
-        keeps no other conv group alive), else its first channel."""
+        keeps no other conv group alive), else a conv's computed row whose output channel
+        stays (the conv computes it instead of putting it back, and keeps no other channel
+        alive), else its first channel."""
         for conv, written in zip(self.grouped, self.walk.grouped):
             if conv.columns is None:
                 continue
@@ -383,6 +385,11 @@ class _Solver:
                 free = free[(free >= info.base) & (free < info.base + info.n)]
                 if free.size:
                     return int(free.min())
+        for rows in self.computed:  # a row whose output channel stays: computed, not put back
+            if rows.rows.base == info.base:
+                stays = rows.rows.ids[~self.removed(rows.out_ids)]
+                if stays.size:
+                    return int(stays.min())
         return info.base
 
     def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
