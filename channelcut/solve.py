@@ -387,7 +387,9 @@ class _Solver:
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
         that keeps outputs anyway, or writes in one that keeps inputs anyway (keeping it there
-        keeps no other conv group alive), else its first channel."""
+        keeps no other conv group alive), else a conv's computed row whose output channel
+        stays (the conv computes it instead of putting it back, and keeps no other channel
+        alive), else its first channel."""
         for conv, written in zip(self.grouped, self.walk.grouped):
             if conv.columns is None:
                 continue
@@ -399,6 +401,11 @@ class _Solver:
                 free = free[(free >= info.base) & (free < info.base + info.n)]
                 if free.size:
                     return int(free.min())
+        for rows in self.computed:  # a row whose output channel stays: computed, not put back
+            if rows.rows.base == info.base:
+                stays = rows.rows.ids[~self.removed(rows.out_ids)]
+                if stays.size:
+                    return int(stays.min())
         return info.base
 
     def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
@@ -627,6 +634,12 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
                 refused.add(min(margins, key=margins.__getitem__))
         if not refused:
             break
+        if len(refused) > 1:
+            # each may pay once the others go: the worse half goes first, so that a chain of
+            # them (reinsertions along a residual stream) takes a few solves, not one each
+            worst = sorted(refused, key=margins.__getitem__)[:(len(refused) + 1) // 2]
+            refused = _surely_refused(solver, sites, refused, group_bytes, group_flops) or \
+                set(worst)
         allowed -= refused
     blockers = _blockers(walk, solver)
     computed = {value: rows.rows for value, rows in walk.computed.items()
@@ -649,6 +662,54 @@ def _units(solver: _Solver) -> np.ndarray:
         a.append(operand[both])
         b.append(out[both])
     return connected_components(removable.size, np.concatenate(a), np.concatenate(b))
+
+
+def _surely_refused(solver: _Solver, sites: dict[int, Site], refused: set[int],
+                    group_bytes: np.ndarray, group_flops: np.ndarray) -> set[int]:
+    """Of the sites that do not pay, those that would not pay whichever of the others are
+    refused too. Refusing a reinsertion couples its operand's channels to the output's, and a
+    fold reading the output is then credited with both (as a cut of the cut model counts it):
+    refused all at once, such a fold is lost though it pays alone. Each site is bounded by
+    every removed group that the refusals can couple to a channel it may take (fewer sites
+    only ever keep more channels and merge groups, and the site costs more for what stays);
+    the rest wait for the next solve, which counts them exactly."""
+    walk, options, group_of, removable = solver.walk, solver.options, solver.group_of, \
+        solver.removable
+    joined = [(k.operand_ids, k.out_ids) for k in solver.links if id(k.site) in refused]
+    joined += [(c.rows.ids, c.out_ids) for c in solver.computed
+               if id(c.site) in refused or id(c.fold) in refused]
+    a = np.concatenate([group_of[x] for x, _ in joined]) if joined else _NOTHING
+    b = np.concatenate([group_of[y] for _, y in joined]) if joined else _NOTHING
+    merged = connected_components(removable.size, a, b)
+    saved_bytes = np.bincount(merged, weights=group_bytes * removable, minlength=removable.size)
+    saved_flops = np.bincount(merged, weights=group_flops * removable, minlength=removable.size)
+    taken: dict[int, list[np.ndarray]] = {}
+    for reader in walk.readers:
+        if solver.folds(reader) and id(reader.site) in refused:
+            taken.setdefault(id(reader.site), []).append(reader.in_ids)
+    for link in solver.links:
+        if id(link.site) in refused:
+            taken.setdefault(id(link.site), []).append(link.operand_ids)
+    rows_bound: dict[int, Cost] = {}
+    for rows in solver.computed:  # every removed row, over every input of its conv group
+        if id(rows.site) in refused:
+            taken.setdefault(id(rows.site), []).append(rows.rows.ids)
+            n, width = float(solver.removed(rows.rows.ids).sum()), float(rows.columns.shape[1])
+            rows_bound[id(rows.site)] = Cost(
+                weight_bytes=n * (width * rows.kernel + rows.has_bias) * rows.itemsize,
+                flops=n * 2.0 * rows.plane * width * rows.kernel)
+    sure = set()
+    for key in refused:
+        ids = np.concatenate(taken[key]) if key in taken else _NOTHING
+        parts = np.unique(merged[group_of[ids]])
+        extra = rows_bound.get(key, Cost())
+        bound = Cost(weight_bytes=float(saved_bytes[parts].sum()) + extra.weight_bytes,
+                     flops=float(saved_flops[parts].sum()) + extra.flops)
+        site = sites[key]
+        if not pays(bound, options.cost(site, solver.cut_positions(site)), options.objective,
+                    options):
+            sure.add(key)
+    return sure
 
 
 def _writable(walk: Walk, site: Site, options: Options) -> bool:
