@@ -171,10 +171,19 @@ def ort_cells(row: Row) -> list[str]:
 # ---------------------------------------------------------------------------- RKNN
 
 def rknn_build(python: str, script: Path, model: Any, workdir: Path, key: str, int8: bool,
-               model_pruning: bool, platform: str) -> dict[str, Any]:
-    """bench/rknn_build.py on one ONNX model in RKNN-Toolkit2's python; its JSON."""
+               model_pruning: bool, platform: str, cache: Path | None = None) -> dict[str, Any]:
+    """bench/rknn_build.py on one ONNX model in RKNN-Toolkit2's python; its JSON. With `cache`,
+    a build already made of the same model bytes with the same flags is read from there (the
+    compiler is deterministic; a build of a large model takes minutes)."""
+    import hashlib
+
     import onnx
 
+    data = model.SerializeToString()
+    flags = f"{platform}{'-int8' * int8}{'-mp' * model_pruning}"
+    cached = cache / f"{hashlib.sha256(data).hexdigest()[:20]}-{flags}.json" if cache else None
+    if cached is not None and cached.exists():
+        return json.loads(cached.read_text())
     path = workdir / f"{key}.onnx"
     if not path.exists():
         onnx.save(model, str(path))
@@ -183,9 +192,13 @@ def rknn_build(python: str, script: Path, model: Any, workdir: Path, key: str, i
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     text = done.stdout
     try:  # one JSON object, possibly indented, after anything the toolkit printed
-        return json.loads(text[text.index("{"):]) if "{" in text else json.loads(text)
+        figures = json.loads(text[text.index("{"):]) if "{" in text else json.loads(text)
     except (json.JSONDecodeError, ValueError):
         return {"error": (done.stderr or text).strip().splitlines()[-1:]}
+    if cached is not None and "error" not in figures:
+        cache.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({k: v for k, v in figures.items() if k != "rows"}))
+    return figures
 
 
 def rknn_row(row: Row, models: dict, args: Any) -> None:
@@ -198,7 +211,7 @@ def rknn_row(row: Row, models: dict, args: Any) -> None:
                 build = f"{label} {'int8' if int8 else 'fp16'}"
                 row.rknn[build] = rknn_build(args.rknn_python, args.rknn_build, models[key],
                                              Path(tmp), key, int8, toolkit_pruning,
-                                             args.rknn_platform)
+                                             args.rknn_platform, args.rknn_cache)
 
 
 def _rknn_figure(build: dict[str, Any] | None, what: str) -> Any:
@@ -258,6 +271,9 @@ def _options(parser: Any) -> None:
                         choices=("fp16", "int8"),
                         help="which builds (default: both; int8 quantizes, several times "
                              "slower)")
+    parser.add_argument("--rknn-cache", type=Path, default=None, metavar="DIR",
+                        help="keep each build's figures in DIR, keyed by the model's bytes and "
+                             "the build flags, and reuse them")
     parser.add_argument("--rknn-build", type=Path, default=RKNN_BUILD, metavar="PATH",
                         help="the build script run in --rknn-python (default: %(default)s)")
 

@@ -50,6 +50,9 @@ class Options:
     # when given, only tensors an op of these types reads are aligned (RKNN-Toolkit2 pads the
     # Concat inputs it sees unaligned; elsewhere its cycles step in blocks either way)
     align_readers: frozenset[str] = frozenset()
+    # and of those readers, only the ones this says need it, given the channels each of the
+    # reader's inputs keeps unaligned (None: all): a target's cost decision per reader
+    align_reader: Callable[[ir.Node, list[int]], bool] | None = None
     sites: frozenset[str] = SITE_KINDS
     added_ops: bool = True
     node_overhead: float = NODE_OVERHEAD
@@ -304,13 +307,14 @@ class _Solver:
         `align` (or all of them). Keeping is always exact; known channels are kept first,
         since their rows read nothing unknown and keep nothing else alive."""
         blocks, readers, changed = self.options.blocks, self.options.align_readers, True
+        aligning = self._aligning_readers() if readers else set()
         while changed:
             changed = False
             for value, info in self.walk.infos.items():
                 align = self.options.align if not blocks else \
                     next((b for b in blocks if info.n % b == 0), 1)
                 if info.block != 1 or info.span != 1 or align == 1 or (
-                        readers and not any(u.node.op_type in readers for u in value.uses())):
+                        readers and not any(u.node in aligning for u in value.uses())):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -325,6 +329,24 @@ class _Solver:
                 if dropped.size:
                     self._settle(checks, watchers, watchers(dropped))
                     changed = True
+
+    def _aligning_readers(self) -> set[ir.Node]:
+        """The nodes of `align_readers`' types whose inputs are aligned: all of them, or those
+        the target's `align_reader` picks, decided once on the unaligned cut."""
+        decide, picked = self.options.align_reader, set()
+        for value in self.walk.infos:
+            for use in value.uses():
+                node = use.node
+                if node.op_type not in self.options.align_readers or node in picked:
+                    continue
+                if decide is None or decide(node, [self._kept(v) for v in node.inputs]):
+                    picked.add(node)
+        return picked
+
+    def _kept(self, value: ir.Value | None) -> int:
+        """How many channels `value` keeps in the cut so far (0: none known)."""
+        info = self.walk.infos.get(value) if value is not None else None
+        return int(info.n - self.removed(info.ids).sum()) if info is not None and info.n else 0
 
     def _checks(self) -> list[tuple[Callable[[], np.ndarray], np.ndarray]]:
         """Every constraint as (check, the channel nodes it looks at); a check drops what it
