@@ -57,6 +57,9 @@ class Options:
     added_ops: bool = True
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
+    # what each added op costs in the deployed file beyond its constants, counted as weight
+    # bytes (a site must never grow them): RKNN-Toolkit2 writes each layer's commands
+    node_bytes: float = 0.0
 
     # how a border fold is written: "map" (a constant border map Conv(ones) plus an Add) or
     # "carrier" (one constant input channel stays and carries the others in its weight
@@ -71,6 +74,13 @@ class Options:
         """What the site adds, in the form this target writes it, when the node's output loses
         `cut` of its channel positions: it is written for those it keeps, and the cut model,
         cut again, sees only those and must come to the same decision."""
+        cost = self._form_cost(site, cut)
+        if self.node_bytes and cost.nodes:
+            return Cost(cost.weight_bytes + self.node_bytes * cost.nodes, cost.flops,
+                        cost.moved, cost.nodes)
+        return cost
+
+    def _form_cost(self, site: Site, cut: int) -> Cost:
         kept = 1.0 - cut / site.positions if site.positions else 1.0
         if site.kind == "border fold" and self.border_form == "carrier":
             return Cost()  # a weight column changes; the carrier's own cost is a kept channel
@@ -78,9 +88,15 @@ class Options:
             shape = static_shape(site.node.outputs[0])
             channels = shape[1] * kept
             elements = math.prod(shape) * kept
+            # RKNN-Toolkit2 runs a conv in blocks of 16 output by 32 input channels at every
+            # position, at least 2 input blocks (exact on 1499 layers, bench/rknn_calibrate.py):
+            # a one-hot conv costs that whatever its few MACs, counted in FLOPs at the NPU's
+            # full rate (naive mobilenet_v2: 12544 cycles for 12 -> 18 channels at 56x56)
+            blocks = math.ceil(channels / 16) * max(math.ceil(channels / 32), 2)
+            npu = 2.0 * 16 * 32 * blocks * math.prod(shape[2:])
             # at most every channel kept: channels x channels one-hot weights and a bias
             return Cost(weight_bytes=4.0 * channels * (channels + 1),
-                        flops=2.0 * channels * elements, moved=elements, nodes=1)
+                        flops=max(2.0 * channels * elements, npu), moved=elements, nodes=1)
         full = site.cost
         return Cost(weight_bytes=full.weight_bytes - site.per_position * cut, flops=full.flops * kept,
                     moved=full.moved * kept, nodes=full.nodes)
