@@ -76,13 +76,25 @@ class Row:
 
 def _yolov8n() -> Any:
     """ultralytics' YOLOv8n from its yaml (random weights, nothing downloaded), its Detect
-    head in export mode (one output tensor)."""
+    head as RKNN deployments export it (airockchip/rknn_model_zoo's yolov8): per level, the
+    box branch's DFL logits and the class branch's sigmoid scores, concatenated (3 outputs);
+    the box decode runs in post-processing. With the decode in the graph (ultralytics' ONNX
+    export) RKNN-Toolkit2 2.5.0's compiler crashes on the uncut model
+    (rknn.api.rules.conv._p_seperate_conv_rs_split: IndexError; ultralytics pins
+    rknn-toolkit2<2.5 for its own RKNN export because 2.5.0 fails YOLO builds)."""
+    import types
+
+    import torch
     from ultralytics.nn.tasks import DetectionModel
+
+    def levels(head: Any, x: list) -> tuple:
+        return tuple(torch.cat((head.cv2[i](x[i]), head.cv3[i](x[i]).sigmoid()), 1)
+                     for i in range(head.nl))
 
     model = DetectionModel("yolov8n.yaml", verbose=False)
     for module in model.modules():
-        if type(module).__name__ in ("Detect", "v10Detect"):
-            module.export, module.format = True, "onnx"
+        if type(module).__name__ == "Detect":
+            module.forward = types.MethodType(levels, module)
     return model.eval()
 
 
