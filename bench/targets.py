@@ -142,13 +142,15 @@ def measure_row(name: str, pruning: str, args: Any, failures: Failures) -> tuple
         row.note = "failed, see below"
         return row, {}
     models = {"original": original}
-    for target in TARGETS:
+    for target in args.rknn_targets if args.rknn_only else TARGETS:
         result = failures.attempt(label, f"cut ({target})", channelcut.cut, original,
                                   target=target, verify=False)
         if ok(result):
             models[target] = result.model
             if target == "ort-cpu":
                 row.kept = result.report.kept or "cut"
+    if args.rknn_only:  # the RKNN builds alone: no FLOP count, no timing
+        return row, models
     sessions = {}
     for key, model in models.items():
         row.flops[key] = failures.attempt(label, "FLOP count", common.onnx_flops, model)
@@ -278,6 +280,9 @@ def _options(parser: Any) -> None:
                              "each row with its compiler")
     parser.add_argument("--rknn-targets", nargs="+", default=["rknn"], choices=TARGETS,
                         help="whose cuts the RKNN section builds (default: rknn)")
+    parser.add_argument("--rknn-only", action="store_true",
+                        help="only the RKNN builds (with --rknn-python): cut for --rknn-targets "
+                             "alone, no ONNX Runtime timing")
     parser.add_argument("--rknn-platform", default="rk3588")
     parser.add_argument("--rknn-dtypes", nargs="+", default=["fp16", "int8"],
                         choices=("fp16", "int8"),
@@ -294,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     args = common.parse_args(__doc__, MODELS, argv, more=_options)
     failures, rows = Failures(), []
     table = Table(COLUMNS)
-    emit(f"ORT CPU latency per target's cut; {common.latency_setup(args)}; FLOPs: original / "
-         "cut; speed: original ms / cut ms")
-    emit(table.header())
+    if not args.rknn_only:
+        emit(f"ORT CPU latency per target's cut; {common.latency_setup(args)}; FLOPs: "
+             "original / cut; speed: original ms / cut ms")
+        emit(table.header())
     for name in args.models:
         if name == "yolov8n":
             try:
@@ -306,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         for pruning in args.prunings:
             row, models = measure_row(name, pruning, args, failures)
-            emit(table.row(ort_cells(row)))
+            if not args.rknn_only:
+                emit(table.row(ort_cells(row)))
             if args.rknn_python and models:
                 if args.rknn_build.exists():
                     rknn_row(row, models, args)
@@ -314,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     row.note = row.note or "no bench/rknn_build.py"
             rows.append(row)
             del models
-    verdicts = {f"{r.model} ({r.pruning})": r.verdicts() for r in rows}
+    verdicts = {f"{r.model} ({r.pruning})": {} if args.rknn_only else r.verdicts()
+                for r in rows}
     if args.rknn_python:
         emit()
         emit(f"RKNN-Toolkit2 builds for {args.rknn_platform}: .rknn MB and the compiler's "
