@@ -170,7 +170,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # others in its weight column: exact, no op added; measured: no cycle, +0.3 KB), and a
     # reinsertion as one 1x1 Conv with one-hot weights (one NPU layer; naive resnet18: 11.5 MB,
     # 2.79 M cycles, no CPU op, against 17.6 MB, 5.43 M with bias folds only). Objective flops:
-    # the cycle estimate is conv MACs in channel blocks; the one-hot conv is counted in full.
+    # the cycle estimate is conv MACs in channel blocks; the one-hot conv is counted at the
+    # compiler's blocked cycles (channelcut.solve.Options.cost) and every added layer at its
+    # .rknn bytes, so a reinsertion that frees less is not made (naive mobilenet_v2: 2.94 MB,
+    # 0.718 M cycles against 3.01 MB, 0.755 M counting MACs only; the toolkit: 2.96, 0.750).
     Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: bias and carrier folds, "
            "reinsertions as one-hot 1x1 convs, inputs of a conv-read Concat aligned to 8", (8,), SITE_KINDS,
            True, "flops", align_readers=frozenset({"Concat"}), align_reader=rknn_concat_splits,
