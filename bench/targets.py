@@ -131,7 +131,7 @@ def pruned_onnx(name: str, pruning: str, shape: tuple[int, ...], seed: int) -> A
 
 def measure_row(name: str, pruning: str, args: Any, failures: Failures) -> tuple[Row, dict]:
     """FLOPs and alternated ORT latencies of the original and each target's cut; the models."""
-    import channelcut
+    import channelcut.targets
 
     row = Row(name, pruning)
     label = f"{name} ({pruning})"
@@ -142,7 +142,11 @@ def measure_row(name: str, pruning: str, args: Any, failures: Failures) -> tuple
         row.note = "failed, see below"
         return row, {}
     models = {"original": original}
-    for target in args.rknn_targets if args.rknn_only else TARGETS:
+    cuts = list(args.rknn_targets if args.rknn_only else TARGETS)
+    # int8 builds get the cut for the target's int8 entry (what the RKNN facade cuts for)
+    cuts += [f"{t}-int8" for t in args.rknn_targets if args.rknn_python and "int8" in
+             args.rknn_dtypes and f"{t}-int8" in channelcut.targets.TARGETS]
+    for target in cuts:
         result = failures.attempt(label, f"cut ({target})", channelcut.cut, original,
                                   target=target, verify=False)
         if ok(result):
@@ -223,8 +227,9 @@ def rknn_row(row: Row, models: dict, args: Any) -> None:
         for label, key, toolkit_pruning in builds:
             for int8 in (dtype == "int8" for dtype in args.rknn_dtypes):
                 build = f"{label} {'int8' if int8 else 'fp16'}"
-                row.rknn[build] = rknn_build(args.rknn_python, args.rknn_build, models[key],
-                                             Path(tmp), key, int8, toolkit_pruning,
+                cut = f"{key}-int8" if int8 and f"{key}-int8" in models else key
+                row.rknn[build] = rknn_build(args.rknn_python, args.rknn_build, models[cut],
+                                             Path(tmp), cut, int8, toolkit_pruning,
                                              args.rknn_platform, args.rknn_cache)
 
 

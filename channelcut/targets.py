@@ -18,6 +18,7 @@ import math
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -74,7 +75,7 @@ def _conv_reading(value: ir.Value, depth: int = 4) -> ir.Node | None:
     return None
 
 
-def rknn_concat_splits(node: ir.Node, kept: list[int]) -> bool:
+def rknn_concat_splits(node: ir.Node, kept: list[int], block: int = 8) -> bool:
     """Does RKNN-Toolkit2 run this Concat dearer with its inputs unaligned (`kept` channels
     each) than aligned to 8? Measured (bench/rknn_calibrate.py, "concat"; bench/RKNN_FINDINGS.md):
     an input other than the last that is not a multiple of 8 makes the compiler drop the Concat
@@ -84,23 +85,25 @@ def rknn_concat_splits(node: ir.Node, kept: list[int]) -> bool:
     aligned whole (densenet121: 33.3 MB unaligned, 13.4 MB aligned). A Concat no conv reads (a
     channel shuffle, shufflenet_v2: the compiler writes Concat, Reshape and Transpose as convs
     either way) gains nothing from the channels aligning keeps (groups-pruned shufflenet_v2_x1_0:
-    3.43 MB and 0.590 M cycles unaligned, 4.29 MB and 0.647 M aligned)."""
+    3.43 MB and 0.590 M cycles unaligned, 4.29 MB and 0.647 M aligned). `block`: the channel
+    block of the build's layout (8 in fp16, 16 in int8)."""
     reader = _conv_reading(node.outputs[0]) if node.outputs else None
     kept = [k for k in kept if k]
-    if reader is None or len(kept) < 2 or all(k % 8 == 0 for k in kept[:-1]):
+    if reader is None or len(kept) < 2 or all(k % block == 0 for k in kept[:-1]):
         return False
     weight = reader.inputs[1] if len(reader.inputs) > 1 else None
     shape = weight.shape if weight is not None and weight.shape is not None else None
     area = math.prod(int(d) for d in shape[2:]) if shape is not None and all(
         isinstance(d, int) for d in shape[2:]) else 1
     parts = sum(max(-(-k // 32) * area, 2) for k in kept)
-    whole = max(-(-sum(-(-k // 8) * 8 for k in kept) // 32) * area, 2)
+    whole = max(-(-sum(-(-k // block) * block for k in kept) // 32) * area, 2)
     return parts > whole
 
 
 # The .rknn bytes a layer takes beyond its weights (its compiled commands): 8.3-10 KB on every
-# build measured (mobilenet_v2, resnet18, shufflenet_v2; .rknn size less "Total Weight Memory
-# Size", per layer of the compiler's table); an added op must free at least that much.
+# fp16 build measured (mobilenet_v2, resnet18, shufflenet_v2; .rknn size less "Total Weight
+# Memory Size", per layer of the compiler's table); an added op must free at least that much,
+# in the weight bytes channelcut counts (float32: twice an fp16 file's).
 RKNN_LAYER_BYTES = 16384.0
 
 
@@ -178,6 +181,16 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "reinsertions as one-hot 1x1 convs, inputs of a conv-read Concat aligned to 8", (8,), SITE_KINDS,
            True, "flops", align_readers=frozenset({"Concat"}), align_reader=rknn_concat_splits,
            border_form="carrier", reinsert_form="conv", node_bytes=RKNN_LAYER_BYTES),
+    # The same for int8 builds, whose layout holds 16 channels a block: Concat inputs kept at
+    # multiples of 8 only cost the int8 build what unaligned ones cost fp16 (groups-pruned
+    # densenet121 int8: 15.7 MB, above the uncut 12.3 MB, aligned to 8; 7.7 MB aligned to 16;
+    # yolov8n int8: 2.20 and 2.29 MB aligned to 8, 2.06 and 2.18 MB to 16). The RKNN facade
+    # cuts for it when it quantizes.
+    Target("rknn-int8", "as rknn, for int8 builds: inputs of a conv-read Concat aligned to 16",
+           (16, 8), SITE_KINDS, True, "flops", align_readers=frozenset({"Concat"}),
+           align_reader=partial(rknn_concat_splits, block=16), border_form="carrier",
+           reinsert_form="conv", node_bytes=RKNN_LAYER_BYTES),  # an int8 file's weights
+    # are half an fp16 one's, so a layer is worth twice the bytes there: not measured yet
     # What every runtime runs natively: slicing, and folds into a layer's bias (no added op);
     # ONNX Runtime's blocks (16 with AVX-512, 8 with AVX2) and RKNN-Toolkit2's 8.
     Target("portable", "slicing, bias and carrier folds (no op added), aligned to 16 (or 8 "

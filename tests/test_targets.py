@@ -115,6 +115,15 @@ def test_rknn_aligns_a_concat_only_where_a_conv_reads_it(case, tail, kept):
     np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("target, kept", [("rknn", 8), ("rknn-int8", 16)])
+def test_rknn_int8_builds_align_concat_inputs_to_16(target, kept):
+    """int8's layout holds 16 channels a block (groups-pruned densenet121 int8: 15.7 MB aligned
+    to 8, above the uncut 12.3 MB; 7.7 MB aligned to 16)."""
+    m = concat_read_by([conv("c", "wy", "y")], rows=32, dead=27)
+    assert_cut(m, {"conv_p": (4, kept), "conv_q": (4, kept), "conv_y": (2 * kept, 6)},
+               mode="full", objective=None, target=target)
+
+
 def test_rknn_leaves_a_concat_unaligned_where_its_parts_cost_no_more_blocks():
     """63 + 63 channels: split in two convs, 2 + 2 input blocks of 32; aligned, 128 channels
     are 4 blocks too, so aligning would only keep channels (shufflenet_v2: 3.43 MB unaligned,
@@ -419,3 +428,27 @@ def test_facade_cuts_for_the_npu_it_builds_for(capsys):
     # no border map for the NPU: one constant channel stays and carries the other
     assert [n.op_type for n in rknn._core.graph.node] == ["Conv", "Relu", "Conv"]
     assert {i.name: i.dims[0] for i in rknn._core.graph.initializer}["w1"] == 5
+
+
+def test_facade_cuts_for_int8_when_it_quantizes(tmp_path):
+    """build(do_quantization=True) cuts for rknn-int8 (Concat inputs aligned to 16), a float
+    build for rknn."""
+    from channelcut.rknn import RKNN
+
+    m = concat_read_by([conv("c", "wy", "y")], rows=32, dead=27)
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 4
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        np.save(tmp_path / f"{index}.npy", rng.uniform(0, 255, (4, 4, 4)).astype(np.float32))
+    (tmp_path / "dataset.txt").write_text("".join(f"{i}.npy\n" for i in range(4)))
+    removed = {}
+    for quantize, target in ((False, "rknn"), (True, "rknn-int8")):
+        rknn = RKNN()
+        assert rknn.config(target_platform="rk3588", model_pruning="full") == 0
+        assert rknn.load_onnx(m) == 0
+        assert rknn.build(do_quantization=quantize, dataset=tmp_path / "dataset.txt") == 0
+        assert rknn._report.target == target
+        removed[target] = rknn._report.removed_channels
+    # conv_p and conv_q keep 8 or 16 of 32 rows; a cut channel counts in the conv's output,
+    # its Relu's and the Concat's
+    assert removed == {"rknn": 3 * 2 * (32 - 8), "rknn-int8": 3 * 2 * (32 - 16)}
