@@ -74,7 +74,7 @@ class Row:
 
 # ---------------------------------------------------------------------------- models
 
-def _yolov8n() -> Any:
+def _yolov8n(seed: int) -> Any:
     """ultralytics' YOLOv8n from its yaml (random weights, nothing downloaded), its Detect
     head as RKNN deployments export it (airockchip/rknn_model_zoo's yolov8): per level, the
     box branch's DFL logits and the class branch's sigmoid scores, concatenated (3 outputs);
@@ -91,6 +91,7 @@ def _yolov8n() -> Any:
         return tuple(torch.cat((head.cv2[i](x[i]), head.cv3[i](x[i]).sigmoid()), 1)
                      for i in range(head.nl))
 
+    torch.manual_seed(seed)  # its layers draw their initial weights from torch's generator
     model = DetectionModel("yolov8n.yaml", verbose=False)
     for module in model.modules():
         if type(module).__name__ == "Detect":
@@ -106,7 +107,7 @@ def _module(name: str, shape: tuple[int, ...], seed: int) -> Any:
         torch.manual_seed(demo.SEED)
         return demo.Net().eval()
     if name == "yolov8n":
-        return _yolov8n()
+        return _yolov8n(seed)
     return common.build(name, shape, seed)
 
 
