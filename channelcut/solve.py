@@ -50,10 +50,16 @@ class Options:
     # when given, only tensors an op of these types reads are aligned (RKNN-Toolkit2 pads the
     # Concat inputs it sees unaligned; elsewhere its cycles step in blocks either way)
     align_readers: frozenset[str] = frozenset()
+    # and of those readers, only the ones this says need it, given the channels each of the
+    # reader's inputs keeps unaligned (None: all): a target's cost decision per reader
+    align_reader: Callable[[ir.Node, list[int]], bool] | None = None
     sites: frozenset[str] = SITE_KINDS
     added_ops: bool = True
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
+    # what each added op costs in the deployed file beyond its constants, counted as weight
+    # bytes (a site must never grow them): RKNN-Toolkit2 writes each layer's commands
+    node_bytes: float = 0.0
 
     # how a border fold is written: "map" (a constant border map Conv(ones) plus an Add) or
     # "carrier" (one constant input channel stays and carries the others in its weight
@@ -79,6 +85,13 @@ class Options:
         """What the site adds, in the form this target writes it, when the node's output loses
         `cut` of its channel positions: it is written for those it keeps, and the cut model,
         cut again, sees only those and must come to the same decision."""
+        cost = self._form_cost(site, cut)
+        if self.node_bytes and cost.nodes:
+            return Cost(cost.weight_bytes + self.node_bytes * cost.nodes, cost.flops,
+                        cost.moved, cost.nodes)
+        return cost
+
+    def _form_cost(self, site: Site, cut: int) -> Cost:
         kept = 1.0 - cut / site.positions if site.positions else 1.0
         if site.kind == "border fold" and self.border_form == "carrier":
             return Cost()  # a weight column changes; the carrier's own cost is a kept channel
@@ -86,9 +99,15 @@ class Options:
             shape = static_shape(site.node.outputs[0])
             channels = shape[1] * kept
             elements = math.prod(shape) * kept
+            # RKNN-Toolkit2 runs a conv in blocks of 16 output by 32 input channels at every
+            # position, at least 2 input blocks (exact on 1499 layers, bench/rknn_calibrate.py):
+            # a one-hot conv costs that whatever its few MACs, counted in FLOPs at the NPU's
+            # full rate (naive mobilenet_v2: 12544 cycles for 12 -> 18 channels at 56x56)
+            blocks = math.ceil(channels / 16) * max(math.ceil(channels / 32), 2)
+            npu = 2.0 * 16 * 32 * blocks * math.prod(shape[2:])
             # at most every channel kept: channels x channels one-hot weights and a bias
             return Cost(weight_bytes=4.0 * channels * (channels + 1),
-                        flops=2.0 * channels * elements, moved=elements, nodes=1)
+                        flops=max(2.0 * channels * elements, npu), moved=elements, nodes=1)
         full = site.cost
         return Cost(weight_bytes=full.weight_bytes - site.per_position * cut, flops=full.flops * kept,
                     moved=full.moved * kept, nodes=full.nodes)
@@ -414,12 +433,14 @@ class _Solver:
         `align` (or all of them). Keeping is always exact; known channels are kept first,
         since their rows read nothing unknown and keep nothing else alive."""
         readers, changed = self.options.align_readers, True
+        aligning = self._aligning_readers() if readers else set()
         while changed:
             changed = False
             for info, value in self.tensors:
                 align = self.options.alignment_of(info.n)
                 if info.block != 1 or info.span != 1 or align == 1 or (
-                        readers and not _read_by(value) & readers):
+                        readers and (value is None or
+                                     not any(u.node in aligning for u in value.uses()))):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -434,6 +455,24 @@ class _Solver:
                 if dropped.size:
                     self._settle(checks, watchers, watchers(dropped))
                     changed = True
+
+    def _aligning_readers(self) -> set[ir.Node]:
+        """The nodes of `align_readers`' types whose inputs are aligned: all of them, or those
+        the target's `align_reader` picks, decided once on the unaligned cut."""
+        decide, picked = self.options.align_reader, set()
+        for value in self.walk.infos:
+            for use in value.uses():
+                node = use.node
+                if node.op_type not in self.options.align_readers or node in picked:
+                    continue
+                if decide is None or decide(node, [self._kept(v) for v in node.inputs]):
+                    picked.add(node)
+        return picked
+
+    def _kept(self, value: ir.Value | None) -> int:
+        """How many channels `value` keeps in the cut so far (0: none known)."""
+        info = self.walk.infos.get(value) if value is not None else None
+        return int(info.n - self.removed(info.ids).sum()) if info is not None and info.n else 0
 
     def _checks(self) -> list[tuple[Callable[[], np.ndarray], np.ndarray]]:
         """Every constraint as (check, the channel nodes it looks at); a check drops what it
