@@ -74,15 +74,28 @@ class Row:
 
 # ---------------------------------------------------------------------------- models
 
-def _yolov8n() -> Any:
+def _yolov8n(seed: int) -> Any:
     """ultralytics' YOLOv8n from its yaml (random weights, nothing downloaded), its Detect
-    head in export mode (one output tensor)."""
+    head as RKNN deployments export it (airockchip/rknn_model_zoo's yolov8): per level, the
+    box branch's DFL logits and the class branch's sigmoid scores, concatenated (3 outputs);
+    the box decode runs in post-processing. With the decode in the graph (ultralytics' ONNX
+    export) RKNN-Toolkit2 2.5.0's compiler crashes on the uncut model
+    (rknn.api.rules.conv._p_seperate_conv_rs_split: IndexError; ultralytics pins
+    rknn-toolkit2<2.5 for its own RKNN export because 2.5.0 fails YOLO builds)."""
+    import types
+
+    import torch
     from ultralytics.nn.tasks import DetectionModel
 
+    def levels(head: Any, x: list) -> tuple:
+        return tuple(torch.cat((head.cv2[i](x[i]), head.cv3[i](x[i]).sigmoid()), 1)
+                     for i in range(head.nl))
+
+    torch.manual_seed(seed)  # its layers draw their initial weights from torch's generator
     model = DetectionModel("yolov8n.yaml", verbose=False)
     for module in model.modules():
-        if type(module).__name__ in ("Detect", "v10Detect"):
-            module.export, module.format = True, "onnx"
+        if type(module).__name__ == "Detect":
+            module.forward = types.MethodType(levels, module)
     return model.eval()
 
 
@@ -94,7 +107,7 @@ def _module(name: str, shape: tuple[int, ...], seed: int) -> Any:
         torch.manual_seed(demo.SEED)
         return demo.Net().eval()
     if name == "yolov8n":
-        return _yolov8n()
+        return _yolov8n(seed)
     return common.build(name, shape, seed)
 
 
@@ -119,7 +132,7 @@ def pruned_onnx(name: str, pruning: str, shape: tuple[int, ...], seed: int) -> A
 
 def measure_row(name: str, pruning: str, args: Any, failures: Failures) -> tuple[Row, dict]:
     """FLOPs and alternated ORT latencies of the original and each target's cut; the models."""
-    import channelcut
+    import channelcut.targets
 
     row = Row(name, pruning)
     label = f"{name} ({pruning})"
@@ -130,13 +143,20 @@ def measure_row(name: str, pruning: str, args: Any, failures: Failures) -> tuple
         row.note = "failed, see below"
         return row, {}
     models = {"original": original}
-    for target in args.targets:
+    cuts = list(args.rknn_targets if args.rknn_only else args.targets)
+    cuts += [t for t in args.rknn_targets if args.rknn_python and t not in cuts]
+    # int8 builds get the cut for the target's int8 entry (what the RKNN facade cuts for)
+    cuts += [f"{t}-int8" for t in args.rknn_targets if args.rknn_python and "int8" in
+             args.rknn_dtypes and f"{t}-int8" in channelcut.targets.TARGETS]
+    for target in cuts:
         result = failures.attempt(label, f"cut ({target})", channelcut.cut, original,
                                   target=target, verify=False)
         if ok(result):
             models[target] = result.model
             if target == "ort-cpu":
                 row.kept = result.report.kept or "cut"
+    if args.rknn_only:  # the RKNN builds alone: no FLOP count, no timing
+        return row, models
     sessions, same = {}, {}  # a model identical to one timed already (a guard that kept the
     for key, model in models.items():  # original) is that one's figure, not a second noisy one
         row.flops[key] = failures.attempt(label, "FLOP count", common.onnx_flops, model)
@@ -177,10 +197,19 @@ def ort_cells(row: Row, targets: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- RKNN
 
 def rknn_build(python: str, script: Path, model: Any, workdir: Path, key: str, int8: bool,
-               model_pruning: bool, platform: str) -> dict[str, Any]:
-    """bench/rknn_build.py on one ONNX model in RKNN-Toolkit2's python; its JSON."""
+               model_pruning: bool, platform: str, cache: Path | None = None) -> dict[str, Any]:
+    """bench/rknn_build.py on one ONNX model in RKNN-Toolkit2's python; its JSON. With `cache`,
+    a build already made of the same model bytes with the same flags is read from there (the
+    compiler is deterministic; a build of a large model takes minutes)."""
+    import hashlib
+
     import onnx
 
+    data = model.SerializeToString()
+    flags = f"{platform}{'-int8' * int8}{'-mp' * model_pruning}"
+    cached = cache / f"{hashlib.sha256(data).hexdigest()[:20]}-{flags}.json" if cache else None
+    if cached is not None and cached.exists():
+        return json.loads(cached.read_text())
     path = workdir / f"{key}.onnx"
     if not path.exists():
         onnx.save(model, str(path))
@@ -189,9 +218,13 @@ def rknn_build(python: str, script: Path, model: Any, workdir: Path, key: str, i
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     text = done.stdout
     try:  # one JSON object, possibly indented, after anything the toolkit printed
-        return json.loads(text[text.index("{"):]) if "{" in text else json.loads(text)
+        figures = json.loads(text[text.index("{"):]) if "{" in text else json.loads(text)
     except (json.JSONDecodeError, ValueError):
         return {"error": (done.stderr or text).strip().splitlines()[-1:]}
+    if cached is not None and "error" not in figures:
+        cache.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({k: v for k, v in figures.items() if k != "rows"}))
+    return figures
 
 
 def rknn_row(row: Row, models: dict, args: Any) -> None:
@@ -202,9 +235,10 @@ def rknn_row(row: Row, models: dict, args: Any) -> None:
         for label, key, toolkit_pruning in builds:
             for int8 in (dtype == "int8" for dtype in args.rknn_dtypes):
                 build = f"{label} {'int8' if int8 else 'fp16'}"
-                row.rknn[build] = rknn_build(args.rknn_python, args.rknn_build, models[key],
-                                             Path(tmp), key, int8, toolkit_pruning,
-                                             args.rknn_platform)
+                cut = f"{key}-int8" if int8 and f"{key}-int8" in models else key
+                row.rknn[build] = rknn_build(args.rknn_python, args.rknn_build, models[cut],
+                                             Path(tmp), cut, int8, toolkit_pruning,
+                                             args.rknn_platform, args.rknn_cache)
 
 
 def _rknn_figure(build: dict[str, Any] | None, what: str) -> Any:
@@ -261,11 +295,17 @@ def _options(parser: Any) -> None:
                              "each row with its compiler")
     parser.add_argument("--rknn-targets", nargs="+", default=["rknn"], choices=TARGETS,
                         help="whose cuts the RKNN section builds (default: rknn)")
+    parser.add_argument("--rknn-only", action="store_true",
+                        help="only the RKNN builds (with --rknn-python): cut for --rknn-targets "
+                             "alone, no ONNX Runtime timing")
     parser.add_argument("--rknn-platform", default="rk3588")
     parser.add_argument("--rknn-dtypes", nargs="+", default=["fp16", "int8"],
                         choices=("fp16", "int8"),
                         help="which builds (default: both; int8 quantizes, several times "
                              "slower)")
+    parser.add_argument("--rknn-cache", type=Path, default=None, metavar="DIR",
+                        help="keep each build's figures in DIR, keyed by the model's bytes and "
+                             "the build flags, and reuse them")
     parser.add_argument("--rknn-build", type=Path, default=RKNN_BUILD, metavar="PATH",
                         help="the build script run in --rknn-python (default: %(default)s)")
 
@@ -274,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     args = common.parse_args(__doc__, MODELS, argv, more=_options)
     failures, rows = Failures(), []
     table = Table(columns(args.targets))
-    emit(f"ORT CPU latency per target's cut; {common.latency_setup(args)}; FLOPs: original / "
-         "cut; speed: original ms / cut ms")
-    emit(table.header())
+    if not args.rknn_only:
+        emit(f"ORT CPU latency per target's cut; {common.latency_setup(args)}; FLOPs: "
+             "original / cut; speed: original ms / cut ms")
+        emit(table.header())
     for name in args.models:
         if name == "yolov8n":
             try:
@@ -286,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         for pruning in args.prunings:
             row, models = measure_row(name, pruning, args, failures)
-            emit(table.row(ort_cells(row, args.targets)))
+            if not args.rknn_only:
+                emit(table.row(ort_cells(row, args.targets)))
             if args.rknn_python and models:
                 if args.rknn_build.exists():
                     rknn_row(row, models, args)
@@ -294,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                     row.note = row.note or "no bench/rknn_build.py"
             rows.append(row)
             del models
-    verdicts = {f"{r.model} ({r.pruning})": r.verdicts() for r in rows}
+    verdicts = {f"{r.model} ({r.pruning})": {} if args.rknn_only else r.verdicts()
+                for r in rows}
     if args.rknn_python:
         emit()
         emit(f"RKNN-Toolkit2 builds for {args.rknn_platform}: .rknn MB and the compiler's "

@@ -50,10 +50,16 @@ class Options:
     # when given, only tensors an op of these types reads are aligned (RKNN-Toolkit2 pads the
     # Concat inputs it sees unaligned; elsewhere its cycles step in blocks either way)
     align_readers: frozenset[str] = frozenset()
+    # and of those readers, only the ones this says need it, given the channels each of the
+    # reader's inputs keeps unaligned (None: all): a target's cost decision per reader
+    align_reader: Callable[[ir.Node, list[int]], bool] | None = None
     sites: frozenset[str] = SITE_KINDS
     added_ops: bool = True
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
+    # what each added op costs in the deployed file beyond its constants, counted as weight
+    # bytes (a site must never grow them): RKNN-Toolkit2 writes each layer's commands
+    node_bytes: float = 0.0
 
     # how a border fold is written: "map" (a constant border map Conv(ones) plus an Add) or
     # "carrier" (one constant input channel stays and carries the others in its weight
@@ -79,6 +85,13 @@ class Options:
         """What the site adds, in the form this target writes it, when the node's output loses
         `cut` of its channel positions: it is written for those it keeps, and the cut model,
         cut again, sees only those and must come to the same decision."""
+        cost = self._form_cost(site, cut)
+        if self.node_bytes and cost.nodes:
+            return Cost(cost.weight_bytes + self.node_bytes * cost.nodes, cost.flops,
+                        cost.moved, cost.nodes)
+        return cost
+
+    def _form_cost(self, site: Site, cut: int) -> Cost:
         kept = 1.0 - cut / site.positions if site.positions else 1.0
         if site.kind == "border fold" and self.border_form == "carrier":
             return Cost()  # a weight column changes; the carrier's own cost is a kept channel
@@ -86,9 +99,15 @@ class Options:
             shape = static_shape(site.node.outputs[0])
             channels = shape[1] * kept
             elements = math.prod(shape) * kept
+            # RKNN-Toolkit2 runs a conv in blocks of 16 output by 32 input channels at every
+            # position, at least 2 input blocks (exact on 1499 layers, bench/rknn_calibrate.py):
+            # a one-hot conv costs that whatever its few MACs, counted in FLOPs at the NPU's
+            # full rate (naive mobilenet_v2: 12544 cycles for 12 -> 18 channels at 56x56)
+            blocks = math.ceil(channels / 16) * max(math.ceil(channels / 32), 2)
+            npu = 2.0 * 16 * 32 * blocks * math.prod(shape[2:])
             # at most every channel kept: channels x channels one-hot weights and a bias
             return Cost(weight_bytes=4.0 * channels * (channels + 1),
-                        flops=2.0 * channels * elements, moved=elements, nodes=1)
+                        flops=max(2.0 * channels * elements, npu), moved=elements, nodes=1)
         full = site.cost
         return Cost(weight_bytes=full.weight_bytes - site.per_position * cut, flops=full.flops * kept,
                     moved=full.moved * kept, nodes=full.nodes)
@@ -387,7 +406,9 @@ class _Solver:
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
         """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
         that keeps outputs anyway, or writes in one that keeps inputs anyway (keeping it there
-        keeps no other conv group alive), else its first channel."""
+        keeps no other conv group alive), else a conv's computed row whose output channel
+        stays (the conv computes it instead of putting it back, and keeps no other channel
+        alive), else its first channel."""
         for conv, written in zip(self.grouped, self.walk.grouped):
             if conv.columns is None:
                 continue
@@ -399,6 +420,11 @@ class _Solver:
                 free = free[(free >= info.base) & (free < info.base + info.n)]
                 if free.size:
                     return int(free.min())
+        for rows in self.computed:  # a row whose output channel stays: computed, not put back
+            if rows.rows.base == info.base:
+                stays = rows.rows.ids[~self.removed(rows.out_ids)]
+                if stays.size:
+                    return int(stays.min())
         return info.base
 
     def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
@@ -407,12 +433,14 @@ class _Solver:
         `align` (or all of them). Keeping is always exact; known channels are kept first,
         since their rows read nothing unknown and keep nothing else alive."""
         readers, changed = self.options.align_readers, True
+        aligning = self._aligning_readers() if readers else set()
         while changed:
             changed = False
             for info, value in self.tensors:
                 align = self.options.alignment_of(info.n)
                 if info.block != 1 or info.span != 1 or align == 1 or (
-                        readers and not _read_by(value) & readers):
+                        readers and (value is None or
+                                     not any(u.node in aligning for u in value.uses()))):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -427,6 +455,24 @@ class _Solver:
                 if dropped.size:
                     self._settle(checks, watchers, watchers(dropped))
                     changed = True
+
+    def _aligning_readers(self) -> set[ir.Node]:
+        """The nodes of `align_readers`' types whose inputs are aligned: all of them, or those
+        the target's `align_reader` picks, decided once on the unaligned cut."""
+        decide, picked = self.options.align_reader, set()
+        for value in self.walk.infos:
+            for use in value.uses():
+                node = use.node
+                if node.op_type not in self.options.align_readers or node in picked:
+                    continue
+                if decide is None or decide(node, [self._kept(v) for v in node.inputs]):
+                    picked.add(node)
+        return picked
+
+    def _kept(self, value: ir.Value | None) -> int:
+        """How many channels `value` keeps in the cut so far (0: none known)."""
+        info = self.walk.infos.get(value) if value is not None else None
+        return int(info.n - self.removed(info.ids).sum()) if info is not None and info.n else 0
 
     def _checks(self) -> list[tuple[Callable[[], np.ndarray], np.ndarray]]:
         """Every constraint as (check, the channel nodes it looks at); a check drops what it
@@ -627,6 +673,12 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
                 refused.add(min(margins, key=margins.__getitem__))
         if not refused:
             break
+        if len(refused) > 1:
+            # each may pay once the others go: the worse half goes first, so that a chain of
+            # them (reinsertions along a residual stream) takes a few solves, not one each
+            worst = sorted(refused, key=margins.__getitem__)[:(len(refused) + 1) // 2]
+            refused = _surely_refused(solver, sites, refused, group_bytes, group_flops) or \
+                set(worst)
         allowed -= refused
     blockers = _blockers(walk, solver)
     computed = {value: rows.rows for value, rows in walk.computed.items()
@@ -649,6 +701,54 @@ def _units(solver: _Solver) -> np.ndarray:
         a.append(operand[both])
         b.append(out[both])
     return connected_components(removable.size, np.concatenate(a), np.concatenate(b))
+
+
+def _surely_refused(solver: _Solver, sites: dict[int, Site], refused: set[int],
+                    group_bytes: np.ndarray, group_flops: np.ndarray) -> set[int]:
+    """Of the sites that do not pay, those that would not pay whichever of the others are
+    refused too. Refusing a reinsertion couples its operand's channels to the output's, and a
+    fold reading the output is then credited with both (as a cut of the cut model counts it):
+    refused all at once, such a fold is lost though it pays alone. Each site is bounded by
+    every removed group that the refusals can couple to a channel it may take (fewer sites
+    only ever keep more channels and merge groups, and the site costs more for what stays);
+    the rest wait for the next solve, which counts them exactly."""
+    walk, options, group_of, removable = solver.walk, solver.options, solver.group_of, \
+        solver.removable
+    joined = [(k.operand_ids, k.out_ids) for k in solver.links if id(k.site) in refused]
+    joined += [(c.rows.ids, c.out_ids) for c in solver.computed
+               if id(c.site) in refused or id(c.fold) in refused]
+    a = np.concatenate([group_of[x] for x, _ in joined]) if joined else _NOTHING
+    b = np.concatenate([group_of[y] for _, y in joined]) if joined else _NOTHING
+    merged = connected_components(removable.size, a, b)
+    saved_bytes = np.bincount(merged, weights=group_bytes * removable, minlength=removable.size)
+    saved_flops = np.bincount(merged, weights=group_flops * removable, minlength=removable.size)
+    taken: dict[int, list[np.ndarray]] = {}
+    for reader in walk.readers:
+        if solver.folds(reader) and id(reader.site) in refused:
+            taken.setdefault(id(reader.site), []).append(reader.in_ids)
+    for link in solver.links:
+        if id(link.site) in refused:
+            taken.setdefault(id(link.site), []).append(link.operand_ids)
+    rows_bound: dict[int, Cost] = {}
+    for rows in solver.computed:  # every removed row, over every input of its conv group
+        if id(rows.site) in refused:
+            taken.setdefault(id(rows.site), []).append(rows.rows.ids)
+            n, width = float(solver.removed(rows.rows.ids).sum()), float(rows.columns.shape[1])
+            rows_bound[id(rows.site)] = Cost(
+                weight_bytes=n * (width * rows.kernel + rows.has_bias) * rows.itemsize,
+                flops=n * 2.0 * rows.plane * width * rows.kernel)
+    sure = set()
+    for key in refused:
+        ids = np.concatenate(taken[key]) if key in taken else _NOTHING
+        parts = np.unique(merged[group_of[ids]])
+        extra = rows_bound.get(key, Cost())
+        bound = Cost(weight_bytes=float(saved_bytes[parts].sum()) + extra.weight_bytes,
+                     flops=float(saved_flops[parts].sum()) + extra.flops)
+        site = sites[key]
+        if not pays(bound, options.cost(site, solver.cut_positions(site)), options.objective,
+                    options):
+            sure.add(key)
+    return sure
 
 
 def _writable(walk: Walk, site: Site, options: Options) -> bool:

@@ -14,9 +14,11 @@ not made (those channels stay). Adding a target is one entry in TARGETS.
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -25,7 +27,9 @@ from channelcut.costs import MOVED_ELEMENT, NODE_OVERHEAD, SITE_KINDS
 from channelcut.errors import ChannelcutError
 
 if TYPE_CHECKING:  # the solver is imported when options are made: the CLI's parser lists
-    from channelcut.solve import Options  # the targets without loading the engine
+    import onnx_ir as ir  # the targets without loading the engine
+
+    from channelcut.solve import Options
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -52,6 +56,57 @@ def cpu_vector_channels(cpuinfo: str | None = None, machine: str | None = None) 
     return 16 if "avx512f" in flags else 8
 
 
+# Ops between a Concat and the conv that reads it that RKNN-Toolkit2 fuses into that conv or
+# runs per channel (the split conv reads each input through them alike).
+_CHANNELWISE = frozenset({"BatchNormalization", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid",
+                          "HardSigmoid", "HardSwish", "Mul", "Add", "Sub", "Div"})
+
+
+def _conv_reading(value: ir.Value, depth: int = 4) -> ir.Node | None:
+    """The Conv that reads `value` directly or through channelwise ops, if any."""
+    for use in value.uses():
+        node = use.node
+        if node.op_type == "Conv" and use.idx == 0:
+            return node
+        if node.op_type in _CHANNELWISE and depth and node.outputs:
+            found = _conv_reading(node.outputs[0], depth - 1)
+            if found is not None:
+                return found
+    return None
+
+
+def rknn_concat_splits(node: ir.Node, kept: list[int], block: int = 8) -> bool:
+    """Does RKNN-Toolkit2 run this Concat dearer with its inputs unaligned (`kept` channels
+    each) than aligned to 8? Measured (bench/rknn_calibrate.py, "concat"; bench/RKNN_FINDINGS.md):
+    an input other than the last that is not a multiple of 8 makes the compiler drop the Concat
+    and split the conv reading it into one conv per input plus an Add; each part costs at least
+    2 input blocks of 32 (fp16 NPU cycles: ceil(Cout/16) * max(ceil(Cin/32) * k^2, 2) *
+    HW). So aligning pays where a conv reads the Concat and its parts cost more blocks than the
+    aligned whole (densenet121: 33.3 MB unaligned, 13.4 MB aligned). A Concat no conv reads (a
+    channel shuffle, shufflenet_v2: the compiler writes Concat, Reshape and Transpose as convs
+    either way) gains nothing from the channels aligning keeps (groups-pruned shufflenet_v2_x1_0:
+    3.43 MB and 0.590 M cycles unaligned, 4.29 MB and 0.647 M aligned). `block`: the channel
+    block of the build's layout (8 in fp16, 16 in int8)."""
+    reader = _conv_reading(node.outputs[0]) if node.outputs else None
+    kept = [k for k in kept if k]
+    if reader is None or len(kept) < 2 or all(k % block == 0 for k in kept[:-1]):
+        return False
+    weight = reader.inputs[1] if len(reader.inputs) > 1 else None
+    shape = weight.shape if weight is not None and weight.shape is not None else None
+    area = math.prod(int(d) for d in shape[2:]) if shape is not None and all(
+        isinstance(d, int) for d in shape[2:]) else 1
+    parts = sum(max(-(-k // 32) * area, 2) for k in kept)
+    whole = max(-(-sum(-(-k // block) * block for k in kept) // 32) * area, 2)
+    return parts > whole
+
+
+# The .rknn bytes a layer takes beyond its weights (its compiled commands): 8.3-10 KB on every
+# fp16 build measured (mobilenet_v2, resnet18, shufflenet_v2; .rknn size less "Total Weight
+# Memory Size", per layer of the compiler's table); an added op must free at least that much,
+# in the weight bytes channelcut counts (float32: twice an fp16 file's).
+RKNN_LAYER_BYTES = 16384.0
+
+
 @dataclass(frozen=True)
 class Target:
     """One runtime: the alignment it wants, the rewrites it runs well, its cost model, and
@@ -65,8 +120,10 @@ class Target:
     objective: str
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
+    node_bytes: float = 0.0  # what an added op costs in the deployed file (channelcut.solve)
     guard: bool = False
     align_readers: frozenset[str] = frozenset()  # align only what these ops read (all: empty)
+    align_reader: Callable[[ir.Node, list[int]], bool] | None = None  # and of those, these
     # the runtime pads every channel count of a block or more up to the block (a tensor of 24
     # channels costs what 32 do): align every such tensor, not only those a block divides
     pad_to_blocks: bool = False
@@ -91,9 +148,11 @@ class Target:
         return Options(fold=fold, objective=objective or self.objective,
                        align=self.alignment() if align is None else align, blocks=blocks,
                        align_readers=self.align_readers if align is None else frozenset(),
+                       align_reader=self.align_reader if align is None else None,
                        sites=self.sites, added_ops=self.added_ops, border_form=self.border_form,
                        reinsert_form=self.reinsert_form, pad_to_blocks=self.pad_to_blocks,
-                       node_overhead=self.node_overhead, moved_element=self.moved_element)
+                       node_overhead=self.node_overhead, moved_element=self.moved_element,
+                       node_bytes=self.node_bytes)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -114,17 +173,31 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # CPU unless its input holds a multiple of 8; a bias, or an Add after a conv, is free.
     # Conv cycles step in blocks of 16/32 output and 32 input channels whatever the count, so an unaligned
     # cut never costs a cycle and is the smallest .rknn (the seed demo: 187.6 KB unaligned,
-    # 218.1 KB aligned to 8, same cycles); but Concat inputs left unaligned are padded by the
-    # toolkit (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those only.
+    # 218.1 KB aligned to 8, same cycles); but a conv reading a Concat of unaligned inputs is
+    # split per input (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those Concats only,
+    # where the split costs more than aligning (rknn_concat_splits).
     # So a border fold is written as a carrier (one constant channel stays and carries the
     # others in its weight column: exact, no op added; measured: no cycle, +0.3 KB), and a
     # reinsertion as one 1x1 Conv with one-hot weights (one NPU layer; naive resnet18: 11.5 MB,
     # 2.79 M cycles, no CPU op, against 17.6 MB, 5.43 M with bias folds only). Objective flops:
-    # the cycle estimate is conv MACs in channel blocks; the one-hot conv is counted in full.
+    # the cycle estimate is conv MACs in channel blocks; the one-hot conv is counted at the
+    # compiler's blocked cycles (channelcut.solve.Options.cost) and every added layer at its
+    # .rknn bytes, so a reinsertion that frees less is not made (naive mobilenet_v2: 2.94 MB,
+    # 0.718 M cycles against 3.01 MB, 0.755 M counting MACs only; the toolkit: 2.96, 0.750).
     Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: bias and carrier folds, "
-           "reinsertions as one-hot 1x1 convs, Concat inputs aligned to 8", (8,), SITE_KINDS,
-           True, "flops", align_readers=frozenset({"Concat"}), border_form="carrier",
-           reinsert_form="conv"),
+           "reinsertions as one-hot 1x1 convs, inputs of a conv-read Concat aligned to 8", (8,),
+           SITE_KINDS, True, "flops", align_readers=frozenset({"Concat"}), align_reader=rknn_concat_splits,
+           border_form="carrier", reinsert_form="conv", node_bytes=RKNN_LAYER_BYTES),
+    # The same for int8 builds, whose layout holds 16 channels a block: Concat inputs kept at
+    # multiples of 8 only cost the int8 build what unaligned ones cost fp16 (groups-pruned
+    # densenet121 int8: 15.7 MB, above the uncut 12.3 MB, aligned to 8; 7.7 MB aligned to 16;
+    # yolov8n int8: 2.20 and 2.29 MB aligned to 8, 2.06 and 2.18 MB to 16). The RKNN facade
+    # cuts for it when it quantizes.
+    Target("rknn-int8", "as rknn, for int8 builds: inputs of a conv-read Concat aligned to 16",
+           (16, 8), SITE_KINDS, True, "flops", align_readers=frozenset({"Concat"}),
+           align_reader=partial(rknn_concat_splits, block=16), border_form="carrier",
+           reinsert_form="conv", node_bytes=RKNN_LAYER_BYTES),  # an int8 file's weights
+    # are half an fp16 one's, so a layer is worth twice the bytes there: not measured yet
     # What every runtime runs natively: slicing, and folds into a layer's bias (no added op);
     # ONNX Runtime's blocks (16 with AVX-512, 8 with AVX2) and RKNN-Toolkit2's 8. As on
     # ort-cpu, a tensor of 16 channels or more keeps a multiple of 16 (MLAS pads 24 to 32 and

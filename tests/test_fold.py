@@ -415,3 +415,49 @@ def test_rows_left_with_their_bias_come_back_after_the_conv_when_the_border_map_
     assert const_input(result.model, "conv_y").shape == (1, 1, 3, 3)
     assert ops(result.model) == ["Conv", "Conv", "Pad", "Gather", "Add"]
     assert channelcut.cut(result.model).report.removed_groups == 0
+
+
+def test_a_fold_refused_with_a_reinsertion_is_taken_when_it_pays_alone():
+    """a (all-zero weights) + k, k constant on channels 1 and 2 and zero elsewhere, into a 1x1
+    conv with no bias whose weight reading channel 2 is Inf (Inf x constant: channel 2 stays).
+    Under the params objective, the reinsertion of a's channel 2 at the Add costs 100 bytes and
+    saves 4; the bias fold of channel 1 costs 12 and, with that reinsertion allowed, is credited
+    only with its 12-byte weight column (a's channel 1 goes with the Add's). Both were refused
+    at once; without the reinsertion, a's channel 1 is coupled to the sum's and the fold saves
+    16: the cut of the cut model then took it (issue 10 item 5)."""
+    k = rand(6, 1, 1, seed=2)
+    k[[0, 3, 4, 5]] = 0
+    wh = weights(3, 6, 1, 1, seed=3)
+    wh[1, 2] = np.inf
+    m = model([conv("x", "wa", "a"), node("Add", ["a", "k"], ["s"]), conv("s", "wh", "y")],
+              {"x": [1, 1, 4, 4]}, ["y"], {"wa": np.zeros((6, 1, 1, 1), np.float32), "k": k,
+                                           "wh": wh})
+    result = assert_cut(m, {"conv_a": (1, 1), "conv_y": (1, 3)}, groups=5, mode="full",
+                        objective="params")
+    assert [(s.kind, s.added_bytes, s.saved_bytes) for s in result.report.sites] == [
+        ("bias fold", 12, 16)]
+    assert channelcut.cut(result.model, objective="params").report.removed_groups == 0
+
+
+def test_a_grouped_conv_left_to_compute_one_row_computes_one_its_output_keeps():
+    """x -> Conv 1 -> 4 -> depthwise Conv, multiplier 2, all-zero weights (padded: every row
+    is its bias) -> Slice of channel 2 -> GlobalAveragePool -> Gemm. Every row of the depthwise
+    conv could be put back at its output as a constant, but the conv must compute one: it
+    computes row 2, which the Slice keeps, so conv group 1 alone stays, reading channel 1.
+    Keeping row 0 instead kept conv group 0 and channel 0 too, and a second cut took them
+    (issue 10 item 5: "a Slice of one channel plus an all-zero depthwise conv with channel
+    multiplier 2")."""
+    inits = {"w0": weights(4, 1, 1, 1, seed=1), "b0": bias(4, seed=1),
+             "w1": np.zeros((8, 1, 3, 3), np.float32), "b1": bias(8, seed=2),
+             "starts": np.array([2], np.int64), "ends": np.array([3], np.int64),
+             "axes": np.array([1], np.int64), "wf": weights(1, 5, seed=3), "bf": bias(5, seed=3)}
+    nodes = [conv("x", "w0", "c0", "b0"), conv("c0", "w1", "c1", "b1", pads=1, group=4),
+             node("Slice", ["c1", "starts", "ends", "axes"], ["s"]),
+             node("GlobalAveragePool", ["s"], ["g"]), node("Flatten", ["g"], ["f"]),
+             gemm("f", "wf", "y", "bf")]
+    m = model(nodes, {"x": [1, 1, 4, 8]}, ["y"], inits)
+    for objective in ("flops", "params"):
+        result = assert_cut(m, {"conv_c0": (1, 1), "conv_c1": (1, 1)}, mode="full",
+                            objective=objective)
+        assert attribute(result.model, "conv_c1", "group") == 1
+        assert channelcut.cut(result.model, objective=objective).report.removed_groups == 0

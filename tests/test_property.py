@@ -172,6 +172,17 @@ ZERO_DIVISOR_RECUT = Recipe(in_channels=6,
                                    ("axisconcat", 642284523), ("bcast", 254733608),
                                    ("conv", 3919098841)),
                             head="conv", p_row=0.6, p_col=0.0, extra_output=False)
+# params objective: a bias fold (12 bytes saved, 12 added) and the Add's reinsertion were
+# refused at once; without the reinsertion the fold saves 16, and a second cut took it (1 group).
+FOLD_REFUSED_WITH_REINSERTION = Recipe(
+    in_channels=1, steps=(("resize", 1254664063), ("bcast", 1654895561), ("add", 4052452993),
+                          ("custom", 2992851795), ("slice", 773984248), ("matmul", 3028115885),
+                          ("const", 2010417922)),
+    head="conv", p_row=0.6, p_col=0.6, extra_output=False, special=0.3)
+# A depthwise conv (multiplier 2, all-zero weights) whose every row is its bias, then a Slice of
+# one channel: the conv computed row 0 rather than the kept row 2, and a second cut took 1 group.
+ONE_ROW_COMPUTED = Recipe(in_channels=1, steps=(("conv", 2), ("conv", 4294967295), ("slice", 0)),
+                          head="gemm", p_row=0.0, p_col=0.3, extra_output=False)
 # The YOLOv8 head after a per-channel Mul: output [1, 9, 32] becomes [1, 5, 32].
 YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_row=0.6,
                    p_col=0.6, extra_output=True)
@@ -201,11 +212,13 @@ def test_cut_is_exact(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["full", "params"])
 @pytest.mark.parametrize("recipe", [GROUP_OF_BIASES_RECUT, BN_GROUP_OF_BIASES_RECUT,
-                                    DIVISION_BY_ZERO_RECUT, ZERO_DIVISOR_RECUT],
-                         ids=["group", "bn", "div", "divisor"])
+                                    DIVISION_BY_ZERO_RECUT, ZERO_DIVISOR_RECUT,
+                                    FOLD_REFUSED_WITH_REINSERTION, ONE_ROW_COMPUTED],
+                         ids=["group", "bn", "div", "divisor", "refused-together", "one-row"])
 def test_full_cut_is_a_fixed_point_after_a_border_fold_into_a_grouped_conv(mode, recipe):
-    """The fixpoint findings of issue 10 item 5, under both objectives that fold (the last two
-    divide by zero channels)."""
+    """The fixpoint findings of issue 10 item 5, under both objectives that fold (the third
+    and fourth divide by zero channels; then a fold refused with a reinsertion, and a Slice of a
+    depthwise conv's one row)."""
     assert_exact(recipe, mode)
 
 

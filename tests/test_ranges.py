@@ -428,3 +428,36 @@ def test_conv_transpose_after_relu6() -> None:
     result = assert_cut(m, {"convtranspose_t": (6, 2), "conv_y": (2, 2)},
                         feeds=edge_feeds((1, 3, 4, 4), -50.0, 50.0))
     assert [c.channels for c in result.report.range_cuts] == [[1, 3]]
+
+
+def saturated_border(dw_weight: float) -> onnx.ModelProto:
+    """x -> conv_a (1x1; rows 0-2 zero, bias 2: constant 2 after the ReLU) -> ReLU ->
+    depthwise 3x3 (padded, every tap `dw_weight`, no bias) -> ReLU6 -> conv_y (1x1) -> y.
+    A constant 2 through the depthwise conv is a border map: 4 taps read it in a corner, 6 on
+    an edge, 9 inside, so its values are 2 * dw_weight * {4, 6, 9}."""
+    c = 5
+    return model(
+        [conv("x", "wa", "a", "ba"), relu("a", "r"),
+         conv("r", "wd", "d", pads=1, group=c), node("Clip", ["d", "zero", "six"], ["r2"]),
+         conv("r2", "wy", "y")],
+        inputs={"x": [1, 3, 8, 8]}, outputs=["y"],
+        inits={"wa": weights(c, 3, 1, 1, zero_rows=[0, 1, 2]),
+               "ba": np.array([2, 2, 2, 0.1, 0.1], np.float32),
+               "wd": np.full((c, 1, 3, 3), dw_weight, np.float32),
+               "wy": weights(4, c, 1, 1, seed=5),
+               "zero": np.float32(0), "six": np.float32(6)})
+
+
+def test_a_border_map_every_window_of_which_saturates_is_a_constant() -> None:
+    """With taps of 0.8 the map is 6.4, 9.6 and 14.4: above ReLU6's 6 in every window, so the
+    three channels are 6 everywhere and conv_y takes them into its bias. Bounding each term by
+    0 where padding may stand in (the centre tap included, which never is) gave [0, 14.4]."""
+    result = assert_cut(saturated_border(0.8), {"conv_a": (3, 2), "conv_d": (2, 2),
+                                                 "conv_y": (2, 4)}, mode="full")
+    assert result.report.range_channels == 3
+
+
+def test_a_border_map_whose_corner_stays_below_the_clip_is_kept() -> None:
+    """With taps of 0.7 a corner is 5.6: below 6, so the channels are maps, not constants."""
+    result = assert_cut(saturated_border(0.7), {}, mode="full")
+    assert result.report.range_channels == 0

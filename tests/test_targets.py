@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 import channelcut
-from builders import (assert_cut, bias, conv, kept_channels, model, node, random_feeds, relu,
-                      run, weights)
+from builders import (assert_cut, bias, conv, cut, kept_channels, model, node, random_feeds,
+                      relu, run, weights)
 from channelcut import cli, guard, targets
 from channelcut.errors import ChannelcutError
 from channelcut.targets import cpu_vector_channels
@@ -83,6 +83,70 @@ def test_rknn_aligns_the_inputs_of_a_concat_to_8(target, kept):
     cuts = {"conv_p": (4, kept), "conv_q": (4, kept), "conv_y": (2 * kept, 6)}
     assert_cut(concat_of_two(), {k: v for k, v in cuts.items() if kept < 16}, mode="full",
                objective=None, target=target)
+
+
+def concat_read_by(tail: list, rows: int = 16, dead: int = 11, reader_cin: int | None = None):
+    """x -> conv_p and conv_q (`rows` rows each, `dead` zero) -> relu -> Concat (c) -> `tail`
+    (nodes from c to y)."""
+    return model([conv("x", "wp", "p"), relu("p", "rp"), conv("x", "wq", "q"), relu("q", "rq"),
+                  node("Concat", ["rp", "rq"], ["c"], axis=1), *tail],
+                 {"x": [1, 4, 4, 4]}, ["y"],
+                 {"wp": weights(rows, 4, 1, 1, zero_rows=range(dead)),
+                  "wq": weights(rows, 4, 1, 1, zero_rows=range(rows - dead, rows), seed=2),
+                  "wy": weights(6, reader_cin or 2 * rows, 1, 1, seed=3),
+                  "shape": np.array([1, 2, rows, 4, 4], np.int64),
+                  "back": np.array([1, 2 * rows, 4, 4], np.int64)})
+
+
+@pytest.mark.parametrize("case, tail, kept", [
+    # a conv reads the Concat through channelwise ops: 5 + 5 split into two convs cost 2 + 2
+    # input blocks against 2 for the aligned 16
+    ("through relu", [relu("c", "rc"), conv("rc", "wy", "y")], 8),
+    # nothing reads it but a pooling: no conv to split
+    ("pooled", [node("MaxPool", ["c"], ["y"], kernel_shape=[1, 1])], None),
+])
+def test_rknn_aligns_a_concat_only_where_a_conv_reads_it(case, tail, kept):
+    m = concat_read_by(tail)
+    result = cut(m, "full", target="rknn")
+    if kept is None:  # the output keeps every channel: the cut is the zero-only one's
+        assert kept_channels(result) == {}
+        return
+    assert kept_channels(result) == {"conv_p": (4, kept), "conv_q": (4, kept),
+                                     "conv_y": (2 * kept, 6)}
+    want, got = run(m, random_feeds(m)), run(result.model, random_feeds(m))
+    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target, kept", [("rknn", 8), ("rknn-int8", 16)])
+def test_rknn_int8_builds_align_concat_inputs_to_16(target, kept):
+    """int8's layout holds 16 channels a block (groups-pruned densenet121 int8: 15.7 MB aligned
+    to 8, above the uncut 12.3 MB; 7.7 MB aligned to 16)."""
+    m = concat_read_by([conv("c", "wy", "y")], rows=32, dead=27)
+    assert_cut(m, {"conv_p": (4, kept), "conv_q": (4, kept), "conv_y": (2 * kept, 6)},
+               mode="full", objective=None, target=target)
+
+
+def test_rknn_leaves_a_concat_unaligned_where_its_parts_cost_no_more_blocks():
+    """63 + 63 channels: split in two convs, 2 + 2 input blocks of 32; aligned, 128 channels
+    are 4 blocks too, so aligning would only keep channels (shufflenet_v2: 3.43 MB unaligned,
+    4.29 MB aligned); 5 + 5 (the test above) pays."""
+    m = concat_read_by([conv("c", "wy", "y")], rows=64, dead=1)
+    assert_cut(m, {"conv_p": (4, 63), "conv_q": (4, 63), "conv_y": (126, 6)}, mode="full",
+               objective=None, target="rknn")
+    assert targets.rknn_concat_splits is targets.get("rknn").align_reader
+
+
+def test_rknn_leaves_a_channel_shuffle_unaligned():
+    """Concat, Reshape, Transpose, Reshape (shufflenet_v2): no conv reads the Concat itself,
+    and the compiler writes the shuffle as convs either way (groups-pruned shufflenet_v2_x1_0:
+    3.43 MB and 0.590 M cycles unaligned, 4.29 MB and 0.647 M aligned to 8)."""
+    shuffle = [node("Reshape", ["c", "shape"], ["r5"]),
+               node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+               node("Reshape", ["t5", "back"], ["s"]), conv("s", "wy", "y")]
+    m = concat_read_by(shuffle)
+    unaligned = kept_channels(channelcut.cut(m, target="min-flops"))
+    assert unaligned["conv_p"] == (4, 10)  # the shuffle pairs channel k of p with k of q
+    assert_cut(m, unaligned, mode="full", objective=None, target="rknn")
 
 
 def test_portable_aligns_a_tensor_no_block_divides():
@@ -177,19 +241,42 @@ def test_no_carrier_for_a_grouped_conv():
     assert_cut(m, {}, mode="full", objective="flops", target="rknn")
 
 
+def matmul_gelu_matmul(d: int, hidden: int, dead: list[int]) -> onnx.ModelProto:
+    """x -> MatMul (the `dead` columns zero) -> Add bias -> Gelu -> MatMul -> y: the dead
+    hidden channels are constants the second MatMul reads (a fold there needs an Add)."""
+    w1, w2 = weights(d, hidden, zero_cols=dead, seed=1), weights(hidden, d, seed=2)
+    b1 = bias(hidden, {c: 0.5 if k % 2 else -0.5 for k, c in enumerate(dead)}, seed=1)
+    return model([node("MatMul", ["x", "w1"], ["h"]), node("Add", ["h", "b1"], ["hb"]),
+                  node("Gelu", ["hb"], ["g"]), node("MatMul", ["g", "w2"], ["y"])],
+                 {"x": [1, 4, d]}, ["y"], {"w1": w1, "b1": b1, "w2": w2}, opset=20)
+
+
 @pytest.mark.parametrize("target, folded", [("min-flops", True), ("ort-cpu", True),
-                                            ("rknn", True), ("portable", False)])
+                                            ("rknn", False), ("portable", False)])
 def test_matmul_fold_adds_an_add_so_only_targets_that_allow_added_ops_make_it(target, folded):
+    """rknn allows it but charges the Add a layer's .rknn bytes: 2 channels free less."""
     d, hidden = 6, 10
-    w1, w2 = weights(d, hidden, zero_cols=[2, 7], seed=1), weights(hidden, d, seed=2)
-    m = model([node("MatMul", ["x", "w1"], ["h"]), node("Add", ["h", "b1"], ["hb"]),
-               node("Gelu", ["hb"], ["g"]), node("MatMul", ["g", "w2"], ["y"])],
-              {"x": [1, 4, d]}, ["y"], {"w1": w1, "b1": bias(hidden, {2: 0.5, 7: -0.5}, seed=1),
-                                        "w2": w2}, opset=20)
     kept = {"matmul_h": (d, hidden - 2), "matmul_y": (hidden - 2, d)} if folded else {}
-    result = assert_cut(m, kept, mode="full", objective="flops", target=target,
-                        measure=fastest_is("cut"))
+    result = assert_cut(matmul_gelu_matmul(d, hidden, [2, 7]), kept, mode="full",
+                        objective="flops", target=target, measure=fastest_is("cut"))
     assert ops(result.model).count("Add") == (2 if folded else 1)
+
+
+def test_rknn_adds_a_layer_only_where_it_frees_more_than_the_layer_costs_in_the_file():
+    """RKNN-Toolkit2 writes 8-10 KB of commands per layer (bench/RKNN_FINDINGS.md): the fold's
+    Add must free that many bytes of an fp16 file; 48 of 128 hidden channels (96 KB fp32) do,
+    8 (16 KB) do not."""
+    assert targets.get("rknn").options().node_bytes == targets.RKNN_LAYER_BYTES > 0
+    d, hidden = 64, 128
+    result = assert_cut(matmul_gelu_matmul(d, hidden, list(range(0, 96, 2))),
+                        {"matmul_h": (d, hidden - 48), "matmul_y": (hidden - 48, d)},
+                        mode="full", objective=None, target="rknn")
+    assert ops(result.model).count("Add") == 2
+    assert_cut(matmul_gelu_matmul(d, hidden, list(range(0, 16, 2))), {}, mode="full",
+               objective=None, target="rknn")
+    assert_cut(matmul_gelu_matmul(d, hidden, list(range(0, 16, 2))),
+               {"matmul_h": (d, hidden - 8), "matmul_y": (hidden - 8, d)}, mode="full",
+               objective=None, target="min-flops")
 
 
 @pytest.mark.parametrize("target, form", [("min-flops", "pad-gather"), ("ort-cpu", "pad-gather"),
@@ -211,11 +298,34 @@ def test_reinsertion_as_each_runtime_runs_it(target, form):
 
 def test_target_costs_reach_the_solver():
     """ort-cpu judges by latency: the reinsertion that pays in FLOPs on a 6x6 toy does not
-    pay for its copies there."""
+    pay for its copies there; nor on rknn, where its one-hot conv costs the compiler's
+    blocked cycles and a layer's file bytes."""
     assert_cut(basic_block(), {"conv_b": (6, 4)}, mode="full", objective=None,
                target="min-flops")
-    assert_cut(basic_block(), {}, mode="full", objective=None, target="ort-cpu",
-               measure=fastest_is("cut"))
+    for target in ("ort-cpu", "rknn"):
+        assert_cut(basic_block(), {}, mode="full", objective=None, target=target,
+                   measure=fastest_is("cut"))
+
+
+@pytest.mark.parametrize("channels, blocks", [(12, 1 * 2), (18, 2 * 2), (64, 4 * 2),
+                                              (96, 6 * 3)])
+def test_rknn_one_hot_conv_costs_the_compilers_blocked_cycles(channels, blocks):
+    """RKNN-Toolkit2's fp16 conv: ceil(Cout/16) * max(ceil(Cin/32), 2) cycles per position
+    (exact on 1499 layers; naive mobilenet_v2's 12 -> 18 one-hot conv at 56x56: 12544), in
+    FLOPs at the NPU's 16 x 32 multiply-adds a cycle; never less than its own MACs. Other
+    forms count what they add."""
+    from channelcut.analysis import Cost, Site
+    from channelcut.graph import to_ir
+
+    m = model([node("Add", ["x", "x"], ["y"])], {"x": [1, channels, 7, 7]}, ["y"], {})
+    add = next(iter(to_ir(m, {}).graph))
+    site = Site(add, "reinsert", Cost(weight_bytes=100.0, flops=10.0, moved=5.0, nodes=3))
+    rknn = targets.get("rknn").options()
+    cost = rknn.cost(site)
+    assert cost.flops == max(2 * 16 * 32 * blocks * 49, 2 * channels * channels * 49)
+    assert cost.nodes == 1
+    assert cost.weight_bytes == 4.0 * channels * (channels + 1) + targets.RKNN_LAYER_BYTES
+    assert targets.get("min-flops").options().cost(site) == Cost(100.0, 10.0, 5.0, 3)
 
 
 def test_unknown_target_is_a_user_error():
@@ -419,3 +529,27 @@ def test_facade_cuts_for_the_npu_it_builds_for(capsys):
     # no border map for the NPU: one constant channel stays and carries the other
     assert [n.op_type for n in rknn._core.graph.node] == ["Conv", "Relu", "Conv"]
     assert {i.name: i.dims[0] for i in rknn._core.graph.initializer}["w1"] == 5
+
+
+def test_facade_cuts_for_int8_when_it_quantizes(tmp_path):
+    """build(do_quantization=True) cuts for rknn-int8 (Concat inputs aligned to 16), a float
+    build for rknn."""
+    from channelcut.rknn import RKNN
+
+    m = concat_read_by([conv("c", "wy", "y")], rows=32, dead=27)
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 4
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        np.save(tmp_path / f"{index}.npy", rng.uniform(0, 255, (4, 4, 4)).astype(np.float32))
+    (tmp_path / "dataset.txt").write_text("".join(f"{i}.npy\n" for i in range(4)))
+    removed = {}
+    for quantize, target in ((False, "rknn"), (True, "rknn-int8")):
+        rknn = RKNN()
+        assert rknn.config(target_platform="rk3588", model_pruning="full") == 0
+        assert rknn.load_onnx(m) == 0
+        assert rknn.build(do_quantization=quantize, dataset=tmp_path / "dataset.txt") == 0
+        assert rknn._report.target == target
+        removed[target] = rknn._report.removed_channels
+    # conv_p and conv_q keep 8 or 16 of 32 rows; a cut channel counts in the conv's output,
+    # its Relu's and the Concat's
+    assert removed == {"rknn": 3 * 2 * (32 - 8), "rknn-int8": 3 * 2 * (32 - 16)}

@@ -96,17 +96,55 @@ def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray
     return low, high, size
 
 
+def _windows(node: ir.Node, walk: Walk, kernel: tuple[int, ...]) -> np.ndarray | None:
+    """The taps each output position of a padded conv reads inside the input, one row of
+    booleans over the flattened kernel per distinct pattern (the interior: all of them; an
+    edge or corner: those zero padding does not replace); None where the input's spatial size
+    or the padding is not known here."""
+    dims = walk.dims(node.inputs[0])
+    pads = attr_ints(node, "pads", []) or [0] * (2 * len(kernel))
+    if attr_string(node, "auto_pad", "NOTSET") != "NOTSET" or dims is None or \
+            len(dims) != len(kernel) + 2 or len(pads) != 2 * len(kernel):
+        return None
+    strides = attr_ints(node, "strides", []) or [1] * len(kernel)
+    dilations = attr_ints(node, "dilations", []) or [1] * len(kernel)
+    per_axis = []
+    for a, k in enumerate(kernel):
+        length = dims[a + 2]
+        if not isinstance(length, int) or length < 1:
+            return None
+        begin, span = pads[a], dilations[a] * (k - 1) + 1
+        count = (length + begin + pads[a + len(kernel)] - span) // strides[a] + 1
+        starts = np.arange(max(count, 0)) * strides[a] - begin
+        taps = starts[:, None] + np.arange(k) * dilations[a]
+        per_axis.append(np.unique((taps >= 0) & (taps < length), axis=0))
+    patterns = per_axis[0]
+    for masks in per_axis[1:]:  # every combination of one pattern per axis occurs
+        patterns = (patterns[:, None, :, None] & masks[None, :, None, :]).reshape(
+            patterns.shape[0] * masks.shape[0], -1)
+    return patterns if patterns.shape[0] <= 64 else None
+
+
 @bounds("Conv")
 def _conv(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
-    """out[o] in b[o] + sum over o's group and kernel of [min, max](w * [lo, hi]) (and 0 per
-    term where zero padding may stand in for the input)."""
+    """out[o] in b[o] + sum over o's group and kernel of [min, max](w * [lo, hi]); a padded
+    conv: the hull of that sum over the taps each window pattern reads (the interior reads all,
+    an edge only those inside), or 0 per term where zero padding may stand in when the
+    patterns are not known."""
     weights, b = walk.const(node.inputs[1]), input_at(node, 2)
     bias = np.zeros(weights.shape[0]) if b is None else np.asarray(walk.const(b), np.float64)
     groups = attr_int(node, "group", 1)
     cout, cin_g = weights.shape[:2]
     lo, hi = positions_range(walk, node.inputs[0], 1, cin_g * groups)
     flat = np.asarray(weights).reshape(groups, cout // groups, cin_g, -1)
-    low, high, size = _weighted_sum(flat, lo, hi, _padded(node, weights.shape[2:]))
+    padded = _padded(node, weights.shape[2:])
+    windows = _windows(node, walk, tuple(weights.shape[2:])) if padded else None
+    if windows is None:
+        low, high, size = _weighted_sum(flat, lo, hi, padded)
+    else:
+        sums = [_weighted_sum(flat * mask, lo, hi, False) for mask in windows]
+        low = np.min([s[0] for s in sums], axis=0)
+        high, size = (np.max([s[i] for s in sums], axis=0) for i in (1, 2))
     return widen(low + bias, high + bias, size + np.abs(bias), terms=cin_g * flat.shape[-1] + 1)
 
 

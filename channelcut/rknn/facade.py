@@ -47,6 +47,7 @@ from channelcut.rknn.preprocess import (Preprocess, has_preprocessing, normalise
 from channelcut.rknn.quantize import Quantization, ort_options, quantization_config
 from channelcut.rknn.quantize import quantize as quantize_model
 from channelcut.rknn.toolkit import Toolkit, choose_backend, split_preprocessing
+from channelcut.targets import TARGETS as CUT_TARGET_TABLE
 from channelcut.verify import graph_inputs
 
 TOOLKIT1_TARGETS = ("rk1806", "rk1808", "rk3399pro", "rv1109", "rv1126")
@@ -247,7 +248,7 @@ class RKNN:
         core, channel_map = self._loaded, {}
         self._report = None
         if self._pruning is not None:
-            core, channel_map = self._prune(self._loaded, samples)
+            core, channel_map = self._prune(self._loaded, samples, quantize)
         if self._toolkit is not None:
             return self._toolkit_build(core, channel_map, steps, quantize, dataset,
                                        rknn_batch_size, auto_hybrid, pre_compile, other)
@@ -333,16 +334,20 @@ class RKNN:
             self._log.info(f"Pruning: verifying on the {len(samples)} samples of {dataset}")
         return samples
 
-    def _prune(self, model: onnx.ModelProto, samples: list[dict[str, np.ndarray]] | None = None
+    def _prune(self, model: onnx.ModelProto, samples: list[dict[str, np.ndarray]] | None = None,
+               quantize: bool = False
                ) -> tuple[onnx.ModelProto, dict[str, tuple[int, np.ndarray]]]:
         """The cut model and its channel map; logs the const change table (and the folds).
-        `samples`: the dataset's inputs to verify on (default seeded random ones)."""
+        `samples`: the dataset's inputs to verify on (default seeded random ones); `quantize`:
+        cut for the int8 build (the target's "-int8" entry, where there is one)."""
         from channelcut.api import cut  # noqa: PLC0415 - keeps `import rknn` light
         from channelcut.report import (const_change_lines, range_lines,  # noqa: PLC0415
                                        summary_lines)
 
         shapes = simulator.input_shapes(model)
         target = self._cut_target
+        if quantize and f"{target}-int8" in CUT_TARGET_TABLE:  # int8's layout: 16 a block
+            target = f"{target}-int8"
         # raw uint8 pixels through mean/std: the model's inputs are bounded (the cut proves
         # more channels dead by their range)
         ranges = normalised_input_ranges(model, preprocess_steps(model, self._preprocess_config))
