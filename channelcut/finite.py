@@ -23,10 +23,21 @@ if TYPE_CHECKING:
     from channelcut.analysis import Walk
 
 
+# float16's exponent bits: all set is Inf or NaN. Every finite float16 is within HUGE (65504).
+_HALF_EXPONENT = np.uint16(0x7C00)
+_CHUNK = 1 << 20  # elements per pass of the float16 check: a small temporary
+
+
 def bounded(array: np.ndarray | None) -> bool:
     """A constant whose every element is finite and at most HUGE in magnitude (or no float)."""
     if array is None or array.dtype.kind != "f" or array.size == 0:
         return True
+    if array.dtype == np.float16:
+        # numpy reduces float16 element by element (converting each): read the bits instead,
+        # 10x faster on an LLM's float16 weights
+        bits = np.ascontiguousarray(array).reshape(-1).view(np.uint16)
+        return not any(((bits[k:k + _CHUNK] & _HALF_EXPONENT) == _HALF_EXPONENT).any()
+                       for k in range(0, bits.size, _CHUNK))
     # max and min propagate NaN, and the comparisons are then False; no temporary array
     return bool(array.max() <= HUGE) and bool(array.min() >= -HUGE)
 
