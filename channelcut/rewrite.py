@@ -68,9 +68,13 @@ class Rewrite:
         self.graph = analysis.model.graph
         self.changes: dict[str, SizeChange] = {}
         self._consts = analysis.consts  # shared: large weights are converted only once
+        # tensor and node names alike: a node added here must not take the name of one a
+        # previous cut added (ONNX Runtime refuses two nodes of one name)
         self._names = {v.name for v in self.graph.initializers.values()}
         for node in self.graph:
             self._names.update(v.name for v in node.outputs if v.name)
+            if node.name:
+                self._names.add(node.name)
         self._names.update(v.name for v in self.graph.inputs if v.name)
         self._suffixes: dict[str, int] = {}
         # shared constant -> its bytes and the (node, input index) slots that read it
