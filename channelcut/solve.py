@@ -241,6 +241,11 @@ def _unbalanced(conv: GroupedConv, removed: Callable[[np.ndarray], np.ndarray],
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
 
 
+# How many of a solve's picks (a channel an emptied tensor keeps) are tried without: each
+# try solves again.
+MAX_RELEASES = 8
+
+
 class _Solver:
     """One greatest fixed point for a given set of allowed sites."""
 
@@ -315,11 +320,44 @@ class _Solver:
 
         A tensor must keep at least one channel; that is checked only once the other checks
         have settled (before, a reader visited early may still count on rows a later reader
-        will keep), and then for one tensor at a time, nearest the outputs first.
+        will keep), and then for one tensor at a time, nearest the outputs first. Such a
+        pick can turn out needless: a pick made later, upstream, may make the tensor keep
+        other channels anyway (a constant a kept channel of its input now makes variable).
+        Each such pick is then tried without: solved again with the other picks made first;
+        the result is taken when it removes all it did and more, so a cut of the cut model,
+        which sees the other picks as channels it must keep, finds nothing left to remove.
         """
-        checks = self._checks()
+        start, checks = self.removable.copy(), self._checks()
         watchers = self._watchers(checks)
+        picks = self._run_to_fixpoint(checks, watchers, [])
+        tries, index = 0, 0
+        while index < len(picks) and tries < MAX_RELEASES:
+            info, group = picks[index]
+            base = self.group_of[info.base:info.base + info.n]
+            if not (~self.removable[base] & (base != group)).any():
+                index += 1
+                continue
+            tries += 1
+            before, trims = self.removable, self.trims
+            self.removable, self.trims = start.copy(), []
+            others = picks[:index] + picks[index + 1:]
+            again = self._run_to_fixpoint(checks, watchers, others)
+            if (self.removable >= before).all() and (self.removable > before).any():
+                picks = others + again  # the next pick is now at `index`
+            else:
+                self.removable, self.trims = before, trims
+                index += 1
+        if self.options.align > 1 or self.options.blocks:
+            self._align(checks, watchers)
+
+    def _run_to_fixpoint(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
+                         watchers: Callable[[np.ndarray], list[int]],
+                         made: list[tuple[ChannelInfo, int]]) -> list[tuple[ChannelInfo, int]]:
+        """Settle every check, keeping a channel of each emptied tensor (the picks `made`
+        first); returns the picks made here, as (tensor, group kept)."""
+        self.drop(np.array([group for _, group in made], np.int64))
         pending = list(range(len(checks)))
+        picks: list[tuple[ChannelInfo, int]] = []
         while True:
             self._settle(checks, watchers, pending)
             removed = self.removable[self.group_of]
@@ -329,12 +367,12 @@ class _Solver:
             if emptied is None:
                 kept = np.concatenate([self._carriers(), self._unwritten_rows()])
                 if kept.size == 0:
-                    break
+                    return picks
                 pending = watchers(self.drop(kept))
                 continue
-            pending = watchers(self.drop(self.group_of[[self._cheapest_to_keep(emptied)]]))
-        if self.options.align > 1 or self.options.blocks:
-            self._align(checks, watchers)
+            group = int(self.group_of[self._cheapest_to_keep(emptied)])
+            picks.append((emptied, group))
+            pending = watchers(self.drop(np.array([group], np.int64)))
 
     def _carriers(self) -> np.ndarray:
         """Groups to keep so that every carrier-form border fold has its carrier: a kept

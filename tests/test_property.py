@@ -183,8 +183,9 @@ FOLD_REFUSED_WITH_REINSERTION = Recipe(
 # one channel: the conv computed row 0 rather than the kept row 2, and a second cut took 1 group.
 ONE_ROW_COMPUTED = Recipe(in_channels=1, steps=(("conv", 2), ("conv", 4294967295), ("slice", 0)),
                           head="gemm", p_row=0.0, p_col=0.3, extra_output=False)
-# bench/fuzz.py seed 41 (open, issue 10 item 5): cutting the cut model adds a second
-# reinsertion at the output and removes one more channel; both cuts exact.
+# bench/fuzz.py seed 41: cutting the cut model added a second reinsertion at the output and
+# removed one more channel (a zero row of the last conv, kept as its emptied computed rows'
+# pick before an upstream pick made its other rows variable); both cuts exact.
 SECOND_REINSERTION_AT_THE_OUTPUT = Recipe(
     in_channels=1, steps=(("conv", 3210020627), ("conv", 1180067369), ("mixconcat", 3231468410),
                           ("bn", 201428018), ("conv", 3403505816)),
@@ -220,16 +221,13 @@ def test_cut_is_exact(mode, recipe):
 @pytest.mark.parametrize("recipe", [GROUP_OF_BIASES_RECUT, BN_GROUP_OF_BIASES_RECUT,
                                     DIVISION_BY_ZERO_RECUT, ZERO_DIVISOR_RECUT,
                                     FOLD_REFUSED_WITH_REINSERTION, ONE_ROW_COMPUTED,
-                                    pytest.param(SECOND_REINSERTION_AT_THE_OUTPUT,
-                                                 marks=pytest.mark.xfail(
-                                                     strict=True,
-                                                     reason="open: issue 10 item 5"))],
+                                    SECOND_REINSERTION_AT_THE_OUTPUT],
                          ids=["group", "bn", "div", "divisor", "refused-together", "one-row",
                               "second-reinsertion"])
 def test_full_cut_is_a_fixed_point_after_a_border_fold_into_a_grouped_conv(mode, recipe):
     """The fixpoint findings of issue 10 item 5, under both objectives that fold (the third
-    and fourth divide by zero channels; then a fold refused with a reinsertion, and a Slice of a
-    depthwise conv's one row)."""
+    and fourth divide by zero channels; then a fold refused with a reinsertion, a Slice of a
+    depthwise conv's one row, and a needless pick of an emptied tensor)."""
     assert_exact(recipe, mode)
 
 
