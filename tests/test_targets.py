@@ -554,25 +554,3 @@ def test_facade_cuts_for_int8_when_it_quantizes(tmp_path):
     # conv_p and conv_q keep 8 or 16 of 32 rows; a cut channel counts in the conv's output,
     # its Relu's and the Concat's
     assert removed == {"rknn": 3 * 2 * (32 - 8), "rknn-int8": 3 * 2 * (32 - 16)}
-
-
-def test_nodes_a_cut_adds_take_names_no_node_has():
-    """A model that already holds nodes of the names a reinsertion's Pad and Gather would take
-    (a model cut before, then cut again): ONNX Runtime refused the cut, two nodes of one name."""
-    m = basic_block(zero_rows=range(16), channels=64, size=32)
-    first = channelcut.cut(m, target="min-flops", verify=False)
-    added = [n.name for n in first.model.graph.node if n.op_type in ("Pad", "Gather")]
-    assert added
-    taken = onnx.ModelProto()
-    taken.CopyFrom(m)
-    source = taken.graph.input[0]
-    for k, name in enumerate(added):
-        taken.graph.node.append(onnx.helper.make_node("Identity", [source.name], [f"spare{k}"],
-                                                      name=name))
-        spare = taken.graph.output.add()
-        spare.CopyFrom(source)
-        spare.name = f"spare{k}"
-    result = channelcut.cut(taken, target="min-flops")  # verified in ONNX Runtime
-    names = [n.name for n in result.model.graph.node]
-    assert len(names) == len(set(names))
-    assert result.report.removed_groups == first.report.removed_groups
