@@ -3,7 +3,7 @@ at what cost, and how its cycle estimate steps with channel counts.
 
 Run with the RKNN venv's python (bench/rknn_env.sh makes it); about 2 minutes on 2 cores:
 
-    /work/rknn-venv/bin/python bench/rknn_calibrate.py [--only forms,align,concat,pad]
+    /work/rknn-venv/bin/python bench/rknn_calibrate.py [--only forms,align,concat,concat_last,pad]
         [--target rk3588] [--json FILE]
 
 Every micro model is written with onnx.helper, checked in ONNX Runtime against its reference form

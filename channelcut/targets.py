@@ -218,7 +218,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # cut never costs a cycle and is the smallest .rknn (the seed demo: 187.6 KB unaligned,
     # 218.1 KB aligned to 8, same cycles); but a conv reading a Concat of unaligned inputs is
     # split per input (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those Concats only,
-    # where the split costs more than aligning (rknn_concat_splits).
+    # where the split costs more than aligning, and their last input unless its weights cost
+    # more than the copy the compiler writes when it is unaligned (rknn_concat_splits).
     # So a border fold is written as a carrier (one constant channel stays and carries the
     # others in its weight column: exact, no op added; measured: no cycle, +0.3 KB), and a
     # reinsertion as one 1x1 Conv with one-hot weights (one NPU layer; naive resnet18: 11.5 MB,
