@@ -3,7 +3,7 @@ at what cost, and how its cycle estimate steps with channel counts.
 
 Run with the RKNN venv's python (bench/rknn_env.sh makes it); about 2 minutes on 2 cores:
 
-    /work/rknn-venv/bin/python bench/rknn_calibrate.py [--only forms,align,concat,pad]
+    /work/rknn-venv/bin/python bench/rknn_calibrate.py [--only forms,align,concat,concat_last,pad]
         [--target rk3588] [--json FILE]
 
 Every micro model is written with onnx.helper, checked in ONNX Runtime against its reference form
@@ -18,6 +18,8 @@ built by rknn_build.measure; the tables print as markdown. Sections:
           channel blocks that reproduce the compiler's NPU cycles (ceil(Cout/bo) * ceil(Cin/bi) *
           Hout * Wout * kh * kw) and its DDR cycles per byte of feature map moved
   concat  Concat of c1 + 16 channels read by a 1x1 conv: does the Concat stay one op?
+  concat_last  Concat of c1 + c2 channels, the LAST input unaligned or not: what the .rknn
+          holds beyond its weights (the compiler copies a Concat whose last input is unaligned)
   pad     a channel Pad from c channels: NPU or CPU?
 
 and last, how many fp16 conv layers of the run npu_cycles_fp16 (the compiler's NPU cycles in
@@ -307,6 +309,41 @@ def section_concat(scratch: Path, target: str, widths: list[int]) -> dict[str, A
     return found
 
 
+def section_concat_last(scratch: Path, target: str, firsts: list[int], lasts: list[int],
+                        producer_cin: int = 16) -> dict[str, Any]:
+    """Concat(c1 aligned channels, c2) -> 1x1 conv, the last input c2 unaligned or not; its
+    producer reads `producer_cin` channels (3x3): what the .rknn holds beyond the weights."""
+    found = {}
+    print(f"\n## Concat(c1 channels, c2 channels: the LAST input) -> 1x1 conv (c2's producer: "
+          f"{producer_cin} -> c2, 3x3), fp16\n")
+    print("| c1 | c2 | .rknn bytes | weight KiB | bytes beyond the weights | internal KiB | "
+          "cycles | op types |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c1 in firsts:
+        for c2 in lasts:
+            model = _model(([_conv("x", "wx", None, "xp", pad=0)] if producer_cin != 16 else [])
+                           + [_conv("x", "w1", None, "a"), _node("Relu", ["a"], "ra"),
+                            _conv("xp" if producer_cin != 16 else "x", "w2", None, "b"),
+                            _node("Relu", ["b"], "rb"),
+                            _node("Concat", ["ra", "rb"], "c", axis=1),
+                              _conv("c", "wc", None, "out", pad=0)],
+                           {"w1": RNG.standard_normal((c1, 16, 3, 3)).astype(np.float32),
+                            "w2": RNG.standard_normal((c2, producer_cin, 3, 3)).astype(
+                                np.float32),
+                            "wc": RNG.standard_normal((32, c1 + c2, 1, 1)).astype(np.float32),
+                            **({"wx": RNG.standard_normal((producer_cin, 16, 1, 1)).astype(
+                                np.float32)} if producer_cin != 16 else {})}, 16, 32)
+            r = _build(model, scratch, f"concatlast{c1}_{c2}_{producer_cin}", "--target", target)
+            found[f"{c1}_{c2}_{producer_cin}"] = r
+            weights = r.get("weight_kib")
+            beyond = r["rknn_bytes"] - weights * 1024 if weights is not None and r.get(
+                "rknn_bytes") else None
+            print(f"| {c1} | {c2} | {r.get('rknn_bytes')} | {weights} | "
+                  f"{beyond if beyond is None else round(beyond)} | {r.get('internal_kib')} | "
+                  f"{r.get('cycles')} | {r.get('op_types')} |")
+    return found
+
+
 def section_pad(scratch: Path, target: str, widths: list[int]) -> dict[str, Any]:
     """A Pad feeding a Conv directly crashes the toolkit's pad-into-conv fusion, so an Add sits
     between them (as in a reinsertion)."""
@@ -387,6 +424,8 @@ SECTIONS: dict[str, Callable[[Path, str], Any]] = {
     "forms": section_forms,
     "align": lambda s, t: section_align(s, t, [8, 9, 16, 17, 24, 32, 33, 48, 64]),
     "concat": lambda s, t: section_concat(s, t, [8, 9, 13, 16, 20, 24]),
+    "concat_last": lambda s, t: (section_concat_last(s, t, [16, 64, 128], [9, 16])
+                                 | section_concat_last(s, t, [16], [9, 16], producer_cin=256)),
     "pad": lambda s, t: section_pad(s, t, [12, 16, 20, 24, 25, 32]),
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -50,9 +50,9 @@ class Options:
     # when given, only tensors an op of these types reads are aligned (RKNN-Toolkit2 pads the
     # Concat inputs it sees unaligned; elsewhere its cycles step in blocks either way)
     align_readers: frozenset[str] = frozenset()
-    # and of those readers, only the ones this says need it, given the channels each of the
-    # reader's inputs keeps unaligned (None: all): a target's cost decision per reader
-    align_reader: Callable[[ir.Node, list[int]], bool] | None = None
+    # and of those readers' inputs, only the ones this picks (their positions), given the
+    # channels each input keeps unaligned (None: all): a target's cost decision per reader
+    align_reader: Callable[[ir.Node, list[int]], Collection[int]] | None = None
     sites: frozenset[str] = SITE_KINDS
     added_ops: bool = True
     node_overhead: float = NODE_OVERHEAD
@@ -477,8 +477,8 @@ class _Solver:
             for info, value in self.tensors:
                 align = self.options.alignment_of(info.n)
                 if info.block != 1 or info.span != 1 or align == 1 or (
-                        readers and (value is None or
-                                     not any(u.node in aligning for u in value.uses()))):
+                        readers and (value is None or not any(
+                            (u.node, u.idx) in aligning for u in value.uses()))):
                     continue
                 gone = self.removed(info.ids)
                 short = -int(info.n - gone.sum()) % align
@@ -494,17 +494,20 @@ class _Solver:
                     self._settle(checks, watchers, watchers(dropped))
                     changed = True
 
-    def _aligning_readers(self) -> set[ir.Node]:
-        """The nodes of `align_readers`' types whose inputs are aligned: all of them, or those
-        the target's `align_reader` picks, decided once on the unaligned cut."""
-        decide, picked = self.options.align_reader, set()
+    def _aligning_readers(self) -> set[tuple[ir.Node, int]]:
+        """The (node, input position) pairs of `align_readers`' types whose input is aligned:
+        every input, or those the target's `align_reader` picks, decided once per node on the
+        unaligned cut."""
+        decide, picked, seen = self.options.align_reader, set(), set()
         for value in self.walk.infos:
             for use in value.uses():
                 node = use.node
-                if node.op_type not in self.options.align_readers or node in picked:
+                if node.op_type not in self.options.align_readers or node in seen:
                     continue
-                if decide is None or decide(node, [self._kept(v) for v in node.inputs]):
-                    picked.add(node)
+                seen.add(node)
+                positions = range(len(node.inputs)) if decide is None else decide(
+                    node, [self._kept(v) for v in node.inputs])
+                picked.update((node, i) for i in positions)
         return picked
 
     def _kept(self, value: ir.Value | None) -> int:

@@ -75,29 +75,72 @@ def _conv_reading(value: ir.Value, depth: int = 4) -> ir.Node | None:
     return None
 
 
-def rknn_concat_splits(node: ir.Node, kept: list[int], block: int = 8) -> bool:
-    """Does RKNN-Toolkit2 run this Concat dearer with its inputs unaligned (`kept` channels
-    each) than aligned to 8? Measured (bench/rknn_calibrate.py, "concat"; bench/RKNN_FINDINGS.md):
-    an input other than the last that is not a multiple of 8 makes the compiler drop the Concat
-    and split the conv reading it into one conv per input plus an Add; each part costs at least
-    2 input blocks of 32 (fp16 NPU cycles: ceil(Cout/16) * max(ceil(Cin/32) * k^2, 2) *
-    HW). So aligning pays where a conv reads the Concat and its parts cost more blocks than the
-    aligned whole (densenet121: 33.3 MB unaligned, 13.4 MB aligned). A Concat no conv reads (a
-    channel shuffle, shufflenet_v2: the compiler writes Concat, Reshape and Transpose as convs
-    either way) gains nothing from the channels aligning keeps (groups-pruned shufflenet_v2_x1_0:
-    3.43 MB and 0.590 M cycles unaligned, 4.29 MB and 0.647 M aligned). `block`: the channel
-    block of the build's layout (8 in fp16, 16 in int8)."""
-    reader = _conv_reading(node.outputs[0]) if node.outputs else None
-    kept = [k for k in kept if k]
-    if reader is None or len(kept) < 2 or all(k % block == 0 for k in kept[:-1]):
-        return False
-    weight = reader.inputs[1] if len(reader.inputs) > 1 else None
+def _conv_producing(value: ir.Value, depth: int = 4) -> ir.Node | None:
+    """The Conv that writes `value` directly or through channelwise ops, if any."""
+    node = value.producer()
+    if node is None:
+        return None
+    if node.op_type == "Conv":
+        return node
+    if node.op_type in _CHANNELWISE and depth and node.inputs and node.inputs[0] is not None:
+        return _conv_producing(node.inputs[0], depth - 1)
+    return None
+
+
+def _weight_bytes_per_channel(conv: ir.Node | None, axis: int) -> int:
+    """float32 bytes of one output row (axis 0) or one input column (axis 1) of a Conv."""
+    weight = conv.inputs[1] if conv is not None and len(conv.inputs) > 1 else None
     shape = weight.shape if weight is not None and weight.shape is not None else None
-    area = math.prod(int(d) for d in shape[2:]) if shape is not None and all(
-        isinstance(d, int) for d in shape[2:]) else 1
-    parts = sum(max(-(-k // 32) * area, 2) for k in kept)
-    whole = max(-(-sum(-(-k // block) * block for k in kept) // 32) * area, 2)
-    return parts > whole
+    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape):
+        return 0
+    return 4 * math.prod(int(d) for i, d in enumerate(shape) if i != axis)
+
+
+def rknn_concat_splits(node: ir.Node, kept: list[int], block: int = 8) -> tuple[int, ...]:
+    """The inputs of this Concat (their positions) that RKNN-Toolkit2 runs cheaper aligned to
+    `block` than with `kept` channels each. Measured (bench/rknn_calibrate.py, "concat" and
+    "concat_last"; bench/RKNN_FINDINGS.md), fp16:
+    - an input other than the last that is not a multiple of 8 makes the compiler drop the
+      Concat and split the conv reading it into one conv per input plus an Add; each part
+      costs at least 2 input blocks of 32 (NPU cycles: ceil(Cout/16) * max(ceil(Cin/32) *
+      k^2, 2) * HW). So those inputs are aligned where a conv reads the Concat and its parts
+      cost more blocks than the aligned whole (densenet121: 33.3 MB unaligned, 13.4 MB
+      aligned). A Concat no conv reads (a channel shuffle, shufflenet_v2: the compiler writes
+      Concat, Reshape and Transpose as convs either way) gains nothing from the channels
+      aligning keeps (groups-pruned shufflenet_v2_x1_0: 3.43 MB and 0.590 M cycles unaligned,
+      4.29 MB and 0.647 M aligned).
+    - the last input does not split the conv, but unaligned it makes the compiler copy the
+      Concat instead of writing its inputs in place: the .rknn grows by about 2 * C^2 bytes
+      (C the Concat's channels) plus a layer, and its cycle estimate does not show it
+      (Concat(16, 9): +7.7 KB; groups-pruned densenet121, last denselayers unaligned: 11.49
+      MB against 9.95 MB aligned, 3.348 M cycles against 3.349 M; its last Concat, 581
+      channels: 0.68 MB). So the last input is aligned too unless the weights its alignment
+      keeps (its producer's rows, the reader's columns) cost more than that copy.
+    `block`: the channel block of the build's layout (8 in fp16, 16 in int8)."""
+    reader = _conv_reading(node.outputs[0]) if node.outputs else None
+    live, last = [(i, k) for i, k in enumerate(kept) if k], len(kept) - 1
+    if reader is None or len(live) < 2:
+        return ()
+    positions: tuple[int, ...] = ()
+    if any(k % block for i, k in live if i != last):
+        weight = reader.inputs[1] if len(reader.inputs) > 1 else None
+        shape = weight.shape if weight is not None and weight.shape is not None else None
+        area = math.prod(int(d) for d in shape[2:]) if shape is not None and all(
+            isinstance(d, int) for d in shape[2:]) else 1
+        parts = sum(max(-(-k // 32) * area, 2) for _, k in live)
+        aligned = sum(k if i == last else -(-k // block) * block for i, k in live)
+        if parts <= max(-(-aligned // 32) * area, 2):
+            return ()  # the compiler splits the reader: no Concat is left to copy
+        positions = tuple(range(last))
+    short = -kept[last] % block
+    if short and node.inputs[last] is not None:
+        channels = sum(k if i == last else -(-k // block) * block for i, k in live)
+        copy = 4 * channels ** 2 + RKNN_LAYER_BYTES  # channelcut's float32 bytes: 2x fp16
+        keeps = short * (_weight_bytes_per_channel(_conv_producing(node.inputs[last]), 0)
+                         + _weight_bytes_per_channel(reader, 1))
+        if keeps <= copy:
+            positions += (last,)
+    return positions
 
 
 # The .rknn bytes a layer takes beyond its weights (its compiled commands): 8.3-10 KB on every
@@ -175,7 +218,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # cut never costs a cycle and is the smallest .rknn (the seed demo: 187.6 KB unaligned,
     # 218.1 KB aligned to 8, same cycles); but a conv reading a Concat of unaligned inputs is
     # split per input (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those Concats only,
-    # where the split costs more than aligning (rknn_concat_splits).
+    # where the split costs more than aligning, and their last input unless its weights cost
+    # more than the copy the compiler writes when it is unaligned (rknn_concat_splits).
     # So a border fold is written as a carrier (one constant channel stays and carries the
     # others in its weight column: exact, no op added; measured: no cycle, +0.3 KB), and a
     # reinsertion as one 1x1 Conv with one-hot weights (one NPU layer; naive resnet18: 11.5 MB,

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 import channelcut
@@ -134,6 +135,33 @@ def test_rknn_leaves_a_concat_unaligned_where_its_parts_cost_no_more_blocks():
     assert_cut(m, {"conv_p": (4, 63), "conv_q": (4, 63), "conv_y": (126, 6)}, mode="full",
                objective=None, target="rknn")
     assert targets.rknn_concat_splits is targets.get("rknn").align_reader
+
+
+def test_rknn_leaves_the_last_concat_input_unaligned_where_its_weights_cost_more_than_a_copy():
+    """The last input of a Concat does not split the conv reading it; unaligned, it makes the
+    compiler copy the Concat (about 2 * C^2 bytes of .rknn: Concat(16, 9) +7.7 KB, densenet121's
+    last Concat of 581 channels 0.68 MB). With a heavy producer (256 -> 16, 3x3) its 3 channels
+    of alignment weigh more than that copy of 13 channels: it keeps its 5 (measured on the
+    compiler, c1 16, c2 9 against 16: 139501 against 163821 bytes), the first input its 8.
+    With a light producer (the tests above) both keep 8."""
+    m = model([conv("x", "wp", "p"), relu("p", "rp"), conv("x", "wq", "q", pads=1),
+                relu("q", "rq"), node("Concat", ["rp", "rq"], ["c"], axis=1),
+                conv("c", "wy", "y")], {"x": [1, 256, 4, 4]}, ["y"],
+              {"wp": weights(16, 256, 1, 1, zero_rows=range(11)),
+               "wq": weights(16, 256, 3, 3, zero_rows=range(5, 16), seed=2),
+               "wy": weights(6, 32, 1, 1, seed=3)})
+    assert_cut(m, {"conv_p": (256, 8), "conv_q": (256, 5), "conv_y": (13, 6)}, mode="full",
+               objective=None, target="rknn")
+    concat = next(n for n in ir.from_proto(m).graph if n.op_type == "Concat")
+    assert targets.rknn_concat_splits(concat, [5, 5]) == (0,)
+    assert targets.rknn_concat_splits(concat, [5, 8]) == (0,)  # the last needs nothing
+    assert targets.rknn_concat_splits(concat, [8, 5]) == ()  # nothing to split, nor to copy
+    # a light producer: its 3 channels cost less than the copy (Concat(16, 9) against
+    # Concat(16, 16): 61421 against 55661 bytes, the same cycles), so the last input aligns
+    # even where the others need nothing
+    light = next(n for n in ir.from_proto(concat_of_two()).graph if n.op_type == "Concat")
+    assert targets.rknn_concat_splits(light, [8, 5]) == (1,)
+    assert targets.rknn_concat_splits(light, [5, 5]) == (0, 1)
 
 
 def test_rknn_leaves_a_channel_shuffle_unaligned():
