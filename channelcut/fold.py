@@ -21,7 +21,7 @@ from channelcut.rewrite import Rewrite, kept_mask
 from channelcut.graph import attr_float, input_at
 
 if TYPE_CHECKING:
-    from channelcut.solve import Options
+    from channelcut.options import Options
 
 _CONV_GEOMETRY = ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
 _NO_ROWS = np.zeros(0, np.int64)
@@ -116,7 +116,8 @@ def _zero_border_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
     take them: the first cut must (the fixed point). The costs are those that cut would count:
     the rows' kernels and FLOPs against a reinsertion; a tensor keeps at least one channel
     (its first)."""
-    from channelcut.solve import SiteUse, pays  # the decision's cost model
+    from channelcut.options import pays  # the decision's cost model
+    from channelcut.solve import SiteUse
 
     options = rw.analysis.options
     shape = rw.shape(node.outputs[0])

@@ -29,7 +29,7 @@ from channelcut.errors import ChannelcutError
 if TYPE_CHECKING:  # the solver is imported when options are made: the CLI's parser lists
     import onnx_ir as ir  # the targets without loading the engine
 
-    from channelcut.solve import Options
+    from channelcut.options import Options
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -163,14 +163,14 @@ class Target:
     objective: str
     node_overhead: float = NODE_OVERHEAD
     moved_element: float = MOVED_ELEMENT
-    node_bytes: float = 0.0  # what an added op costs in the deployed file (channelcut.solve)
+    node_bytes: float = 0.0  # what an added op costs in the deployed file (channelcut.options)
     guard: bool = False
     align_readers: frozenset[str] = frozenset()  # align only what these ops read (all: empty)
     align_reader: Callable[[ir.Node, list[int]], bool] | None = None  # and of those, these
     # the runtime pads every channel count of a block or more up to the block (a tensor of 24
     # channels costs what 32 do): align every such tensor, not only those a block divides
     pad_to_blocks: bool = False
-    border_form: str = "map"  # how a border fold is written (channelcut.solve.Options)
+    border_form: str = "map"  # how a border fold is written (channelcut.options.Options)
     reinsert_form: str = "pad-gather"  # how a reinsertion is written
 
     def channel_blocks(self) -> tuple[int, ...]:
@@ -185,7 +185,7 @@ class Target:
         """The solver's options for this target; explicit choices win over the target's (an
         explicit `align` applies to every tensor, the target's blocks only where a tensor was
         aligned)."""
-        from channelcut.solve import Options  # noqa: PLC0415
+        from channelcut.options import Options  # noqa: PLC0415
 
         blocks = self.channel_blocks() if align is None else ()
         return Options(fold=fold, objective=objective or self.objective,
@@ -225,7 +225,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # reinsertion as one 1x1 Conv with one-hot weights (one NPU layer; naive resnet18: 11.5 MB,
     # 2.79 M cycles, no CPU op, against 17.6 MB, 5.43 M with bias folds only). Objective flops:
     # the cycle estimate is conv MACs in channel blocks; the one-hot conv is counted at the
-    # compiler's blocked cycles (channelcut.solve.Options.cost) and every added layer at its
+    # compiler's blocked cycles (channelcut.options.Options.cost) and every added layer at its
     # .rknn bytes, so a reinsertion that frees less is not made (naive mobilenet_v2: 2.94 MB,
     # 0.718 M cycles against 3.01 MB, 0.755 M counting MACs only; the toolkit: 2.96, 0.750).
     Target("rknn", "Rockchip NPUs through RKNN-Toolkit2: bias and carrier folds, "

@@ -262,7 +262,7 @@ def test_cost_model_declines_a_fold_that_would_grow_the_weights():
 
 def test_pays_compares_the_objective_and_never_grows_weights():
     from channelcut.analysis import Cost
-    from channelcut.solve import pays
+    from channelcut.options import pays
 
     cheap_flops = Cost(weight_bytes=10, flops=1000)
     assert pays(Cost(weight_bytes=20, flops=5000), cheap_flops, "flops")
