@@ -54,6 +54,14 @@ class CutResult:
     # the input kept its weights in an external data file: so does the output (io.save_model)
     external_data: bool = False
 
+    def save(self, path: str | Path) -> None:
+        """Write the cut model to `path` atomically, its large tensors to `<path>.data` when
+        the input kept its weights apart. Use this (or channelcut.io.save_model), not
+        onnx.save: the model of a cut of a file with external data refers to that file's
+        weights by absolute path where it kept them whole, which neither onnx's checker nor
+        ONNX Runtime accepts in a saved model; saving writes them out beside it."""
+        io.save_model(self.model, path, external_data=self.external_data)
+
 
 def cut(
     model: onnx.ModelProto | str | Path | Any,

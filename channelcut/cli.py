@@ -214,7 +214,7 @@ def _add_input_shape(parser: argparse.ArgumentParser) -> None:
 
 
 def _cut(args: argparse.Namespace) -> int:
-    from channelcut.io import check_paths, save_model, write_atomic  # noqa: PLC0415
+    from channelcut.io import check_paths, write_atomic  # noqa: PLC0415
 
     check_paths(args.input, args.output)
     reports = [(f, p) for f, p in (("--report-json", args.report_json),
@@ -242,7 +242,7 @@ def _cut(args: argparse.Namespace) -> int:
                          verify_samples=args.verify_samples, seed=args.seed, stages=stages,
                          input_ranges=_input_ranges(args.input_range))
         with stages.stage("save"):
-            save_model(result.model, args.output, external_data=result.external_data)
+            result.save(args.output)
     report = result.report
     report.seconds = dict(stages.seconds)
     threshold = None if args.no_verify else args.threshold

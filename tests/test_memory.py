@@ -194,3 +194,30 @@ def test_to_proto_moves_the_weights_into_the_proto_one_at_a_time(monkeypatch):
         assert isinstance(value.const_value, ir.serde.TensorProtoTensor)
     np.testing.assert_array_equal(ir_model.graph.initializers["up"].const_value.numpy(),
                                   weights(HIDDEN, FFN, zero_cols=DEAD, seed=2))
+
+
+def test_result_save_writes_out_the_weights_a_cut_left_in_the_input_file(tmp_path):
+    """The cut of a file with external data refers to the weights it kept whole (here the
+    head) by absolute path into the input's data file; `CutResult.save` writes them beside
+    the output, so the saved model passes onnx's checker and loads in ONNX Runtime, and does
+    not depend on the input's files."""
+    m = mlp()
+    m.graph.node.append(matmul("y", "head", "z", name="head_proj"))
+    m.graph.initializer.append(onnx.numpy_helper.from_array(weights(HIDDEN, 32, seed=4), "head"))
+    m.graph.output[0].name = "z"
+    m.graph.output[0].type.tensor_type.shape.dim[-1].dim_value = 32
+    source = tmp_path / "in.onnx"
+    onnx.save(m, str(source), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="in.onnx.data", size_threshold=1024)
+    result = api.cut(str(source), align=1)
+    head = next(t for t in result.model.graph.initializer if t.name == "head")
+    assert io.on_disk(head) is not None, "kept whole, it is still read from the input's file"
+    out = tmp_path / "saved" / "out.onnx"
+    out.parent.mkdir()
+    result.save(out)
+    onnx.checker.check_model(str(out), full_check=True)
+    feeds = random_feeds(m)
+    want = run_file(source, feeds)
+    for name in ("in.onnx", "in.onnx.data"):
+        (tmp_path / name).rename(tmp_path / f"moved-{name}")
+    np.testing.assert_allclose(run_file(out, feeds), want, rtol=1e-5, atol=1e-5)
