@@ -4,10 +4,9 @@ Each timm architecture (built offline, random weights: `timm.create_model(name,
 pretrained=False)`) is exported with the TorchScript exporter in three prunings: unpruned,
 naive (50% `ln_structured` on every conv and linear layer, the seed's recipe) and groups (40%
 of its coupled channel groups zeroed, channelcut.torch_groups), and each export is cut in
-every mode of
---modes and judged independently (tests/cutcheck.py: no crash, no refused cut, outputs equal
-in ONNX Runtime with graph optimizations off on three inputs, full checker, interface kept,
-no weight growth, a second cut removes nothing). An architecture that does not build or
+every mode of --modes and judged independently (tests/cutcheck.py: no crash, no refused cut,
+outputs equal in ONNX Runtime with graph optimizations off on three inputs, full checker,
+interface kept, no weight growth, a second cut removes nothing). An architecture that does not build or
 export here is listed as skipped with the reason; that is not channelcut's failure.
 
     python bench/timm_sweep.py [--models NAME ...] [--size 64] [--processes 2]
