@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.analysis import Walk
-from channelcut.channels import per_channel_constant
+from channelcut.channels import HUGE, per_channel_constant
 from channelcut.rewrite import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, input_at, opset_version
 from channelcut.ops import rule
@@ -18,6 +18,14 @@ from channelcut.ops.elementwise import transparent
 def _per_channel_params(node: ir.Node, walk: Walk, indices: range) -> list[np.ndarray] | None:
     params = [walk.const(input_at(node, i)) for i in indices]
     return None if any(p is None for p in params) else [p.reshape(-1) for p in params]
+
+
+def _unbounded_positions(*params: np.ndarray) -> np.ndarray:
+    """Per position: does one of its parameters hold a NaN, an Inf or a value beyond HUGE
+    (which an ordinary input turns into Inf)? Only that position's channel may then carry
+    NaN or Inf, not every channel of the output."""
+    with np.errstate(invalid="ignore"):
+        return ~np.logical_and.reduce([np.abs(p) <= HUGE for p in params])
 
 
 def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
@@ -50,6 +58,9 @@ def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
     uniform, value = per_channel_constant(y, 0, source.positions)
     out = walk.like(node.outputs[0], source)
     out.set_values((source.known | ignores_input[source.positions].all(axis=1)) & uniform, value)
+    # a division by a zero or non-finite sqrt(var + eps) is Inf or NaN in that channel only
+    unbounded = _unbounded_positions(scale, bias, mean, var) | ~np.isfinite(std) | (std == 0)
+    out.mark_nonfinite(unbounded[source.positions].any(axis=1))
     walk.charge(out.ids, weight_bytes=4 * source.block * 4)  # scale, B, mean, var
 
 
@@ -64,7 +75,9 @@ def rewrite_per_channel_params(node: ir.Node, rw: Rewrite) -> None:
             rw.set_const(node, index, delete_positions(array, {0: deleted}))
 
 
-rule("BatchNormalization", rewrite=rewrite_per_channel_params)(analyse_batch_norm)
+# its rule marks the channels its constants may make NaN or Inf in (channelcut.finite)
+rule("BatchNormalization", rewrite=rewrite_per_channel_params, own_constants=True)(
+    analyse_batch_norm)
 
 
 def analyse_instance_norm(node: ir.Node, walk: Walk) -> None:
@@ -82,9 +95,11 @@ def analyse_instance_norm(node: ir.Node, walk: Walk) -> None:
     out = walk.like(node.outputs[0], source)
     bias = params[1][source.positions[:, 0]].astype(np.float32)
     out.set_values(source.zero, bias)
+    out.mark_nonfinite(_unbounded_positions(*params)[source.positions].any(axis=1))
 
 
-rule("InstanceNormalization", rewrite=rewrite_per_channel_params)(analyse_instance_norm)
+rule("InstanceNormalization", rewrite=rewrite_per_channel_params, own_constants=True)(
+    analyse_instance_norm)
 
 
 def _normalized_axes(node: ir.Node, walk: Walk, rank: int) -> set[int]:
