@@ -41,8 +41,9 @@ def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
 
 # Rows of weights whose bounds are summed at once: up to this many weights, converted to
 # float64 a chunk at a time (half a dozen float64 temporaries of a whole LLM projection would
-# be several times the model's largest weight).
-CHUNK_WEIGHTS = 2**21
+# be several times the model's largest weight). 2 MB per float64 temporary stays in a CPU's
+# cache: twice as fast as 16 MB ones on an LLM's projections, with the same sums.
+CHUNK_WEIGHTS = 2**18
 
 
 def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool,
@@ -83,7 +84,10 @@ def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray
     def dot(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
         """weights @ x per group, for weights of one sign, x's infinities counted apart (a zero
         weight times an infinite bound is 0: the values themselves are finite)."""
-        total = np.einsum("grc,gc->gr", weights, np.where(np.isfinite(x), x, 0.0))
+        finite = np.isfinite(x)
+        total = np.einsum("grc,gc->gr", weights, np.where(finite, x, 0.0))
+        if finite.all():  # no infinity to count (the sums below would add 0.0 to each)
+            return total + 0.0  # as they would: -0.0 becomes 0.0
         for sign in (1.0, -1.0):
             reach = np.einsum("grc,gc->gr", weights, (x == sign * np.inf).astype(float))
             total = total + np.where(reach != 0, sign * np.sign(reach) * np.inf, 0.0)
