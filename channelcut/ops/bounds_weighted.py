@@ -61,16 +61,32 @@ def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool,
     if subset:
         lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
     step = max(1, CHUNK_WEIGHTS // max(1, groups * cols * k))
-    parts = [_weighted_sum_rows(scale * np.asarray(w[:, r:r + step], np.float64), lo, hi)
-             for r in range(0, rows, step)] if rows else [(np.zeros((groups, 0)),) * 3]
+    # Every full chunk reuses the same float64 arrays: a new one of a few MB each time is
+    # fresh pages from the OS, and faulting them in cost more than the sums.
+    # (in the weights' own memory layout, as np.asarray(part, np.float64) would make them:
+    # the same sums, in the same order)
+    chunk = np.empty_like(w[:, :step], np.float64)
+    scratch = [np.empty_like(chunk.reshape(groups, -1, cols * k)) for _ in range(3)]
+    parts = []
+    for r in range(0, rows, step):
+        part = w[:, r:r + step]
+        into = chunk if part.shape == chunk.shape else np.empty_like(part, np.float64)
+        np.copyto(into, part, casting="unsafe")
+        if scale != 1.0:
+            np.multiply(into, scale, out=into)
+        parts.append(_weighted_sum_rows(into, lo, hi, scratch))
+    if not rows:
+        parts = [(np.zeros((groups, 0)),) * 3]
     return tuple(np.concatenate([part[i] for part in parts], axis=1).reshape(-1)
                  for i in range(3))
 
 
-def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray
+def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       scratch: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_weighted_sum` of float64 rows w [groups, rows, cols, k], bounds [groups, cols * k],
-    as [groups, rows] arrays.
+    as [groups, rows] arrays; `scratch`: three float64 arrays to work in, used when they
+    have w's flattened shape.
 
     Each term's largest value is w+ * hi + w- * lo (with `subset`, w+ * max(hi, 0) + w- *
     min(lo, 0)), its smallest the other way round: two products per bound (einsum: numpy's
@@ -79,7 +95,9 @@ def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray
     """
     groups, rows, cols, k = w.shape
     w = w.reshape(groups, rows, cols * k)
-    positive, negative = np.maximum(w, 0), np.minimum(w, 0)
+    if scratch is None or scratch[0].shape != w.shape:
+        scratch = [np.empty_like(w) for _ in range(3)]
+    positive, negative = np.maximum(w, 0, out=scratch[0]), np.minimum(w, 0, out=scratch[1])
 
     def dot(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
         """weights @ x per group, for weights of one sign, x's infinities counted apart (a zero
@@ -96,7 +114,7 @@ def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray
     with np.errstate(all="ignore"):
         high = dot(positive, hi) + dot(negative, lo)
         low = dot(positive, lo) + dot(negative, hi)
-        size = dot(np.abs(w), np.maximum(np.abs(lo), np.abs(hi)))
+        size = dot(np.abs(w, out=scratch[2]), np.maximum(np.abs(lo), np.abs(hi)))
     return low, high, size
 
 
