@@ -107,7 +107,11 @@ def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         if finite.all():  # no infinity to count (the sums below would add 0.0 to each)
             return total + 0.0  # as they would: -0.0 becomes 0.0
         for sign in (1.0, -1.0):
-            reach = np.einsum("grc,gc->gr", weights, (x == sign * np.inf).astype(float))
+            # read only the columns this infinity is in (the other terms are 0): the weights
+            # have one sign, so the sum is 0 exactly when those terms are
+            at = x == sign * np.inf
+            cols = np.flatnonzero(at.any(axis=0))
+            reach = np.einsum("grc,gc->gr", weights[:, :, cols], at[:, cols].astype(float))
             total = total + np.where(reach != 0, sign * np.sign(reach) * np.inf, 0.0)
         return total
 
