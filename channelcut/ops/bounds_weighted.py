@@ -107,10 +107,12 @@ def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         if finite.all():  # no infinity to count (the sums below would add 0.0 to each)
             return total + 0.0  # as they would: -0.0 becomes 0.0
         for sign in (1.0, -1.0):
-            # read only the columns this infinity is in (the other terms are 0): the weights
-            # have one sign, so the sum is 0 exactly when those terms are
+            # where few columns hold this infinity, read only those (the other terms are 0):
+            # the weights have one sign, so the sum is 0 exactly when those terms are
             at = x == sign * np.inf
             cols = np.flatnonzero(at.any(axis=0))
+            if 2 * cols.size > at.shape[1]:  # a copy of most columns costs more than it saves
+                cols = slice(None)
             reach = np.einsum("grc,gc->gr", weights[:, :, cols], at[:, cols].astype(float))
             total = total + np.where(reach != 0, sign * np.sign(reach) * np.inf, 0.0)
         return total
