@@ -383,11 +383,13 @@ def _session(model: onnx.ModelProto, as_inputs: bool | None = None) -> Session:
     options = ort.SessionOptions()
     # as written: optimizations change where NaN and Inf appear (0 * Inf folded into weights)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # ORT's CPU kernels for most ops have no float16 version on x86, so even at DISABLE_ALL it
-    # inserts a Cast to float32 before each float16 weight. Its default order runs nodes that
-    # read only graph inputs first, so the float32 copies of many weights were alive at once
-    # (1.2x a float16 model's size, held on by the arena); in priority order each Cast runs
-    # just before its consumer, one copy at a time. The order changes no value computed.
+    # ONNX Runtime's CPU provider has no float16 MatMul (nor Add, Mul, Pow) on x86: even at
+    # DISABLE_ALL it inserts a Cast to float32 before each float16 weight fed as an input. Its
+    # default order runs such Casts (they read graph inputs only) early, so the float32 copies
+    # of most weights were alive at once (5.7x a 1 GB float16 decoder's size in RSS). Its
+    # priority order (Kahn's, ties to the lower node index) runs an inserted Cast only when no
+    # node of the model is ready: just before its reader, one copy at a time
+    # (tests/test_memory.py). The order changes no value computed.
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     options.intra_op_num_threads = _thread_count()
     # fatal only: ORT's warnings are not the user's business, and its errors reach us as
