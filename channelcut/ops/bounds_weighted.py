@@ -66,7 +66,8 @@ def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool,
     # (in the weights' own memory layout, as np.asarray(part, np.float64) would make them:
     # the same sums, in the same order)
     chunk = np.empty_like(w[:, :step], np.float64)
-    scratch = [np.empty_like(chunk.reshape(groups, -1, cols * k)) for _ in range(3)]
+    scratch = [np.empty_like(chunk.reshape(groups, chunk.shape[1], cols * k))
+               for _ in range(3)]
     parts = []
     for r in range(0, rows, step):
         part = w[:, r:r + step]
@@ -82,7 +83,7 @@ def _weighted_sum(w: np.ndarray, lo: np.ndarray, hi: np.ndarray, subset: bool,
 
 
 def _weighted_sum_rows(w: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                       scratch: np.ndarray | None = None
+                       scratch: list[np.ndarray] | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_weighted_sum` of float64 rows w [groups, rows, cols, k], bounds [groups, cols * k],
     as [groups, rows] arrays; `scratch`: three float64 arrays to work in, used when they
