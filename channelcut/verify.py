@@ -383,6 +383,14 @@ def _session(model: onnx.ModelProto, as_inputs: bool | None = None) -> Session:
     options = ort.SessionOptions()
     # as written: optimizations change where NaN and Inf appear (0 * Inf folded into weights)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # ONNX Runtime's CPU provider has no float16 MatMul (nor Add, Mul, Pow) on x86: even at
+    # DISABLE_ALL it inserts a Cast to float32 before each float16 weight fed as an input. Its
+    # default order runs such Casts (they read graph inputs only) early, so the float32 copies
+    # of most weights were alive at once (5.7x a 1 GB float16 decoder's size in RSS). Its
+    # priority order (Kahn's, ties to the lower node index) runs an inserted Cast only when no
+    # node of the model is ready: just before its reader, one copy at a time
+    # (tests/test_memory.py). The order changes no value computed.
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     options.intra_op_num_threads = _thread_count()
     # fatal only: ORT's warnings are not the user's business, and its errors reach us as
     # exceptions (a size the original cannot run at is reported in one line, or skipped)

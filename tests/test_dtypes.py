@@ -1,9 +1,10 @@
 """Float16 and bfloat16 weights, as most LLM exports store them, are sliced like float32 ones
 and keep their type.
 
-ONNX Runtime's CPU provider computes in float16 (Conv, MatMul, Softmax, the elementwise ops),
-so float16 models run in it as they are. It computes almost nothing in bfloat16 (Cast,
-Transpose, Concat, Identity run; Conv, MatMul, Add do not), so bfloat16 weights are stored
+float16 models run in ONNX Runtime's CPU provider as they are, though on x86 it has no
+float16 MatMul, Pow, Add or Mul: it inserts Casts to float32 and computes those in float32
+(tests/test_memory.py: one float32 weight at a time). It computes almost nothing in bfloat16
+(Cast, Transpose, Concat, Identity run; Conv, MatMul, Add do not), so bfloat16 weights are stored
 and Cast to float32 where they are read, as exports for CPUs write them: the cut slices the
 stored bfloat16 tensor, not a float32 copy."""
 

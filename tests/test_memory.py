@@ -221,3 +221,67 @@ def test_result_save_writes_out_the_weights_a_cut_left_in_the_input_file(tmp_pat
     for name in ("in.onnx", "in.onnx.data"):
         (tmp_path / name).rename(tmp_path / f"moved-{name}")
     np.testing.assert_allclose(run_file(out, feeds), want, rtol=1e-5, atol=1e-5)
+
+
+# The name ONNX Runtime gives the Cast to float32 it inserts before a float16 input of a node
+# that has no float16 kernel (onnxruntime/core/optimizer/insert_cast_transformer.cc).
+ORT_CAST_PREFIX = "InsertedPrecisionFreeCast_"
+
+
+def float32_copies_alive(profile: Path, weights: dict[str, int], readers: dict[str, set[str]]
+                         ) -> int:
+    """Most bytes of float32 copies of `weights` (name -> float32 bytes) alive at once in the
+    node order an ONNX Runtime profile records: from the Cast that makes a copy until the
+    last node that reads it (`readers`) has run."""
+    import json  # noqa: PLC0415
+
+    alive: dict[str, set[str]] = {}
+    peak = 0
+    for event in json.loads(profile.read_text()):
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        name = event["name"][:-len("_kernel_time")]
+        weight = name[len(ORT_CAST_PREFIX):] if name.startswith(ORT_CAST_PREFIX) else None
+        if weight in weights:
+            alive[weight] = set(readers[weight])
+        for w in list(alive):
+            alive[w].discard(name)
+            if not alive[w]:
+                del alive[w]
+        peak = max(peak, sum(weights[w] for w in alive))
+    return peak
+
+
+def test_verification_of_a_float16_model_casts_one_weight_at_a_time(tmp_path, monkeypatch):
+    """ONNX Runtime's CPU provider has no float16 MatMul (on x86): even with optimizations
+    off it casts each float16 weight to float32 before its MatMul. Verification runs each
+    Cast just before its reader, so one float32 copy is alive at a time; ONNX Runtime's
+    default order ran them first, the copies of most weights alive at once (5.7x a 1 GB
+    float16 decoder's size in RSS, issue 14)."""
+    from test_dtypes import _bench_module  # noqa: PLC0415 - bench/llm_scale.py by path
+
+    bench = _bench_module()
+    built = bench.build(tmp_path / "m.onnx", bench.Shape(4, 128, 2, 320), "fp16")
+    original = io.load_model(built.path, copy=False, lazy=True)
+    assert verify._weights_as_inputs(original), "weights on disk: fed as inputs"
+    projections = {t.name: 4 * int(np.prod(t.dims)) for t in original.graph.initializer
+                   if len(t.dims) == 2}
+    readers = {name: {n.name for n in original.graph.node if name in n.input}
+               for name in projections}
+    real_session = ort.InferenceSession
+
+    def profiled(model, options, *args, **kwargs):
+        options.enable_profiling = True  # written when the session is freed
+        options.profile_file_prefix = str(tmp_path / f"ort{len(list(tmp_path.glob('ort*')))}")
+        return real_session(model, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", profiled)
+    checks = verify.compare(original, original, {"x": (bench.BATCH, bench.SEQ, 128)})
+    assert [c.cosine for c in checks] == [1.0]
+    profiles = sorted(tmp_path.glob("ort*.json"))
+    assert len(profiles) == 2, "one profile per session: the original's and the cut's"
+    if not any(ORT_CAST_PREFIX in p.read_text() for p in profiles):
+        pytest.skip("this ONNX Runtime computes float16 MatMul itself: no float32 copies")
+    peaks = [float32_copies_alive(p, projections, readers) for p in profiles]
+    assert peaks == [max(projections.values())] * 2, \
+        f"float32 copies alive at once: {peaks} bytes of {sum(projections.values())}"

@@ -461,3 +461,52 @@ def test_a_border_map_whose_corner_stays_below_the_clip_is_kept() -> None:
     """With taps of 0.7 a corner is 5.6: below 6, so the channels are maps, not constants."""
     result = assert_cut(saturated_border(0.7), {}, mode="full")
     assert result.report.range_channels == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_weighted_sums_are_the_same_in_any_number_of_chunks(monkeypatch, dtype):
+    """The interval sums of a MatMul's transposed weight (as the bounds rule reads it), a
+    chunk of rows at a time in reused arrays, the last chunk short: bitwise the sums of one
+    chunk, and the bounds of sum w * x over x in [lo, hi] computed term by term."""
+    from channelcut.ops import bounds_weighted  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((40, 70)).astype(dtype)  # [k, n]: 70 rows of 40 terms
+    matrix[:, 5] = 0
+    matrix[3] = -0.0
+    lo, hi = -rng.random(40), rng.random(40)
+    lo[7], hi[9] = -np.inf, np.inf
+    w = matrix.T[None, :, :, None]
+    whole = bounds_weighted._weighted_sum(w, lo, hi, False)
+    monkeypatch.setattr(bounds_weighted, "CHUNK_WEIGHTS", 40 * 8)  # 8 rows, then 6
+    chunked = bounds_weighted._weighted_sum(w, lo, hi, False)
+    for a, b in zip(whole, chunked):
+        assert a.tobytes() == b.tobytes()
+    with np.errstate(invalid="ignore"):  # 0 * inf: replaced next
+        terms = np.stack([matrix.T * lo, matrix.T * hi]).astype(np.float64)  # [2, n, k]
+    terms = np.where(matrix.T == 0, 0.0, terms)  # a zero weight reads a finite value
+    np.testing.assert_allclose(whole[0], terms.min(axis=0).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(whole[1], terms.max(axis=0).sum(axis=1), rtol=1e-12)
+
+
+
+
+def test_a_per_channel_op_on_the_input_bounds_its_elements_by_the_hull_of_its_channels():
+    """A BatchNormalization reading the graph input (its output has no channels of its own)
+    gives each element one interval: the hull over its channels, not its first channel's.
+    Channel 1 reaches 10 where channel 0 stays in [0, 1]: the grouped conv's output 2 (10 * x1
+    - 2) is alive though channel 0's interval proved it dead (and cut it). On the hull output
+    0 (x0 - 2, dead) is not proven dead either: nothing is cut."""
+    m = model(
+        [node("BatchNormalization", ["x", "scale", "shift", "mean", "var"], ["n"]),
+         conv("n", "w", "a", "b", group=2), node("Clip", ["a", "zero", "six"], ["r"]),
+         conv("r", "w2", "y")],
+        inputs={"x": [1, 2, 4, 4]}, outputs=["y"],
+        inits={"scale": np.array([1, 10], np.float32), "shift": np.array([0, 0.1], np.float32),
+               "mean": np.zeros(2, np.float32), "var": np.ones(2, np.float32),
+               "w": np.ones((4, 1, 1, 1), np.float32),
+               "b": np.array([-2, 0.5, -2, 0.5], np.float32),
+               "zero": np.float32(0), "six": np.float32(6), "w2": weights(3, 4, 1, 1)})
+    result = assert_cut(m, {}, input_ranges={"x": (0.0, 1.0)},
+                        feeds=edge_feeds((1, 2, 4, 4), 0.0, 1.0))
+    assert result.report.range_channels == 0

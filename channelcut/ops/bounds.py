@@ -90,8 +90,13 @@ def _bound_untracked(node: ir.Node, walk: Walk) -> None:
                 lo, hi = min(lo, extra), max(hi, extra)
             lo, hi = widen(np.array([lo]), np.array([hi]), max(abs(lo), abs(hi)), terms=8)
         else:
-            lo, hi = (np.asarray(b, np.float64).reshape(-1)[:1]
-                      for b in BOUNDS[node.op_type](node, walk, one))
+            # an op with per-channel constants (BatchNormalization) gives one interval per
+            # channel: every element lies in their hull (the first alone is too tight)
+            with np.errstate(invalid="ignore"):
+                lo, hi = (np.asarray(b, np.float64).reshape(-1)
+                          for b in BOUNDS[node.op_type](node, walk, one))
+                lo, hi = np.array([lo.min()]), np.array([hi.max()])
+            lo[np.isnan(lo)], hi[np.isnan(hi)] = -np.inf, np.inf  # NaN: nothing known
     except Exception:  # noqa: BLE001 - then simply unbounded
         return
     if np.isfinite(lo[0]) or np.isfinite(hi[0]):
