@@ -16,14 +16,13 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from channelcut import dynamic_dims, guard, io, targets, verify as verification
-from channelcut.analysis import Walk, walk_graph
+from channelcut import dynamic_dims, guard, io, summary, targets, verify as verification
+from channelcut.analysis import walk_graph
 from channelcut.errors import ChannelcutError
-from channelcut.solve import OBJECTIVES, Analysis, Options, solve
-from channelcut.rewrite import SizeChange, apply_cut, input_role, kept_mask
+from channelcut.solve import OBJECTIVES, Options, solve
+from channelcut.rewrite import SizeChange, apply_cut
 from channelcut.flops import FlopCount, count_flops, node_flops
-from channelcut.graph import (is_constant, release_pages, tensor_bytes, to_ir, to_proto,
-                             weight_bytes)
+from channelcut.graph import release_pages, tensor_bytes, to_ir, to_proto, weight_bytes
 from channelcut.samples import Checking
 from channelcut.stages import Stages
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_types,
@@ -31,12 +30,10 @@ from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_
                                restore_boundary_types, set_value_info)
 from channelcut.ranges import (InputRange, by_value, describe_input_ranges,
                                resolve_input_ranges)
-from channelcut.report import (AlignedGain, Blocker, ConstChange, LayerChange, RangeCut, Report,
-                              SiteChange)
+from channelcut.report import AlignedGain, Report, SiteChange
 
 log = logging.getLogger(__name__)
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Rounds of keeping the readers of grown constants before cutting without folds: one suffices
 # unless keeping some channels changes how other shared constants are cut.
 MAX_KEEP_ROUNDS = 3
@@ -317,12 +314,12 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
     with stages.stage("fold shapes"):
         graph_model = to_ir(original, shapes)
     weights_before = graph_model.meta["declared_weight_bytes"]
-    params_before = _params(original)
+    params_before = summary.params(original)
     flops_before = count_flops(graph_model)
     weighted_flops = {node: node_flops(node) for node in graph_model.graph
-                      if node.op_type in WEIGHTED_OPS}
+                      if node.op_type in summary.WEIGHTED_OPS}
     with stages.stage("analyse"):
-        readers = _readers(graph_model)
+        readers = summary.readers(graph_model)
         removed_nodes, unused = _remove_unused_nodes(graph_model, readers)
         walk = walk_graph(graph_model, by_value(graph_model, ranges or {}))
         for index, node in enumerate(graph_model.graph):
@@ -330,9 +327,9 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
                 walk.barrier(node, kept[index])
     with stages.stage("decide"):
         analysis = solve(walk, options)
-        range_cuts = _range_cuts(walk, analysis)
-        network = _network(analysis, weighted_flops)
-        channel_map = _channel_map(analysis)
+        range_cuts = summary.range_cuts(walk, analysis)
+        network = summary.network(analysis, weighted_flops)
+        channel_map = summary.channel_map(analysis)
         removed_channels = sum(int(analysis.removed(v).sum()) for v in analysis.infos)
     with stages.stage("rewrite"):
         rewritten = apply_cut(analysis)
@@ -346,11 +343,11 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
                for layer, node in network]
 
     report = Report(
-        const_changes=_const_changes(changes, readers),
+        const_changes=summary.const_changes(changes, readers),
         layers=[layer for layer in network
                 if layer.in_channels[0] != layer.in_channels[1]
                 or layer.out_channels[0] != layer.out_channels[1]],
-        blockers=_blockers(analysis),
+        blockers=summary.blockers(analysis),
         sites=[SiteChange(u.node, u.op_type, u.kind, u.groups, int(u.added.weight_bytes),
                           int(u.added.flops), int(u.saved.weight_bytes), int(u.saved.flops))
                for u in analysis.sites],
@@ -369,7 +366,7 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
         removed_nodes=removed_nodes,
         input_shapes={name: list(dims) for name, dims in shapes.items()},
         params_before=params_before,
-        params_after=_params(result_proto),
+        params_after=summary.params(result_proto),
         network=network,
         assumed_dims=assumed_line,
         range_cuts=range_cuts,
@@ -380,19 +377,6 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
     return CutResult(result_proto, report, channel_map), rewritten.grown_readers
 
 
-def _range_cuts(walk: Walk, analysis: Analysis) -> list[RangeCut]:
-    """The channels whose interval made them constant, where the cut removed them."""
-    cuts = []
-    for fact in walk.range_facts:
-        removed = analysis.removable[analysis.group_of[fact.ids]]
-        if not removed.any():
-            continue
-        bounds = [b for b, r in zip(fact.input_bounds, removed) if r]
-        cuts.append(RangeCut(
-            fact.tensor, fact.node, fact.op_type, int(removed.sum()),
-            [int(c) for c in fact.channels[removed]], fact.value,
-            (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else None))
-    return cuts
 
 
 def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
@@ -418,26 +402,8 @@ def _serialized(graph_model: ir.Model, shapes: dict[str, tuple[int, ...]],
     return result_proto, flops_after
 
 
-def _params(model: onnx.ModelProto) -> int:
-    """Elements of every constant tensor (initializers and Constant nodes)."""
-    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    total += int(np.prod(attr.t.dims))
-    return total
 
 
-def _readers(model: ir.Model) -> dict[str, tuple[str, str]]:
-    """Per constant, the first node that reads it and what it is to that node."""
-    readers: dict[str, tuple[str, str]] = {}
-    for node in model.graph:
-        for index, value in enumerate(node.inputs):
-            if value is not None and value.const_value is not None and value.name:
-                readers.setdefault(value.name, (node.name or node.op_type,
-                                                input_role(node, index)))
-    return readers
 
 
 def _remove_unused_nodes(model: ir.Model, readers: dict[str, tuple[str, str]]
@@ -454,60 +420,3 @@ def _remove_unused_nodes(model: ir.Model, readers: dict[str, tuple[str, str]]
         name: SizeChange(tensor_bytes(value), 0, *readers.get(name, ("", "")))
         for name, value in constants.items()
         if name not in model.graph.initializers and value.const_value is not None}
-
-
-def _const_changes(changes: dict[str, SizeChange], readers: dict[str, tuple[str, str]]
-                   ) -> list[ConstChange]:
-    """Every constant whose size changed, with its layer (a shared constant sliced for one
-    reader is tied to that reader; one sliced in place, to its first reader)."""
-    made = []
-    for name, c in changes.items():
-        if c.src_size != c.pruned_size:
-            node, role = readers.get(name, (c.node, c.role))
-            made.append(ConstChange(name, c.src_size, c.pruned_size, c.node or node,
-                                    c.role or role))
-    return made
-
-
-def _channel_count(analysis: Analysis, value: ir.Value | None, axis: int) -> tuple[int, int]:
-    """(before, after) length of the channel axis of `value`."""
-    info = analysis.infos.get(value) if value is not None else None
-    if info is not None:
-        return info.size, info.size - analysis.deleted_positions(value).size
-    shape = value.shape if value is not None else None
-    dim = shape.dims[axis] if shape is not None and len(shape.dims) > abs(axis) else -1
-    dim = dim if isinstance(dim, int) else -1
-    return dim, dim
-
-
-def _network(analysis: Analysis, flops: dict[ir.Node, int]
-             ) -> list[tuple[LayerChange, ir.Node]]:
-    """Channels in and out of every weighted layer, in network order, with its node (whose
-    FLOPs after the cut are counted once the cut model's shapes are known)."""
-    layers = []
-    for node in analysis.model.graph:
-        if node.op_type not in WEIGHTED_OPS:
-            continue
-        weights = node.inputs[1] if len(node.inputs) > 1 else None
-        if node.op_type == "MatMul" and not is_constant(weights):
-            continue  # two activations (attention's scores, context): no weights of its own
-        in_axis = -1 if node.op_type == "MatMul" else 1
-        in_channels = _channel_count(analysis, node.inputs[0], in_axis)
-        out_channels = _channel_count(analysis, node.outputs[0], in_axis)
-        layers.append((LayerChange(node.name or node.outputs[0].name, node.op_type,
-                                   in_channels, out_channels, (flops.get(node, 0), 0)), node))
-    return layers
-
-
-def _blockers(analysis: Analysis) -> list[Blocker]:
-    return [Blocker(pin.op_type, pin.node, int(pin.ids.size), pin.reason)
-            for pin in analysis.blockers]
-
-
-def _channel_map(analysis: Analysis) -> dict[str, tuple[int, np.ndarray]]:
-    mapping = {}
-    for value, info in analysis.infos.items():
-        deleted = analysis.deleted_positions(value)
-        if deleted.size and value.name:
-            mapping[value.name] = (info.axis, np.flatnonzero(kept_mask(info.size, deleted)))
-    return mapping

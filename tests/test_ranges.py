@@ -302,7 +302,7 @@ def push_biases_down(m: onnx.ModelProto, seed: int, bounds: tuple[float, float]
     bound 0 (the bound the analysis computes under `bounds`; ONNX Runtime then judges it):
     rows a clamp after them turns into zero appear next to rows that only nearly are."""
     from channelcut.analysis import walk_graph
-    from channelcut.api import to_ir
+    from channelcut.graph import to_ir
     from channelcut.ranges import by_value, resolve_input_ranges
     from channelcut.verify import resolve_input_shapes
 
