@@ -18,6 +18,21 @@ from channelcut.shapes import (apply_types, clear_intermediate_shapes, infer_sha
 log = logging.getLogger(__name__)
 
 
+def _detach_constant_node_tensors(graph: ir.Graph) -> None:
+    """Give each Constant node's tensor a proto of its own. onnx-ir reads a proto's tensors in
+    place and writes a name given to one through to the proto; lifting a Constant to an
+    initializer names its tensor, which would name the tensor in the caller's model (the
+    input is never modified). Constant nodes hold small tensors: copying them costs little."""
+    for node in graph:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        attr = node.attributes.get("value")
+        if attr is not None and isinstance(attr.value, ir.serde.TensorProtoTensor):
+            own = onnx.TensorProto()
+            own.CopyFrom(attr.value.raw)
+            node.attributes["value"] = ir.AttrTensor("value", ir.serde.TensorProtoTensor(own))
+
+
 def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> ir.Model:
     """An onnx-ir copy of `proto` with every input at its concrete shape and shapes inferred.
 
@@ -29,6 +44,7 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
     """
     model = ir.from_proto(proto)
     graph = model.graph
+    _detach_constant_node_tensors(graph)
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     _bypass_constant_identities(graph)
     model.meta["declared_weight_bytes"] = weight_bytes(model)  # before any fold adds some

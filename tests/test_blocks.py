@@ -342,6 +342,24 @@ def test_input_model_is_not_modified():
     assert m.graph.initializer[0].dims == [16, 3, 3, 3]
 
 
+def test_input_model_with_constant_nodes_is_not_modified():
+    """onnx-ir reads a proto's tensors in place and writes a name it gives one back into the
+    proto: lifting a Constant node to an initializer named the caller's Constant tensor (every
+    TorchScript export has Constant nodes; found by bench/timm_sweep.py)."""
+    (w1, b1, w2, b2, w3, b3), build = seed_network(16)
+    zero_rows(w1, [1, 2], b1)
+    m = build()
+    first = m.graph.node[0]
+    scale = onnx.helper.make_node("Constant", [], ["two"], name="two",
+                                  value=onnx.numpy_helper.from_array(np.float32(2.0)))
+    m.graph.node.insert(0, scale)
+    m.graph.node.insert(1, node("Mul", [first.input[0], "two"], ["x2"]))
+    first.input[0] = "x2"
+    before = m.SerializeToString()
+    assert channelcut.cut(m).report.removed_groups == 2
+    assert m.SerializeToString() == before
+
+
 def test_unknown_op_is_a_barrier_and_the_rest_is_still_cut():
     nodes, inits = stem(8, dead=[1])
     w2 = weights(8, 8, 1, 1, seed=111)
