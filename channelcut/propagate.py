@@ -272,27 +272,34 @@ class Solver:
         return savings
 
     def _cheapest_to_keep(self, info: ChannelInfo) -> int:
-        """The channel node an emptied tensor keeps: one a grouped conv reads in a conv group
-        that keeps outputs anyway, or writes in one that keeps inputs anyway (keeping it there
-        keeps no other conv group alive), else a conv's computed row whose output channel
-        stays (the conv computes it instead of putting it back, and keeps no other channel
-        alive), else its first channel."""
+        """The channel node an emptied tensor keeps: one in the group of a channel a grouped
+        conv reads in a conv group that keeps outputs anyway, or writes in one that keeps
+        inputs anyway (keeping it there keeps no other conv group alive), else one in the
+        group of a conv's computed row whose output channel stays (the conv computes it
+        instead of putting it back, and keeps no other channel alive), else its first
+        channel. By group: the tensor may be one the conv's channels are coupled to (a pooled
+        and flattened conv output) rather than the conv's own."""
+        ids = np.arange(info.base, info.base + info.n)
+        groups = self.group_of[ids]
+
+        def first_in(channels: np.ndarray) -> int | None:
+            hit = np.isin(groups, self.group_of[channels])
+            return int(ids[np.argmax(hit)]) if hit.any() else None
+
         for conv, written in zip(self.grouped, self.walk.grouped):
             if conv.columns is None:
                 continue
             # (the output channels of computed rows, whose conv groups keep inputs likewise)
-            for ids, other in ((conv.columns, conv.rows), (conv.rows, conv.columns),
-                               (written.rows, conv.columns)):
+            for side, other in ((conv.columns, conv.rows), (conv.rows, conv.columns),
+                                (written.rows, conv.columns)):
                 alive = ~self.removed(other).all(axis=1)
-                free = ids[alive].ravel()
-                free = free[(free >= info.base) & (free < info.base + info.n)]
-                if free.size:
-                    return int(free.min())
+                found = first_in(side[alive].ravel())
+                if found is not None:
+                    return found
         for rows in self.computed:  # a row whose output channel stays: computed, not put back
-            if rows.rows.base == info.base:
-                stays = rows.rows.ids[~self.removed(rows.out_ids)]
-                if stays.size:
-                    return int(stays.min())
+            found = first_in(rows.rows.ids[~self.removed(rows.out_ids)])
+            if found is not None:
+                return found
         return info.base
 
     def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],

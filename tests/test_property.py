@@ -196,6 +196,13 @@ SECOND_REINSERTION_AT_THE_OUTPUT = Recipe(
 HUGE_BN_BIAS_RECUT = Recipe(
     in_channels=1, steps=(("matmul", 645692115), ("bn", 4028235466), ("split", 4115533262)),
     head="conv", p_row=0.6, p_col=0.0, extra_output=False, special=0.3)
+# bench/fuzz.py seed 43: a depthwise conv of zero weights, pooled and flattened into a Gemm:
+# the flattened tensor, emptied, kept its first channel instead of one in a conv group that
+# kept inputs anyway, and the conv's balancing kept every group alive; a second cut took 2.
+EMPTIED_AFTER_A_POOLED_GROUPED_CONV = Recipe(
+    in_channels=4, steps=(("bcast", 1961533880), ("const", 4220346959), ("split", 3698574143),
+                          ("conv", 3551823806), ("bcast", 2834006767)),
+    head="gemm", p_row=0.0, p_col=0.6, extra_output=False, special=0.1)
 # The YOLOv8 head after a per-channel Mul: output [1, 9, 32] becomes [1, 5, 32].
 YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_row=0.6,
                    p_col=0.6, extra_output=True)
@@ -253,6 +260,7 @@ def test_batchnorm_with_zero_scales(mode, recipe):
 @example(recipe=NAN_AFTER_PRELU)
 @example(recipe=LARGE_WEIGHT_TIMES_INPUT)
 @example(recipe=HUGE_BN_BIAS_RECUT)
+@example(recipe=EMPTIED_AFTER_A_POOLED_GROUPED_CONV)
 @given(recipe=recipes(OPS, HEADS, special=(0.3, 0.6), input_is_output="",
                       dynamic_batch=False))
 def test_nonfinite_huge_and_tiny_weights(mode, recipe):
