@@ -116,9 +116,6 @@ def _zero_border_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
     take them: the first cut must (the fixed point). The costs are those that cut would count:
     the rows' kernels and FLOPs against a reinsertion; a tensor keeps at least one channel
     (its first)."""
-    from channelcut.options import pays  # the decision's cost model
-    from channelcut.solve import SiteUse
-
     options = rw.analysis.options
     shape = rw.shape(node.outputs[0])
     if shape is None or not options.allows(Site(node, "reinsert", Cost(nodes=3))):
@@ -130,19 +127,32 @@ def _zero_border_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
         return _NO_ROWS
     spatial = math.prod(shape[2:])  # the border map: batch 1
     kernel = math.prod(border_weights.shape[2:])
-    # the Gather order and the constants per kept channel, the Pad amounts (as the Add's)
-    elements = float(math.prod(shape))
-    reinsertion = Site(node, "reinsert", Cost(weight_bytes=12.0 * shape[1] + 16 * len(shape),
-                                              flops=elements, moved=2 * elements, nodes=3),
-                       per_position=12, positions=shape[1])
-    added = options.cost(reinsertion, int(deleted_out.size))
     saved = Cost(weight_bytes=kernel * border_weights.dtype.itemsize * gone.size,
                  flops=2 * spatial * kernel * gone.size)
+    return gone if _zero_rows_pay(node, rw, shape, 1, gone, saved, deleted_out) else _NO_ROWS
+
+
+def _zero_rows_pay(node: ir.Node, rw: Rewrite, shape: tuple[int, ...], axis: int,
+                   gone: np.ndarray, saved: Cost, deleted_out: np.ndarray) -> bool:
+    """Does leaving the zero rows `gone` out of an operand of a fold's Add, put back as zeros
+    before it, pay under the objective, as a cut of the cut model would count it (a
+    reinsertion at the Add of the node's output, `shape` with channels on `axis`, against
+    what computing the rows costs: `saved`)? Records the reinsertion when it does."""
+    from channelcut.options import pays  # the decision's cost model
+    from channelcut.solve import SiteUse
+
+    options = rw.analysis.options
+    channels, elements = shape[axis], float(math.prod(shape))
+    # the Gather order and the constants per kept channel, the Pad amounts (as the Add's)
+    reinsertion = Site(node, "reinsert", Cost(weight_bytes=12.0 * channels + 16 * len(shape),
+                                              flops=elements, moved=2 * elements, nodes=3),
+                       per_position=12, positions=channels)
+    added = options.cost(reinsertion, int(deleted_out.size))
     if not pays(saved, added, options.objective, options):
-        return _NO_ROWS
+        return False
     rw.analysis.sites.append(SiteUse(node.name or "", "Add", "reinsert", int(gone.size), added,
                                      saved))
-    return gone
+    return True
 
 
 def _kept_aligned(gone: np.ndarray, rows: int, options: Options) -> np.ndarray:
@@ -243,15 +253,55 @@ def fold_into_gemm(node: ir.Node, rw: Rewrite, w_nk: np.ndarray, deleted_in: np.
 
 def fold_into_matmul(node: ir.Node, rw: Rewrite, weights: np.ndarray, deleted_in: np.ndarray,
                      deleted_out: np.ndarray) -> None:
-    """out[..., n] += sum_k v_k B[k, n], as an Add after the MatMul."""
+    """out[..., n] += sum_k v_k B[k, n], as an Add after the MatMul. Kept columns whose
+    weights on the kept inputs are all zero are then that Add's constant alone: the MatMul
+    computes without them and they come back as zeros before the Add where that pays (a cut
+    of the cut model would take them there: the fixed point)."""
     positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
     if positions.size == 0:
         return
     delta = np.delete(values @ weights[positions].astype(np.float64), deleted_out)
     if not delta.any():
         return
+    gone = _zero_matmul_columns(node, rw, weights, deleted_in, deleted_out)
     constant = rw.new_const(f"{node.name or 'matmul'}_folded", delta.astype(weights.dtype))
-    rw.append_after(node.outputs[0], "Add", [constant])
+    out = rw.append_after(node.outputs[0], "Add", [constant])
+    if gone.size == 0:
+        return
+    raw, add = node.outputs[0], out.producer()
+    rw.set_const(node, 1, np.delete(rw.const(node.inputs[1]), gone, axis=-1))
+    rank = len(rw.shape(raw))
+    zeros = ChannelInfo(axis=rank - 1, positions=identity_positions(delta.size), base=0)
+    zeros.set_values(np.ones(delta.size, bool), np.zeros(delta.size))
+
+    def before_add(op_type: str, tail: ir.Value, inputs: list[ir.Value],
+                   attributes: dict[str, object] | None = None) -> ir.Value:
+        return rw.add_node(add, op_type, [tail, *inputs], attributes)
+
+    add.replace_input_with(0, _reinsertion(rw, f"{add.name}_in0", raw, gone, gone, before_add,
+                                           zeros))
+
+
+def _zero_matmul_columns(node: ir.Node, rw: Rewrite, weights: np.ndarray,
+                         deleted_in: np.ndarray, deleted_out: np.ndarray) -> np.ndarray:
+    """Of the MatMul's kept columns (weights [K, N]), those its kept inputs meet only with zero
+    weights, when the inputs are finite (0 x NaN is NaN) and leaving them out pays."""
+    options = rw.analysis.options
+    shape, info = rw.shape(node.outputs[0]), rw.info(node.inputs[0])
+    if shape is None or info is None or \
+            not options.allows(Site(node, "reinsert", Cost(nodes=3))):
+        return _NO_ROWS
+    kept = np.delete(np.delete(weights, deleted_in, axis=0), deleted_out, axis=1)
+    if not np.delete(info.by_position(info.finite), deleted_in).all():
+        return _NO_ROWS
+    gone = _kept_aligned(np.flatnonzero(~(kept != 0).any(axis=0)), kept.shape[1], options)
+    if gone.size == 0:
+        return _NO_ROWS
+    rows = float(math.prod(shape[:-1]))
+    saved = Cost(weight_bytes=kept.shape[0] * weights.dtype.itemsize * gone.size,
+                 flops=2 * rows * kept.shape[0] * gone.size)
+    return gone if _zero_rows_pay(node, rw, shape, len(shape) - 1, gone, saved,
+                                  deleted_out) else _NO_ROWS
 
 
 def reinsert(node: ir.Node, operand: ir.Value, rw: Rewrite, needed: np.ndarray) -> None:

@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 import channelcut
-from builders import (assert_cut, attribute, bias, const_input, conv, gemm, initializer, model,
-                      node, rand, random_feeds, relu, run, weights)
+from builders import (assert_cut, attribute, bias, const_input, conv, gemm, initializer, matmul,
+                      model, node, rand, random_feeds, relu, run, weights)
 
 POSITIVE = {1: 0.7, 4: 0.3}  # zero-weight rows with these biases are constants after Relu
 
@@ -483,3 +483,28 @@ def test_nodes_a_cut_adds_take_names_no_node_has():
     names = [n.name for n in result.model.graph.node]
     assert len(names) == len(set(names))
     assert result.report.removed_groups == first.report.removed_groups
+
+
+def test_matmul_columns_that_are_their_folded_constant_alone_are_not_computed():
+    """x -> MatMul a (64 -> 64, columns 2, 3 zero) + b -> MatMul c (64 -> 128, 48 columns
+    zero) -> LayerNormalization over the channels (it reads every one) -> out. The full cut
+    folds the constant channels 2 and 3 into an Add after c; c's zero columns are then that
+    Add's constant alone: c computes without them, and they come back as zeros before the Add.
+    A cut of the cut model found them there (levit_128s and efficientvit_b0, naively pruned:
+    bench/timm_sweep.py) and took 1792 channels more."""
+    dead = list(range(0, 96, 2))
+    wa = weights(64, 64, zero_cols=[2, 3], seed=1)
+    wc = weights(64, 128, zero_cols=dead, seed=2)
+    ba = bias(64, at={2: 0.5, 3: -0.25}, seed=3)
+    m = model([matmul("x", "wa", "ha", name="a"), node("Add", ["ha", "ba"], ["h"]),
+               matmul("h", "wc", "y", name="c"),
+               node("LayerNormalization", ["y", "scale", "shift"], ["out"], axis=-1)],
+              {"x": [1, 16, 64]}, ["out"],
+              {"wa": wa, "ba": ba, "wc": wc, "scale": rand(128, seed=4),
+               "shift": rand(128, seed=5)})
+    # c's output keeps its 128 channels; the MatMul computes 80 of them
+    result = assert_cut(m, {"a": (64, 62), "c": (62, 128)}, mode="full", objective=None)
+    assert initializer(result.model, "wc").shape == (62, 128 - len(dead))
+    assert ops(result.model).count("Pad") == 1 and ops(result.model).count("Gather") == 1
+    again = channelcut.cut(result.model, fold=True)
+    assert again.report.removed_channels == 0 and again.report.removed_nodes == 0
