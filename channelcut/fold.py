@@ -142,6 +142,8 @@ def _zero_rows_pay(node: ir.Node, rw: Rewrite, shape: tuple[int, ...], axis: int
     from channelcut.solve import SiteUse
 
     options = rw.analysis.options
+    if not options.writes_reinsertion(shape, axis):  # (the rank-3 MatMul's, for rknn)
+        return False
     channels, elements = shape[axis], float(math.prod(shape))
     # the Gather order and the constants per kept channel, the Pad amounts (as the Add's)
     reinsertion = Site(node, "reinsert", Cost(weight_bytes=12.0 * channels + 16 * len(shape),

@@ -98,6 +98,13 @@ class Options:
         return Cost(weight_bytes=full.weight_bytes - site.per_position * cut, flops=full.flops * kept,
                     moved=full.moved * kept, nodes=full.nodes)
 
+    def writes_reinsertion(self, shape: tuple[int, ...] | None, axis: int) -> bool:
+        """Can a reinsertion into a tensor of `shape`, channels on `axis`, be written in this
+        target's form? The one-hot 1x1 Conv needs NCHW; Pad and Gather take any layout."""
+        if self.reinsert_form != "conv":
+            return True
+        return shape is not None and len(shape) == 4 and axis == 1
+
     def allows(self, site: Site) -> bool:
         """May the cut use this fold or reinsertion at all?"""
         return site.kind in self.sites and (self.added_ops or self.cost(site).nodes == 0)

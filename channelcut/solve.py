@@ -238,9 +238,10 @@ def _surely_refused(solver: Solver, sites: dict[int, Site], refused: set[int],
 def _writable(walk: Walk, site: Site, options: Options) -> bool:
     """Can the site be written in the target's form? A carrier needs one conv group and
     input channels that are constants, not maps (a multiple of a map is no carrier)."""
-    if site.kind == "reinsert" and options.reinsert_form == "conv":  # a 1x1 Conv: NCHW
-        info, shape = walk.infos.get(site.node.outputs[0]), static_shape(site.node.outputs[0])
-        return info is not None and info.axis == 1 and shape is not None and len(shape) == 4
+    if site.kind == "reinsert":
+        info = walk.infos.get(site.node.outputs[0])
+        return info is not None and \
+            options.writes_reinsertion(static_shape(site.node.outputs[0]), info.axis)
     if site.kind != "border fold" or options.border_form != "carrier":
         return True
     info = walk.infos.get(site.node.inputs[0])

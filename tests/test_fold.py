@@ -485,26 +485,45 @@ def test_nodes_a_cut_adds_take_names_no_node_has():
     assert result.report.removed_groups == first.report.removed_groups
 
 
+def matmul_fold_with_zero_columns(n: int, constant: int, dead: int) -> onnx.ModelProto:
+    """x [1, 16, n] -> MatMul a (n -> n, the first `constant` columns zero) + b (constant
+    there) -> MatMul c (n -> 2n, `dead` of its columns zero: every other one from 0) ->
+    LayerNormalization over the channels (it reads every one) -> out."""
+    wa = weights(n, n, zero_cols=list(range(constant)), seed=1)
+    wc = weights(n, 2 * n, zero_cols=list(range(0, 2 * dead, 2)), seed=2)
+    ba = bias(n, at={i: 0.5 - 0.75 * (i % 2) for i in range(constant)}, seed=3)
+    return model([matmul("x", "wa", "ha", name="a"), node("Add", ["ha", "ba"], ["h"]),
+                  matmul("h", "wc", "y", name="c"),
+                  node("LayerNormalization", ["y", "scale", "shift"], ["out"], axis=-1)],
+                 {"x": [1, 16, n]}, ["out"],
+                 {"wa": wa, "ba": ba, "wc": wc, "scale": rand(2 * n, seed=4),
+                  "shift": rand(2 * n, seed=5)})
+
+
 def test_matmul_columns_that_are_their_folded_constant_alone_are_not_computed():
-    """x -> MatMul a (64 -> 64, columns 2, 3 zero) + b -> MatMul c (64 -> 128, 48 columns
-    zero) -> LayerNormalization over the channels (it reads every one) -> out. The full cut
-    folds the constant channels 2 and 3 into an Add after c; c's zero columns are then that
-    Add's constant alone: c computes without them, and they come back as zeros before the Add.
-    A cut of the cut model found them there (levit_128s and efficientvit_b0, naively pruned:
-    bench/timm_sweep.py) and took 1792 channels more."""
-    dead = list(range(0, 96, 2))
-    wa = weights(64, 64, zero_cols=[2, 3], seed=1)
-    wc = weights(64, 128, zero_cols=dead, seed=2)
-    ba = bias(64, at={2: 0.5, 3: -0.25}, seed=3)
-    m = model([matmul("x", "wa", "ha", name="a"), node("Add", ["ha", "ba"], ["h"]),
-               matmul("h", "wc", "y", name="c"),
-               node("LayerNormalization", ["y", "scale", "shift"], ["out"], axis=-1)],
-              {"x": [1, 16, 64]}, ["out"],
-              {"wa": wa, "ba": ba, "wc": wc, "scale": rand(128, seed=4),
-               "shift": rand(128, seed=5)})
+    """matmul_fold_with_zero_columns(64, 2, 48). The full cut folds the constant channels 0
+    and 1 into an Add after c; c's zero columns are then that Add's constant alone: c computes
+    without them, and they come back as zeros before the Add. A cut of the cut model found
+    them there (levit_128s and efficientvit_b0, naively pruned: bench/timm_sweep.py) and took
+    1792 channels more."""
+    m = matmul_fold_with_zero_columns(64, 2, 48)
     # c's output keeps its 128 channels; the MatMul computes 80 of them
     result = assert_cut(m, {"a": (64, 62), "c": (62, 128)}, mode="full", objective=None)
-    assert initializer(result.model, "wc").shape == (62, 128 - len(dead))
+    assert initializer(result.model, "wc").shape == (62, 128 - 48)
     assert ops(result.model).count("Pad") == 1 and ops(result.model).count("Gather") == 1
     again = channelcut.cut(result.model, fold=True)
+    assert again.report.removed_channels == 0 and again.report.removed_nodes == 0
+
+
+def test_matmul_zero_columns_stay_computed_where_the_target_cannot_write_them_back():
+    """The rknn target writes a reinsertion as a one-hot 1x1 Conv, NCHW only: the rank-3
+    MatMul's zero columns stay computed (no Pad, no Gather: RKNN-Toolkit2 runs a channel Pad
+    on the CPU), its constant channels still fold into the Add, and a cut of the cut model
+    for the same target removes nothing more."""
+    m = matmul_fold_with_zero_columns(512, 16, 384)
+    result = assert_cut(m, {"a": (512, 496), "c": (496, 1024)}, mode="full", objective=None,
+                        target="rknn")
+    assert initializer(result.model, "wc").shape == (496, 1024)
+    assert "Pad" not in ops(result.model) and "Gather" not in ops(result.model)
+    again = channelcut.cut(result.model, fold=True, target="rknn")
     assert again.report.removed_channels == 0 and again.report.removed_nodes == 0
