@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from channelcut.analysis import Walk
-from channelcut.channels import HUGE, per_channel_constant
+from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
 from channelcut.rewrite import Rewrite, delete_positions
 from channelcut.graph import attr_float, attr_int, input_at, opset_version
 from channelcut.ops import rule
@@ -28,6 +28,25 @@ def _unbounded_positions(*params: np.ndarray) -> np.ndarray:
         return ~np.logical_and.reduce([np.abs(p) <= HUGE for p in params])
 
 
+def _channels_and_params(node: ir.Node, walk: Walk, inputs: range,
+                         whole_channels: bool = False
+                         ) -> tuple[ChannelInfo, list[np.ndarray]] | None:
+    """The input's channels and the per-channel parameters at `inputs`, or None when there is
+    nothing to follow: parameters that are not constants make the node a barrier, channels
+    off axis 1 (or, `whole_channels`, in blocks) stay."""
+    params = _per_channel_params(node, walk, inputs)
+    source = walk.info(node.inputs[0])
+    if params is None:
+        walk.barrier(node, f"{node.op_type} parameters are not constants")
+        return None
+    if source is None:
+        return None
+    if source.axis != 1 or (whole_channels and source.block != 1):
+        walk.pin(source, node, "channels are not on axis 1")
+        return None
+    return source, params
+
+
 def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
     """out[c] <- (in[c] - mean[c]) / sqrt(var[c] + eps) * scale[c] + B[c]; B[c] when scale[c] is 0.
 
@@ -36,16 +55,10 @@ def analyse_batch_norm(node: ir.Node, walk: Walk) -> None:
     finite and the latter non-zero. (For an input that may be NaN or Inf, 0 * inf is NaN: as
     for a zero weight, that is for the analysis of non-finite values to rule out.)
     """
-    params = _per_channel_params(node, walk, range(1, 5))
-    source = walk.info(node.inputs[0])
-    if params is None:
-        walk.barrier(node, "BatchNormalization parameters are not constants")
+    found = _channels_and_params(node, walk, range(1, 5))
+    if found is None:
         return
-    if source is None:
-        return
-    if source.axis != 1:
-        walk.pin(source, node, "channels are not on axis 1")
-        return
+    source, params = found
     scale, bias, mean, var = (p.astype(np.float32) for p in params)  # one entry per position
     eps = np.float32(attr_float(node, "epsilon", 1e-5))
     const_pos = source.by_position(source.const)
@@ -82,16 +95,10 @@ rule("BatchNormalization", rewrite=rewrite_per_channel_params, own_constants=Tru
 
 def analyse_instance_norm(node: ir.Node, walk: Walk) -> None:
     """out[c] <- (in[c] - mean_c) / sqrt(var_c + eps) * scale[c] + B[c]; a zero channel gives B[c]."""
-    params = _per_channel_params(node, walk, range(1, 3))
-    source = walk.info(node.inputs[0])
-    if params is None:
-        walk.barrier(node, "InstanceNormalization parameters are not constants")
+    found = _channels_and_params(node, walk, range(1, 3), whole_channels=True)
+    if found is None:
         return
-    if source is None:
-        return
-    if source.axis != 1 or source.block != 1:
-        walk.pin(source, node, "channels are not on axis 1")
-        return
+    source, params = found
     out = walk.like(node.outputs[0], source)
     bias = params[1][source.positions[:, 0]].astype(np.float32)
     out.set_values(source.zero, bias)
