@@ -339,8 +339,9 @@ def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
                  needed: np.ndarray, step: Callable[..., ir.Value],
                  info: ChannelInfo | None = None) -> ir.Value:
     """`value` (without the positions `deleted` along its channel axis) with the known constants
-    at `needed` back in place: Pad zeros at the end of the channel axis, Gather every position
-    into place, then Add the constants (when any is non-zero). `step(op_type, tail, inputs,
+    at `needed` back in place: Pad zeros around the present channels when they stay in one run,
+    else Pad zeros at the end of the channel axis and Gather every position into place; then
+    Add the constants (when any is non-zero). `step(op_type, tail, inputs,
     attributes)` applies each op to the tensor built so far; returns the last one's output.
     `info`: the channels of `value` (default: the analysis')."""
     info = info or rw.info(value)
@@ -361,9 +362,17 @@ def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
         return step("Conv", value, [rw.new_const(f"{stem}_onehot", onehot),
                                     rw.new_const(f"{stem}_constants", values.astype(dtype))])
     pads = np.zeros(2 * rank, np.int64)
-    pads[rank + axis] = needed.size
-    full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
-    full = step("Gather", full, [rw.new_const(f"{stem}_order", slot[wanted])], {"axis": axis})
+    at = np.searchsorted(wanted, present)  # where the present channels land
+    if present.size and at[-1] - at[0] == present.size - 1:
+        # in one run: the constants go around it, a Pad alone puts every channel in place (an
+        # op fewer; and a cut of the cut model follows a Pad's channels, not a Gather's)
+        pads[axis], pads[rank + axis] = at[0], wanted.size - 1 - at[-1]
+        full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
+    else:
+        pads[rank + axis] = needed.size
+        full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
+        full = step("Gather", full, [rw.new_const(f"{stem}_order", slot[wanted])],
+                    {"axis": axis})
     if np.any(values != 0):
         shape = [1] * rank
         shape[axis] = wanted.size

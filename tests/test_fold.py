@@ -166,6 +166,23 @@ def test_one_sided_residual_cut_in_a_basic_block():
     assert {"Pad", "Gather"} <= set(ops(result.model))
 
 
+@pytest.mark.parametrize("zero_rows, pads", [(range(0, 4), (4, 0)), (range(12, 16), (0, 4)),
+                                             ((0, 1, 14, 15), (2, 2))])
+def test_constants_around_one_run_of_kept_channels_come_back_through_a_pad_alone(zero_rows,
+                                                                                  pads):
+    """conv b's kept rows are one run: the Pad puts the zeros before and after it, no Gather
+    (an op fewer); the Add of the constants follows. A cut of the cut model follows the Pad's
+    channels (the kept run, the added ones pinned) and removes nothing."""
+    result = assert_cut(basic_block(zero_rows=zero_rows, channels=16, size=8),
+                        {"conv_b": (16, 12)}, mode="full")
+    assert ops(result.model) == ["Conv", "Relu", "Conv", "Pad", "Add", "Add", "Relu"]
+    pad = next(n for n in result.model.graph.node if n.op_type == "Pad")
+    amounts = initializer(result.model, pad.input[1])
+    assert (amounts[1], amounts[5]) == pads and not np.delete(amounts, [1, 5]).any()
+    again = channelcut.cut(result.model, fold=True)
+    assert again.report.removed_channels == 0 and again.report.removed_nodes == 0
+
+
 def test_latency_objective_reinserts_only_where_the_saved_flops_outweigh_the_copies():
     """A reinsertion copies the whole tensor (Pad, Gather, Add): under `latency` that costs
     about 41 FLOPs per element plus 3 ops, so 2 of 6 rows of a 3x3 conv at 6x6 do not pay
@@ -401,7 +418,8 @@ def test_border_fold_into_a_grouped_conv_keeps_its_rows_in_zero_only_mode():
 def test_rows_left_with_their_bias_come_back_after_the_conv_when_the_border_map_cancels():
     """Row 0 of the padded reader reads the constant channels 0 and 1 (both 1.0) with
     opposite kernels: their border map is zero, so no Add is written. Rows 1-7 have zero
-    weights: the conv computes row 0 alone and the seven biases come back after it."""
+    weights: the conv computes row 0 alone and the seven biases come back after it (a Pad
+    after row 0, the one run the conv computes, and an Add of the biases)."""
     w0 = np.zeros((3, 1, 3, 3), np.float32)
     w0[2] = weights(1, 1, 3, 3, seed=1)[0]
     w1 = np.zeros((8, 3, 3, 3), np.float32)
@@ -413,7 +431,7 @@ def test_rows_left_with_their_bias_come_back_after_the_conv_when_the_border_map_
                "b1": bias(8, seed=2)})
     result = assert_cut(m, {"conv_c0": (1, 1), "conv_y": (1, 8)}, mode="full")
     assert const_input(result.model, "conv_y").shape == (1, 1, 3, 3)
-    assert ops(result.model) == ["Conv", "Conv", "Pad", "Gather", "Add"]
+    assert ops(result.model) == ["Conv", "Conv", "Pad", "Add"]
     assert channelcut.cut(result.model).report.removed_groups == 0
 
 

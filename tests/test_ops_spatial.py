@@ -199,8 +199,18 @@ def test_pad_with_axes_input():
     assert_cut(m, cut_one())
 
 
-def test_pad_of_the_channel_axis_is_a_barrier():
+def test_pad_of_the_channel_axis_adds_kept_channels_of_the_fill():
+    """One zero channel before and after conv_h's 8: they stay (the Pad makes them), its
+    zero channel 2 (position 3 after the Pad) still goes, and the Pad is unchanged. A
+    reinsertion writes such a Pad: a cut of the cut model sees through it."""
     m = conv_op_conv([node("Pad", ["h", "pads"], ["m"])],
+                     inits={"pads": i64(0, 1, 0, 0, 0, 1, 0, 0)},
+                     reader_weights=weights(6, C + 2, 1, 1, seed=5))
+    assert_cut(m, {"conv_h": (4, C - 1), "conv_y": (C + 1, 6)})
+
+
+def test_pad_of_the_channel_axis_in_edge_mode_is_a_barrier():
+    m = conv_op_conv([node("Pad", ["h", "pads"], ["m"], mode="edge")],
                      inits={"pads": i64(0, 1, 0, 0, 0, 1, 0, 0)},
                      reader_weights=weights(6, C + 2, 1, 1, seed=5))
     result = assert_cut(m, {})

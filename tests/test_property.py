@@ -203,6 +203,14 @@ EMPTIED_AFTER_A_POOLED_GROUPED_CONV = Recipe(
     in_channels=4, steps=(("bcast", 1961533880), ("const", 4220346959), ("split", 3698574143),
                           ("conv", 3551823806), ("bcast", 2834006767)),
     head="gemm", p_row=0.0, p_col=0.6, extra_output=False, special=0.1)
+# bench/fuzz.py seed 44: 0 / (a zero channel) everywhere; the first cut knew the divisor was
+# zero and kept what reads the NaN, but put the zero channel back through a reinsertion's Pad
+# and Gather on the channel axis, barriers then: a second cut took the divisor for computed.
+# Now a reinsertion around one run of kept channels is a Pad alone, which a cut follows.
+DIVISOR_BEHIND_A_REINSERTION = Recipe(
+    in_channels=1, steps=(("conv", 3500631739), ("broadcast", 909511443),
+                          ("resize", 979199695), ("bcast", 386211347)),
+    head="conv", p_row=0.6, p_col=0.0, extra_output=False, special=0.0)
 # The YOLOv8 head after a per-channel Mul: output [1, 9, 32] becomes [1, 5, 32].
 YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_row=0.6,
                    p_col=0.6, extra_output=True)
@@ -261,6 +269,7 @@ def test_batchnorm_with_zero_scales(mode, recipe):
 @example(recipe=LARGE_WEIGHT_TIMES_INPUT)
 @example(recipe=HUGE_BN_BIAS_RECUT)
 @example(recipe=EMPTIED_AFTER_A_POOLED_GROUPED_CONV)
+@example(recipe=DIVISOR_BEHIND_A_REINSERTION)
 @given(recipe=recipes(OPS, HEADS, special=(0.3, 0.6), input_is_output="",
                       dynamic_batch=False))
 def test_nonfinite_huge_and_tiny_weights(mode, recipe):

@@ -139,16 +139,39 @@ def analyse_pad(node: ir.Node, walk: Walk) -> None:
         return
     pads = [int(p) for p in np.asarray(pads).reshape(-1)]
     k = len(axis_list)
+    constant = attr_string(node, "mode", "constant") == "constant"
+    fill_value = np.float32(np.asarray(fill).reshape(-1)[0]) if np.asarray(fill).size else 0
     if source.axis in axis_list:
         i = axis_list.index(source.axis)
         if pads[i] or pads[i + k]:
-            walk.barrier(node, "Pad adds channels")
+            _pad_channels(node, walk, source, pads[i], pads[i + k], constant, fill_value,
+                          spatial=any(p for j, p in enumerate(pads) if j % k != i))
             return
-    if attr_string(node, "mode", "constant") != "constant" or not any(pads):
+    if not constant or not any(pads):
         transparent(node, walk, lambda x: x)
         return
-    fill_value = np.float32(np.asarray(fill).reshape(-1)[0]) if np.asarray(fill).size else 0
     transparent(node, walk, lambda x: np.where(x == fill_value, x, np.nan), nan_unknown=True)
+
+
+def _pad_channels(node: ir.Node, walk: Walk, source: ChannelInfo, before: int, after: int,
+                  constant: bool, fill: np.float32, spatial: bool) -> None:
+    """out[c + before] <- in[c]; the channels padded before and after are the fill, kept (the
+    Pad makes them whatever is cut): a reinsertion's Pad, put back by a cut, is seen through
+    by a cut of the cut model. Other modes (copies of input channels), crops and channels in
+    blocks are barriers."""
+    if not constant or before < 0 or after < 0 or source.block != 1:
+        walk.barrier(node, "Pad adds channels")
+        return
+    added = np.concatenate([np.arange(before), source.size + before + np.arange(after)])
+    positions = np.concatenate([source.positions + before, added[:, None]])
+    out = walk.new(node.outputs[0], source.axis, positions)
+    walk.couple(source.ids, out.ids[:source.n])
+    known, const = source.known.copy(), source.const.copy()
+    if spatial:  # a constant survives the other axes' padding only when it is the fill
+        known &= const == fill
+    out.set_values(np.concatenate([known, np.ones(added.size, bool)]),
+                   np.concatenate([const, np.full(added.size, fill, np.float32)]))
+    walk.pin(out, node, "channels a Pad adds", np.arange(source.n, out.n))
 
 
 _REDUCE_CONSTANT = {  # op -> value of the reduction of `count` copies of v
