@@ -255,17 +255,19 @@ def fold_into_gemm(node: ir.Node, rw: Rewrite, w_nk: np.ndarray, deleted_in: np.
 
 def fold_into_matmul(node: ir.Node, rw: Rewrite, weights: np.ndarray, deleted_in: np.ndarray,
                      deleted_out: np.ndarray) -> None:
-    """out[..., n] += sum_k v_k B[k, n], as an Add after the MatMul. Kept columns whose
-    weights on the kept inputs are all zero are then that Add's constant alone: the MatMul
-    computes without them and they come back as zeros before the Add where that pays (a cut
-    of the cut model would take them there: the fixed point)."""
+    """out[..., n] += sum_k v_k B[k, n], as an Add after the MatMul. Kept columns that read
+    only kept inputs of known value (zero weights, or a constant channel the cut keeps, say
+    for a conv group) are then constants: the MatMul computes without them, they come back as
+    zeros before the Add, and the Add gives them their value, where that pays (a cut of the
+    cut model would take them there: the fixed point)."""
     positions, values = folded_inputs(rw, node.inputs[0], deleted_in)
     if positions.size == 0:
         return
     delta = np.delete(values @ weights[positions].astype(np.float64), deleted_out)
     if not delta.any():
         return
-    gone = _zero_matmul_columns(node, rw, weights, deleted_in, deleted_out)
+    gone, column_values = _constant_matmul_columns(node, rw, weights, deleted_in, deleted_out)
+    delta[gone] += column_values[gone]  # the Add gives them their whole value
     constant = rw.new_const(f"{node.name or 'matmul'}_folded", delta.astype(weights.dtype))
     out = rw.append_after(node.outputs[0], "Add", [constant])
     if gone.size == 0:
@@ -284,26 +286,33 @@ def fold_into_matmul(node: ir.Node, rw: Rewrite, weights: np.ndarray, deleted_in
                                            zeros))
 
 
-def _zero_matmul_columns(node: ir.Node, rw: Rewrite, weights: np.ndarray,
-                         deleted_in: np.ndarray, deleted_out: np.ndarray) -> np.ndarray:
-    """Of the MatMul's kept columns (weights [K, N]), those its kept inputs meet only with zero
-    weights, when the inputs are finite (0 x NaN is NaN) and leaving them out pays."""
+def _constant_matmul_columns(node: ir.Node, rw: Rewrite, weights: np.ndarray,
+                             deleted_in: np.ndarray, deleted_out: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Of the MatMul's kept columns (weights [K, N]), those whose non-zero weights on the kept
+    inputs meet only inputs of known value, when the inputs are finite (0 x NaN is NaN) and
+    leaving them out pays; and each kept column's value from those inputs (float64)."""
     options = rw.analysis.options
     shape, info = rw.shape(node.outputs[0]), rw.info(node.inputs[0])
+    kept = np.delete(np.delete(weights, deleted_in, axis=0), deleted_out, axis=1)
+    nothing = (_NO_ROWS, np.zeros(kept.shape[1]))
     if shape is None or info is None or \
             not options.allows(Site(node, "reinsert", Cost(nodes=3))):
-        return _NO_ROWS
-    kept = np.delete(np.delete(weights, deleted_in, axis=0), deleted_out, axis=1)
+        return nothing
     if not np.delete(info.by_position(info.finite), deleted_in).all():
-        return _NO_ROWS
-    gone = _kept_aligned(np.flatnonzero(~(kept != 0).any(axis=0)), kept.shape[1], options)
+        return nothing
+    known = np.delete(info.by_position(info.known), deleted_in)
+    const = np.delete(info.by_position(info.const), deleted_in).astype(np.float64)
+    computed = (kept[~known] != 0).any(axis=0)  # columns that read a computed input
+    gone = _kept_aligned(np.flatnonzero(~computed), kept.shape[1], options)
     if gone.size == 0:
-        return _NO_ROWS
+        return nothing
     rows = float(math.prod(shape[:-1]))
     saved = Cost(weight_bytes=kept.shape[0] * weights.dtype.itemsize * gone.size,
                  flops=2 * rows * kept.shape[0] * gone.size)
-    return gone if _zero_rows_pay(node, rw, shape, len(shape) - 1, gone, saved,
-                                  deleted_out) else _NO_ROWS
+    if not _zero_rows_pay(node, rw, shape, len(shape) - 1, gone, saved, deleted_out):
+        return nothing
+    return gone, const[known] @ kept[known].astype(np.float64)
 
 
 def reinsert(node: ir.Node, operand: ir.Value, rw: Rewrite, needed: np.ndarray) -> None:

@@ -533,6 +533,27 @@ def test_matmul_columns_that_are_their_folded_constant_alone_are_not_computed():
     assert again.report.removed_channels == 0 and again.report.removed_nodes == 0
 
 
+def test_matmul_columns_of_kept_constant_inputs_come_back_through_the_fold_add():
+    """x -> conv g (6 groups of 2 rows, all zero weights: its 12 channels are its biases) ->
+    NHWC -> MatMul (12 -> 8) -> NCHW -> out. x is the graph input: every group keeps a row,
+    6 constant channels stay and the other 6 fold into an Add after the MatMul. Every column
+    then reads constants alone: the MatMul computes one (a tensor keeps a channel), a Pad puts
+    the other 7 back as zeros and the fold's Add gives them their values. A cut of the cut
+    model took those 7 at the Add (bench/fuzz.py seed 45)."""
+    m = model([conv("x", "wg", "g", "bg", pads=1, group=6),
+               node("Transpose", ["g"], ["t"], perm=[0, 2, 3, 1]),
+               matmul("t", "wm", "mm", name="mm"),
+               node("Transpose", ["mm"], ["y"], perm=[0, 3, 1, 2])],
+              {"x": [1, 6, 4, 8]}, ["y"],
+              {"wg": np.zeros((12, 1, 3, 3), np.float32), "bg": bias(12, seed=3),
+               "wm": weights(12, 8, seed=4)})
+    result = assert_cut(m, {"conv_g": (6, 6), "mm": (6, 8)}, mode="full", objective=None)
+    assert initializer(result.model, "wm").shape == (6, 1)
+    assert ops(result.model) == ["Conv", "Transpose", "MatMul", "Pad", "Add", "Transpose"]
+    again = channelcut.cut(result.model, fold=True)
+    assert again.report.removed_channels == 0 and again.report.removed_nodes == 0
+
+
 def test_matmul_zero_columns_stay_computed_where_the_target_cannot_write_them_back():
     """The rknn target writes a reinsertion as a one-hot 1x1 Conv, NCHW only: the rank-3
     MatMul's zero columns stay computed (no Pad, no Gather: RKNN-Toolkit2 runs a channel Pad

@@ -211,6 +211,12 @@ DIVISOR_BEHIND_A_REINSERTION = Recipe(
     in_channels=1, steps=(("conv", 3500631739), ("broadcast", 909511443),
                           ("resize", 979199695), ("bcast", 386211347)),
     head="conv", p_row=0.6, p_col=0.0, extra_output=False, special=0.0)
+# bench/fuzz.py seed 45: a grouped conv of zero weights keeps a constant row per group; its
+# other rows fold into an Add after a MatMul whose columns then read constants alone, which a
+# second cut took at that Add.
+CONSTANT_COLUMNS_AFTER_A_FOLD = Recipe(
+    in_channels=6, steps=(("bcast", 3071093076), ("matmul", 1061176387)), head="raw",
+    p_row=0.0, p_col=0.6, extra_output=False, special=0.0)
 # The YOLOv8 head after a per-channel Mul: output [1, 9, 32] becomes [1, 5, 32].
 YOLO_HEAD = Recipe(in_channels=2, steps=(("const", 3029376520),), head="dfl", p_row=0.6,
                    p_col=0.6, extra_output=True)
@@ -309,6 +315,7 @@ def test_yolo_detect_head(mode, recipe):
 @example(recipe=POOLED_ONE_CHANNEL_DIV)
 @example(recipe=SLICE_THEN_ONE_CHANNEL_ADD)
 @example(recipe=DIVISION_BY_ZERO_RECUT)
+@example(recipe=CONSTANT_COLUMNS_AFTER_A_FOLD)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("bcast",), **PLAIN))
 def test_one_channel_broadcast_into_grouped_conv(mode, recipe):
     """A 1-channel tensor broadcast by Add/Sub/Mul/Div, then a grouped or depthwise conv."""
