@@ -38,6 +38,14 @@ MODELS = [
     "lcnet_050", "fbnetc_100", "hgnetv2_b0", "nfnet_l0", "convnextv2_atto", "edgenext_xx_small",
     "poolformer_s12", "mobilevit_xxs", "efficientvit_b0", "fastvit_t8", "pvt_v2_b0",
     "levit_128s", "deit_tiny_patch16_224", "vit_tiny_patch16_224", "coat_lite_tiny",
+    # added on 2026-12-01: more families (Xception, NAS, MobileNetV4, VoVNet, RepViT, MLP
+    # mixers, XCiT, Swin, MambaOut, ...)
+    "xception41", "mnasnet_100", "mobilenetv4_conv_small", "efficientformerv2_s0",
+    "tiny_vit_5m_224", "resmlp_12_224", "mixer_s16_224", "gmlp_ti16_224",
+    "xcit_nano_12_p16_224", "visformer_tiny", "eca_resnet33ts", "gcresnet33ts", "cs3darknet_s",
+    "ese_vovnet19b_dw", "inception_next_tiny", "mobileone_s0", "ghostnetv2_100",
+    "resnetv2_50x1_bit", "starnet_s1", "repvit_m0_9", "efficientvit_m0",
+    "swin_tiny_patch4_window7_224", "mambaout_femto",
 ]
 PRUNINGS = ("unpruned", "naive", "groups")
 GROUP_FRACTION = 0.4
