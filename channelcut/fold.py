@@ -118,7 +118,7 @@ def _zero_border_rows(node: ir.Node, rw: Rewrite, border_weights: np.ndarray,
     (its first)."""
     options = rw.analysis.options
     shape = rw.shape(node.outputs[0])
-    if shape is None or not options.allows(Site(node, "reinsert", Cost(nodes=3))):
+    if shape is None:
         return _NO_ROWS
     rows = border_weights.shape[0]
     gone = _kept_aligned(
@@ -137,12 +137,14 @@ def _zero_rows_pay(node: ir.Node, rw: Rewrite, shape: tuple[int, ...], axis: int
     """Does leaving the zero rows `gone` out of an operand of a fold's Add, put back as zeros
     before it, pay under the objective, as a cut of the cut model would count it (a
     reinsertion at the Add of the node's output, `shape` with channels on `axis`, against
-    what computing the rows costs: `saved`)? Records the reinsertion when it does."""
+    what computing the rows costs: `saved`)? Not where the target makes no reinsertion, or
+    cannot write one there. Records the reinsertion when it does."""
     from channelcut.options import pays  # the decision's cost model
     from channelcut.solve import SiteUse
 
     options = rw.analysis.options
-    if not options.writes_reinsertion(shape, axis):  # (the rank-3 MatMul's, for rknn)
+    if not options.allows(Site(node, "reinsert", Cost(nodes=3))) or \
+            not options.writes_reinsertion(shape, axis):  # (the rank-3 MatMul's, for rknn)
         return False
     channels, elements = shape[axis], float(math.prod(shape))
     # the Gather order and the constants per kept channel, the Pad amounts (as the Add's)
@@ -296,8 +298,7 @@ def _constant_matmul_columns(node: ir.Node, rw: Rewrite, weights: np.ndarray,
     shape, info = rw.shape(node.outputs[0]), rw.info(node.inputs[0])
     kept = np.delete(np.delete(weights, deleted_in, axis=0), deleted_out, axis=1)
     nothing = (_NO_ROWS, np.zeros(kept.shape[1]))
-    if shape is None or info is None or \
-            not options.allows(Site(node, "reinsert", Cost(nodes=3))):
+    if shape is None or info is None:
         return nothing
     if not np.delete(info.by_position(info.finite), deleted_in).all():
         return nothing
@@ -372,14 +373,15 @@ def _reinsertion(rw: Rewrite, stem: str, value: ir.Value, deleted: np.ndarray,
                                     rw.new_const(f"{stem}_constants", values.astype(dtype))])
     pads = np.zeros(2 * rank, np.int64)
     at = np.searchsorted(wanted, present)  # where the present channels land
-    if present.size and at[-1] - at[0] == present.size - 1:
-        # in one run: the constants go around it, a Pad alone puts every channel in place (an
-        # op fewer; and a cut of the cut model follows a Pad's channels, not a Gather's)
+    # in one run, the constants go around it and a Pad alone puts every channel in place (an
+    # op fewer; and a cut of the cut model follows a Pad's channels, not a Gather's)
+    one_run = present.size > 0 and at[-1] - at[0] == present.size - 1
+    if one_run:
         pads[axis], pads[rank + axis] = at[0], wanted.size - 1 - at[-1]
-        full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
     else:
         pads[rank + axis] = needed.size
-        full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
+    full = step("Pad", value, [rw.new_const(f"{stem}_pads", pads)])
+    if not one_run:
         full = step("Gather", full, [rw.new_const(f"{stem}_order", slot[wanted])],
                     {"axis": axis})
     if np.any(values != 0):
