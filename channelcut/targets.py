@@ -62,17 +62,21 @@ _CHANNELWISE = frozenset({"BatchNormalization", "Relu", "Clip", "LeakyRelu", "PR
                           "HardSigmoid", "HardSwish", "Mul", "Add", "Sub", "Div"})
 
 
-def _conv_reading(value: ir.Value, depth: int = 4) -> ir.Node | None:
-    """The Conv that reads `value` directly or through channelwise ops, if any."""
+def _reader(value: ir.Value, ops: frozenset[str], depth: int = 4) -> ir.Node | None:
+    """The node of one of `ops` that reads `value` directly or through channelwise ops, if any."""
     for use in value.uses():
         node = use.node
-        if node.op_type == "Conv" and use.idx == 0:
+        if node.op_type in ops and use.idx == 0:
             return node
         if node.op_type in _CHANNELWISE and depth and node.outputs:
-            found = _conv_reading(node.outputs[0], depth - 1)
+            found = _reader(node.outputs[0], ops, depth - 1)
             if found is not None:
                 return found
     return None
+
+
+_conv_reading = partial(_reader, ops=frozenset({"Conv"}))
+_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool"})
 
 
 def _conv_producing(value: ir.Value, depth: int = 4) -> ir.Node | None:
@@ -105,42 +109,43 @@ def rknn_concat_splits(node: ir.Node, kept: list[int], block: int = 8) -> tuple[
       costs at least 2 input blocks of 32 (NPU cycles: ceil(Cout/16) * max(ceil(Cin/32) *
       k^2, 2) * HW). So those inputs are aligned where a conv reads the Concat and its parts
       cost more blocks than the aligned whole (densenet121: 33.3 MB unaligned, 13.4 MB
-      aligned). A Concat no conv reads (a channel shuffle, shufflenet_v2: the compiler writes
-      Concat, Reshape and Transpose as convs either way) gains nothing from the channels
-      aligning keeps (groups-pruned shufflenet_v2_x1_0: 3.43 MB and 0.590 M cycles unaligned,
-      4.29 MB and 0.647 M aligned).
-    - the last input does not split the conv, but unaligned it makes the compiler copy the
-      Concat instead of writing its inputs in place: the .rknn grows by about 2 * C^2 bytes
-      (C the Concat's channels) plus a layer, and its cycle estimate does not show it
-      (Concat(16, 9): +7.7 KB; groups-pruned densenet121, last denselayers unaligned: 11.49
-      MB against 9.95 MB aligned, 3.348 M cycles against 3.349 M; its last Concat, 581
-      channels: 0.68 MB). So the last input is aligned too unless the weights its alignment
-      keeps (its producer's rows, the reader's columns) cost more than that copy.
+      aligned). A Concat that pooling reads (densenet121's last, through BN and Relu) is not
+      split but copied, about 2 * C^2 bytes (C its channels): those inputs are aligned where
+      the weights that keeps cost less than the copy (groups-pruned densenet121: 10.86 MB
+      against 11.49 MB, the same cycles). A Concat nothing of these reads (a channel shuffle,
+      shufflenet_v2: the compiler writes Concat, Reshape and Transpose as convs either way)
+      gains nothing from the channels aligning keeps (groups-pruned shufflenet_v2_x1_0: 3.43
+      MB and 0.590 M cycles unaligned, 4.29 MB and 0.647 M aligned).
+    - the last input is never aligned. It does not split the reader and costs no cycle
+      unaligned (its alignment keeps channels in blocks the NPU computes anyway); unaligned it
+      makes the compiler copy the Concat, as above, but aligning it would keep channels the
+      analysis proves dead and that RKNN-Toolkit2's own pruning removes, as it leaves the last
+      input unaligned (groups-pruned densenet121: 0.039 GFLOPs, 0.7% of the model; the .rknn
+      is then the toolkit's, 10.86 MB against 9.95 MB aligned, 3.349 M cycles either way).
+      The rknn target removes at least what the toolkit's pruning removes.
     `block`: the channel block of the build's layout (8 in fp16, 16 in int8)."""
-    reader = _conv_reading(node.outputs[0]) if node.outputs else None
+    output = node.outputs[0] if node.outputs else None
     live, last = [(i, k) for i, k in enumerate(kept) if k], len(kept) - 1
-    if reader is None or len(live) < 2:
+    if output is None or len(live) < 2 or not any(k % block for i, k in live if i != last):
         return ()
-    positions: tuple[int, ...] = ()
-    if any(k % block for i, k in live if i != last):
+    before = tuple(i for i, _ in live if i != last)
+    aligned = sum(k if i == last else -(-k // block) * block for i, k in live)
+    reader = _conv_reading(output)
+    if reader is not None:
         weight = reader.inputs[1] if len(reader.inputs) > 1 else None
         shape = weight.shape if weight is not None and weight.shape is not None else None
         area = math.prod(int(d) for d in shape[2:]) if shape is not None and all(
             isinstance(d, int) for d in shape[2:]) else 1
         parts = sum(max(-(-k // 32) * area, 2) for _, k in live)
-        aligned = sum(k if i == last else -(-k // block) * block for i, k in live)
         if parts <= max(-(-aligned // 32) * area, 2):
             return ()  # the compiler splits the reader: no Concat is left to copy
-        positions = tuple(range(last))
-    short = -kept[last] % block
-    if short and node.inputs[last] is not None:
-        channels = sum(k if i == last else -(-k // block) * block for i, k in live)
-        copy = 4 * channels ** 2 + RKNN_LAYER_BYTES  # channelcut's float32 bytes: 2x fp16
-        keeps = short * (_weight_bytes_per_channel(_conv_producing(node.inputs[last]), 0)
-                         + _weight_bytes_per_channel(reader, 1))
-        if keeps <= copy:
-            positions += (last,)
-    return positions
+        return before
+    if _reader(output, _POOLS) is None:
+        return ()
+    copy = 4 * aligned ** 2 + RKNN_LAYER_BYTES  # channelcut's float32 bytes: 2x fp16
+    keeps = sum(-k % block * _weight_bytes_per_channel(_conv_producing(node.inputs[i]), 0)
+                for i, k in live if i != last and node.inputs[i] is not None)
+    return before if keeps <= copy else ()
 
 
 # The .rknn bytes a layer takes beyond its weights (its compiled commands): 8.3-10 KB on every
@@ -218,8 +223,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # cut never costs a cycle and is the smallest .rknn (the seed demo: 187.6 KB unaligned,
     # 218.1 KB aligned to 8, same cycles); but a conv reading a Concat of unaligned inputs is
     # split per input (densenet121: 33.3 MB, 13.4 MB aligned to 8): align those Concats only,
-    # where the split costs more than aligning, and their last input unless its weights cost
-    # more than the copy the compiler writes when it is unaligned (rknn_concat_splits).
+    # where the split costs more than aligning (or, read by pooling, the copy the compiler
+    # writes more than the weights aligning keeps), never their last input, which splits
+    # nothing and costs no cycle: its alignment would keep channels RKNN-Toolkit2's own
+    # pruning removes (rknn_concat_splits).
     # So a border fold is written as a carrier (one constant channel stays and carries the
     # others in its weight column: exact, no op added; measured: no cycle, +0.3 KB), and a
     # reinsertion as one 1x1 Conv with one-hot weights (one NPU layer; naive resnet18: 11.5 MB,
