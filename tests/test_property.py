@@ -214,6 +214,12 @@ DIVISOR_BEHIND_A_REINSERTION = Recipe(
 # bench/fuzz.py seed 45: a grouped conv of zero weights keeps a constant row per group; its
 # other rows fold into an Add after a MatMul whose columns then read constants alone, which a
 # second cut took at that Add.
+# hypothesis, test_nonfinite_huge_and_tiny_weights: a padded conv read a denormal constant
+# channel (bias 1e-40) through denormal weights (-1e-40); the products round to zero, but the
+# first cut kept the row as computed, with a border map of zeros, which a second cut removed.
+DENORMAL_PRODUCTS = Recipe(
+    in_channels=1, steps=(("conv", 15683559), ("conv", 761), ("conv", 761)), head="gemm",
+    p_row=0.6, p_col=0.0, extra_output=False, special=0.3)
 CONSTANT_COLUMNS_AFTER_A_FOLD = Recipe(
     in_channels=6, steps=(("bcast", 3071093076), ("matmul", 1061176387)), head="raw",
     p_row=0.0, p_col=0.6, extra_output=False, special=0.0)
@@ -276,6 +282,7 @@ def test_batchnorm_with_zero_scales(mode, recipe):
 @example(recipe=HUGE_BN_BIAS_RECUT)
 @example(recipe=EMPTIED_AFTER_A_POOLED_GROUPED_CONV)
 @example(recipe=DIVISOR_BEHIND_A_REINSERTION)
+@example(recipe=DENORMAL_PRODUCTS)
 @given(recipe=recipes(OPS, HEADS, special=(0.3, 0.6), input_is_output="",
                       dynamic_batch=False))
 def test_nonfinite_huge_and_tiny_weights(mode, recipe):

@@ -64,6 +64,35 @@ def _row_values(nz: np.ndarray, weights: np.ndarray, in_known: np.ndarray,
     return ~row_unknown.reshape(-1), (bias + value.reshape(-1)).astype(np.float32)
 
 
+# Half the smallest float32 subnormal: a product below it rounds to zero, and so does any sum
+# of such products, in any order, fused (FMA) or not, and whatever the accumulator holds.
+_VANISHING = float(np.finfo(np.float32).smallest_subnormal) / 2
+
+
+def _vanishing_reads(nz: np.ndarray, weights: np.ndarray, in_known: np.ndarray,
+                     in_const: np.ndarray) -> np.ndarray:
+    """`nz` less the reads of a known constant input whose products with the row's weights add
+    nothing: sum_k |W[o, c, k]| * |in[c]| below half the smallest subnormal (float32's, or the
+    weights' type's if smaller). Such a read is a zero weight: the row does not depend on c,
+    padded or not (denormal weights times a denormal constant: 1e-40 * 1e-40 is 0).
+
+    nz: [G, rows, cols]; weights: [G, rows, cols, k]; in_known, in_const: [G, cols]."""
+    carries = in_known & (in_const != 0)
+    if not carries.any() or weights.dtype.kind != "f":
+        return nz
+    cols = np.flatnonzero(carries.any(axis=0))  # only the weights that read a constant
+    tiny = min(_VANISHING, float(np.finfo(weights.dtype).smallest_subnormal) / 2)
+    with np.errstate(all="ignore"):
+        size = np.abs(weights[:, :, cols].astype(np.float64)).sum(axis=-1) * \
+            np.abs(in_const[:, None, cols].astype(np.float64))
+    vanishing = (size < tiny) & carries[:, None, cols] & nz[:, :, cols]
+    if not vanishing.any():
+        return nz
+    nz = nz.copy()
+    nz[:, :, cols] &= ~vanishing
+    return nz
+
+
 def _foldable(weights: np.ndarray, in_known: np.ndarray, in_const: np.ndarray
               ) -> np.ndarray | None:
     """Columns whose known constant folds into the reader without overflow: each of its
@@ -151,6 +180,10 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     nz = nonzero_along_last_axis(flat)
     bias = np.zeros(cout, np.float32) if bias is None else bias.astype(np.float32)
     in_known, in_const = _input_values(source, cin)
+    nz = _vanishing_reads(nz.reshape(groups, -1, cin_g), flat.reshape(groups, cout // groups,
+                                                                       cin_g, -1),
+                          in_known.reshape(groups, cin_g), in_const.reshape(groups, cin_g)
+                          ).reshape(cout, cin_g)
     # a non-zero constant does not carry through as one number where padding reaches it, or
     # where it is a map (a plane) to begin with
     maps = _padded(node, weights.shape[2:]) or (source is not None and source.plane is not None)
