@@ -79,6 +79,23 @@ def test_conv_read_whose_products_round_to_zero_is_a_zero_weight(mode, first):
     assert channelcut.cut(result.model, fold=mode == "full").report.removed_channels == 0
 
 
+def test_conv_with_one_output_position_carries_a_constant_through_its_inner_taps():
+    """A pooled 1x1 input read by a padded 3x3 conv: the conv has one output position, where
+    only the centre tap reads the input, so a row reading constant channels alone is the
+    constant b + w_centre * c, not a border map (bench/fuzz.py seed 47: kept as a computed row
+    with a map, which a second cut then folded)."""
+    w0, b0 = weights(4, 3, 3, 3, zero_rows=[0, 1]), bias(4)
+    w1 = weights(3, 4, 3, 3, seed=2)
+    w1[:2, :2] = 0.0  # rows 0 and 1 read channels 2 and 3, which are computed
+    w1[2, 2:] = 0.0  # row 2 reads channels 0 and 1, constants
+    m = model([conv("x", "w0", "y0", "b0"), node("GlobalAveragePool", ["y0"], ["g"]),
+               conv("g", "w1", "y1", pads=1), conv("y1", "w2", "out")], X, ["out"],
+              {"w0": w0, "b0": b0, "w1": w1, "w2": weights(2, 3, 1, 1, seed=3)})
+    result = assert_cut(m, {"conv_y0": (3, 2), "conv_y1": (2, 2), "conv_out": (2, 2)},
+                        mode="full")
+    assert channelcut.cut(result.model, fold=True).report.removed_channels == 0
+
+
 def test_conv_reading_a_graph_input_cuts_its_outputs_only():
     w = weights(8, 3, 3, 3, zero_rows=[7], seed=4)
     m = model([conv("x", "w", "y", pads=1), conv("y", "w2", "out")], X, ["out"],

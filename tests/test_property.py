@@ -220,6 +220,11 @@ DIVISOR_BEHIND_A_REINSERTION = Recipe(
 DENORMAL_PRODUCTS = Recipe(
     in_channels=1, steps=(("conv", 15683559), ("conv", 761), ("conv", 761)), head="gemm",
     p_row=0.6, p_col=0.0, extra_output=False, special=0.3)
+# bench/fuzz.py seed 47: a padded grouped conv reading a pooled 1x1 input of constants has
+# one output position; its rows were kept as computed, with border maps a second cut folded.
+ONE_POSITION_PADDED_CONV = Recipe(
+    in_channels=1, steps=(("conv", 2468749268), ("avgpool", 3878801650), ("conv", 160426187)),
+    head="conv", p_row=0.0, p_col=0.6, extra_output=False, special=0.0)
 CONSTANT_COLUMNS_AFTER_A_FOLD = Recipe(
     in_channels=6, steps=(("bcast", 3071093076), ("matmul", 1061176387)), head="raw",
     p_row=0.0, p_col=0.6, extra_output=False, special=0.0)
@@ -254,9 +259,10 @@ def test_cut_is_exact(mode, recipe):
 @pytest.mark.parametrize("recipe", [GROUP_OF_BIASES_RECUT, BN_GROUP_OF_BIASES_RECUT,
                                     DIVISION_BY_ZERO_RECUT, ZERO_DIVISOR_RECUT,
                                     FOLD_REFUSED_WITH_REINSERTION, ONE_ROW_COMPUTED,
-                                    SECOND_REINSERTION_AT_THE_OUTPUT],
+                                    SECOND_REINSERTION_AT_THE_OUTPUT,
+                                    ONE_POSITION_PADDED_CONV],
                          ids=["group", "bn", "div", "divisor", "refused-together", "one-row",
-                              "second-reinsertion"])
+                              "second-reinsertion", "one-position"])
 def test_full_cut_is_a_fixed_point_after_a_border_fold_into_a_grouped_conv(mode, recipe):
     """The fixpoint findings of issue 10 item 5, under both objectives that fold (the third
     and fourth divide by zero channels; then a fold refused with a reinsertion, a Slice of a

@@ -30,6 +30,38 @@ def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
     return any(p != 0 for p in attr_ints(node, "pads", []) or [])
 
 
+def _taps_of_one_position(node: ir.Node, x: ir.Value, kernel: tuple[int, ...]
+                          ) -> np.ndarray | None:
+    """Where the conv has one output position (every spatial output dim 1, a pooled 1x1 input
+    read by a padded 3x3 conv, say): which of its kernel taps (flattened, C order) read the
+    input rather than padding. A constant input channel then carries through as one number,
+    summed over those taps only. None: several positions, or shapes or padding not known."""
+    shape = x.shape
+    if shape is None or len(shape) != len(kernel) + 2 or \
+            attr_string(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    spatial = list(shape)[2:]
+    if not all(isinstance(d, int) and d > 0 for d in spatial):
+        return None
+    n = len(kernel)
+    pads = attr_ints(node, "pads", None) or [0] * 2 * n
+    strides = attr_ints(node, "strides", None) or [1] * n
+    dilations = attr_ints(node, "dilations", None) or [1] * n
+    if attr_string(node, "auto_pad", "NOTSET") == "VALID":
+        pads = [0] * 2 * n
+    valid = []
+    for d in range(n):
+        size, k, dil = int(spatial[d]), int(kernel[d]), int(dilations[d])
+        if (size + pads[d] + pads[d + n] - dil * (k - 1) - 1) // int(strides[d]) + 1 != 1:
+            return None
+        read = np.arange(k) * dil - pads[d]  # the input index tap k reads at position 0
+        valid.append((read >= 0) & (read < size))
+    taps = valid[0]
+    for more in valid[1:]:
+        taps = np.logical_and.outer(taps, more).reshape(-1)
+    return taps.reshape(-1)
+
+
 def _input_values(source: ChannelInfo | None, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Known flags and constants per position along the input's channel axis."""
     if source is None:
@@ -185,8 +217,15 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
                           in_known.reshape(groups, cin_g), in_const.reshape(groups, cin_g)
                           ).reshape(cout, cin_g)
     # a non-zero constant does not carry through as one number where padding reaches it, or
-    # where it is a map (a plane) to begin with
-    maps = _padded(node, weights.shape[2:]) or (source is not None and source.plane is not None)
+    # where it is a map (a plane) to begin with; at a conv's only output position it does,
+    # through the taps that read the input
+    is_plane = source is not None and source.plane is not None
+    maps = _padded(node, weights.shape[2:]) or is_plane
+    summed = flat
+    if maps and not is_plane:
+        taps = _taps_of_one_position(node, x, tuple(weights.shape[2:]))
+        if taps is not None:
+            maps, summed = False, flat * taps.astype(flat.dtype)
     blocked = maps & (in_const != 0)
     # what each row reads that is known zero (its group's inputs)
     zero_read = np.repeat((in_known & (in_const == 0)).reshape(groups, cin_g),
@@ -199,7 +238,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
             walk.couple(source.ids[source.channel_at_position()], out.ids)
         else:
             walk.pin(out, node, "depthwise Conv of a tensor whose channels cannot be cut")
-        out.set_values(*_depthwise_values(nz[:, 0], flat[:, 0].sum(axis=-1, dtype=np.float32),
+        out.set_values(*_depthwise_values(nz[:, 0], summed[:, 0].sum(axis=-1, dtype=np.float32),
                                           in_known, in_const, blocked, bias))
         out.mark_nonfinite(bad_rows)
         return
@@ -230,7 +269,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
                                b is not None)
     if groups > 1:
         walk.grouped_conv(columns, rows, node)
-    out.set_values(*_row_values(nz_g, flat.reshape(groups, cout_g, cin_g, -1),
+    out.set_values(*_row_values(nz_g, summed.reshape(groups, cout_g, cin_g, -1),
                                 in_known.reshape(groups, cin_g),
                                 in_const.reshape(groups, cin_g),
                                 blocked.reshape(groups, cin_g), bias))
