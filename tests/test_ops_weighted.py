@@ -9,7 +9,7 @@ import pytest
 import channelcut
 
 from builders import (assert_cut, attribute, bias, const_input, conv, cut, gemm, matmul, model,
-                      node, relu, weights)
+                      node, relu, run, weights)
 
 X = {"x": [1, 3, 8, 8]}
 
@@ -94,6 +94,24 @@ def test_conv_with_one_output_position_carries_a_constant_through_its_inner_taps
     result = assert_cut(m, {"conv_y0": (3, 2), "conv_y1": (2, 2), "conv_out": (2, 2)},
                         mode="full")
     assert channelcut.cut(result.model, fold=True).report.removed_channels == 0
+
+
+def test_conv_with_one_output_position_only_at_an_assumed_size_keeps_its_border_maps():
+    """A dynamic H, W is taken as 1 for the analysis, where a padded 3x3 conv has one output
+    position; at 8x8 it has borders, so its constant input must not be summed over the centre
+    tap alone (the verification at a second size would refuse it; without it the cut was
+    wrong by 0.61)."""
+    w0, b0 = weights(4, 3, 1, 1, zero_rows=[0, 1]), bias(4)
+    w1 = weights(3, 4, 3, 3, seed=2)
+    w1[:2, :2] = 0.0
+    w1[2, 2:] = 0.0
+    m = model([conv("x", "w0", "y0", "b0"), conv("y0", "w1", "y1", pads=1),
+               conv("y1", "w2", "out")], {"x": [1, 3, "H", "W"]}, ["out"],
+              {"w0": w0, "b0": b0, "w1": w1, "w2": weights(2, 3, 1, 1, seed=3)})
+    result = channelcut.cut(m, fold=True, verify=False)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run(result.model, feeds)["out"], run(m, feeds)["out"],
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_conv_reading_a_graph_input_cuts_its_outputs_only():

@@ -30,25 +30,24 @@ def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
     return any(p != 0 for p in attr_ints(node, "pads", []) or [])
 
 
-def _taps_of_one_position(node: ir.Node, x: ir.Value, kernel: tuple[int, ...]
+def _taps_of_one_position(node: ir.Node, walk: Walk, kernel: tuple[int, ...]
                           ) -> np.ndarray | None:
     """Where the conv has one output position (every spatial output dim 1, a pooled 1x1 input
     read by a padded 3x3 conv, say): which of its kernel taps (flattened, C order) read the
     input rather than padding. A constant input channel then carries through as one number,
-    summed over those taps only. None: several positions, or shapes or padding not known."""
-    shape = x.shape
-    if shape is None or len(shape) != len(kernel) + 2 or \
-            attr_string(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+    summed over those taps only. None: several positions, or shapes or padding not known, or
+    the graph's spatial size not fixed (a dynamic one taken as 1 must not be baked in, as a
+    border fold's is not)."""
+    shape = walk.shape(node.inputs[0])
+    auto_pad = attr_string(node, "auto_pad", "NOTSET")
+    if not walk.spatial_fixed or shape is None or len(shape) != len(kernel) + 2 or \
+            auto_pad not in ("NOTSET", "VALID"):
         return None
-    spatial = list(shape)[2:]
-    if not all(isinstance(d, int) and d > 0 for d in spatial):
-        return None
+    spatial = shape[2:]
     n = len(kernel)
-    pads = attr_ints(node, "pads", None) or [0] * 2 * n
+    pads = [0] * 2 * n if auto_pad == "VALID" else attr_ints(node, "pads", None) or [0] * 2 * n
     strides = attr_ints(node, "strides", None) or [1] * n
     dilations = attr_ints(node, "dilations", None) or [1] * n
-    if attr_string(node, "auto_pad", "NOTSET") == "VALID":
-        pads = [0] * 2 * n
     valid = []
     for d in range(n):
         size, k, dil = int(spatial[d]), int(kernel[d]), int(dilations[d])
@@ -223,7 +222,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     maps = _padded(node, weights.shape[2:]) or is_plane
     summed = flat
     if maps and not is_plane:
-        taps = _taps_of_one_position(node, x, tuple(weights.shape[2:]))
+        taps = _taps_of_one_position(node, walk, tuple(weights.shape[2:]))
         if taps is not None:
             maps, summed = False, flat * taps.astype(flat.dtype)
     blocked = maps & (in_const != 0)
