@@ -321,11 +321,15 @@ class Walk:
     def channels_after_barrier(self, value: ir.Value, axis: int, n: int) -> ChannelInfo | None:
         """For a reader that knows from its weights that `value` has `n` channels on `axis`
         though the barrier that made it gave it none: channels, kept in the barrier's name
-        (the reader's own output channels stay free). None unless a barrier made `value`."""
+        (the reader's own output channels stay free), each one that may carry NaN or Inf when
+        the value may. None unless a barrier made `value`."""
         if value not in self._barrier_outputs or self.info(value) is not None:
             return None
         node, reason = self._barrier_outputs[value]
         info = self.new(value, axis, n)
+        if value in self.nonfinite:  # the barrier said so of the whole value
+            info.mark_nonfinite()
+            self.record_finite(info)
         self.pin(info, node, reason)
         return info
 

@@ -529,3 +529,18 @@ def test_a_constant_channel_padded_with_another_value_is_unknown_not_nonfinite()
                         ba=bias(4, at={2: 0.5}), mid=[node("Pad", ["a", "pads"], ["m"])],
                         inits={"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
     assert_cut(m, {"conv_a": (3, 3), "conv_y": (3, 2), **FINITE_BRANCH}, groups=2)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+def test_nan_stays_with_the_channels_a_reader_gives_a_barrier_output(mode):
+    # a[2] is NaN (a NaN weight in its row); a Gather along the channels is a barrier, and
+    # conv_b gives its output channels again from its weights: they may all carry NaN, so
+    # conv_b's zero row b[1] is 0 * NaN, not the zero channel conv_e could drop (bench/fuzz.py
+    # seed 47: a cut of the cut, whose reinsertion is a Gather, took such columns; the output
+    # is NaN either way here, the fact was wrong)
+    wa = weights(4, 3, 1, 1)
+    wa[2, 0] = np.nan
+    m = nonfinite_model(wa, weights(3, 4, 1, 1, zero_rows=[1]),
+                        mid=[node("Gather", ["a", "order"], ["m"], axis=1)],
+                        after=weights(2, 3, 1, 1), inits={"order": np.array([1, 2, 3, 0])})
+    assert_cut(m, FINITE_BRANCH, groups=1, mode=mode)
