@@ -53,7 +53,9 @@ class Options:
     border_form: str = "map"
     # how a reinsertion is written: "pad-gather" (Pad, Gather, Add) or "conv" (one 1x1 Conv
     # with one-hot weights and the constants as its bias: one NPU layer for RKNN-Toolkit2,
-    # which runs a channel Pad on the CPU and turns a Gather into such a conv anyway)
+    # which runs a channel Pad on the CPU and turns a Gather into such a conv anyway) or
+    # "concat" (the constants as Concat(operand, Expand(constants)) before the Gather: a pass
+    # over the output fewer on ONNX Runtime, which expands the constants once, at load)
     reinsert_form: str = "pad-gather"
     # the runtime pads a channel count of a block or more up to the block (ONNX Runtime's
     # MLAS): `blocks` then apply to every tensor at least one block wide, not only to those

@@ -7,7 +7,8 @@ channelcut.fold in one form:
                  created when there is none: no op is added); after a MatMul it is an Add
   "border fold"  a constant channel a padded Conv reads: Conv(ConstantOfShape(ones), U) + Add
   "reinsert"     an operand's constant channels put back for a one-sided cut: Pad, Gather (and
-                 an Add of the constants)
+                 an Add of the constants); on ort-cpu Concat(operand, Expand(constants)) and
+                 Gather; on rknn one 1x1 conv with one-hot weights
 A target lists the kinds its runtime runs well and whether a rewrite may add ops; the rest are
 not made (those channels stay). Adding a target is one entry in TARGETS.
 """
@@ -215,7 +216,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # to 14 made 2 of its 1x1 convs 2x slower): so every tensor of 16 or more keeps a multiple.
     Target("ort-cpu", "ONNX Runtime on this CPU: aligned to its vector width, latency "
            "objective, timed against the original", lambda: (cpu_vector_channels(),),
-           SITE_KINDS, True, "latency", guard=True, pad_to_blocks=True),
+           SITE_KINDS, True, "latency", guard=True, pad_to_blocks=True, reinsert_form="concat"),
     # RKNN-Toolkit2 2.5.0, measured with its compiler (rk3588, bench/rknn_build.py): a border
     # map becomes a full-size constant, a Gather a one-hot 1x1 conv, a channel Pad runs on the
     # CPU unless its input holds a multiple of 8; a bias, or an Add after a conv, is free.

@@ -158,6 +158,24 @@ def basic_block(zero_rows=(1, 4), channels=6, size=6):
     return model(nodes, {"x": [1, c, size, size]}, ["y"], inits)
 
 
+def test_border_map_leaves_out_the_rows_the_conv_no_longer_computes():
+    """Rows 0 and 5 of the padded reader have zero weights: each is its bias, which the cut
+    puts back after the conv. Their border map rows are zero too: the map leaves them out
+    (14 rows, not 16), the Add adds it to the 14 computed rows, and the reinsertion after it
+    puts both rows back, for no op more (the seed demo's last conv: a 32-channel map added
+    before the reinsertion, not a 64-channel one after it)."""
+    w2 = weights(16, 6, 3, 3, seed=3)
+    w2[[0, 5]] = 0.0
+    m = producer_then([conv("r1", "w2", "y", "b2", pads=1)], {"w2": w2, "b2": bias(16, seed=3)})
+    result = assert_cut(m, {"conv_c1": (3, 4), "conv_y": (4, 16)}, mode="full")
+    assert ops(result.model) == ["Conv", "Relu", "ConstantOfShape", "Conv", "Conv", "Add", "Pad",
+                                 "Gather", "Add"]
+    [border] = [n for n in result.model.graph.node if n.op_type == "Conv" and
+                n.input[0].endswith("constantofshape_1")]
+    assert initializer(result.model, border.input[1]).shape == (14, 1, 3, 3)
+    assert channelcut.cut(result.model).report.removed_groups == 0
+
+
 def test_one_sided_residual_cut_in_a_basic_block():
     m = basic_block()
     assert_cut(m, {}, mode="zero")  # the skip path keeps the Add's channels alive

@@ -317,23 +317,49 @@ def test_rknn_adds_a_layer_only_where_it_frees_more_than_the_layer_costs_in_the_
                objective=None, target="min-flops")
 
 
-@pytest.mark.parametrize("target, form", [("min-flops", "pad-gather"), ("ort-cpu", "pad-gather"),
+@pytest.mark.parametrize("target, form", [("min-flops", "pad-gather"), ("ort-cpu", "concat"),
                                           ("rknn", "conv"), ("portable", None)])
 def test_reinsertion_as_each_runtime_runs_it(target, form):
-    """A one-sided residual cut reinserts the constants: Pad, Gather and Add on ONNX Runtime;
-    RKNN-Toolkit2 runs a channel Pad on the CPU and turns a Gather into a one-hot 1x1 conv, so
-    rknn writes that conv directly (constants in its bias); portable adds no op, no cut. (The
-    zero rows are every fourth: the kept channels are not one run, which a Pad alone would
-    put in place.)"""
+    """A one-sided residual cut reinserts the constants: Pad, Gather and Add in general; on
+    ort-cpu the constants come as an Expand concatenated after the kept channels, then the
+    Gather (a pass over the output fewer); RKNN-Toolkit2 runs a channel Pad on the CPU and
+    turns a Gather into a one-hot 1x1 conv, so rknn writes that conv directly (constants in
+    its bias); portable adds no op, no cut. (The zero rows are every fourth: the kept
+    channels are not one run, which a Pad alone would put in place.)"""
     m = basic_block(zero_rows=range(0, 64, 4), channels=64, size=32)  # 48 kept: aligned
     result = assert_cut(m, {"conv_b": (64, 48)} if form else {}, mode="full", objective=None,
                         target=target, measure=fastest_is("cut"))
     assert [s.kind for s in result.report.sites] == (["reinsert"] if form else [])
-    assert ({"Pad", "Gather"} <= set(ops(result.model))) == (form == "pad-gather")
+    reinserted = {"pad-gather": ["Pad", "Gather"], "concat": ["Expand", "Concat", "Gather"]}
+    for op_type in ("Pad", "Gather", "Concat", "Expand"):
+        assert (op_type in ops(result.model)) == (op_type in reinserted.get(form, [])), op_type
     assert ops(result.model).count("Conv") == (3 if form == "conv" else 2)
     if form == "conv":
         onehot = next(i for i in result.model.graph.initializer if i.name.endswith("_onehot"))
         assert list(onehot.dims) == [64, 48, 1, 1]
+
+
+def test_ort_cpu_concatenates_constants_that_follow_the_kept_channels_without_a_gather():
+    """The 16 zero rows are the last: the 48 kept channels are one run, and Concat(kept,
+    Expand(constants)) alone puts every channel in place."""
+    m = basic_block(zero_rows=range(48, 64), channels=64, size=32)
+    result = assert_cut(m, {"conv_b": (64, 48)}, mode="full", objective=None, target="ort-cpu",
+                        measure=fastest_is("cut"))
+    assert ops(result.model) == ["Conv", "Relu", "Conv", "Expand", "Concat", "Add", "Relu"]
+
+
+def test_ort_cpu_reinserts_with_a_pad_where_the_batch_is_dynamic():
+    """An Expand to the analysed shape would bake the batch of 1 in: with a dynamic batch the
+    reinsertion is Pad, Gather and Add, and the cut model runs at batch 3."""
+    m = basic_block(zero_rows=range(0, 64, 4), channels=64, size=32)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    result = assert_cut(m, {"conv_b": (64, 48)}, mode="full", objective=None, target="ort-cpu",
+                        measure=fastest_is("cut"))
+    assert "Expand" not in ops(result.model) and {"Pad", "Gather"} <= set(ops(result.model))
+    feeds = random_feeds(m, {"x": [3, 64, 32, 32]})
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_target_costs_reach_the_solver():
