@@ -231,6 +231,34 @@ def test_division_by_a_zero_channel_is_nonfinite_whatever_the_dividend(mode):
     assert np.isnan(run(result.model, random_feeds(m))["y"]).all()
 
 
+@pytest.mark.parametrize("mode", ["zero", "full"])
+@pytest.mark.parametrize("divisor", ["constant", "known"])
+def test_division_by_a_denormal_overflows_and_is_nonfinite(mode, divisor):
+    """m = h / d with d's channel 3 a denormal, -1e-40 (a constant operand, or a conv row
+    with zero weights and that bias): h[3] / -1e-40 is +-Inf wherever |h[3]| > 0.04, so
+    conv_k's rows (zero weights, a bias) are NaN there, not their bias: nothing goes
+    (bench/fuzz.py seed 48: the divisor, along another axis than the channels tracked,
+    was taken to divide finitely; the cut's outputs had finite values where the original's
+    were NaN, and its verification refused it)."""
+    small = per_channel({3: -1e-40}, 2.0, (C,))
+    if divisor == "constant":
+        nodes, inits = [], {"d": small.reshape(1, C, 1, 1)}
+    else:
+        nodes = [conv("x", "wd", "d", "bd")]
+        inits = {"wd": weights(C, 4, 1, 1, zero_rows=[3], seed=3), "bd": small}
+    m = model([conv("x", "w1", "h", "b1"), *nodes, node("Div", ["h", "d"], ["m"]),
+               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"w1": weights(C, 4, 1, 1), "b1": bias(C), **inits,
+                     "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    # conv_k reads m's other channels with zero weights: they go, as with a zero divisor
+    result = assert_cut(m, {"conv_h": (4, 1), "conv_k": (1, 6), **(
+        {"conv_d": (4, 1)} if divisor == "known" else {})}, mode=mode)
+    assert np.isnan(run(result.model, random_feeds(m))["y"]).any()
+
+
 def test_zero_divisor_channels_stay_with_the_nan_they_make():
     """m = h / d with d's channels 2 and 5 zero (zero rows of a 3x3 conv): m is NaN or +-Inf
     there, so conv_k's rows (zero weights, a bias) are NaN, not their bias. conv_k reads the

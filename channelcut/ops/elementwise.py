@@ -247,12 +247,13 @@ def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
                      out: ChannelInfo | None) -> np.ndarray | bool:
     """Per output channel (`array` laid along `axis` like `out`'s channels; None: one answer for
     all): does this constant operand make NaN or Inf from finite inputs? It does where it is
-    NaN, Inf or huge, where it divides by zero, and where it is an exponent that is negative or
-    not a whole number (0 ** -1 is Inf, (-1) ** 0.5 NaN)."""
+    NaN, Inf or huge, where it divides by zero or by a magnitude below 1 / HUGE (x / 1e-40
+    overflows for |x| above 0.04: dividing by it multiplies by more than HUGE), and where it
+    is an exponent that is negative or not a whole number (0 ** -1 is Inf, (-1) ** 0.5 NaN)."""
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(array) <= HUGE)
         if index == 1 and op_type == "Div":
-            bad |= array == 0
+            bad |= ~(np.abs(array) >= 1 / HUGE)
         if index == 1 and op_type == "Pow":
             bad |= (array < 0) | (array != np.round(array))
     if out is None or bad.ndim == 0:
@@ -267,10 +268,12 @@ def _known_makes_nonfinite(op_type: str, index: int, known: np.ndarray, const: n
                            ) -> np.ndarray:
     """Per output channel: does this operand's known channel value make NaN or Inf whatever
     the others hold, as a constant operand would (see `_makes_nonfinite`)? x / 0 is +-Inf or
-    NaN for every x: a divisor channel that is known zero (all-zero weights) is one."""
+    NaN for every x: a divisor channel that is known zero (all-zero weights) is one, and so is
+    one below 1 / HUGE in magnitude (it overflows ordinary dividends)."""
     bad = np.zeros(known.shape, dtype=bool)
     if index == 1 and op_type == "Div":
-        bad = known & (const == 0)
+        with np.errstate(invalid="ignore"):
+            bad = known & ~(np.abs(const) >= 1 / HUGE)
     elif index == 1 and op_type == "Pow":
         bad = known & ((const < 0) | (const != np.round(const)))
     return bad
