@@ -36,6 +36,7 @@ ROLES = {
     "_pads": "pads",  # Pad widths that make room for the channels put back
     "_order": "order",  # Gather indices that move every channel back into place
     "_constants": "values",  # the values of the channels put back
+    "_shape": "shape",  # the shape an Expand gives them (ort-cpu: a block after the kept ones)
 }
 
 
