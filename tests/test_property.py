@@ -225,6 +225,18 @@ DENORMAL_PRODUCTS = Recipe(
 ONE_POSITION_PADDED_CONV = Recipe(
     in_channels=1, steps=(("conv", 2468749268), ("avgpool", 3878801650), ("conv", 160426187)),
     head="conv", p_row=0.0, p_col=0.6, extra_output=False, special=0.0)
+# bench/fuzz.py seed 48: a Div by a constant (15, 1, 1) holding -1e-40, along the channels of a
+# Concat whose tracked channels are on the last axis: x / -1e-40 overflows, and the zero rows
+# of the conv after it, 0 * Inf = NaN, were folded as their biases (a refused cut).
+DENORMAL_DIVISOR = Recipe(
+    in_channels=5, steps=(("mixconcat", 3927928709), ("const", 1884152033),
+                          ("conv", 2884420697), ("prelu", 3564120748)),
+    head="raw", p_row=0.3, p_col=0.0, extra_output=False, special=0.3)
+# bench/fuzz.py seed 48: a padded grouped conv after a custom op, whose input shape is unknown
+# (its output's is not), was given a border fold, which needs the input's size (a crash).
+BORDER_FOLD_OF_UNKNOWN_SIZE = Recipe(
+    in_channels=2, steps=(("custom", 833799452), ("bcast", 450696954), ("shared", 285211866)),
+    head="raw", p_row=0.6, p_col=0.0, extra_output=False, special=0.0)
 CONSTANT_COLUMNS_AFTER_A_FOLD = Recipe(
     in_channels=6, steps=(("bcast", 3071093076), ("matmul", 1061176387)), head="raw",
     p_row=0.0, p_col=0.6, extra_output=False, special=0.0)
@@ -289,6 +301,7 @@ def test_batchnorm_with_zero_scales(mode, recipe):
 @example(recipe=EMPTIED_AFTER_A_POOLED_GROUPED_CONV)
 @example(recipe=DIVISOR_BEHIND_A_REINSERTION)
 @example(recipe=DENORMAL_PRODUCTS)
+@example(recipe=DENORMAL_DIVISOR)
 @given(recipe=recipes(OPS, HEADS, special=(0.3, 0.6), input_is_output="",
                       dynamic_batch=False))
 def test_nonfinite_huge_and_tiny_weights(mode, recipe):
@@ -361,6 +374,7 @@ def test_shared_and_equal_initializers(mode, recipe):
 
 @pytest.mark.parametrize("mode", ["zero", "full"])
 @PATTERN_SETTINGS
+@example(recipe=BORDER_FOLD_OF_UNKNOWN_SIZE)
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=("custom",), **PLAIN))
 def test_custom_domain_op(mode, recipe):
     assert_exact(recipe, mode)

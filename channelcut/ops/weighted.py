@@ -290,7 +290,9 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
     if not _padded(node, walk.const(node.inputs[1]).shape[2:]) and source.plane is None:
         return Site(node, "bias fold", Cost(weight_bytes=0 if has_bias else cout * itemsize),
                     per_position=0 if has_bias else itemsize, positions=cout)
-    if not walk.spatial_fixed or out_shape is None:
+    # the map is the conv of a plane of the input's size (or of the input's plane)
+    if not walk.spatial_fixed or out_shape is None or \
+            (source.plane is None and walk.shape(node.inputs[0]) is None):
         return None
     plane = 4 * 8 if source.plane is None else source.plane.size * itemsize  # shape, or map
     return Site(node, "border fold", _added_output(cout * kernel * itemsize + plane, out_shape),
