@@ -287,8 +287,11 @@ def delete_positions(array: np.ndarray, deletions: dict[int, np.ndarray]) -> np.
 
 
 def _touches_cut(node: ir.Node, analysis: Analysis) -> bool:
+    """Does the cut delete channels the node reads or writes, or rows it no longer computes
+    (put back as constants: a conv's output may keep every channel and still change)?"""
     return any(v is not None and analysis.deleted_positions(v).size
-               for v in [*node.inputs, *node.outputs])
+               for v in [*node.inputs, *node.outputs]) or \
+        any(v is not None and analysis.computed_without(v).size for v in node.outputs)
 
 
 def apply_cut(analysis: Analysis) -> Rewritten:
