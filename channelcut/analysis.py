@@ -20,7 +20,8 @@ import onnx_ir as ir
 
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.finite import bounded, track_nonfinite
-from channelcut.graph import cached_const, partial_shape, release_pages, static_shape
+from channelcut.graph import (cached_const, declared_sizes_fixed, partial_shape, release_pages,
+                              static_shape)
 from channelcut.ranges import RangeFact
 
 log = logging.getLogger(__name__)
@@ -190,10 +191,7 @@ class Walk:
         self.computed: dict[ir.Value, ComputedRows] = {}  # by the conv's output
         self._charges: list[tuple[np.ndarray, float, float]] = []  # (ids, bytes, flops) each
         # A border fold bakes the input's spatial size into a constant: only when it is fixed.
-        self.spatial_fixed = all(
-            all(isinstance(d, int) for d in list(shape.dims)[1:])
-            for v in model.graph.inputs
-            if (shape := v.meta.get("declared_shape")) is not None)
+        self.spatial_fixed = declared_sizes_fixed(model.graph, first_axis=1)
         self.unsupported: dict[str, list[str]] = {}
         self.consts: dict[ir.Value, np.ndarray | None] = {}
         self._views: dict[ir.Value, ChannelInfo] = {}

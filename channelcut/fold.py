@@ -18,7 +18,7 @@ import onnx_ir as ir
 from channelcut.analysis import Cost, Site
 from channelcut.channels import ChannelInfo, identity_positions
 from channelcut.rewrite import Rewrite, kept_mask
-from channelcut.graph import attr_float, input_at
+from channelcut.graph import attr_float, declared_sizes_fixed, input_at
 
 if TYPE_CHECKING:
     from channelcut.options import Options
@@ -354,10 +354,7 @@ def _constant_block(rw: Rewrite, stem: str, value: ir.Value, axis: int,
     where a graph input's size is not fixed (an Expand to the analysed size would bake it in)
     or the shape is unknown."""
     shape = rw.shape(value)
-    fixed = all(isinstance(d, int) for v in rw.graph.inputs
-                if (declared := v.meta.get("declared_shape")) is not None
-                for d in declared.dims)
-    if shape is None or not fixed:
+    if shape is None or not declared_sizes_fixed(rw.graph):
         return None
     size = [1] * len(shape)
     size[axis] = constants.size

@@ -197,6 +197,13 @@ def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     return tuple(int(d) for d in dims)
 
 
+def declared_sizes_fixed(graph: ir.Graph, first_axis: int = 0) -> bool:
+    """Does every graph input declare a fixed size on each axis from `first_axis` on? (An
+    input without a declared shape counts as fixed.)"""
+    return all(all(isinstance(d, int) for d in list(shape.dims)[first_axis:])
+               for v in graph.inputs if (shape := v.meta.get("declared_shape")) is not None)
+
+
 def partial_shape(value: ir.Value | None) -> tuple[int | None, ...] | None:
     """The shape with each unknown dimension None; None when even the rank is unknown."""
     if value is None or value.shape is None:
