@@ -27,13 +27,23 @@ def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarra
     return out
 
 
-def _axes_operand(node: ir.Node, walk: Walk, index: int, attr: str) -> list[int] | None:
-    """Axes given as an input (newer opsets) or an attribute (older ones); None if computed."""
-    value = input_at(node, index)
-    if value is not None:
+def _squeeze_axes(node: ir.Node, walk: Walk, source: ChannelInfo | None,
+                  shape: tuple[int, ...] | None) -> list[int] | None:
+    """Squeeze's or Unsqueeze's axes, given as an input (opset 13 on) or an attribute (before),
+    where channels flow through the node (`source`) and `shape`, the one the axes index, is
+    known; None otherwise, with a barrier where the channels cannot follow."""
+    if source is None:
+        return None
+    value = input_at(node, 1)
+    if value is None:
+        axes: list[int] | None = attr_ints(node, "axes", [])
+    else:
         array = walk.const(value)
-        return None if array is None else [int(a) for a in array.reshape(-1)]
-    return attr_ints(node, attr, [])
+        axes = None if array is None else [int(a) for a in array.reshape(-1)]
+    if axes is None or shape is None:
+        walk.barrier(node, f"{node.op_type} axes unknown")
+        return None
+    return axes
 
 
 # -- Transpose, Squeeze, Unsqueeze, Gather off the channel axis ------------------------------
@@ -71,11 +81,8 @@ def analyse_transpose(node: ir.Node, walk: Walk) -> None:
 def analyse_squeeze(node: ir.Node, walk: Walk) -> None:
     """out[c] <- in[c]; the channel axis shifts left past each squeezed axis before it."""
     source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
-    if source is None:
-        return
-    axes = _axes_operand(node, walk, 1, "axes")
-    if axes is None or shape is None:
-        walk.barrier(node, "Squeeze axes unknown")
+    axes = _squeeze_axes(node, walk, source, shape)
+    if axes is None:
         return
     axes = [a % len(shape) for a in axes] or [i for i, d in enumerate(shape) if d == 1]
     if source.axis in axes:
@@ -91,11 +98,8 @@ def analyse_squeeze(node: ir.Node, walk: Walk) -> None:
 def analyse_unsqueeze(node: ir.Node, walk: Walk) -> None:
     """out[c] <- in[c]; the channel axis lands where the output keeps the input's axes."""
     source, out_shape = walk.info(node.inputs[0]), walk.shape(node.outputs[0])
-    if source is None:
-        return
-    axes = _axes_operand(node, walk, 1, "axes")
-    if axes is None or out_shape is None:
-        walk.barrier(node, "Unsqueeze axes unknown")
+    axes = _squeeze_axes(node, walk, source, out_shape)
+    if axes is None:
         return
     inserted = {a % len(out_shape) for a in axes}
     kept = [j for j in range(len(out_shape)) if j not in inserted]
