@@ -27,23 +27,14 @@ def _carry(walk: Walk, value: ir.Value, source: ChannelInfo, channels: np.ndarra
     return out
 
 
-def _squeeze_axes(node: ir.Node, walk: Walk, source: ChannelInfo | None,
-                  shape: tuple[int, ...] | None) -> list[int] | None:
-    """Squeeze's or Unsqueeze's axes, given as an input (opset 13 on) or an attribute (before),
-    where channels flow through the node (`source`) and `shape`, the one the axes index, is
-    known; None otherwise, with a barrier where the channels cannot follow."""
-    if source is None:
-        return None
+def _axes_operand(node: ir.Node, walk: Walk) -> list[int] | None:
+    """Squeeze's or Unsqueeze's axes: an input from opset 13, an attribute before; None if
+    computed."""
     value = input_at(node, 1)
     if value is None:
-        axes: list[int] | None = attr_ints(node, "axes", [])
-    else:
-        array = walk.const(value)
-        axes = None if array is None else [int(a) for a in array.reshape(-1)]
-    if axes is None or shape is None:
-        walk.barrier(node, f"{node.op_type} axes unknown")
-        return None
-    return axes
+        return attr_ints(node, "axes", [])
+    array = walk.const(value)
+    return None if array is None else [int(a) for a in array.reshape(-1)]
 
 
 # -- Transpose, Squeeze, Unsqueeze, Gather off the channel axis ------------------------------
@@ -77,35 +68,32 @@ def analyse_transpose(node: ir.Node, walk: Walk) -> None:
            span=source.span)
 
 
-@rule("Squeeze")
+@rule("Squeeze", "Unsqueeze")
 def analyse_squeeze(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- in[c]; the channel axis shifts left past each squeezed axis before it."""
-    source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
-    axes = _squeeze_axes(node, walk, source, shape)
-    if axes is None:
+    """out[c] <- in[c]; the channel axis moves to where the output keeps the input's axes:
+    left past each axis Squeeze removes before it, right past each one Unsqueeze inserts."""
+    source = walk.info(node.inputs[0])
+    if source is None:
         return
-    axes = [a % len(shape) for a in axes] or [i for i, d in enumerate(shape) if d == 1]
-    if source.axis in axes:
+    squeeze = node.op_type == "Squeeze"
+    # the axes index the input of Squeeze, the output of Unsqueeze
+    shape = walk.shape(node.inputs[0] if squeeze else node.outputs[0])
+    axes = _axes_operand(node, walk)
+    if axes is None or shape is None:
+        walk.barrier(node, f"{node.op_type} axes unknown")
+        return
+    named = {a % len(shape) for a in axes}
+    if squeeze and not named:  # no axes: every axis of size 1
+        named = {i for i, d in enumerate(shape) if d == 1}
+    kept = [j for j in range(len(shape)) if j not in named]
+    # input axis -> output axis
+    lands = {j: i for i, j in enumerate(kept)} if squeeze else dict(enumerate(kept))
+    if source.axis not in lands:
         walk.barrier(node, "Squeeze removes the channel axis")
         return
-    out = walk.like(node.outputs[0], source, axis=source.axis - sum(a < source.axis for a in axes))
-    if source.parts is not None and source.parts[0] not in axes:
-        part_axis = source.parts[0]
-        out.parts = (part_axis - sum(a < part_axis for a in axes), *source.parts[1:])
-
-
-@rule("Unsqueeze")
-def analyse_unsqueeze(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- in[c]; the channel axis lands where the output keeps the input's axes."""
-    source, out_shape = walk.info(node.inputs[0]), walk.shape(node.outputs[0])
-    axes = _squeeze_axes(node, walk, source, out_shape)
-    if axes is None:
-        return
-    inserted = {a % len(out_shape) for a in axes}
-    kept = [j for j in range(len(out_shape)) if j not in inserted]
-    out = walk.like(node.outputs[0], source, axis=kept[source.axis])
-    if source.parts is not None:
-        out.parts = (kept[source.parts[0]], *source.parts[1:])
+    out = walk.like(node.outputs[0], source, axis=lands[source.axis])
+    if source.parts is not None and source.parts[0] in lands:
+        out.parts = (lands[source.parts[0]], *source.parts[1:])
 
 
 @rule("Gather")
