@@ -503,6 +503,18 @@ def test_squeeze_unsqueeze_move_the_channel_axis(opset):
     assert_cut(m, {"conv_h": (4, 7), "conv_y": (7, 6)})
 
 
+def test_squeeze_without_axes_drops_every_unit_axis_batch_included():
+    # g [1,8,1,1] -> Squeeze() [8]: channels on axis 0; Unsqueeze(0, 2, 3) puts them back on 1.
+    m = model(
+        [conv("x", "w1", "h"), node("GlobalAveragePool", ["h"], ["g"]),
+         node("Squeeze", ["g"], ["s"]), node("Unsqueeze", ["s", "axes"], ["u"]),
+         conv("u", "w2", "y")],
+        inputs={"x": X_SHAPE}, outputs=["y"],
+        inits={"w1": weights(8, 4, 1, 1, zero_rows=[1, 6]), "w2": weights(6, 8, 1, 1, seed=5),
+               "axes": i64(0, 2, 3)})
+    assert_cut(m, {"conv_h": (4, 6), "conv_y": (6, 6)})
+
+
 def test_squeeze_to_a_vector_then_gemm():
     m = model(
         [conv("x", "w1", "h"), node("GlobalAveragePool", ["h"], ["g"]),
