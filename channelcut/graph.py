@@ -244,6 +244,14 @@ def attr_string(node: ir.Node, name: str, default: str) -> str:
     return default if attr is None else str(attr.as_string())
 
 
+def padding_reaches_output(node: ir.Node, kernel: Iterable[int] | None = None) -> bool:
+    """Can a Conv's or a pool's padding reach an output position? It can with non-zero
+    `pads`, or SAME auto-padding over a kernel wider than 1 (`kernel`; None: any kernel)."""
+    if attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        return kernel is None or any(k > 1 for k in kernel)
+    return any(p != 0 for p in attr_ints(node, "pads", []) or [])
+
+
 def input_at(node: ir.Node, index: int) -> ir.Value | None:
     """The node's input at `index`, or None when it is absent or omitted."""
     return node.inputs[index] if index < len(node.inputs) else None

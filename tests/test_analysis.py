@@ -39,8 +39,8 @@ def reference_components(n: int, edges: list[tuple[int, int]]) -> list[frozenset
 
 def partition(labels: np.ndarray) -> list[frozenset[int]]:
     groups: dict[int, set[int]] = {}
-    for node, label in enumerate(labels.tolist()):
-        groups.setdefault(label, set()).add(node)
+    for index, label in enumerate(labels.tolist()):
+        groups.setdefault(label, set()).add(index)
     return sorted((frozenset(g) for g in groups.values()), key=min)
 
 

@@ -18,7 +18,8 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
-from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
+from channelcut.graph import (attr_float, attr_int, attr_string, input_at,
+                              padding_reaches_output)
 from channelcut.ranges import settle, unbounded_past_float32, widen
 
 Interval = tuple[np.ndarray, np.ndarray]  # (lo, hi), float64, one entry per channel/position
@@ -256,8 +257,7 @@ def _added_value(node: ir.Node, walk: Walk) -> float | None | bool:
             return float(np.asarray(array, np.float64).reshape(-1)[0])
         return attr_float(node, "value", 0.0)
     if op == "AveragePool":
-        pads = any(p != 0 for p in attr_ints(node, "pads", []) or []) or \
-            attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+        pads = padding_reaches_output(node)
         return 0.0 if pads and attr_int(node, "count_include_pad", 0) else None
     if op == "Dropout":  # training mode scales what it keeps
         return None if input_at(node, 2) is None else False

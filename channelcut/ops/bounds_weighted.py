@@ -9,7 +9,8 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
-from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
+from channelcut.graph import (attr_float, attr_int, attr_ints, attr_string, input_at,
+                              padding_reaches_output)
 from channelcut.ops.bounds import Interval, _times, bounds, positions_range
 from channelcut.ops.bounds_pointwise import _input_channels
 from channelcut.ranges import widen
@@ -31,12 +32,6 @@ def _batch_norm(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
 
 
 # -- weighted ops -------------------------------------------------------------------------
-
-
-def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
-    if attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
-        return any(k > 1 for k in kernel)
-    return any(p != 0 for p in attr_ints(node, "pads", []) or [])
 
 
 # Rows of weights whose bounds are summed at once: up to this many weights, converted to
@@ -166,7 +161,7 @@ def _conv(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
     cout, cin_g = weights.shape[:2]
     lo, hi = positions_range(walk, node.inputs[0], 1, cin_g * groups)
     flat = np.asarray(weights).reshape(groups, cout // groups, cin_g, -1)
-    padded = _padded(node, weights.shape[2:])
+    padded = padding_reaches_output(node, weights.shape[2:])
     windows = _windows(node, walk, tuple(weights.shape[2:])) if padded else None
     if windows is None:
         low, high, size = _weighted_sum(flat, lo, hi, padded)

@@ -17,7 +17,8 @@ from onnx.reference import ReferenceEvaluator
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
 from channelcut.rewrite import Rewrite
-from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at, opset_version
+from channelcut.graph import (attr_float, attr_int, attr_ints, attr_string, input_at, opset_version,
+                              padding_reaches_output)
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent
 
@@ -57,8 +58,7 @@ def analyse_pool(node: ir.Node, walk: Walk) -> None:
         if source.plane is not None:
             out.set_values(source.known, source.const * np.float32(source.plane.mean()))
         return
-    pads = any(p != 0 for p in attr_ints(node, "pads", []) or []) or \
-        attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+    pads = padding_reaches_output(node)
     averages_padding = op == "AveragePool" and pads and attr_int(node, "count_include_pad", 0)
     if op != "AveragePool" or (source.plane is None and not averages_padding):
         transparent(node, walk, lambda x: x)  # max, or an average of constants alone

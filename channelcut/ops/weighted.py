@@ -19,15 +19,9 @@ from channelcut.fold import fold_into_carrier, fold_into_conv, fold_into_gemm, f
 from channelcut.channels import (HUGE, ChannelInfo, identity_positions,
                                  nonzero_along_last_axis, per_channel_constant)
 from channelcut.rewrite import Rewrite, delete_positions, kept_mask
-from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
+from channelcut.graph import (attr_float, attr_int, attr_ints, attr_string, input_at,
+                              padding_reaches_output)
 from channelcut.ops import rule
-
-
-def _padded(node: ir.Node, kernel: tuple[int, ...]) -> bool:
-    """Can zero padding reach any output position? (A constant input then stops being constant.)"""
-    if attr_string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
-        return any(k > 1 for k in kernel)
-    return any(p != 0 for p in attr_ints(node, "pads", []) or [])
 
 
 def _taps_of_one_position(node: ir.Node, walk: Walk, kernel: tuple[int, ...]
@@ -219,7 +213,7 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     # where it is a map (a plane) to begin with; at a conv's only output position it does,
     # through the taps that read the input
     is_plane = source is not None and source.plane is not None
-    maps = _padded(node, weights.shape[2:]) or is_plane
+    maps = padding_reaches_output(node, weights.shape[2:]) or is_plane
     summed = flat
     if maps and not is_plane:
         taps = _taps_of_one_position(node, walk, tuple(weights.shape[2:]))
@@ -287,7 +281,8 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
     input's plane) with the folded kernel: a constant subgraph runtimes evaluate at load,
     plus one Add."""
     out_shape = walk.shape(node.outputs[0])
-    if not _padded(node, walk.const(node.inputs[1]).shape[2:]) and source.plane is None:
+    taps = walk.const(node.inputs[1]).shape[2:]
+    if not padding_reaches_output(node, taps) and source.plane is None:
         return Site(node, "bias fold", Cost(weight_bytes=0 if has_bias else cout * itemsize),
                     per_position=0 if has_bias else itemsize, positions=cout)
     # the map is the conv of a plane of the input's size (or of the input's plane)
@@ -347,7 +342,7 @@ def rewrite_conv(node: ir.Node, rw: Rewrite) -> None:
         weights = delete_positions(original, {0: computed_out, 1: deleted_in})
     else:
         weights = _cut_groups(original, groups, computed_out, deleted_in, node, rw)
-    padded = _padded(node, original.shape[2:])
+    padded = padding_reaches_output(node, original.shape[2:])
     carried = padded and groups == 1 and rw.analysis.options.border_form == "carrier"
     if carried:
         weights = fold_into_carrier(node, rw, original, weights, deleted_in, deleted_out)
