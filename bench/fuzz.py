@@ -43,14 +43,16 @@ SHRINK_ATTEMPTS = 300
 KINDS_SHOWN = 4
 
 
-def case_recipe(seed: int, index: int) -> randomgraphs.Recipe:
-    return randomgraphs.random_recipe(np.random.default_rng([seed, index]))
+def case_recipe(seed: int, index: int, ops: tuple[str, ...] = randomgraphs.OPS
+                ) -> randomgraphs.Recipe:
+    return randomgraphs.random_recipe(np.random.default_rng([seed, index]), ops)
 
 
-def judge_graph(seed: int, index: int, modes: list[str]) -> list[tuple]:
+def judge_graph(seed: int, index: int, modes: list[str],
+                ops: tuple[str, ...] = randomgraphs.OPS) -> list[tuple]:
     """(index, mode, nodes, findings) for graph `index` in every mode; a graph the generator
     cannot build (a bug of the generator, not of channelcut) is mode "invalid"."""
-    recipe = case_recipe(seed, index)
+    recipe = case_recipe(seed, index, ops)
     try:
         model = randomgraphs.build(recipe)
         ref = cutcheck.reference(model)
@@ -60,10 +62,10 @@ def judge_graph(seed: int, index: int, modes: list[str]) -> list[tuple]:
     return [(index, mode, nodes, cutcheck.judge(model, mode, ref)) for mode in modes]
 
 
-def _worker(job: tuple[int, list[int], list[str]]) -> list[tuple]:
-    seed, indices, modes = job
+def _worker(job: tuple[int, list[int], list[str], tuple[str, ...]]) -> list[tuple]:
+    seed, indices, modes, ops = job
     with quiet_stderr():
-        return [row for i in indices for row in judge_graph(seed, i, modes)]
+        return [row for i in indices for row in judge_graph(seed, i, modes, ops)]
 
 
 def _init_worker() -> None:
@@ -168,12 +170,17 @@ def main(argv: list[str] | None = None) -> int:
                              "failed; its category folders are replaced (default: %(default)s)")
     parser.add_argument("--no-shrink", action="store_true",
                         help="save the smallest failing cases as found")
+    parser.add_argument("--extra-ops", nargs="+", default=[],
+                        choices=[randomgraphs.SHUFFLE, randomgraphs.GATHER],
+                        help="ops drawn besides the default ones (which keep a seed's graphs "
+                             "as they were without)")
     args = parser.parse_args(argv)
+    ops = randomgraphs.OPS + tuple(args.extra_ops)
     _init_worker()
 
     graphs = -(-args.cases // len(args.modes))
     chunk = 10
-    jobs = [(args.seed, list(range(start, min(start + chunk, graphs))), args.modes)
+    jobs = [(args.seed, list(range(start, min(start + chunk, graphs))), args.modes, ops)
             for start in range(0, graphs, chunk)]
     start = time.perf_counter()
     rows = []
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for category in categories:
         for n, (detail, count) in enumerate(kinds[category].most_common(KINDS_SHOWN), 1):
             _, index, mode = smallest[category, detail]
-            recipe = case_recipe(args.seed, index)
+            recipe = case_recipe(args.seed, index, ops)
             print(f"  {category:9} {count:6}  {detail}")
             if category == "invalid":
                 print(f"      graph {index}: {randomgraphs.describe(recipe)}")

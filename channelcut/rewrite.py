@@ -302,8 +302,10 @@ def apply_cut(analysis: Analysis) -> Rewritten:
     rw = Rewrite(analysis)
     graph = analysis.model.graph
     position = {node: index for index, node in enumerate(graph)}
-    for node in list(graph):
-        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    for node, op_type in [(node, node.op_type) for node in graph]:
+        if node.op_type != op_type:
+            continue  # rewritten by another node's rule (a shuffle's last Reshape: a Gather)
+        rule = RULES.get(op_type) if node.domain in ("", "ai.onnx") else None
         if rule is not None and rule.rewrite is not None and _touches_cut(node, analysis):
             rw.node = node
             read = list(node.inputs)

@@ -17,7 +17,8 @@ a MatMul on the last axis; Squeeze + Flatten in the `mixflat` head, YOLOv8's box
 grouped or depthwise conv (`bcast`), one constant read by two convs and equal but separate
 constants, and ops channelcut does not know (a model-local function in a custom domain, and
 com.microsoft's QuickGelu, which ONNX Runtime runs); and issue 12's ShuffleNet channel shuffle
-(`shuffle`, drawn only where asked for). Weight rows and columns are zeroed at
+(`shuffle`, drawn only where asked for), and a constant Gather along the channel axis
+(`gather`, the same). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -49,6 +50,9 @@ OPS = BASE_OPS + NEW_OPS
 # Issue 12's channel shuffle; drawn only by its own property test (OPS keeps the draws of the
 # others and of bench/fuzz.py as they were).
 SHUFFLE = "shuffle"
+# A constant selection along the channel axis (a permutation, a subset, repeats); drawn only
+# where asked for, as the shuffle.
+GATHER = "gather"
 BASE_HEADS = ("gemm", "conv", "gemm", "raw")
 HEADS = BASE_HEADS + ("mixflat", "dfl")
 
@@ -578,13 +582,32 @@ def add_shuffle(net: Net, rng: np.random.Generator) -> None:
     net.add(node("Reshape", [moved, net.const("s", np.array([0, c, h, w]))], [merged]), c, h, w)
 
 
+def add_gather(net: Net, rng: np.random.Generator) -> None:
+    """x[:, indices] for constant indices: a permutation, a subset, or repeats, some negative,
+    int64 or int32, on axis 1 or -3."""
+    x, c, h, w = net.pick(rng)
+    kind = rng.random()
+    if kind < 0.3:
+        index = rng.permutation(c)
+    elif kind < 0.6:
+        index = rng.choice(c, size=int(rng.integers(1, c + 1)), replace=False)
+    else:
+        index = rng.integers(0, c, size=int(rng.integers(1, MAX_CHANNELS + 1)))
+    index = np.where(rng.random(index.size) < 0.2, index - c, index)
+    dtype = np.int32 if rng.random() < 0.3 else np.int64
+    axis = 1 if rng.random() < 0.8 else -3
+    net.add(node("Gather", [x, net.const("index", index.astype(dtype))], [net.name("gather")],
+                 axis=axis), int(index.size), h, w)
+
+
 BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("Add"),
             "mul": add_binary("Mul"), "concat": add_concat, "split": add_split,
             "maxpool": add_maxpool, "const": add_const, "avgpool": add_avgpool,
             "slice": add_slice, "pad": add_pad, "resize": add_resize, "prelu": add_prelu,
             "matmul": add_matmul, "mixconcat": add_mixed_concat,
             "broadcast": add_broadcast, "axisconcat": add_axis_concat, "bcast": add_bcast,
-            "shared": add_shared, "custom": add_custom, "shuffle": add_shuffle}
+            "shared": add_shared, "custom": add_custom, "shuffle": add_shuffle,
+            "gather": add_gather}
 
 
 def add_dfl_head(net: Net, rng: np.random.Generator) -> tuple[str, tuple[int, ...]]:

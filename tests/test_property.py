@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 
 from cutcheck import failures, judge
-from randomgraphs import BASE_HEADS, BASE_OPS, HEADS, OPS, SHUFFLE, Recipe, build, recipes
+from randomgraphs import (BASE_HEADS, BASE_OPS, GATHER, HEADS, OPS, SHUFFLE, Recipe, build,
+                          recipes)
 
 EXAMPLES = int(os.environ.get("CHANNELCUT_PROPERTY_EXAMPLES", 60))
 SETTINGS = settings(
@@ -392,6 +393,14 @@ def test_custom_domain_op(mode, recipe):
 @given(recipe=recipes(BASE_OPS, BASE_HEADS, must_use=(SHUFFLE,), **{**PLAIN, "dynamic_batch": (False, True)}))
 def test_channel_shuffle(mode, recipe):
     """ShuffleNet's Reshape -> Transpose -> Reshape: a Gather where the groups end unequal."""
+    assert_exact(recipe, mode)
+
+
+@pytest.mark.parametrize("mode", ["zero", "full", "align8", "ort-cpu"])
+@PATTERN_SETTINGS
+@given(recipe=recipes(OPS, HEADS, must_use=(GATHER,)))
+def test_channel_gather(mode, recipe):
+    """x[:, indices] (a barrier to the analysis: the channels around it are kept)."""
     assert_exact(recipe, mode)
 
 
