@@ -16,7 +16,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-
 from builders import (
     assert_cut, bias, blockers, conv, find_node, gemm, initializer, model, node, weights,
 )

@@ -281,8 +281,8 @@ def _conv_fold_site(node: ir.Node, walk: Walk, source: ChannelInfo, cout: int, k
     input's plane) with the folded kernel: a constant subgraph runtimes evaluate at load,
     plus one Add."""
     out_shape = walk.shape(node.outputs[0])
-    taps = walk.const(node.inputs[1]).shape[2:]
-    if not padding_reaches_output(node, taps) and source.plane is None:
+    kernel_shape = walk.const(node.inputs[1]).shape[2:]
+    if not padding_reaches_output(node, kernel_shape) and source.plane is None:
         return Site(node, "bias fold", Cost(weight_bytes=0 if has_bias else cout * itemsize),
                     per_position=0 if has_bias else itemsize, positions=cout)
     # the map is the conv of a plane of the input's size (or of the input's plane)
