@@ -3,7 +3,9 @@ when the channel is finite.
 
 Graph inputs are assumed finite, and the model's arithmetic on them is assumed not to overflow
 (README: non-finite values). What can still bring NaN or Inf in is a constant: a NaN, an Inf,
-or a magnitude beyond HUGE that overflows float32 once multiplied by an ordinary input. The walk
+or a magnitude beyond HUGE that overflows float32 once multiplied by an ordinary input; and a
+division, a logarithm or a square root of a value whose interval reaches past the op's domain
+(DOMAIN_EDGE: zeros a Pad fills in are there for every input). The walk
 marks the output channels that such a constant makes (every channel of the node's outputs, or
 the rows a weighted rule marks), those that NaN in an input channel reaches through what the
 node records (couplings, links, readers), and those whose known value computes to NaN or Inf
@@ -12,6 +14,7 @@ node records (couplings, links, readers), and those whose known value computes t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,6 +59,64 @@ def _attribute_arrays(node: ir.Node) -> list[np.ndarray]:
     return arrays
 
 
+# op type -> (lo, hi) -> where an input in [lo, hi] may be outside the op's domain (Div: its
+# divisor): 1 / 0 is Inf, log(0) -Inf, log(-1) and sqrt(-1) NaN. A computed input is not
+# assumed to stay inside it: zeros that a Pad fills in, or that zero weight columns make over
+# another axis, are there for every input. The rules mark the channels (ops.elementwise);
+# `leaves_domain` answers for an output without channels.
+DOMAIN_EDGE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "Div": lambda lo, hi: ~((lo > 0) | (hi < 0)),
+    "Reciprocal": lambda lo, hi: ~((lo > 0) | (hi < 0)),
+    "Log": lambda lo, hi: ~(lo > 0),
+    "Sqrt": lambda lo, hi: ~(lo >= 0),
+}
+
+
+def leaves_domain(node: ir.Node, walk: Walk) -> bool:
+    """May a DOMAIN_EDGE op's input (Div's divisor) hold a value outside the op's domain
+    anywhere, or a Pow make NaN or Inf (a fractional constant exponent of a base that may be
+    negative, a negative one of a base that may be zero, a computed one of a base not above
+    zero)? A constant is checked element by element; a computed value
+    by its interval (one for the tensor, walk.input_ranges), unbounded where none is known."""
+    if node.op_type == "Pow" and len(node.inputs) == 2:
+        exponent = walk.const(node.inputs[1])
+        if exponent is None:
+            return _outside(node.inputs[0], walk, lambda lo, hi: ~(lo > 0))
+        exponent = np.asarray(exponent, np.float64)
+        fractional = bool((exponent != np.round(exponent)).any())
+        negative = bool((exponent < 0).any())
+        if not (fractional or negative):
+            return False
+        def base_outside(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+            """A fractional power wants a base >= 0, a negative one a base != 0."""
+            may_be_negative = lo < 0
+            may_be_zero = (lo <= 0) & (hi >= 0)
+            return (fractional & may_be_negative) | (negative & may_be_zero)
+
+        return _outside(node.inputs[0], walk, base_outside)
+    edge = DOMAIN_EDGE.get(node.op_type)
+    index = 1 if node.op_type == "Div" else 0
+    if edge is None or len(node.inputs) <= index or node.inputs[index] is None:
+        return False
+    return _outside(node.inputs[index], walk, edge)
+
+
+def _outside(value: ir.Value, walk: Walk,
+             edge: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
+    """Does `edge` hold anywhere in the value (a constant's elements, else its interval)?"""
+    array = walk.const(value)
+    if array is not None:
+        if array.dtype.kind != "f":
+            return False  # integer division by zero: the runtime's error, not a NaN
+        values = np.asarray(array, np.float64)
+        return bool(edge(values, values).any())
+    info = walk.info(value)
+    if info is not None:
+        return bool(edge(info.lo, info.hi).any())
+    lo, hi = walk.input_ranges.get(value, (np.array([-np.inf]), np.array([np.inf])))
+    return bool(edge(lo, hi).any())
+
+
 # Ops whose constants only bound the input (clip(x, -inf, inf) is x): no NaN or Inf from them.
 BOUNDS_ONLY = frozenset({"Clip"})
 # Ops that overflow on ordinary inputs (exp(89) is Inf in float32): what they make may be Inf.
@@ -68,9 +129,10 @@ def _makes_every_channel_nonfinite(node: ir.Node, walk: Walk, own: bool) -> bool
     Yes when it overflows easily (OVERFLOWS), when it holds a subgraph (whose constants are not
     looked at), and when one of its float constants is NaN, Inf or beyond HUGE (a huge weight
     times an ordinary input overflows), unless its rule marks what they make (`own`). Other
-    arithmetic of finite values that overflows or divides by zero is outside what this tracks:
-    graph inputs are assumed finite and such that the model's results do not overflow (README:
-    non-finite values).
+    arithmetic of finite values that overflows is outside what this tracks: graph inputs are
+    assumed finite and such that the model's results do not overflow (README: non-finite
+    values). Values past a domain's edge are marked per channel by the rules, and by
+    `leaves_domain` where the output has no channels.
     """
     if node.op_type in OVERFLOWS:
         return True
@@ -128,7 +190,7 @@ def track_nonfinite(node: ir.Node, walk: Walk, mark: tuple[int, int, int, int],
             continue
         info = walk.infos.get(value)
         if info is None:
-            may = every or sources.size > 0 or own_unbounded
+            may = every or sources.size > 0 or own_unbounded or leaves_domain(node, walk)
         else:
             if every:
                 info.mark_nonfinite()

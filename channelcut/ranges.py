@@ -48,16 +48,24 @@ class RangeFact:
     input_bounds: list[tuple[float, float]]  # per channel: the interval of the node's input
 
 
-def widen(lo: np.ndarray, hi: np.ndarray, magnitude: np.ndarray | float, terms: int = 1
-          ) -> tuple[np.ndarray, np.ndarray]:
+def widen(lo: np.ndarray, hi: np.ndarray, magnitude: np.ndarray | float, terms: int = 1,
+          hi_magnitude: np.ndarray | float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi] computed exactly, widened to hold the float32 result of a sum of `terms`
     products whose magnitudes add up to at most `magnitude`: a sum of n rounded terms is off
     by at most about n * eps * sum|terms| (any summation order); 4x that for fused or blocked
-    kernels. Bounds past float32's range become infinite."""
+    kernels. Bounds past float32's range become infinite.
+
+    With `hi_magnitude`, each side is widened by its own magnitude (`magnitude` the low
+    side's): sound where the result rounds monotonically in every input (one rounded op, a
+    sum, an average: rounding never reverses an order), so that the float result is at least
+    the same computation on the low ends, whose own terms bound its error. An unbounded side
+    then leaves the other bounded (x >= 0 plus y >= 1 is at least 1)."""
     with np.errstate(all="ignore"):
-        margin = 4.0 * (terms + 2) * EPS32 * np.asarray(magnitude, np.float64) + TINY
-        lo = np.asarray(lo, np.float64) - margin
-        hi = np.asarray(hi, np.float64) + margin
+        lo_margin = 4.0 * (terms + 2) * EPS32 * np.asarray(magnitude, np.float64) + TINY
+        hi_margin = lo_margin if hi_magnitude is None else \
+            4.0 * (terms + 2) * EPS32 * np.asarray(hi_magnitude, np.float64) + TINY
+        lo = np.asarray(lo, np.float64) - lo_margin
+        hi = np.asarray(hi, np.float64) + hi_margin
     return unbounded_past_float32(lo, hi)
 
 

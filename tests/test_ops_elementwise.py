@@ -243,9 +243,9 @@ def test_division_by_a_denormal_overflows_and_is_nonfinite(mode, divisor):
     small = per_channel({3: -1e-40}, 2.0, (C,))
     if divisor == "constant":
         nodes, inits = [], {"d": small.reshape(1, C, 1, 1)}
-    else:
-        nodes = [conv("x", "wd", "d", "bd")]
-        inits = {"wd": weights(C, 4, 1, 1, zero_rows=[3], seed=3), "bd": small}
+    else:  # over sigmoid(x) in (0, 1) with weights >= 0: d's other channels are at least 2
+        nodes = [node("Sigmoid", ["x"], ["s"]), conv("s", "wd", "d", "bd")]
+        inits = {"wd": np.abs(weights(C, 4, 1, 1, zero_rows=[3], seed=3)), "bd": small}
     m = model([conv("x", "w1", "h", "b1"), *nodes, node("Div", ["h", "d"], ["m"]),
                conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
               inputs={"x": X_SHAPE}, outputs=["y"],
@@ -265,18 +265,119 @@ def test_zero_divisor_channels_stay_with_the_nan_they_make():
     other 6 channels of m with zero weights: they go. d keeps its zero channels: taken and
     put back at the Div as zeros (the conv saves 2 rows of 36 weights), they are an unknown
     operand to a cut of the cut model, which assumes a computed divisor is not zero and took
-    conv_k's rows for their biases."""
-    m = model([conv("x", "w1", "h", "b1"), conv("x", "wd", "d", "bd", pads=1),
+    conv_k's rows for their biases. d reads sigmoid(x) in (0, 1) through weights >= 0: its
+    other channels are at least their bias, 0.5, so their quotients are finite."""
+    m = model([conv("x", "w1", "h", "b1"), node("Sigmoid", ["x"], ["s"]),
+               conv("s", "wd", "d", "bd", pads=1),
                node("Div", ["h", "d"], ["m"]), conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
               inputs={"x": X_SHAPE}, outputs=["y"],
               inits={"w1": weights(C, 4, 1, 1), "b1": bias(C),
-                     "wd": weights(C, 4, 3, 3, zero_rows=[2, 5], seed=3),
+                     "wd": np.abs(weights(C, 4, 3, 3, zero_rows=[2, 5], seed=3)),
                      "bd": per_channel({2: 0.0, 5: 0.0}, 0.5, (C,)),
                      "wk": np.zeros((6, C, 1, 1), np.float32),
                      "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
                      "w2": weights(3, 6, 1, 1, seed=5)})
     result = assert_cut(m, {"conv_h": (4, 2), "conv_d": (4, 2), "conv_k": (2, 6)}, mode="full")
     assert cut(result.model, "full").report.removed_groups == 0
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+@pytest.mark.parametrize("op, edge", [
+    ("Div", "pad"), ("Div", "matmul"), ("Reciprocal", "pad"), ("Reciprocal", "matmul"),
+    ("Log", "pad"), ("Sqrt", "pad")])
+def test_values_constants_put_outside_a_domain_make_nan_there(op, edge, mode):
+    """d = sigmoid(conv_d(x)) is in (0, 1), but constants put values past the op's domain into
+    it at some widths, for every input: a Pad's border (fill 0; -1 for Sqrt), or a MatMul over
+    the width whose weight columns 0 and 5 are zero. m = h / d, 1 / d, log(d) or sqrt(d) is
+    +-Inf or NaN there, so conv_k's rows (zero weights, a bias) are NaN, not their bias:
+    nothing goes. Only a divisor known to be zero was checked (and, for log and sqrt, none):
+    both cuts took conv_k's rows for their biases and verification refused them (bench/fuzz.py
+    seed 48: a Div by a MatMul over the width; a property-test draw: by a Pad's zero fill)."""
+    if edge == "pad":
+        fill = -1.0 if op == "Sqrt" else 0.0
+        nodes = [conv("x", "wd", "dc", "bd"), node("Sigmoid", ["dc"], ["ds"]),
+                 node("Pad", ["ds", "pads", "fill"], ["d"])]
+        inits = {"wd": weights(C, 4, 1, 3, seed=3),
+                 "pads": np.array([0, 0, 0, 1, 0, 0, 0, 1], np.int64),
+                 "fill": np.array(fill, np.float32)}
+    else:
+        nodes = [conv("x", "wd", "dc", "bd"), node("Sigmoid", ["dc"], ["ds"]),
+                 node("MatMul", ["ds", "wm"], ["d"])]
+        inits = {"wd": weights(C, 4, 1, 1, seed=3),
+                 "wm": np.abs(weights(8, 8, zero_cols=[0, 5], seed=4))}
+    if op == "Div":  # m = h / d
+        nodes += [conv("x", "w1", "h", "b1"), node("Div", ["h", "d"], ["m"])]
+        inits |= {"w1": weights(C, 4, 1, 1), "b1": bias(C)}
+    else:
+        nodes.append(node(op, ["d"], ["m"]))
+    m = model([*nodes, conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"bd": bias(C, seed=6), **inits,
+                     "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    result = assert_cut(m, {}, mode=mode)
+    y = run(result.model, random_feeds(m))["y"]
+    assert np.isnan(y).any() and not np.isnan(y).all()
+
+
+@pytest.mark.parametrize("op", ["Div", "Reciprocal", "Log", "Sqrt", "Pow", "Pow-computed"])
+def test_a_value_without_channels_past_a_domain_makes_nan(op):
+    """The same with no channels tracked: d = Pad(sigmoid(x)) reads the graph input, and so do
+    m = op(d) (Div: sigmoid(x) / d; Pow: d ** -1, and d ** (d - 1), a computed exponent,
+    0 ** -1 at the ends) and the Pad's fill, 0 (-1 for Sqrt), at the width's ends.
+    m is NaN or +-Inf there for every input, so conv_k's rows (zero weights, a bias) are NaN
+    there: nothing goes. Only channels were checked, so m was taken to be finite."""
+    fill = -1.0 if op == "Sqrt" else 0.0
+    nodes = [node("Sigmoid", ["x"], ["s"]), node("Pad", ["s", "pads", "fill"], ["d"])]
+    if op == "Div":
+        nodes += [node("Pad", ["s", "pads", "one"], ["n"]), node("Div", ["n", "d"], ["m"])]
+    elif op == "Pow":
+        nodes.append(node("Pow", ["d", "minus_one"], ["m"]))
+    elif op == "Pow-computed":
+        nodes += [node("Sub", ["d", "one"], ["e"]), node("Pow", ["d", "e"], ["m"])]
+    else:
+        nodes.append(node(op, ["d"], ["m"]))
+    m = model([*nodes, conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"pads": np.array([0, 0, 0, 1, 0, 0, 0, 1], np.int64),
+                     "fill": np.array(fill, np.float32),
+                     **({"one": np.array(1, np.float32)} if op in ("Div", "Pow-computed")
+                        else {}),
+                     **({"minus_one": np.array(-1, np.float32)} if op == "Pow" else {}),
+                     "wk": np.zeros((6, 4, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    result = assert_cut(m, {}, mode="full")
+    y = run(result.model, random_feeds(m))["y"]
+    assert np.isnan(y).any() and not np.isnan(y).all()
+
+
+@pytest.mark.parametrize("op, fill, exponent", [
+    ("Div", 1.0, None), ("Reciprocal", 1.0, None), ("Log", 1.0, None), ("Sqrt", 0.0, None),
+    ("Pow", 0.0, 0.5), ("Pow", 2.0, -1.0), ("Pow", -1.0, 3.0)])
+def test_a_value_without_channels_inside_a_domain_lets_zero_reads_go(op, fill, exponent):
+    """Its counterpart: d = Pad(relu(x) + 1) is at least 1, and the Pad's fill keeps it inside
+    the op's domain (no zero divisor, log of 1, sqrt of 0, 0 ** 0.5, 2 ** -1, (-1) ** 3: a
+    whole exponent takes any base). m is finite, so conv_k's zero rows, channels 0-2 (bias
+    0), are zero and go. (Not sigmoid(x): it is 0 in float32 below about -104.)"""
+    nodes = [node("Relu", ["x"], ["r"]), node("Add", ["r", "one"], ["s"]),
+             node("Pad", ["s", "pads", "fill"], ["d"])]
+    inits = {"pads": np.array([0, 0, 0, 1, 0, 0, 0, 1], np.int64),
+             "fill": np.array(fill, np.float32), "one": np.array(1, np.float32)}
+    if op == "Div":
+        nodes += [node("Pad", ["s", "pads", "fill"], ["n"]), node("Div", ["n", "d"], ["m"])]
+    elif op == "Pow":
+        nodes.append(node("Pow", ["d", "exponent"], ["m"]))
+        inits["exponent"] = np.array(exponent, np.float32)
+    else:
+        nodes.append(node(op, ["d"], ["m"]))
+    m = model([*nodes, conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={**inits, "wk": np.zeros((6, 4, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    assert_cut(m, {"conv_k": (4, 3), "conv_y": (3, 3)})
 
 
 @pytest.mark.parametrize("op, const, bias, cut", [

@@ -12,7 +12,7 @@ import pytest
 
 from channelcut import cli
 from channelcut.verify import random_inputs
-from builders import assert_cut, conv, cut, model, node, relu, run, weights
+from builders import assert_cut, bias, conv, cut, model, node, relu, run, weights
 
 C = 6
 
@@ -249,9 +249,9 @@ RANGES = [(0.0, 1.0), (-1.0, 1.0), (-2.1179, 2.64), (0.0, 6.0), (-0.5, -0.25)]
 
 def _upstream_of_divisors(m: onnx.ModelProto) -> set[str]:
     """The tensors a Div's divisor is computed from. A clamp there makes the divisor exactly 0
-    at the edges of the input range, and the original model itself computes 0 / 0: outside
-    what the analysis assumes (README, non-finite values: the model's own arithmetic does not
-    divide by zero), so the generator does not draw it."""
+    at the edges of the input range, and the original model itself computes 0 / 0 there: the
+    analysis then keeps what the NaN reaches (README, non-finite values), and outputs that are
+    NaN at the edges would tell nothing of the cut, so the generator does not draw it."""
     producer = {out: n for n in m.graph.node for out in n.output}
     found, todo = set(), [n.input[1] for n in m.graph.node if n.op_type == "Div"]
     while todo:
@@ -524,3 +524,39 @@ def test_a_per_channel_op_on_the_input_bounds_its_elements_by_the_hull_of_its_ch
     result = assert_cut(m, {}, input_ranges={"x": (0.0, 1.0)},
                         feeds=edge_feeds((1, 2, 4, 4), 0.0, 1.0))
     assert result.report.range_channels == 0
+
+
+def test_an_unbounded_side_leaves_the_other_bounded_and_squares_are_not_negative() -> None:
+    """Intervals that keep an RMSNorm's or an L2 norm's divisor above zero (a division by a
+    value whose interval holds zero may be Inf: every channel of it is marked non-finite).
+    relu(h) + relu(g) >= 0 and relu(h) - (-1) >= 1, though unbounded above (a sum's error is
+    bounded per side); h * h and h ** 2 >= 0; mean(h ** 2) + 1e-6 >= 1e-6 and its sqrt about
+    1e-3; 1 / that is finite, and so is h / it."""
+    from channelcut.analysis import walk_graph
+    from channelcut.graph import to_ir
+    from channelcut.verify import resolve_input_shapes
+
+    m = model([conv("x", "w1", "h", "b1"), conv("x", "w2", "g", "b2"), relu("h", "rh"),
+               relu("g", "rg"), node("Add", ["rh", "rg"], ["sum"]),
+               node("Sub", ["rh", "minus_one"], ["shifted"]), node("Mul", ["h", "h"], ["square"]),
+               node("Pow", ["h", "two"], ["pow"]),
+               node("ReduceMean", ["pow", "axes"], ["mean"], keepdims=1),
+               node("Add", ["mean", "eps"], ["mse"]), node("Sqrt", ["mse"], ["rms"]),
+               node("Reciprocal", ["rms"], ["inv"]), node("Mul", ["h", "inv"], ["scaled"]),
+               node("Div", ["h", "rms"], ["normed"]),
+               node("Concat", ["sum", "shifted", "square", "scaled", "normed"], ["y"], axis=1)],
+              inputs={"x": (1, 3, 4, 4)}, outputs=["y"],
+              inits={"w1": weights(4, 3, 1, 1), "b1": bias(4), "w2": weights(4, 3, 1, 1, seed=2),
+                     "b2": bias(4, seed=3), "minus_one": np.array(-1.0, np.float32),
+                     "two": np.array(2.0, np.float32), "axes": np.array([2, 3], np.int64),
+                     "eps": np.array(1e-6, np.float32)})
+    graph = to_ir(m, resolve_input_shapes(m, None))
+    walk = walk_graph(graph)
+    infos = {v.name: info for v, info in walk.infos.items()}
+    for name, low in (("sum", 0.0), ("shifted", 1.0), ("square", 0.0), ("pow", 0.0),
+                      ("mean", 0.0), ("mse", 1e-6), ("rms", 1e-3)):
+        info = infos[name]
+        assert (info.lo >= low * (1 - 1e-4) - 1e-20).all(), (name, info.lo)
+        assert (info.hi == np.inf).all(), (name, info.hi)
+    assert infos["inv"].finite.all() and (infos["inv"].hi <= 1e3 * (1 + 1e-4)).all()
+    assert infos["normed"].finite.all()

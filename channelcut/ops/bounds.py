@@ -89,7 +89,9 @@ def _bound_untracked(node: ir.Node, walk: Walk) -> None:
             extra = _added_value(node, walk)
             if extra is not None:
                 lo, hi = min(lo, extra), max(hi, extra)
-            lo, hi = widen(np.array([lo]), np.array([hi]), max(abs(lo), abs(hi)), terms=8)
+            lo, hi = np.array([lo], np.float64), np.array([hi], np.float64)
+            if node.op_type in AVERAGES:  # the others only move values: no rounding
+                lo, hi = widen(lo, hi, np.abs(lo), terms=8, hi_magnitude=np.abs(hi))
         else:
             # an op with per-channel constants (BatchNormalization) gives one interval per
             # channel: every element lies in their hull (the first alone is too tight)
@@ -192,6 +194,9 @@ FOLLOW = {"Identity", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Reshape", 
           "Expand", "Tile", "Concat", "Split", "Slice", "Dropout", "MaxPool", "GlobalMaxPool",
           "ReduceMax", "ReduceMin", "ReduceMean", "GlobalAveragePool", "AveragePool", "Resize",
           "Upsample", "Pad"}
+# FOLLOW ops that compute a mean or a linear interpolation: rounding (monotone) may land an
+# ulp outside the hull; the others only move or pick values
+AVERAGES = frozenset({"ReduceMean", "GlobalAveragePool", "AveragePool", "Resize", "Upsample"})
 
 
 def _followed(node: ir.Node, walk: Walk, infos: list[tuple[ir.Value, ChannelInfo | None]],
@@ -212,8 +217,6 @@ def _followed(node: ir.Node, walk: Walk, infos: list[tuple[ir.Value, ChannelInfo
     order = np.argsort(in_ids)
     in_ids, in_lo, in_hi = in_ids[order], in_lo[order], in_hi[order]
     edges = walk._edges[edges_before:]
-    averages = node.op_type in ("ReduceMean", "GlobalAveragePool", "AveragePool", "Resize",
-                                "Upsample")
     result: dict[ir.Value, Interval] = {}
     for value, out in infos:
         if out is None:
@@ -236,8 +239,8 @@ def _followed(node: ir.Node, walk: Walk, infos: list[tuple[ir.Value, ChannelInfo
             lo, hi = np.minimum(lo, across[0]), np.maximum(hi, across[1])
         if extra is not None:
             lo, hi = np.minimum(lo, extra), np.maximum(hi, extra)
-        if averages:  # a mean or an interpolation rounds: it may land an ulp outside
-            lo, hi = widen(lo, hi, np.maximum(np.abs(lo), np.abs(hi)), terms=8)
+        if node.op_type in AVERAGES:
+            lo, hi = widen(lo, hi, np.abs(lo), terms=8, hi_magnitude=np.abs(hi))
         result[value] = (lo, hi)
     return result
 

@@ -209,7 +209,7 @@ def _cast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
 
 # -- broadcasting ops ---------------------------------------------------------------------
 
-def _operand(node: ir.Node, walk: Walk, out: ChannelInfo, value: ir.Value) -> Interval:
+def operand_interval(node: ir.Node, walk: Walk, out: ChannelInfo, value: ir.Value) -> Interval:
     """A broadcast operand's interval under each of the output's channels."""
     out_dims, dims = walk.dims(node.outputs[0]), walk.dims(value)
     if out_dims is None or dims is None:
@@ -239,7 +239,7 @@ def _broadcast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
     """Interval arithmetic over the operands, per output channel."""
     values = [v for v in node.inputs if v is not None]
     silu = _silu_operand(node, values)
-    operands = [_operand(node, walk, out, v) for v in values]
+    operands = [operand_interval(node, walk, out, v) for v in values]
     op = node.op_type
     if silu is not None:
         return quasi_convex("SiLU", *operands[silu])
@@ -252,15 +252,19 @@ def _broadcast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
             hi = np.sum([hi for _, hi in operands], axis=0)
             if op == "Mean":
                 lo, hi = lo / len(operands), hi / len(operands)
-            size = np.sum([np.maximum(np.abs(a), np.abs(b)) for a, b in operands], axis=0)
-            return widen(lo, hi, size, terms=len(operands) + 1)
+            # a sum rounds monotonically: each side's error is bounded by its own terms
+            return widen(lo, hi, np.sum([np.abs(a) for a, _ in operands], axis=0),
+                         terms=len(operands) + 1,
+                         hi_magnitude=np.sum([np.abs(b) for _, b in operands], axis=0))
         if len(operands) != 2:
             return None
         (alo, ahi), (blo, bhi) = operands
         if op == "Sub":
             lo, hi = alo - bhi, ahi - blo
-            return widen(lo, hi, np.maximum(np.abs(alo), np.abs(ahi))
-                         + np.maximum(np.abs(blo), np.abs(bhi)), terms=2)
+            return widen(lo, hi, np.abs(alo) + np.abs(bhi), terms=2,
+                         hi_magnitude=np.abs(ahi) + np.abs(blo))
+        if op == "Mul" and values[0] is values[1]:  # x * x: a square, never negative
+            return _square(alo, ahi)
         if op == "Div":
             safe = (blo > 0) | (bhi < 0)  # the divisor keeps one sign
             inv = (np.where(safe, 1 / bhi, -np.inf), np.where(safe, 1 / blo, np.inf))
@@ -270,7 +274,59 @@ def _broadcast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
         lo, hi = ends.min(axis=0), ends.max(axis=0)
         if op == "Div":
             lo, hi = np.where(safe, lo, -np.inf), np.where(safe, hi, np.inf)
-        return widen(lo, hi, np.abs(ends).max(axis=0), terms=3)
+        # one rounding of each product: the low end's error is relative to the low end
+        return widen(lo, hi, np.abs(lo), terms=1, hi_magnitude=np.abs(hi))
+
+
+def _square(lo: np.ndarray, hi: np.ndarray) -> Interval:
+    """x * x for x in [lo, hi]: at least 0 (at least min(lo^2, hi^2) off zero), rounded once."""
+    with np.errstate(all="ignore"):
+        low = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(lo * lo, hi * hi))
+        high = np.maximum(lo * lo, hi * hi)
+    lo, hi = widen(low, high, low, hi_magnitude=high)
+    return np.maximum(lo, 0.0), hi  # a float square is never below zero
+
+
+@bounds("Pow")
+def _pow(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
+    """out[c] <- in[c] ** p for a constant whole p: even p, a square's bounds (p = 2) or |x|^p
+    at least 0; odd p increasing. Other exponents: unbounded."""
+    array = walk.const(input_at(node, 1))
+    if array is None or array.size != 1:
+        return None
+    p = float(np.asarray(array, np.float64).reshape(-1)[0])
+    if not (p == round(p) and 1 <= p <= 64):
+        return None
+    lo, hi = _input_channels(node, walk, out)
+    if p == 2:
+        return _square(lo, hi)
+    with np.errstate(all="ignore"):
+        if p % 2:
+            return relative(np.power(lo, p), np.power(hi, p), 1e-5)
+        mags = np.abs(np.stack([lo, hi]))
+        low = np.where((lo <= 0) & (hi >= 0), 0.0, np.power(mags.min(axis=0), p))
+        low, high = relative(low, np.power(mags.max(axis=0), p), 1e-5)
+    return np.maximum(low, 0.0), high
+
+
+@bounds("Sqrt")
+def _sqrt(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- sqrt(in[c]): increasing, at least 0 (a negative input is NaN, and a channel
+    whose input may be negative is marked non-finite, with no interval)."""
+    lo, hi = _input_channels(node, walk, out)
+    with np.errstate(all="ignore"):
+        low, high = relative(np.sqrt(np.maximum(lo, 0.0)), np.sqrt(np.maximum(hi, 0.0)))
+    return np.maximum(low, 0.0), high
+
+
+@bounds("Reciprocal")
+def _reciprocal(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- 1 / in[c]: [1/hi, 1/lo] where the input keeps one sign, else unbounded."""
+    lo, hi = _input_channels(node, walk, out)
+    safe = (lo > 0) | (hi < 0)
+    with np.errstate(all="ignore"):
+        low, high = np.where(safe, 1 / hi, -np.inf), np.where(safe, 1 / lo, np.inf)
+    return widen(low, high, np.abs(low), hi_magnitude=np.abs(high))
 
 
 def _silu_operand(node: ir.Node, values: list[ir.Value]) -> int | None:

@@ -16,10 +16,11 @@ import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
-from channelcut.rewrite import Rewrite, delete_positions
+from channelcut.finite import DOMAIN_EDGE
 from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
 from channelcut.ops import rule
+from channelcut.rewrite import Rewrite, delete_positions
 
 Values = tuple[np.ndarray, np.ndarray]  # (known, const) per channel
 
@@ -96,8 +97,18 @@ def transparent(node: ir.Node, walk: Walk, fn: Callable[[np.ndarray], np.ndarray
     return out
 
 
+def _domain_checked(node: ir.Node, walk: Walk) -> None:
+    """A UNARY op with a DOMAIN_EDGE: the output channels whose input interval reaches past
+    the edge may be NaN or Inf (known ones compute theirs in `apply`)."""
+    out = transparent(node, walk, lambda x: UNARY[node.op_type](x, node))
+    if out is not None:
+        source = walk.info(node.inputs[0])
+        out.mark_nonfinite(DOMAIN_EDGE[node.op_type](source.lo, source.hi) & ~source.known)
+
+
 for _op, _fn in UNARY.items():
-    rule(_op)(lambda node, walk, _fn=_fn: transparent(node, walk, lambda x: _fn(x, node)))
+    rule(_op)(_domain_checked if _op in DOMAIN_EDGE else
+              lambda node, walk, _fn=_fn: transparent(node, walk, lambda x: _fn(x, node)))
 
 
 @rule("Clip")
@@ -231,16 +242,35 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             values.append(unknown)
             if array is not None:
                 nonfinite |= _makes_nonfinite(node.op_type, index, array.reshape(-1), 0, None)
+    if node.op_type in ("Div", "Pow") and len(operands) == 2 and \
+            walk.const(operands[1]) is None:
+        nonfinite |= _computed_second_operand_leaves_domain(node, walk, out, operands, values)
     out.set_values(*BROADCAST[node.op_type](values))
     out.mark_nonfinite(nonfinite)
     # An operand channel stays with an output channel its value may make NaN or Inf (x / 0):
-    # put back by a reinsertion, it would be an unknown channel to a cut of the cut model,
-    # which assumes a computed divisor is not zero, and that cut would take what this one kept.
+    # put back by a reinsertion, it would be a computed channel to a cut of the cut model,
+    # whose analysis of it may not see the zero this one knew, and might take what this kept.
     for operand_ids, site in linked.values():
         finite = out.finite
         walk.link(operand_ids[finite], out.ids[finite], site)
         if not finite.all():
             walk.couple(operand_ids[~finite], out.ids[~finite])
+
+
+def _computed_second_operand_leaves_domain(node: ir.Node, walk: Walk, out: ChannelInfo,
+                                           operands: list[ir.Value], values: list[Values]
+                                           ) -> np.ndarray:
+    """Per output channel, for a computed divisor or exponent (its known channels are checked
+    as constants are): Div, where zero is inside the divisor's interval; Pow, where the base's
+    interval is not above zero (0 ** -1 is Inf, (-1) ** 0.5 NaN)."""
+    from channelcut.ops.bounds_pointwise import operand_interval  # it imports the rules
+
+    if node.op_type == "Div":
+        leaves = DOMAIN_EDGE["Div"](*operand_interval(node, walk, out, operands[1]))
+    else:
+        lo, _ = operand_interval(node, walk, out, operands[0])
+        leaves = ~(lo > 0)
+    return leaves & ~values[1][0]
 
 
 def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
