@@ -380,6 +380,26 @@ def test_a_value_without_channels_inside_a_domain_lets_zero_reads_go(op, fill, e
     assert_cut(m, {"conv_k": (4, 3), "conv_y": (3, 3)})
 
 
+@pytest.mark.parametrize("norm", ["ReduceL2", "ReduceL1", "ReduceSumSquare"])
+def test_a_norm_plus_eps_is_a_divisor_above_zero(norm):
+    """ConvNeXt-V2's global response norm: g = norm of h over the plane, m = h * g /
+    (mean of g over the channels + 1e-6). A norm is at least 0, so the divisor is at least
+    1e-6 and m is finite: conv_k's zero rows, channels 0-2 (bias 0), are zero and go. With no
+    bounds for the norm its interval was unbounded, the quotient possibly NaN, and nothing
+    went (timm's convnextv2_atto naively pruned: 80 channel groups cut instead of 4600)."""
+    m = model([conv("x", "w1", "h", "b1"), node(norm, ["h", "plane"], ["g"]),
+               node("ReduceMean", ["g", "channels"], ["n"]), node("Add", ["n", "eps"], ["d"]),
+               node("Div", ["g", "d"], ["q"]), node("Mul", ["h", "q"], ["m"]),
+               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"w1": weights(C, 4, 1, 1), "b1": bias(C), "eps": np.array(1e-6, np.float32),
+                     "plane": np.array([2, 3], np.int64), "channels": np.array([1], np.int64),
+                     "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    assert_cut(m, {"conv_k": (C, 3), "conv_y": (3, 3)})
+
+
 @pytest.mark.parametrize("op, const, bias, cut", [
     ("Max", 0.0, -1.0, True),  # Max(-1, 0) = 0
     ("Max", 0.0, 1.0, False),

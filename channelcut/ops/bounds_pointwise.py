@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
-from channelcut.graph import attr_float, attr_int, attr_string, input_at
+from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
 from channelcut.ops.bounds import (Interval, _hull_everywhere, _times, bounds, per_channel,
                                    positions_range)
 from channelcut.ranges import relative, widen
@@ -327,6 +327,45 @@ def _reciprocal(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
     with np.errstate(all="ignore"):
         low, high = np.where(safe, 1 / hi, -np.inf), np.where(safe, 1 / lo, np.inf)
     return widen(low, high, np.abs(low), hi_magnitude=np.abs(high))
+
+
+def _reduced_count(node: ir.Node, walk: Walk) -> int | None:
+    """How many elements a Reduce* node sums into each output element (None: not known)."""
+    shape = walk.shape(node.inputs[0])
+    value = input_at(node, 1)
+    if value is None:
+        axes = attr_ints(node, "axes")
+    else:
+        array = walk.const(value)
+        axes = None if array is None else [int(a) for a in array.reshape(-1)]
+    if shape is None or axes is None or any(not isinstance(d, int) for d in shape):
+        return None
+    if not axes:
+        if attr_int(node, "noop_with_empty_axes", 0):
+            return 1
+        axes = list(range(len(shape)))
+    return math.prod(shape[a % len(shape)] for a in axes)
+
+
+@bounds("ReduceSumSquare", "ReduceL1", "ReduceL2")
+def _norm(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
+    """out[c] <- sum(x^2), sum(|x|) or sqrt(sum(x^2)) over in[c]'s elements: at least 0 (a
+    float sum of non-negative terms is never negative), at most count times the largest
+    term (unbounded where the count is not known)."""
+    lo, hi = _input_channels(node, walk, out)
+    count = _reduced_count(node, walk)
+    magnitude = np.maximum(np.abs(lo), np.abs(hi))
+    with np.errstate(all="ignore"):
+        if count is None:
+            high = np.full(out.n, np.inf)
+        elif node.op_type == "ReduceSumSquare":
+            high = count * magnitude * magnitude
+        elif node.op_type == "ReduceL1":
+            high = count * magnitude
+        else:
+            high = math.sqrt(count) * magnitude
+    _, high = widen(high, high, high, terms=2 * (count or 1) + 2)
+    return np.zeros(out.n), high
 
 
 def _silu_operand(node: ir.Node, values: list[ir.Value]) -> int | None:
