@@ -98,7 +98,10 @@ def leaves_domain(node: ir.Node, walk: Walk) -> bool:
     index = 1 if node.op_type == "Div" else 0
     if edge is None or len(node.inputs) <= index or node.inputs[index] is None:
         return False
-    return _outside(node.inputs[index], walk, edge)
+    from channelcut.columns import inside_by_columns  # it imports the rules
+
+    return _outside(node.inputs[index], walk, edge) and \
+        not inside_by_columns(walk, node.inputs[index], edge)
 
 
 def _outside(value: ir.Value, walk: Walk,

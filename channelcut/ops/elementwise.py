@@ -261,12 +261,16 @@ def _computed_second_operand_leaves_domain(node: ir.Node, walk: Walk, out: Chann
                                            operands: list[ir.Value], values: list[Values]
                                            ) -> np.ndarray:
     """Per output channel, for a computed divisor or exponent (its known channels are checked
-    as constants are): Div, where zero is inside the divisor's interval; Pow, where the base's
-    interval is not above zero (0 ** -1 is Inf, (-1) ** 0.5 NaN)."""
-    from channelcut.ops.bounds_pointwise import operand_interval  # it imports the rules
+    as constants are): Div, where zero is inside the divisor's interval and its columns'
+    (channelcut.columns); Pow, where the base's interval is not above zero (0 ** -1 is Inf,
+    (-1) ** 0.5 NaN)."""
+    from channelcut.columns import inside_by_columns  # they import the rules
+    from channelcut.ops.bounds_pointwise import operand_interval
 
     if node.op_type == "Div":
         leaves = DOMAIN_EDGE["Div"](*operand_interval(node, walk, out, operands[1]))
+        if leaves.any() and inside_by_columns(walk, operands[1], DOMAIN_EDGE["Div"]):
+            leaves[:] = False  # the columns say more than the channels (linear attention)
     else:
         lo, _ = operand_interval(node, walk, out, operands[0])
         leaves = ~(lo > 0)
