@@ -64,10 +64,19 @@ def _attribute_arrays(node: ir.Node) -> list[np.ndarray]:
 # assumed to stay inside it: zeros that a Pad fills in, or that zero weight columns make over
 # another axis, are there for every input. The rules mark the channels (ops.elementwise);
 # `leaves_domain` answers for an output without channels.
+def _may_hold_zero(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return ~((lo > 0) | (hi < 0))
+
+
+def not_above_zero(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """log's edge, and a Pow base's where the exponent is computed (0 ** -1, (-1) ** 0.5)."""
+    return ~(lo > 0)
+
+
 DOMAIN_EDGE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "Div": lambda lo, hi: ~((lo > 0) | (hi < 0)),
-    "Reciprocal": lambda lo, hi: ~((lo > 0) | (hi < 0)),
-    "Log": lambda lo, hi: ~(lo > 0),
+    "Div": _may_hold_zero,
+    "Reciprocal": _may_hold_zero,
+    "Log": not_above_zero,
     "Sqrt": lambda lo, hi: ~(lo >= 0),
 }
 
@@ -81,7 +90,7 @@ def leaves_domain(node: ir.Node, walk: Walk) -> bool:
     if node.op_type == "Pow" and len(node.inputs) == 2:
         exponent = walk.const(node.inputs[1])
         if exponent is None:
-            return _outside(node.inputs[0], walk, lambda lo, hi: ~(lo > 0))
+            return _outside(node.inputs[0], walk, not_above_zero)
         exponent = np.asarray(exponent, np.float64)
         fractional = bool((exponent != np.round(exponent)).any())
         negative = bool((exponent < 0).any())

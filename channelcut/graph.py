@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import mmap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -232,6 +232,24 @@ def attr_int(node: ir.Node, name: str, default: int) -> int:
 def attr_ints(node: ir.Node, name: str, default: list[int] | None = None) -> list[int] | None:
     attr = node.attributes.get(name)
     return default if attr is None else [int(i) for i in attr.as_ints()]
+
+
+def reduction_axes(node: ir.Node, const: Callable[[ir.Value], np.ndarray | None], rank: int
+                   ) -> list[int] | None:
+    """The axes a Reduce* node reduces, each in [0, rank): its axes input (opset 18) or
+    attribute; every axis when none are given, none ([]) with noop_with_empty_axes. None when
+    the axes input is computed (`const` cannot tell it)."""
+    value = input_at(node, 1)
+    if value is None:
+        axes = attr_ints(node, "axes")
+    else:
+        array = const(value)
+        if array is None:
+            return None
+        axes = [int(a) for a in array.reshape(-1)]
+    if not axes:
+        return [] if attr_int(node, "noop_with_empty_axes", 0) else list(range(rank))
+    return [a % rank for a in axes]
 
 
 def attr_float(node: ir.Node, name: str, default: float) -> float:

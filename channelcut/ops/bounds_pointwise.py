@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
-from channelcut.graph import attr_float, attr_int, attr_ints, attr_string, input_at
+from channelcut.graph import attr_float, attr_int, attr_string, input_at, reduction_axes
 from channelcut.ops.bounds import (Interval, _hull_everywhere, _times, bounds, per_channel,
                                    positions_range)
 from channelcut.ranges import relative, widen
@@ -332,19 +332,10 @@ def _reciprocal(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
 def _reduced_count(node: ir.Node, walk: Walk) -> int | None:
     """How many elements a Reduce* node sums into each output element (None: not known)."""
     shape = walk.shape(node.inputs[0])
-    value = input_at(node, 1)
-    if value is None:
-        axes = attr_ints(node, "axes")
-    else:
-        array = walk.const(value)
-        axes = None if array is None else [int(a) for a in array.reshape(-1)]
-    if shape is None or axes is None or any(not isinstance(d, int) for d in shape):
+    if shape is None or any(not isinstance(d, int) for d in shape):
         return None
-    if not axes:
-        if attr_int(node, "noop_with_empty_axes", 0):
-            return 1
-        axes = list(range(len(shape)))
-    return math.prod(shape[a % len(shape)] for a in axes)
+    axes = reduction_axes(node, walk.const, len(shape))
+    return None if axes is None else math.prod(shape[a] for a in axes)
 
 
 @bounds("ReduceSumSquare", "ReduceL1", "ReduceL2")

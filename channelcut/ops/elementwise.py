@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
-from channelcut.finite import DOMAIN_EDGE
+from channelcut.finite import DOMAIN_EDGE, not_above_zero
 from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
 from channelcut.ops import rule
@@ -272,8 +272,7 @@ def _computed_second_operand_leaves_domain(node: ir.Node, walk: Walk, out: Chann
         if leaves.any() and inside_by_columns(walk, operands[1], DOMAIN_EDGE["Div"]):
             leaves[:] = False  # the columns say more than the channels (linear attention)
     else:
-        lo, _ = operand_interval(node, walk, out, operands[0])
-        leaves = ~(lo > 0)
+        leaves = not_above_zero(*operand_interval(node, walk, out, operands[0]))
     return leaves & ~values[1][0]
 
 

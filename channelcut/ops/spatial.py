@@ -18,7 +18,7 @@ from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
 from channelcut.rewrite import Rewrite
 from channelcut.graph import (attr_float, attr_int, attr_ints, attr_string, input_at, opset_version,
-                              padding_reaches_output)
+                              padding_reaches_output, reduction_axes)
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent
 
@@ -193,18 +193,13 @@ def analyse_reduce(node: ir.Node, walk: Walk) -> None:
     source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
     if source is None:
         return
-    value = input_at(node, 1)
-    axes = attr_ints(node, "axes") if value is None else (
-        None if walk.const(value) is None else [int(a) for a in walk.const(value).reshape(-1)])
-    if shape is None or (value is not None and axes is None):
+    axes = None if shape is None else reduction_axes(node, walk.const, len(shape))
+    if axes is None:
         walk.barrier(node, "reduction axes are computed")
         return
-    if not axes:
-        if attr_int(node, "noop_with_empty_axes", 0):
-            transparent(node, walk, lambda x: x)
-            return
-        axes = list(range(len(shape)))
-    axes = [a % len(shape) for a in axes]
+    if not axes:  # noop_with_empty_axes
+        transparent(node, walk, lambda x: x)
+        return
     if source.axis in axes:
         walk.barrier(node, f"{node.op_type} over the channel axis")
         return
