@@ -156,6 +156,8 @@ class Solver:
         Each such pick is then tried without: solved again with the other picks made first;
         the result is taken when it removes all it did and more, so a cut of the cut model,
         which sees the other picks as channels it must keep, finds nothing left to remove.
+        Alignment (`align`, a target's blocks) keeps channels before each pick, not after the
+        last: a channel it keeps may keep one of a tensor that would otherwise be emptied.
         """
         start, checks = self.removable.copy(), self._checks()
         watchers = self._watchers(checks)
@@ -177,8 +179,6 @@ class Solver:
             else:
                 self.removable, self.trims = before, trims
                 index += 1
-        if self.options.align > 1 or self.options.blocks:
-            self._align(checks, watchers)
 
     def _run_to_fixpoint(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
                          watchers: Callable[[np.ndarray], list[int]],
@@ -190,6 +190,10 @@ class Solver:
         picks: list[tuple[ChannelInfo, int]] = []
         while True:
             self._settle(checks, watchers, pending)
+            if self.options.align > 1 or self.options.blocks:
+                # before a tensor is emptied and keeps a channel: what alignment keeps may
+                # keep one of its channels anyway (and after each pick, aligning the pick)
+                self._align(checks, watchers)
             removed = self.removable[self.group_of]
             # the last emptied tensor first: the channel it keeps may make upstream ones needed
             emptied = next((info for info, _ in reversed(self.tensors)

@@ -260,6 +260,23 @@ def test_align_larger_than_what_goes_keeps_everything():
     assert result.report.removed_groups == 0 and result.report.layers == []
 
 
+def test_a_channel_kept_for_alignment_makes_a_pick_for_an_emptied_tensor_needless():
+    """conv_u's row 0 is zero and y reads none of its row 1, so u and then t (its channel 0
+    unread, 1 zero) would be emptied, each keeping one channel. But c (a's 16 channels and
+    u's 2) may lose none under portable's alignment, so u's row 1 stays and reads t's
+    channel 2: t keeps that one channel, not also the one an emptied t would have kept
+    (found by bench/fuzz.py on ort-cpu, where a cut of the cut removed it)."""
+    wu = weights(2, 3, 1, 1, zero_rows=[0], zero_cols=[0], seed=3)
+    m = model([conv("x", "wa", "a"), conv("x", "wt", "t"), conv("t", "wu", "u"),
+               node("Concat", ["a", "u"], ["c"], axis=1), conv("c", "wy", "y")],
+              inputs={"x": (1, 1, 4, 4)}, outputs=["y"],
+              inits={"wa": weights(16, 1, 1, 1), "wt": weights(3, 1, 1, 1, zero_rows=[1], seed=2),
+                     "wu": wu, "wy": weights(2, 18, 1, 1, zero_cols=[17], seed=4)})
+    result = assert_cut(m, {"conv_t": (1, 1), "conv_u": (1, 2)}, mode="full", target="portable")
+    again = cut(result.model, "full", objective="flops", target="portable", verify=False)
+    assert again.report.removed_groups == 0
+
+
 @pytest.mark.parametrize("align", [0, -8, 2.5, True])
 def test_align_must_be_a_positive_whole_number(align):
     with pytest.raises(ChannelcutError, match="align"):
