@@ -17,7 +17,8 @@ import onnx_ir as ir
 
 from channelcut.analysis import Walk
 from channelcut.graph import attr_string, input_at
-from channelcut.ops.bounds import Interval, positions_range
+from channelcut.ops.bounds import Interval, _times, positions_range
+from channelcut.ops.bounds_pointwise import arithmetic
 from channelcut.ranges import widen
 
 DEPTH = 12  # producers followed at most, from the value asked about
@@ -147,18 +148,12 @@ def _matmul(walk: Walk, node: ir.Node, depth: int) -> Interval | None:
         return None
     a_lo, a_hi = value_hull(walk, a, depth)
     k = b_dims[-2]
-    products = np.stack([_product(x, y) for x in (a_lo[0], a_hi[0]) for y in columns])
+    products = np.stack([_times(x, y) for x in (a_lo[0], a_hi[0]) for y in columns])
     low, high = k * products.min(axis=0), k * products.max(axis=0)
     # a sum of rounded products rounds monotonically: each side's error from its own terms;
     # and a float sum of products that are all at least 0 is at least 0
     lo, hi = widen(low, high, np.abs(low), terms=k, hi_magnitude=np.abs(high))
     return np.where(low >= 0, np.maximum(lo, 0.0), lo), hi
-
-
-def _product(a: np.ndarray | float, b: np.ndarray) -> np.ndarray:
-    """a * b with 0 * inf = 0 either way round: the values are finite, only bounds infinite."""
-    with np.errstate(all="ignore"):
-        return np.where((np.asarray(a) == 0) | (b == 0), 0.0, np.multiply(a, b))
 
 
 def _scalar_arithmetic(walk: Walk, node: ir.Node, depth: int) -> Interval | None:
@@ -174,17 +169,9 @@ def _scalar_arithmetic(walk: Walk, node: ir.Node, depth: int) -> Interval | None
     columns = column_intervals(walk, other, depth)
     if columns is None or walk.dims(other) != walk.dims(node.outputs[0]):
         return None
-    lo, hi = columns
-    if node.op_type == "Add":
-        return widen(lo + c, hi + c, np.abs(lo) + abs(c), terms=1,
-                     hi_magnitude=np.abs(hi) + abs(c))
-    if node.op_type == "Sub":
-        if scalar[0] == 1:
-            return widen(lo - c, hi - c, np.abs(lo) + abs(c), hi_magnitude=np.abs(hi) + abs(c))
-        return widen(c - hi, c - lo, abs(c) + np.abs(hi), hi_magnitude=abs(c) + np.abs(lo))
-    ends = np.stack([_product(c, lo), _product(c, hi)])
-    low, high = ends.min(axis=0), ends.max(axis=0)
-    return widen(low, high, np.abs(low), hi_magnitude=np.abs(high))
+    constant = (np.full_like(columns[0], c), np.full_like(columns[1], c))
+    operands = [constant, columns] if scalar[0] == 0 else [columns, constant]
+    return arithmetic(node.op_type, *operands)
 
 
 def inside_by_columns(walk: Walk, value: ir.Value, edge) -> bool:

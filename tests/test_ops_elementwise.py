@@ -18,7 +18,7 @@ from channelcut import cli
 
 from builders import (
     assert_cut, bias, blockers, const_input, conv, cut, find_node, initializer, model, node,
-    random_feeds, run, weights,
+    random_feeds, relu, run, weights,
 )
 
 C = 8
@@ -319,6 +319,32 @@ def test_values_constants_put_outside_a_domain_make_nan_there(op, edge, mode):
     result = assert_cut(m, {}, mode=mode)
     y = run(result.model, random_feeds(m))["y"]
     assert np.isnan(y).any() and not np.isnan(y).all()
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+@pytest.mark.parametrize("order", ["unbounded first", "unbounded second"])
+def test_a_divisor_that_is_an_unbounded_value_times_one_that_may_be_zero_may_be_zero(order,
+                                                                                    mode):
+    """d = a * relu(r) is 0 wherever r <= 0, whatever a (a conv of the unbounded input): the
+    products of the interval ends hold inf * 0, which is 0 only where the end is a value
+    (0 times a finite value), so d's interval is unbounded, either operand first, and holds
+    zero. m = h / d is +-Inf there and conv_k's zero weights make NaN of it, not its bias:
+    nothing goes."""
+    operands = ["a", "r"] if order == "unbounded first" else ["r", "a"]
+    m = model([conv("x", "wa", "a", "ba"), conv("x", "wr", "rc", "br"), relu("rc", "r"),
+               node("Mul", operands, ["d"]), conv("x", "w1", "h", "b1"),
+               node("Div", ["h", "d"], ["m"]), conv("m", "wk", "k", "bk"),
+               conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"wa": weights(C, 4, 1, 1, seed=2), "ba": bias(C, seed=3),
+                     "wr": weights(C, 4, 1, 1, seed=4), "br": bias(C, seed=5),
+                     "w1": weights(C, 4, 1, 1), "b1": bias(C),
+                     "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=6)})
+    result = assert_cut(m, {}, mode=mode)
+    y = run(result.model, random_feeds(m))["y"]
+    assert np.isnan(y).any()
 
 
 @pytest.mark.parametrize("op", ["Div", "Reciprocal", "Log", "Sqrt", "Pow", "Pow-computed"])

@@ -182,10 +182,11 @@ def per_channel(out: ChannelInfo, lo_pos: np.ndarray, hi_pos: np.ndarray) -> Int
     return lo_pos[out.positions].min(axis=1), hi_pos[out.positions].max(axis=1)
 
 
-def _times(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """w * x with 0 * inf = 0: the values are finite, only their bound is infinite."""
+def _times(w: np.ndarray | float, x: np.ndarray | float) -> np.ndarray:
+    """w * x with 0 * inf = 0 either way round: the values are finite, only their bounds
+    may be infinite."""
     with np.errstate(all="ignore"):
-        return np.where(w == 0, 0.0, w * x)
+        return np.where((np.asarray(w) == 0) | (np.asarray(x) == 0), 0.0, np.multiply(w, x))
 
 
 # -- follow: values only move -------------------------------------------------------------

@@ -246,25 +246,38 @@ def _broadcast(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
     if op in ("Max", "Min"):
         pick = np.max if op == "Max" else np.min
         return pick([lo for lo, _ in operands], axis=0), pick([hi for _, hi in operands], axis=0)
+    if op in ("Sum", "Mean") or len(operands) != 2:
+        return _sum(operands, mean=op == "Mean") if op in ("Sum", "Mean") else None
+    if op == "Mul" and values[0] is values[1]:  # x * x: a square, never negative
+        return _square(*operands[0])
+    return arithmetic(op, *operands)
+
+
+def _sum(operands: list[Interval], mean: bool = False) -> Interval:
+    """The sum (or mean) of the operands, each end widened by one rounding per term."""
     with np.errstate(all="ignore"):
-        if op in ("Add", "Sum", "Mean"):
-            lo = np.sum([lo for lo, _ in operands], axis=0)
-            hi = np.sum([hi for _, hi in operands], axis=0)
-            if op == "Mean":
-                lo, hi = lo / len(operands), hi / len(operands)
-            # a sum rounds monotonically: each side's error is bounded by its own terms
-            return widen(lo, hi, np.sum([np.abs(a) for a, _ in operands], axis=0),
-                         terms=len(operands) + 1,
-                         hi_magnitude=np.sum([np.abs(b) for _, b in operands], axis=0))
-        if len(operands) != 2:
-            return None
-        (alo, ahi), (blo, bhi) = operands
+        lo = np.sum([lo for lo, _ in operands], axis=0)
+        hi = np.sum([hi for _, hi in operands], axis=0)
+        if mean:
+            lo, hi = lo / len(operands), hi / len(operands)
+        # a sum rounds monotonically: each side's error is bounded by its own terms
+        return widen(lo, hi, np.sum([np.abs(a) for a, _ in operands], axis=0),
+                     terms=len(operands) + 1,
+                     hi_magnitude=np.sum([np.abs(b) for _, b in operands], axis=0))
+
+
+def arithmetic(op: str, a: Interval, b: Interval) -> Interval:
+    """a op b for op Add, Sub, Mul or Div, over intervals (of equal or broadcastable shapes),
+    each end widened by the op's rounding; a quotient whose divisor may hold zero (or change
+    sign) is unbounded."""
+    if op == "Add":
+        return _sum([a, b])
+    (alo, ahi), (blo, bhi) = a, b
+    with np.errstate(all="ignore"):
         if op == "Sub":
             lo, hi = alo - bhi, ahi - blo
             return widen(lo, hi, np.abs(alo) + np.abs(bhi), terms=2,
                          hi_magnitude=np.abs(ahi) + np.abs(blo))
-        if op == "Mul" and values[0] is values[1]:  # x * x: a square, never negative
-            return _square(alo, ahi)
         if op == "Div":
             safe = (blo > 0) | (bhi < 0)  # the divisor keeps one sign
             inv = (np.where(safe, 1 / bhi, -np.inf), np.where(safe, 1 / blo, np.inf))
