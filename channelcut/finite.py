@@ -73,6 +73,19 @@ def not_above_zero(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return ~(lo > 0)
 
 
+def pow_base_outside(fractional: np.ndarray | bool, lowest: np.ndarray | float,
+                     lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Where a base in [lo, hi] may make base ** p NaN or Inf for constant exponents p, given
+    whether one is fractional and the lowest: a fractional power wants a base >= 0
+    ((-1) ** 0.5 is NaN), a negative one a base whose magnitude keeps |base| ** p within HUGE
+    (0 ** -1 is Inf, 1e-30 ** -2 overflows)."""
+    with np.errstate(all="ignore"):
+        smallest = np.where(lo > 0, lo, np.where(hi < 0, -hi, 0.0))  # min |base|
+        negative = np.asarray(lowest) < 0
+        overflow = ~(np.power(smallest, np.minimum(lowest, 0.0)) <= HUGE)
+        return (np.asarray(fractional) & ~(lo >= 0)) | (negative & overflow)
+
+
 DOMAIN_EDGE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Div": _may_hold_zero,
     "Reciprocal": _may_hold_zero,
@@ -84,8 +97,8 @@ DOMAIN_EDGE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def leaves_domain(node: ir.Node, walk: Walk) -> bool:
     """May a DOMAIN_EDGE op's input (Div's divisor) hold a value outside the op's domain
     anywhere, or a Pow make NaN or Inf (a fractional constant exponent of a base that may be
-    negative, a negative one of a base that may be zero, a computed one of a base not above
-    zero)? A constant is checked element by element; a computed value
+    negative, a negative one of a base that may be zero or so near it that the power
+    overflows, a computed one of a base not above zero)? A constant is checked element by element; a computed value
     by its interval (one for the tensor, walk.input_ranges), unbounded where none is known."""
     if node.op_type == "Pow" and len(node.inputs) == 2:
         exponent = walk.const(node.inputs[1])
@@ -93,14 +106,12 @@ def leaves_domain(node: ir.Node, walk: Walk) -> bool:
             return _outside(node.inputs[0], walk, not_above_zero)
         exponent = np.asarray(exponent, np.float64)
         fractional = bool((exponent != np.round(exponent)).any())
-        negative = bool((exponent < 0).any())
-        if not (fractional or negative):
+        lowest = float(exponent.min()) if exponent.size else 0.0
+        if not (fractional or lowest < 0):
             return False
+
         def base_outside(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-            """A fractional power wants a base >= 0, a negative one a base != 0."""
-            may_be_negative = lo < 0
-            may_be_zero = (lo <= 0) & (hi >= 0)
-            return (fractional & may_be_negative) | (negative & may_be_zero)
+            return pow_base_outside(fractional, lowest, lo, hi)
 
         return _outside(node.inputs[0], walk, base_outside)
     edge = DOMAIN_EDGE.get(node.op_type)

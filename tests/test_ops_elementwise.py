@@ -406,6 +406,45 @@ def test_a_value_without_channels_inside_a_domain_lets_zero_reads_go(op, fill, e
     assert_cut(m, {"conv_k": (4, 3), "conv_y": (3, 3)})
 
 
+@pytest.mark.parametrize("base, exponent, finite", [
+    ("relu + 1", 0.5, True), ("relu + 1", -1.0, True), ("relu", 0.5, True),
+    ("relu + 1", "per channel", True),  # -0.5 at one channel, 2 elsewhere
+    ("relu", -1.0, False),  # 0 ** -1 = Inf
+    ("relu + 1e-30", -2.0, False),  # 1e-30 ** -2 overflows
+    ("conv", 0.5, False),  # (-1) ** 0.5 = NaN
+    ("conv", 3.0, True)])  # a whole exponent takes any base
+def test_a_constant_exponent_of_tracked_channels_marks_only_bases_outside_its_domain(
+        base, exponent, finite):
+    """m = b ** p for b one of conv_h's tracked channels, through a Relu and an Add: conv_k's
+    weights are zero, so where m is finite its rows are their biases (channels 0-2 zero, they
+    go) and nothing reads m; where the base's interval lets p make NaN or Inf (a fractional p
+    of a base that may be negative, a negative one of a base that may be zero or so small its
+    power overflows) they stay: 0 times NaN is NaN. Every negative or fractional p kept them,
+    whatever the base."""
+    nodes = [conv("x", "w1", "h", "b1")]
+    inits = {"w1": weights(C, 4, 1, 1), "b1": bias(C)}
+    if base != "conv":
+        nodes.append(relu("h", "r" if base != "relu" else "b"))
+    if base.startswith("relu +"):
+        nodes.append(node("Add", ["r", "shift"], ["b"]))
+        inits["shift"] = np.array(1.0 if base == "relu + 1" else 1e-30, np.float32)
+    if exponent == "per channel":
+        inits["p"] = per_channel({3: -0.5}, 2.0)
+    else:
+        inits["p"] = np.array(exponent, np.float32)
+    m = model([*nodes, node("Pow", ["b" if base != "conv" else "h", "p"], ["m"]),
+               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={**inits, "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    if finite:
+        assert_cut(m, {"conv_h": (4, 1), "conv_k": (1, 3), "conv_y": (3, 3)})
+    else:
+        result = assert_cut(m, {})
+        assert np.isnan(run(result.model, random_feeds(m))["y"]).any()
+
+
 @pytest.mark.parametrize("norm", ["ReduceL2", "ReduceL1", "ReduceSumSquare"])
 def test_a_norm_plus_eps_is_a_divisor_above_zero(norm):
     """ConvNeXt-V2's global response norm: g = norm of h over the plane, m = h * g /

@@ -10,17 +10,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import reduce
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
-from channelcut.finite import DOMAIN_EDGE, not_above_zero
+from channelcut.finite import DOMAIN_EDGE, not_above_zero, pow_base_outside
 from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.rewrite import Rewrite, delete_positions
+
+if TYPE_CHECKING:
+    from channelcut.ops.bounds import Interval
 
 Values = tuple[np.ndarray, np.ndarray]  # (known, const) per channel
 
@@ -218,14 +222,16 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
                                  _reinsert_site(node, walk, out, walk.shape(out_value)))
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
-            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1])
+            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1],
+                                                _base_interval(node, walk, out, operands, index))
             continue
         if info is not None and info.axis == ax and shape[ax] == 1:
             # one channel broadcast over all of the output's: it stays (a tensor keeps at
             # least one channel), and its value is every output channel's operand value
             walk.pin(info, node, "a channel broadcast over all channels")
             values.append((np.full(out.n, info.known[0]), np.full(out.n, info.const[0])))
-            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1])
+            nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1],
+                                                _base_interval(node, walk, out, operands, index))
             continue
         if info is not None:
             walk.pin(info, node, "operand channels lie on another axis")
@@ -234,7 +240,8 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             if ax < 0:
                 array, ax = array.reshape((1,) * (-ax) + array.shape), 0
             values.append(per_channel_constant(array, ax, out.positions))
-            nonfinite |= _makes_nonfinite(node.op_type, index, array, ax, out)
+            nonfinite |= _makes_nonfinite(node.op_type, index, array, ax, out,
+                                          _base_interval(node, walk, out, operands, index))
         elif ax < 0 or shape[ax] == 1:
             values.append(unknown)  # one unknown value broadcast over all channels
         else:
@@ -276,39 +283,73 @@ def _computed_second_operand_leaves_domain(node: ir.Node, walk: Walk, out: Chann
     return leaves & ~values[1][0]
 
 
+def _base_interval(node: ir.Node, walk: Walk, out: ChannelInfo, operands: list[ir.Value],
+                   index: int) -> Interval | None:
+    """The base's interval under each output channel, for a Pow's exponent (`index` 1)."""
+    if node.op_type != "Pow" or index != 1:
+        return None
+    from channelcut.ops.bounds_pointwise import operand_interval  # it imports the rules
+
+    return operand_interval(node, walk, out, operands[0])
+
+
 def _makes_nonfinite(op_type: str, index: int, array: np.ndarray, axis: int,
-                     out: ChannelInfo | None) -> np.ndarray | bool:
+                     out: ChannelInfo | None, base: Interval | None = None
+                     ) -> np.ndarray | bool:
     """Per output channel (`array` laid along `axis` like `out`'s channels; None: one answer for
     all): does this constant operand make NaN or Inf from finite inputs? It does where it is
     NaN, Inf or huge, where it divides by zero or by a magnitude below 1 / HUGE (x / 1e-40
     overflows for |x| above 0.04: dividing by it multiplies by more than HUGE), and where it
-    is an exponent that is negative or not a whole number (0 ** -1 is Inf, (-1) ** 0.5 NaN)."""
+    is an exponent that is negative or not a whole number (0 ** -1 is Inf, (-1) ** 0.5 NaN)
+    of a base whose interval under the channel (`base`; None: any base) may hold such a value
+    (finite.pow_base_outside)."""
+    exponent = index == 1 and op_type == "Pow"
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(array) <= HUGE)
         if index == 1 and op_type == "Div":
             bad |= ~(np.abs(array) >= 1 / HUGE)
-        if index == 1 and op_type == "Pow":
+        if exponent and base is None:
             bad |= (array < 0) | (array != np.round(array))
-    if out is None or bad.ndim == 0:
-        return bool(bad.any())
-    per_position = np.moveaxis(bad, axis, 0).reshape(bad.shape[axis], -1).any(axis=1)
+    per_channel = _by_channel(bad, axis, out, np.any)
+    if exponent and base is not None and out is not None:
+        with np.errstate(invalid="ignore"):
+            fractional = _by_channel(array != np.round(array), axis, out, np.any)
+        lowest = _by_channel(np.asarray(array, np.float64), axis, out, np.min)
+        per_channel = per_channel | pow_base_outside(fractional, lowest, *base)
+    return per_channel
+
+
+def _by_channel(per_element: np.ndarray, axis: int, out: ChannelInfo | None,
+                combine: Callable) -> np.ndarray | bool:
+    """A constant's elements (laid along `axis` like `out`'s channels) combined per output
+    channel (`combine`: np.any, np.min), or over all of them where `out` is None."""
+    if out is None or per_element.ndim == 0:
+        whole = combine(per_element)
+        return bool(whole) if per_element.dtype == bool else whole
+    moved = np.moveaxis(per_element, axis, 0).reshape(per_element.shape[axis], -1)
+    per_position = combine(moved, axis=1)
     if per_position.size == 1:
-        return np.full(out.n, bool(per_position[0]))
-    return per_position[out.positions].any(axis=1)
+        return np.full(out.n, per_position[0])
+    return combine(per_position[out.positions], axis=1)
 
 
-def _known_makes_nonfinite(op_type: str, index: int, known: np.ndarray, const: np.ndarray
-                           ) -> np.ndarray:
+def _known_makes_nonfinite(op_type: str, index: int, known: np.ndarray, const: np.ndarray,
+                           base: Interval | None = None) -> np.ndarray:
     """Per output channel: does this operand's known channel value make NaN or Inf whatever
     the others hold, as a constant operand would (see `_makes_nonfinite`)? x / 0 is +-Inf or
     NaN for every x: a divisor channel that is known zero (all-zero weights) is one, and so is
-    one below 1 / HUGE in magnitude (it overflows ordinary dividends)."""
+    one below 1 / HUGE in magnitude (it overflows ordinary dividends); so is an exponent
+    channel that is negative or fractional, where the base's interval (`base`) allows it."""
     bad = np.zeros(known.shape, dtype=bool)
     if index == 1 and op_type == "Div":
         with np.errstate(invalid="ignore"):
             bad = known & ~(np.abs(const) >= 1 / HUGE)
     elif index == 1 and op_type == "Pow":
-        bad = known & ((const < 0) | (const != np.round(const)))
+        fractional = const != np.round(const)
+        if base is None:
+            bad = known & ((const < 0) | fractional)
+        else:
+            bad = known & pow_base_outside(fractional, const.astype(np.float64), *base)
     return bad
 
 
