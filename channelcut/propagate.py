@@ -156,12 +156,13 @@ class Solver:
         Each such pick is then tried without: solved again with the other picks made first;
         the result is taken when it removes all it did and more, so a cut of the cut model,
         which sees the other picks as channels it must keep, finds nothing left to remove.
-        Alignment (`align`, a target's blocks) keeps channels before each pick, not after the
-        last: a channel it keeps may keep one of a tensor that would otherwise be emptied.
+        Alignment (`align`, a target's blocks) comes after the picks, and a channel it keeps
+        may keep one of a tensor that was emptied: its pick is tried without in the same way,
+        solved again with the groups alignment kept kept from the start.
         """
         start, checks = self.removable.copy(), self._checks()
         watchers = self._watchers(checks)
-        picks = self._run_to_fixpoint(checks, watchers, [])
+        picks, aligned = self._run_to_fixpoint(checks, watchers, [])
         tries, index = 0, 0
         while index < len(picks) and tries < MAX_RELEASES:
             info, group = picks[index]
@@ -173,27 +174,29 @@ class Solver:
             before, trims = self.removable, self.trims
             self.removable, self.trims = start.copy(), []
             others = picks[:index] + picks[index + 1:]
-            again = self._run_to_fixpoint(checks, watchers, others)
+            again, realigned = self._run_to_fixpoint(checks, watchers, others, aligned)
             if (self.removable >= before).all() and (self.removable > before).any():
                 picks = others + again  # the next pick is now at `index`
+                aligned = np.union1d(aligned, realigned)
             else:
                 self.removable, self.trims = before, trims
                 index += 1
 
     def _run_to_fixpoint(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
                          watchers: Callable[[np.ndarray], list[int]],
-                         made: list[tuple[ChannelInfo, int]]) -> list[tuple[ChannelInfo, int]]:
+                         made: list[tuple[ChannelInfo, int]],
+                         kept: np.ndarray | None = None
+                         ) -> tuple[list[tuple[ChannelInfo, int]], np.ndarray]:
         """Settle every check, keeping a channel of each emptied tensor (the picks `made`
-        first); returns the picks made here, as (tensor, group kept)."""
+        first, and the groups `kept`), then align; returns the picks made here, as (tensor,
+        group kept), and the groups alignment kept."""
         self.drop(np.array([group for _, group in made], np.int64))
+        if kept is not None:
+            self.drop(kept)
         pending = list(range(len(checks)))
         picks: list[tuple[ChannelInfo, int]] = []
         while True:
             self._settle(checks, watchers, pending)
-            if self.options.align > 1 or self.options.blocks:
-                # before a tensor is emptied and keeps a channel: what alignment keeps may
-                # keep one of its channels anyway (and after each pick, aligning the pick)
-                self._align(checks, watchers)
             removed = self.removable[self.group_of]
             # the last emptied tensor first: the channel it keeps may make upstream ones needed
             emptied = next((info for info, _ in reversed(self.tensors)
@@ -201,7 +204,9 @@ class Solver:
             if emptied is None:
                 kept = np.concatenate([self._carriers(), self._unwritten_rows()])
                 if kept.size == 0:
-                    return picks
+                    # aligned before a pick, a tensor would keep channels for a count the
+                    # pick then changes
+                    return picks, self._align(checks, watchers)
                 pending = watchers(self.drop(kept))
                 continue
             group = int(self.group_of[self._cheapest_to_keep(emptied)])
@@ -307,10 +312,14 @@ class Solver:
         return info.base
 
     def _align(self, checks: list[tuple[Callable[[], np.ndarray], np.ndarray]],
-               watchers: Callable[[np.ndarray], list[int]]) -> None:
+               watchers: Callable[[np.ndarray], list[int]]) -> np.ndarray:
         """Keep removed channels until every tensor that loses some keeps a multiple of
-        `align` (or all of them). Keeping is always exact; known channels are kept first,
-        since their rows read nothing unknown and keep nothing else alive."""
+        `align` (or all of them); returns the groups it chose to keep. Keeping is always
+        exact; known channels are kept first, since their rows read nothing unknown and keep
+        nothing else alive."""
+        chosen_all: list[np.ndarray] = [np.zeros(0, np.int64)]
+        if not (self.options.align > 1 or self.options.blocks):
+            return chosen_all[0]
         readers, changed = self.options.align_readers, True
         aligning = self._aligning_readers() if readers else set()
         while changed:
@@ -332,8 +341,10 @@ class Solver:
                 chosen = groups[np.sort(first)][:short]
                 dropped = self.drop(chosen)
                 if dropped.size:
+                    chosen_all.append(dropped)
                     self._settle(checks, watchers, watchers(dropped))
                     changed = True
+        return np.concatenate(chosen_all)
 
     def _aligning_readers(self) -> set[tuple[ir.Node, int]]:
         """The (node, input position) pairs of `align_readers`' types whose input is aligned:
