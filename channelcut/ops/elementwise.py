@@ -209,6 +209,7 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
     unknown = (np.zeros(out.n, bool), np.zeros(out.n, np.float32))
     linked: dict[ir.Value, tuple[np.ndarray, Site | None]] = {}
     nonfinite = np.zeros(out.n, bool)  # channels a constant operand makes NaN or Inf
+    base = _base_interval(node, walk, out, operands)  # a Pow's, for its exponent's checks
     for index, value in enumerate(operands):
         shape = walk.dims(value)
         ax = _aligned_axis(axis, len(out_shape), shape)
@@ -223,7 +224,7 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             values.append((info.known[owner], info.const[owner]) if owner is not None
                           else unknown)
             nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1],
-                                                _base_interval(node, walk, out, operands, index))
+                                                base if index == 1 else None)
             continue
         if info is not None and info.axis == ax and shape[ax] == 1:
             # one channel broadcast over all of the output's: it stays (a tensor keeps at
@@ -231,7 +232,7 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
             walk.pin(info, node, "a channel broadcast over all channels")
             values.append((np.full(out.n, info.known[0]), np.full(out.n, info.const[0])))
             nonfinite |= _known_makes_nonfinite(node.op_type, index, *values[-1],
-                                                _base_interval(node, walk, out, operands, index))
+                                                base if index == 1 else None)
             continue
         if info is not None:
             walk.pin(info, node, "operand channels lie on another axis")
@@ -241,7 +242,7 @@ def analyse_broadcast(node: ir.Node, walk: Walk) -> None:
                 array, ax = array.reshape((1,) * (-ax) + array.shape), 0
             values.append(per_channel_constant(array, ax, out.positions))
             nonfinite |= _makes_nonfinite(node.op_type, index, array, ax, out,
-                                          _base_interval(node, walk, out, operands, index))
+                                          base if index == 1 else None)
         elif ax < 0 or shape[ax] == 1:
             values.append(unknown)  # one unknown value broadcast over all channels
         else:
@@ -283,10 +284,10 @@ def _computed_second_operand_leaves_domain(node: ir.Node, walk: Walk, out: Chann
     return leaves & ~values[1][0]
 
 
-def _base_interval(node: ir.Node, walk: Walk, out: ChannelInfo, operands: list[ir.Value],
-                   index: int) -> Interval | None:
-    """The base's interval under each output channel, for a Pow's exponent (`index` 1)."""
-    if node.op_type != "Pow" or index != 1:
+def _base_interval(node: ir.Node, walk: Walk, out: ChannelInfo, operands: list[ir.Value]
+                   ) -> Interval | None:
+    """A Pow's base's interval under each output channel (None for other ops)."""
+    if node.op_type != "Pow" or len(operands) != 2:
         return None
     from channelcut.ops.bounds_pointwise import operand_interval  # it imports the rules
 
