@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
 from channelcut.rknn import RKNN, demo  # noqa: E402 - after the torch skip
-from channelcut.rknn import quantize, toolkit  # noqa: E402
+from channelcut.rknn import quantize, simulator, toolkit  # noqa: E402
 from channelcut.rknn.accuracy import HEADER  # noqa: E402
 from builders import model, node  # noqa: E402
 
@@ -168,6 +168,27 @@ def test_calibration_sees_the_preprocessed_input(tmp_path):
     image = np.load(tmp_path / "0.npy")
     want = floats.inference([image], data_format="nhwc")[0]
     assert demo.cos_sim(want, quantized.inference([image], data_format="nhwc")[0]) >= MIN_COS
+
+
+def test_the_simulator_accumulates_int8_products_without_saturating():
+    """A quantized conv whose int8 inputs and weights are at the top of their range: each
+    product is 127 * 127, and ORT's fused kernel on a CPU without VNNI (AVX2) sums pairs of
+    such products (after moving the activations to uint8: 255 * 127) in a saturating int16.
+    The NPU accumulates in int32, and so must the simulator: 16 ones times 16 ones is 16."""
+    channels = 16
+    scale = np.float32(1 / 127)
+    nodes = [node("QuantizeLinear", ["x", "x_scale", "zero"], ["xq"]),
+             node("DequantizeLinear", ["xq", "x_scale", "zero"], ["xf"]),
+             node("DequantizeLinear", ["wq", "w_scale", "zero"], ["wf"]),
+             node("Conv", ["xf", "wf"], ["c"]),
+             node("QuantizeLinear", ["c", "y_scale", "zero"], ["yq"]),
+             node("DequantizeLinear", ["yq", "y_scale", "zero"], ["y"])]
+    inits = {"x_scale": scale, "w_scale": scale, "y_scale": np.float32(channels / 127),
+             "zero": np.int8(0), "wq": np.full((4, channels, 1, 1), 127, np.int8)}
+    m = model(nodes, {"x": [1, channels, 4, 4]}, ["y"], inits)
+    session = simulator.session(m)
+    (y,) = session.run(None, {"x": np.ones((1, channels, 4, 4), np.float32)})
+    np.testing.assert_allclose(y, channels, rtol=1e-6)
 
 
 def test_several_inputs_per_line_from_npy_files(tmp_path):
