@@ -110,8 +110,8 @@ def session(model: onnx.ModelProto, profile_prefix: str | None = None,
     # VPMADDUBSW on x86 CPUs without VNNI (AVX2, AVX-512F): each pair of products is summed in
     # a saturating int16, so a conv whose inputs sit near the top of their range comes out
     # clipped (cos 0.93 against the float model on an AVX2 machine, 0.99995 unfused). An NPU
-    # accumulates in int32; this option makes ORT do the same (its U8U8 kernels, slower) and
-    # changes nothing on CPUs that have VNNI or on float models.
+    # accumulates in int32; this option makes ORT do the same (its U8U8 kernels, slower; ORT
+    # documents it for x64 AVX2/AVX-512 only). A float model has no int8 kernel to change.
     options.add_session_config_entry("session.x64quantprecision", "1")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
