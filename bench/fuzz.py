@@ -171,11 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-shrink", action="store_true",
                         help="save the smallest failing cases as found")
     parser.add_argument("--extra-ops", nargs="+", default=[],
-                        choices=[randomgraphs.SHUFFLE, randomgraphs.GATHER],
+                        choices=[randomgraphs.SHUFFLE, randomgraphs.GATHER, "rules",
+                                 *randomgraphs.RULE_OPS],
                         help="ops drawn besides the default ones (which keep a seed's graphs "
-                             "as they were without)")
+                             "as they were without); rules: every one of "
+                             f"{', '.join(randomgraphs.RULE_OPS)} (ops of the rule table "
+                             "the default draws never make)")
     args = parser.parse_args(argv)
-    ops = randomgraphs.OPS + tuple(args.extra_ops)
+    extra = [op for name in args.extra_ops
+             for op in (randomgraphs.RULE_OPS if name == "rules" else (name,))]
+    ops = randomgraphs.OPS + tuple(extra)
     _init_worker()
 
     graphs = -(-args.cases // len(args.modes))

@@ -18,7 +18,11 @@ grouped or depthwise conv (`bcast`), one constant read by two convs and equal bu
 constants, and ops channelcut does not know (a model-local function in a custom domain, and
 com.microsoft's QuickGelu, which ONNX Runtime runs); and issue 12's ShuffleNet channel shuffle
 (`shuffle`, drawn only where asked for), and a constant Gather along the channel axis
-(`gather`, the same). Weight rows and columns are zeroed at
+(`gather`, the same); and, drawn only where asked for too (`RULE_OPS`), the ops of the
+rule table the draws above never make: unary elementwise ops, Pow, reductions over the
+channels or H and W mixed back in, Instance/Layer/LpNormalization, variadic Max/Min/Mean/Sum,
+ConvTranspose, Softmax/LogSoftmax/Hardmax, global pools expanded or tiled back, Div of two
+computed tensors, LpPool. Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -600,6 +604,169 @@ def add_gather(net: Net, rng: np.random.Generator) -> None:
                  axis=axis), int(index.size), h, w)
 
 
+# Ops of channelcut's rule table that the draws above never make, each a builder drawing among
+# several; drawn only where asked for (`RULE_OPS`), as the shuffle and the gather.
+UNARY = ("Abs", "Neg", "Sign", "Floor", "Ceil", "Round", "Exp", "Tanh", "Erf", "Elu", "Celu",
+         "Selu", "Softplus", "Softsign", "ThresholdedRelu", "HardSigmoid", "Cos", "Sin", "Sqrt",
+         "Log", "Reciprocal", "Identity", "Dropout", "Cast")
+
+
+def add_unary(net: Net, rng: np.random.Generator) -> None:
+    """An elementwise op of one input (Sqrt, Log and Reciprocal outside their domain too)."""
+    x, c, h, w = net.pick(rng)
+    op = str(rng.choice(UNARY))
+    y = net.name(op.lower())
+    attrs = {"Elu": {"alpha": 0.7}, "Celu": {"alpha": 1.3}, "ThresholdedRelu": {"alpha": 0.4},
+             "HardSigmoid": {"alpha": 0.3, "beta": 0.4}}.get(op, {})
+    if op == "Cast":  # through float16 and back: a rounding both models make
+        half = net.name("half")
+        net.nodes.append(node("Cast", [x], [half], to=TensorProto.FLOAT16))
+        net.add(node("Cast", [half], [y], to=TensorProto.FLOAT), c, h, w)
+    else:
+        net.add(node(op, [x], [y], **attrs), c, h, w)
+
+
+def add_pow(net: Net, rng: np.random.Generator) -> None:
+    """x ** e for a constant e (whole, fractional, negative, 0), or e ** x."""
+    x, c, h, w = net.pick(rng)
+    e = net.weight("e", np.array(rng.choice([2.0, 3.0, 0.5, -1.0, 0.0, -2.0]), np.float32), rng)
+    operands = [x, e] if rng.random() < 0.8 else [e, x]
+    net.add(node("Pow", operands, [net.name("pow")]), c, h, w)
+
+
+REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2",
+          "ReduceSumSquare", "ReduceLogSumExp", "ReduceProd", "ReduceLogSum")
+
+
+def add_reduce(net: Net, rng: np.random.Generator) -> None:
+    """A reduction over the channels (then broadcast against a tensor of the same size, as
+    a spatial attention map), or over H and W (then a per-channel gate of a tensor of the same
+    channels, as squeeze-excite)."""
+    x, c, h, w = net.pick(rng)
+    op = str(rng.choice(REDUCE))
+    over_channels = rng.random() < 0.5
+    axes = [1] if over_channels else [2, 3]
+    y = net.name(op.lower())
+    inputs = [x]
+    attrs = {"keepdims": 1}
+    if op == "ReduceSum":
+        inputs.append(net.const("axes", np.array(axes, np.int64)))
+    else:
+        attrs["axes"] = axes
+    net.nodes.append(node(op, inputs, [y], **attrs))
+    other = net.partner(rng, not over_channels, (x, c, h, w))
+    mix = str(rng.choice(["Add", "Mul", "Sub"]))
+    pair = [other[0], y] if rng.random() < 0.7 else [y, other[0]]
+    net.add(node(mix, pair, [net.name(mix.lower())]), *other[1:])
+
+
+def add_norm(net: Net, rng: np.random.Generator) -> None:
+    """InstanceNormalization (some scales 0), LayerNormalization over W or over (C, H, W),
+    or LpNormalization over the channels."""
+    x, c, h, w = net.pick(rng)
+    kind = rng.random()
+    y = net.name("norm")
+    if kind < 0.4:
+        scale = rng.standard_normal(c).astype(np.float32)
+        dead = rng.random(c) < net.recipe.p_row
+        scale[dead] = 0
+        bias = dead_biases(rng, c, dead)
+        net.add(node("InstanceNormalization", [x, net.weight("scale", scale, rng),
+                                               net.weight("bias", bias, rng)], [y]), c, h, w)
+    elif kind < 0.75:
+        axis = -1 if rng.random() < 0.5 else 1
+        dims = (w,) if axis == -1 else (c, h, w)
+        scale = rng.standard_normal(dims).astype(np.float32)
+        scale[rng.random(dims) < net.recipe.p_row] = 0
+        net.add(node("LayerNormalization", [x, net.weight("scale", scale, rng),
+                                            net.weight("bias", rng.standard_normal(dims)
+                                                       .astype(np.float32), rng)], [y],
+                     axis=axis), c, h, w)
+    else:
+        net.add(node("LpNormalization", [x], [y], axis=1, p=int(rng.choice([1, 2]))), c, h, w)
+
+
+def add_variadic(net: Net, rng: np.random.Generator) -> None:
+    """Max, Min, Mean or Sum of two or three tensors of one size."""
+    first = net.pick(rng)
+    others = [net.partner(rng, True, first) for _ in range(int(rng.integers(1, 3)))]
+    op = str(rng.choice(["Max", "Min", "Mean", "Sum"]))
+    net.add(node(op, [first[0], *(t[0] for t in others)], [net.name(op.lower())]), *first[1:])
+
+
+def add_convtranspose(net: Net, rng: np.random.Generator) -> None:
+    """ConvTranspose (weights [C_in, C_out / group, k, k]): 2x2 stride 2 (up-sampling), or
+    3x3 pad 1; dense or depthwise; zero rows are input channels here, zero columns outputs."""
+    x, c, h, w = net.pick(rng)
+    up = 2 * h <= 8 and 2 * w <= 16 and rng.random() < 0.5
+    k = 2 if up else 3
+    depthwise = rng.random() < 0.3
+    cout = c if depthwise else int(rng.integers(2, 9))
+    per_group = 1 if depthwise else cout
+    weight = (rng.standard_normal((c, per_group, k, k)) / np.sqrt(c)).astype(np.float32)
+    weight[rng.random(c) < net.recipe.p_col] = 0
+    dead = rng.random(per_group) < net.recipe.p_row
+    weight[:, dead] = 0
+    inputs = [x, net.weight("wt", weight, rng)]
+    if rng.random() < 0.7:
+        inputs.append(net.weight("bt", dead_biases(rng, cout, np.resize(dead, cout)), rng))
+    attrs = {"strides": [2, 2]} if up else {"pads": [1, 1, 1, 1]}
+    if depthwise:
+        attrs["group"] = c
+    net.add(node("ConvTranspose", inputs, [net.name("convt")], **attrs), cout,
+            2 * h if up else h, 2 * w if up else w)
+
+
+def add_softmax(net: Net, rng: np.random.Generator) -> None:
+    """Softmax, LogSoftmax or Hardmax over the channels or the last axis."""
+    x, c, h, w = net.pick(rng)
+    op = str(rng.choice(["Softmax", "Softmax", "LogSoftmax", "Hardmax"]))
+    axis = int(rng.choice([1, -1, -3]))
+    net.add(node(op, [x], [net.name(op.lower())], axis=axis), c, h, w)
+
+
+def add_expand(net: Net, rng: np.random.Generator) -> None:
+    """A per-channel tensor (GlobalAveragePool, GlobalMaxPool or GlobalLpPool) brought back to
+    H x W by Expand or Tile, then added to a tensor of the same channels; or an
+    Unsqueeze / Squeeze round trip."""
+    x, c, h, w = net.pick(rng)
+    if rng.random() < 0.25:
+        axis = net.const("axes", np.array([int(rng.choice([0, 2, 4]))], np.int64))
+        five = net.name("unsq")
+        net.nodes.append(node("Unsqueeze", [x, axis], [five]))
+        net.add(node("Squeeze", [five, axis], [net.name("sq")]), c, h, w)
+        return
+    pool = str(rng.choice(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"]))
+    pooled = net.name("gpool")
+    net.nodes.append(node(pool, [x], [pooled], **({"p": 2} if pool == "GlobalLpPool" else {})))
+    big = net.name("big")
+    if rng.random() < 0.5:
+        net.nodes.append(node("Expand", [pooled, net.const("shape", np.array([1, 1, h, w]))],
+                              [big]))
+    else:
+        net.nodes.append(node("Tile", [pooled, net.const("reps", np.array([1, 1, h, w]))],
+                              [big]))
+    other = net.partner(rng, True, (x, c, h, w))
+    net.add(node("Add", [other[0], big], [net.name("add")]), c, h, w)
+
+
+def add_divide(net: Net, rng: np.random.Generator) -> None:
+    """Div of two computed tensors (a divisor that may be 0 at zero channels), or an LpPool."""
+    first = net.pick(rng)
+    if rng.random() < 0.2 and first[2] % 2 == 0 and first[3] % 2 == 0:
+        net.add(node("LpPool", [first[0]], [net.name("lppool")], kernel_shape=[2, 2],
+                     strides=[2, 2], p=2), first[1], first[2] // 2, first[3] // 2)
+        return
+    second = net.partner(rng, True, first)
+    net.add(node("Div", [first[0], second[0]], [net.name("div")]), *first[1:])
+
+
+RULE_BUILDERS = {"unary": add_unary, "pow": add_pow, "reduce": add_reduce, "norm": add_norm,
+                 "variadic": add_variadic, "convtranspose": add_convtranspose,
+                 "softmax": add_softmax, "expand": add_expand, "divide": add_divide}
+RULE_OPS = tuple(RULE_BUILDERS)
+
+
 BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("Add"),
             "mul": add_binary("Mul"), "concat": add_concat, "split": add_split,
             "maxpool": add_maxpool, "const": add_const, "avgpool": add_avgpool,
@@ -607,7 +774,7 @@ BUILDERS = {"conv": add_conv, "bn": add_bn, "act": add_act, "add": add_binary("A
             "matmul": add_matmul, "mixconcat": add_mixed_concat,
             "broadcast": add_broadcast, "axisconcat": add_axis_concat, "bcast": add_bcast,
             "shared": add_shared, "custom": add_custom, "shuffle": add_shuffle,
-            "gather": add_gather}
+            "gather": add_gather, **RULE_BUILDERS}
 
 
 def add_dfl_head(net: Net, rng: np.random.Generator) -> tuple[str, tuple[int, ...]]:

@@ -20,10 +20,11 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from cutcheck import failures, judge
-from randomgraphs import (BASE_HEADS, BASE_OPS, GATHER, HEADS, OPS, SHUFFLE, Recipe, build,
-                          recipes)
+from randomgraphs import (BASE_HEADS, BASE_OPS, GATHER, HEADS, OPS, RULE_OPS, SHUFFLE, Recipe,
+                          build, recipes)
 
 EXAMPLES = int(os.environ.get("CHANNELCUT_PROPERTY_EXAMPLES", 60))
 SETTINGS = settings(
@@ -410,6 +411,22 @@ def test_channel_shuffle(mode, recipe):
 def test_channel_gather(mode, recipe):
     """x[:, indices] (a barrier to the analysis: the channels around it are kept)."""
     assert_exact(recipe, mode)
+
+
+# Each op of the rule table the other draws never make, drawn by a test of its own (a quarter
+# of a pattern test's examples each: bench/fuzz.py --extra-ops rules runs them at scale).
+RULE_SETTINGS = settings(SETTINGS, max_examples=max(1, EXAMPLES // 4))
+
+
+@pytest.mark.parametrize("mode", ["zero", "full"])
+@pytest.mark.parametrize("op", RULE_OPS)
+@RULE_SETTINGS
+@given(data=st.data())
+def test_rule_table_ops(op, mode, data):
+    """Elementwise ops (Sqrt, Log, Reciprocal, Pow outside their domains too), reductions,
+    normalizations, variadic Max/Min/Mean/Sum, ConvTranspose, Softmax and its kin, pooled
+    tensors expanded or tiled back, Div of computed tensors (tests/randomgraphs.RULE_OPS)."""
+    assert_exact(data.draw(recipes(OPS + RULE_OPS, HEADS, must_use=(op,))), mode)
 
 
 @pytest.mark.parametrize("mode", ["zero", "full", "align8"])

@@ -163,13 +163,15 @@ def _conv(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval | None:
     flat = np.asarray(weights).reshape(groups, cout // groups, cin_g, -1)
     padded = padding_reaches_output(node, weights.shape[2:])
     windows = _windows(node, walk, tuple(weights.shape[2:])) if padded else None
-    if windows is None:
-        low, high, size = _weighted_sum(flat, lo, hi, padded)
-    else:
-        sums = [_weighted_sum(flat * mask, lo, hi, False) for mask in windows]
-        low = np.min([s[0] for s in sums], axis=0)
-        high, size = (np.max([s[i] for s in sums], axis=0) for i in (1, 2))
-    return widen(low + bias, high + bias, size + np.abs(bias), terms=cin_g * flat.shape[-1] + 1)
+    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: NaN, unbounded
+        if windows is None:
+            low, high, size = _weighted_sum(flat, lo, hi, padded)
+        else:
+            sums = [_weighted_sum(flat * mask, lo, hi, False) for mask in windows]
+            low = np.min([s[0] for s in sums], axis=0)
+            high, size = (np.max([s[i] for s in sums], axis=0) for i in (1, 2))
+        low, high, size = low + bias, high + bias, size + np.abs(bias)
+    return widen(low, high, size, terms=cin_g * flat.shape[-1] + 1)
 
 
 @bounds("ConvTranspose")
