@@ -22,7 +22,8 @@ com.microsoft's QuickGelu, which ONNX Runtime runs); and issue 12's ShuffleNet c
 rule table the draws above never make: unary elementwise ops, Pow, reductions over the
 channels or H and W mixed back in, Instance/Layer/LpNormalization, variadic Max/Min/Mean/Sum,
 ConvTranspose, Softmax/LogSoftmax/Hardmax, global pools expanded or tiled back, Div of two
-computed tensors, LpPool. Weight rows and columns are zeroed at
+computed tensors, LpPool, and layout changes (H and W swapped, flattened and back, channels
+tiled). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -761,9 +762,29 @@ def add_divide(net: Net, rng: np.random.Generator) -> None:
     net.add(node("Div", [first[0], second[0]], [net.name("div")]), *first[1:])
 
 
+def add_layout(net: Net, rng: np.random.Generator) -> None:
+    """Channels kept on axis 1 through a layout change: H and W swapped by a Transpose, H x W
+    flattened by a Reshape (then a Softmax over the positions, as attention) and brought
+    back, or the channels tiled (channel k of the output is channel k mod C)."""
+    x, c, h, w = net.pick(rng)
+    kind = rng.random()
+    if kind < 0.35:
+        net.add(node("Transpose", [x], [net.name("hw")], perm=[0, 1, 3, 2]), c, w, h)
+    elif kind < 0.7:
+        flat, soft = net.name("flat3d"), net.name("possoft")
+        net.nodes.append(node("Reshape", [x, net.const("s", np.array([0, c, h * w]))], [flat]))
+        net.nodes.append(node("Softmax", [flat], [soft], axis=-1))
+        net.add(node("Reshape", [soft, net.const("s", np.array([0, c, h, w]))],
+                     [net.name("back")]), c, h, w)
+    elif 2 * c <= MAX_CHANNELS:
+        net.add(node("Tile", [x, net.const("reps", np.array([1, 2, 1, 1]))], [net.name("tile")]),
+                2 * c, h, w)
+
+
 RULE_BUILDERS = {"unary": add_unary, "pow": add_pow, "reduce": add_reduce, "norm": add_norm,
                  "variadic": add_variadic, "convtranspose": add_convtranspose,
-                 "softmax": add_softmax, "expand": add_expand, "divide": add_divide}
+                 "softmax": add_softmax, "expand": add_expand, "divide": add_divide,
+                 "layout": add_layout}
 RULE_OPS = tuple(RULE_BUILDERS)
 
 

@@ -127,6 +127,28 @@ def test_global_average_pool(value, subtract, cut):
     assert_cut(m, cut_one() if cut else {})
 
 
+@pytest.mark.parametrize("pool", [
+    node("LpPool", ["h"], ["m"], kernel_shape=[2, 2], strides=[2, 2], p=2),
+    node("LpPool", ["h"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], p=1),
+    node("GlobalLpPool", ["h"], ["m"], p=2),
+], ids=["lppool", "lppool-padded", "globallppool"])
+@pytest.mark.parametrize("value", [0.5, -0.5])
+def test_lp_pool_of_a_constant_is_no_constant_the_cut_can_fold(pool, value):
+    """An Lp pool of a constant v is the norm of a window of v's, not v (2x2, p=2: 2|v|):
+    only a zero channel stays as it is, so the full cut folds nothing there (bench/fuzz.py
+    seed 60 took the pool for a max and folded -0.5 where the original has 1.0)."""
+    m = conv_op_conv([pool], channel_value=value)
+    assert_cut(m, {}, mode="full")
+
+
+@pytest.mark.parametrize("pool", [
+    node("LpPool", ["h"], ["m"], kernel_shape=[2, 2], strides=[2, 2], p=2),
+    node("GlobalLpPool", ["h"], ["m"], p=2),
+], ids=["lppool", "globallppool"])
+def test_lp_pool_keeps_zero_channels_zero(pool):
+    assert_cut(conv_op_conv([pool]), cut_one(), mode="full")
+
+
 # --- Resize ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])

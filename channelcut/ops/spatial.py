@@ -40,7 +40,8 @@ def _keeps_channel_axis(node: ir.Node, walk: Walk) -> bool:
 
 @rule("MaxPool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 def analyse_pool(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- pool(in[c]) over space: constants stay unless padding is averaged in.
+    """out[c] <- pool(in[c]) over space: constants stay unless padding is averaged in, and an
+    Lp pool keeps only zeros (a window of v's has the norm |v| k^(1/p), not v).
 
     An average that counts zero padding turns a constant v into v times a map (the same
     average of a plane of ones): the channel stays known, with that map as its plane, where
@@ -53,6 +54,9 @@ def analyse_pool(node: ir.Node, walk: Walk) -> None:
         walk.barrier(node, "channels are not on axis 1")
         return
     op = node.op_type
+    if op in ("LpPool", "GlobalLpPool"):  # the norm of a window of v's is no v: only 0 stays
+        transparent(node, walk, _zero_only, nan_unknown=True)
+        return
     if op == "GlobalAveragePool":
         out = transparent(node, walk, lambda x: x)
         if source.plane is not None:
