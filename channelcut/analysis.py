@@ -192,6 +192,9 @@ class Walk:
         self._charges: list[tuple[np.ndarray, float, float]] = []  # (ids, bytes, flops) each
         # A border fold bakes the input's spatial size into a constant: only when it is fixed.
         self.spatial_fixed = declared_sizes_fixed(model.graph, first_axis=1)
+        # A count of reduced values (a constant's sum) is the same for every input only when
+        # every input's size is fixed, the batch too.
+        self.sizes_fixed = declared_sizes_fixed(model.graph)
         self.unsupported: dict[str, list[str]] = {}
         self.consts: dict[ir.Value, np.ndarray | None] = {}
         self._views: dict[ir.Value, ChannelInfo] = {}

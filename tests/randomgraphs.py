@@ -641,12 +641,12 @@ REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "Redu
 
 def add_reduce(net: Net, rng: np.random.Generator) -> None:
     """A reduction over the channels (then broadcast against a tensor of the same size, as
-    a spatial attention map), or over H and W (then a per-channel gate of a tensor of the same
-    channels, as squeeze-excite)."""
+    a spatial attention map), or over H and W, sometimes the batch too (then a per-channel
+    gate of a tensor of the same channels, as squeeze-excite)."""
     x, c, h, w = net.pick(rng)
     op = str(rng.choice(REDUCE))
     over_channels = rng.random() < 0.5
-    axes = [1] if over_channels else [2, 3]
+    axes = [1] if over_channels else [0, 2, 3] if rng.random() < 0.3 else [2, 3]  # batch too
     y = net.name(op.lower())
     inputs = [x]
     attrs = {"keepdims": 1}

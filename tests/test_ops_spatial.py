@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from builders import (
-    assert_cut, bias, blockers, conv, find_node, gemm, initializer, model, node, weights,
+    assert_cut, bias, blockers, conv, find_node, gemm, initializer, model, node, rand, weights,
 )
 
 C = 8
@@ -264,6 +264,56 @@ def test_reduce_sum_of_a_constant_is_the_constant_times_the_count():
                       node("Sub", ["r", "sixteen"], ["m"])], channel_value=0.5,
                      inits={"axes": i64(2, 3), "sixteen": np.float32(16)})
     assert_cut(m, cut_one())
+
+
+def batch_reduction(ops: list[onnx.NodeProto], batch: int | str, value: float,
+                    inits: dict) -> onnx.ModelProto:
+    """x[batch, 4, 4, 8] -> conv_h (channel 2 the constant `value`) -> ops (h in, m out,
+    reducing over the batch and space to [1, 8, 1, 1]) -> conv_y."""
+    return model([conv("x", "w1", "h", "b1"), *ops, conv("m", "w2", "y")],
+                 inputs={"x": (batch, 4, 4, 8)}, outputs={"y": (1, 6, 1, 1)},
+                 inits={"w1": weights(C, 4, 1, 1, zero_rows=[ZERO_ROW]),
+                        "b1": bias(C, at={ZERO_ROW: value}), "w2": weights(6, C, 1, 1, seed=5),
+                        **inits}, opset=13)
+
+
+@pytest.mark.parametrize("batch, cut", [(1, True), ("N", False)])
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+                                "ReduceLogSumExp"])
+def test_a_sum_over_a_dynamic_batch_is_no_constant(op, batch, cut):
+    """A constant summed over the batch and space is count x v only at one batch size: with
+    a fixed batch the full cut folds it; with batch N (the analysis assumes 1) it must not
+    (it folded 0.5 x 16 where a batch of 3 sums to 0.5 x 48)."""
+    inputs = ["h", "axes"] if op == "ReduceSum" else ["h"]
+    attrs = {} if op == "ReduceSum" else {"axes": [0, 2, 3]}
+    m = batch_reduction([node(op, inputs, ["m"], keepdims=1, **attrs)], batch, 0.5,
+                        {"axes": i64(0, 2, 3)} if op == "ReduceSum" else {})
+    feeds = {"x": rand(1 if batch == 1 else 3, 4, 4, 8)}
+    assert_cut(m, cut_one() if cut else {}, mode="full", feeds=feeds)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceL2"])
+def test_a_zero_or_an_average_over_a_dynamic_batch_stays_known(op):
+    """What is the same at any count stays known: a zero channel's sum, a constant's mean."""
+    inputs = ["h", "axes"] if op == "ReduceSum" else ["h"]
+    attrs = {} if op == "ReduceSum" else {"axes": [0, 2, 3]}
+    value = 0.5 if op == "ReduceMean" else 0.0
+    ops = [node(op, inputs, ["r"], keepdims=1, **attrs), node("Sub", ["r", "v"], ["m"])]
+    m = batch_reduction(ops, "N", value, {"v": np.float32(value),
+                                          **({"axes": i64(0, 2, 3)} if op == "ReduceSum"
+                                             else {})})
+    assert_cut(m, cut_one(), mode="full", feeds={"x": rand(3, 4, 4, 8)})
+
+
+def test_a_norms_bound_over_a_dynamic_batch_counts_no_assumed_batch():
+    """ReduceL1 of Sigmoid values (each below 1) over the batch and space is below the count:
+    16 at the assumed batch of 1, so Relu(L1 - 20) looked zero; a batch of 3 sums to ~47."""
+    ops = [node("Sigmoid", ["h"], ["s"]), node("ReduceL1", ["s"], ["l1"], axes=[0, 2, 3],
+                                                keepdims=1),
+           node("Sub", ["l1", "twenty"], ["d"]), node("Relu", ["d"], ["m"])]
+    m = batch_reduction(ops, "N", 5.0, {"twenty": np.float32(20)})
+    result = assert_cut(m, None, mode="full", feeds={"x": rand(3, 4, 4, 8)})
+    assert result.report.removed_channels == 0
 
 
 @pytest.mark.parametrize("keepdims", [0, 1])

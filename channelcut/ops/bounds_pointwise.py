@@ -343,9 +343,10 @@ def _reciprocal(node: ir.Node, walk: Walk, out: ChannelInfo) -> Interval:
 
 
 def _reduced_count(node: ir.Node, walk: Walk) -> int | None:
-    """How many elements a Reduce* node sums into each output element (None: not known)."""
+    """How many elements a Reduce* node sums into each output element (None: not known, or
+    not the same for every input: some graph input's size is not fixed)."""
     shape = walk.shape(node.inputs[0])
-    if shape is None or any(not isinstance(d, int) for d in shape):
+    if not walk.sizes_fixed or shape is None or any(not isinstance(d, int) for d in shape):
         return None
     axes = reduction_axes(node, walk.const, len(shape))
     return None if axes is None else math.prod(shape[a] for a in axes)

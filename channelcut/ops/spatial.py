@@ -178,6 +178,9 @@ def _pad_channels(node: ir.Node, walk: Walk, source: ChannelInfo, before: int, a
     walk.pin(out, node, "channels a Pad adds", np.arange(source.n, out.n))
 
 
+# Reductions whose value of `count` copies of v does not depend on `count` (for a v of 0, every
+# one but ReduceLogSumExp: 0 stays 0, and log(0) is -inf at any count).
+_COUNT_FREE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin"})
 _REDUCE_CONSTANT = {  # op -> value of the reduction of `count` copies of v
     "ReduceMean": lambda v, count: v,
     "ReduceMax": lambda v, count: v,
@@ -193,7 +196,10 @@ _REDUCE_CONSTANT = {  # op -> value of the reduction of `count` copies of v
 
 
 def analyse_reduce(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- reduce(in[c]) over non-channel axes; a reduction over channels is a barrier."""
+    """out[c] <- reduce(in[c]) over non-channel axes; a reduction over channels is a barrier.
+    A constant's sum (ReduceSum, L1, L2, SumSquare, LogSum, LogSumExp) depends on how many
+    values are reduced: known only where every graph input has a fixed size, else only a
+    zero's (which is the same at any count)."""
     source, shape = walk.info(node.inputs[0]), walk.shape(node.inputs[0])
     if source is None:
         return
@@ -216,7 +222,12 @@ def analyse_reduce(node: ir.Node, walk: Walk) -> None:
         const = np.asarray(reduce(source.const, count), dtype=np.float32)
     # ReduceProd marks what it cannot tell with NaN; another NaN is the channel's value
     sentinel = np.isnan(const) if node.op_type == "ReduceProd" else False
-    out.set_values(source.known & ~sentinel, const)
+    known = source.known & ~sentinel
+    if not walk.sizes_fixed and node.op_type not in _COUNT_FREE:
+        # the count is that of the assumed sizes (a dynamic batch reduced, or a size derived
+        # from one): a sum of v's is known only where it is the same at any count
+        known &= (source.const == 0) & (node.op_type != "ReduceLogSumExp")
+    out.set_values(known, const)
 
 
 for _op in _REDUCE_CONSTANT:
