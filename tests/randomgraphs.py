@@ -765,7 +765,8 @@ def add_divide(net: Net, rng: np.random.Generator) -> None:
 def add_layout(net: Net, rng: np.random.Generator) -> None:
     """Channels kept on axis 1 through a layout change: H and W swapped by a Transpose, H x W
     flattened by a Reshape (then a Softmax over the positions, as attention) and brought
-    back, or the channels tiled (channel k of the output is channel k mod C)."""
+    back, the batch merged into the channels and split again, or the channels tiled
+    (channel k of the output is channel k mod C)."""
     x, c, h, w = net.pick(rng)
     kind = rng.random()
     if kind < 0.35:
@@ -776,6 +777,12 @@ def add_layout(net: Net, rng: np.random.Generator) -> None:
         net.nodes.append(node("Softmax", [flat], [soft], axis=-1))
         net.add(node("Reshape", [soft, net.const("s", np.array([0, c, h, w]))],
                      [net.name("back")]), c, h, w)
+    elif kind < 0.85:  # the batch merged into the channels: [N * C, H, W], and back
+        merged, act = net.name("nc"), net.name("ncrelu")
+        net.nodes.append(node("Reshape", [x, net.const("s", np.array([-1, h, w]))], [merged]))
+        net.nodes.append(node("LeakyRelu", [merged], [act], alpha=0.1))
+        net.add(node("Reshape", [act, net.const("s", np.array([-1, c, h, w]))],
+                     [net.name("unmerged")]), c, h, w)
     elif 2 * c <= MAX_CHANNELS:
         net.add(node("Tile", [x, net.const("reps", np.array([1, 2, 1, 1]))], [net.name("tile")]),
                 2 * c, h, w)
