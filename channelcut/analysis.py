@@ -237,6 +237,14 @@ class Walk:
         counts may be known); None when the rank is unknown."""
         return partial_shape(value)
 
+    def symbolic_dims(self, value: ir.Value | None) -> tuple[int | str | None, ...] | None:
+        """The dims as they hold at every input size: ints, and the names of dims that vary
+        with the inputs' dynamic dims (equal names, equal sizes; None: unknown); the shape
+        itself when every input's size is fixed; None when not even the rank is known."""
+        if self.sizes_fixed:
+            return self.shape(value)
+        return None if value is None else value.meta.get("symbolic_dims")
+
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         """A constant's value (converted once: large weights are read by several rules)."""
         return cached_const(self.consts, value)

@@ -14,6 +14,7 @@ import onnx_ir.passes.common as common_passes
 
 from channelcut.shapes import (apply_types, clear_intermediate_shapes, infer_shapes,
                                inferred_types, ranks_from_weights)
+from channelcut.symbolic_dims import record_symbolic_dims
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ def to_ir(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> i
         # shapes from the declared inputs: only what no dynamic dimension reaches is folded
         infer_shapes(model)
         fold_constants(model)
+    if not declared_sizes_fixed(graph):  # what holds at every size (Walk.symbolic_dims)
+        record_symbolic_dims(model)
     for value in graph.inputs:
         if value.name in input_shapes:
             value.shape = ir.Shape(input_shapes[value.name])

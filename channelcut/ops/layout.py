@@ -4,6 +4,7 @@ pieces or joined, but each output channel is exactly one input channel (values c
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
@@ -15,6 +16,7 @@ from channelcut.graph import attr_int, attr_ints, input_at, opset_version
 from channelcut.ops import rule
 from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
                                    computed_target_fixed, split_channels, target_entries)
+from channelcut.symbolic_dims import Dims
 from channelcut.ops.shuffle import is_grid, proven_shuffle, rewrite_as_gather, shuffle_chain
 
 
@@ -84,6 +86,11 @@ def analyse_squeeze(node: ir.Node, walk: Walk) -> None:
         return
     named = {a % len(shape) for a in axes}
     if squeeze and not named:  # no axes: every axis of size 1
+        dims = walk.symbolic_dims(node.inputs[0])
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            # a dynamic dim of size 1 at the analysed size goes there and stays at another
+            walk.barrier(node, "Squeeze without axes of a tensor with dynamic dims")
+            return
         named = {i for i, d in enumerate(shape) if d == 1}
     kept = [j for j in range(len(shape)) if j not in named]
     # input axis -> output axis
@@ -123,7 +130,8 @@ def analyse_gather(node: ir.Node, walk: Walk) -> None:
 # -- Reshape and Flatten ------------------------------------------------------------------
 
 def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                   literal: bool = False) -> tuple[int, np.ndarray, int] | None:
+                   literal: bool = False, dims: tuple[Dims, Dims] | None = None
+                   ) -> tuple[int, np.ndarray, int] | None:
     """Where a reshape puts each channel: (output axis, positions, span), or None.
 
     With `outer` elements before the channel axes and `inner` after them, position p owns flat
@@ -132,7 +140,9 @@ def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tu
     plain channel axis over several axes, as a channel shuffle does. The outer (or inner) dims
     must match one for one, so the mapping holds for any batch size, not just the analysed one;
     with a `literal` target (no 0 or -1: every run has the analysed sizes) dims of 1 may come
-    or go ((S, 1, H, D) -> (S, H*D), torch's attention with a batch of one).
+    or go ((S, 1, H, D) -> (S, H*D), torch's attention with a batch of one). `dims`: the input's
+    and output's dims as they hold at every input size (`Walk.symbolic_dims`); with them, the
+    mapping must hold at every size too (`_at_every_size`).
     """
     a, s = source.axis, source.span
     outer, inner = math.prod(in_shape[:a]), math.prod(in_shape[a + s:])
@@ -147,10 +157,32 @@ def reshape_layout(source: ChannelInfo, in_shape: tuple[int, ...], out_shape: tu
             if not _same_dims(in_shape[:a], out_shape[:j], literal) and \
                     not _same_dims(in_shape[a + s:], out_shape[j + span:], literal):
                 continue
+            if dims is not None and not _at_every_size(dims, a, s, j, span):
+                continue
             positions = _regroup(source, inner, inner_out)
             if positions is not None:
                 return j, positions, span
     return None
+
+
+def _at_every_size(dims: tuple[Dims, Dims], a: int, s: int, j: int, span: int) -> bool:
+    """Do input axes [a, a+s) land on output axes [j, j+span) whatever the size of the
+    inputs' dynamic dims? The mapping found at the analysed sizes depends on two products: the
+    dims before the channels (the outer rows) and the ratio of the dims after them on either
+    side. Both stay what they were at every size when the same dynamic dims (by name, as often
+    each) come before the channels on both sides, and the same after them. A dynamic batch
+    merged into the channels, (N, C, H, W) -> (N*C, H, W), fails: at a batch of N channel c
+    is at positions c, C + c, ... of the merged axis, not at position c alone."""
+    (in_dims, out_dims) = dims
+    if None in in_dims or None in out_dims or _names(in_dims[a:a + s]):
+        return False  # an unknown dim is the same as no other
+    return _names(in_dims[:a]) == _names(out_dims[:j]) and \
+        _names(in_dims[a + s:]) == _names(out_dims[j + span:])
+
+
+def _names(dims: Dims) -> Counter[str]:
+    """The dynamic dims among `dims`, each as often as it occurs."""
+    return Counter(d for d in dims if isinstance(d, str))
 
 
 def _same_dims(a: tuple[int, ...], b: tuple[int, ...], ignore_ones: bool) -> bool:
@@ -201,9 +233,20 @@ def analyse_reshape(node: ir.Node, walk: Walk) -> None:
         return
     target = walk.const(node.inputs[1]) if node.op_type == "Reshape" else None
     literal = target is not None and bool(np.all(target > 0))
-    mapped = reshape_layout(source, in_shape, out_shape, literal)
+    dims = None  # with every input's size fixed, the shapes are all there is
+    if not walk.sizes_fixed:
+        dims = walk.symbolic_dims(node.inputs[0]), walk.symbolic_dims(node.outputs[0])
+        if dims[0] is None or dims[1] is None or \
+                (len(dims[0]), len(dims[1])) != (len(in_shape), len(out_shape)):
+            walk.barrier(node, f"{node.op_type} shapes at other input sizes unknown")
+            return
+    mapped = reshape_layout(source, in_shape, out_shape, literal, dims)
     if mapped is None:
-        walk.barrier(node, f"{node.op_type} splits or mixes the channel axis")
+        at_these_sizes = dims is not None and \
+            reshape_layout(source, in_shape, out_shape, literal) is not None
+        walk.barrier(node, f"{node.op_type} mixes the channel axis with a dynamic dim (the "
+                           f"channels stay apart at the analysed sizes only)" if at_these_sizes
+                     else f"{node.op_type} splits or mixes the channel axis")
         return
     axis, positions, span = mapped
     while span > 1 and out_shape[axis] == 1:  # a leading axis of 1 holds nothing apart
