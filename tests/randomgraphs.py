@@ -22,8 +22,8 @@ com.microsoft's QuickGelu, which ONNX Runtime runs); and issue 12's ShuffleNet c
 rule table the draws above never make: unary elementwise ops, Pow, reductions over the
 channels or H and W mixed back in, Instance/Layer/LpNormalization, variadic Max/Min/Mean/Sum,
 ConvTranspose, Softmax/LogSoftmax/Hardmax, global pools expanded or tiled back, Div of two
-computed tensors, LpPool, and layout changes (H and W swapped, flattened and back, channels
-tiled). Weight rows and columns are zeroed at
+computed tensors, LpPool, and layout changes (H and W swapped, flattened and back, the batch
+merged into the channels, `x.view(x.size(0), -1)` and back, channels tiled). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -765,24 +765,37 @@ def add_divide(net: Net, rng: np.random.Generator) -> None:
 def add_layout(net: Net, rng: np.random.Generator) -> None:
     """Channels kept on axis 1 through a layout change: H and W swapped by a Transpose, H x W
     flattened by a Reshape (then a Softmax over the positions, as attention) and brought
-    back, the batch merged into the channels and split again, or the channels tiled
-    (channel k of the output is channel k mod C)."""
+    back, the batch merged into the channels and split again, flattened by
+    `x.view(x.size(0), -1)` (a Shape read for its batch) and brought back to a constant shape or
+    to the Shape (which reads the channel count), or the channels tiled (channel k of the output
+    is channel k mod C)."""
     x, c, h, w = net.pick(rng)
     kind = rng.random()
-    if kind < 0.35:
+    if kind < 0.3:
         net.add(node("Transpose", [x], [net.name("hw")], perm=[0, 1, 3, 2]), c, w, h)
-    elif kind < 0.7:
+    elif kind < 0.55:
         flat, soft = net.name("flat3d"), net.name("possoft")
         net.nodes.append(node("Reshape", [x, net.const("s", np.array([0, c, h * w]))], [flat]))
         net.nodes.append(node("Softmax", [flat], [soft], axis=-1))
         net.add(node("Reshape", [soft, net.const("s", np.array([0, c, h, w]))],
                      [net.name("back")]), c, h, w)
-    elif kind < 0.85:  # the batch merged into the channels: [N * C, H, W], and back
+    elif kind < 0.7:  # the batch merged into the channels: [N * C, H, W], and back
         merged, act = net.name("nc"), net.name("ncrelu")
         net.nodes.append(node("Reshape", [x, net.const("s", np.array([-1, h, w]))], [merged]))
         net.nodes.append(node("LeakyRelu", [merged], [act], alpha=0.1))
         net.add(node("Reshape", [act, net.const("s", np.array([-1, c, h, w]))],
                      [net.name("unmerged")]), c, h, w)
+    elif kind < 0.85:  # x.view(x.size(0), -1), and back
+        shape, batch, target = net.name("xshape"), net.name("xbatch"), net.name("viewshape")
+        flat, act = net.name("view"), net.name("viewrelu")
+        net.nodes.append(node("Shape", [x], [shape]))
+        net.nodes.append(node("Gather", [shape, net.const("i", np.array([0]))], [batch], axis=0))
+        net.nodes.append(node("Concat", [batch, net.const("s", np.array([-1]))], [target],
+                              axis=0))
+        net.nodes.append(node("Reshape", [x, target], [flat]))
+        net.nodes.append(node("LeakyRelu", [flat], [act], alpha=0.1))
+        back = shape if rng.random() < 0.3 else net.const("s", np.array([-1, c, h, w]))
+        net.add(node("Reshape", [act, back], [net.name("unviewed")]), c, h, w)
     elif 2 * c <= MAX_CHANNELS:
         net.add(node("Tile", [x, net.const("reps", np.array([1, 2, 1, 1]))], [net.name("tile")]),
                 2 * c, h, w)

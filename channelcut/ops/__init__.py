@@ -51,4 +51,5 @@ def rule(*op_types: str, rewrite: Callable[[ir.Node, Rewrite], None] | None = No
 
 
 # Importing the rule modules fills RULES.
-from channelcut.ops import elementwise, layout, normalization, spatial, weighted  # noqa: E402,F401
+from channelcut.ops import (elementwise, layout, normalization, sizes, spatial,  # noqa: E402,F401
+                            weighted)

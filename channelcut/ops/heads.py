@@ -197,8 +197,21 @@ def shape_dims(value: ir.Value, walk: Walk, depth: int = 6) -> list[Dim] | None:
 
 def same_dim(a: Dim, b: Dim, walk: Walk) -> bool:
     """Is run-time dim `a` provably dim `b`? Both are followed back to where they come from
-    (`root_dim`)."""
-    return root_dim(a, walk) == root_dim(b, walk)
+    (`root_dim`), or shape inference gives both the same name at every input size
+    (`Walk.symbolic_dims`)."""
+    if root_dim(a, walk) == root_dim(b, walk):
+        return True
+    name = _symbolic(a, walk)
+    return isinstance(name, str) and name == _symbolic(b, walk)
+
+
+def _symbolic(a: Dim, walk: Walk) -> int | str | None:
+    """Dim `a` as it holds at every input size: an int, a name, or None (unknown)."""
+    value, k = a
+    dims, shape = walk.symbolic_dims(value), walk.dims(value)
+    if dims is None or shape is None or len(dims) != len(shape) or not 0 <= k < len(dims):
+        return None
+    return dims[k]
 
 
 def root_dim(a: Dim, walk: Walk, depth: int = 32) -> tuple[int, int]:
@@ -215,7 +228,10 @@ def root_dim(a: Dim, walk: Walk, depth: int = 32) -> tuple[int, int]:
 def static_dim(a: Dim, walk: Walk, depth: int = 32) -> bool:
     """Is run-time dim `a` provably a constant? It is where it comes from (`root_dim`'s way)
     a constant's dim, a constant entry of a Reshape's target, or the columns of a MatMul with
-    a constant matrix."""
+    a constant matrix; or shape inference gives it one size at every input size
+    (`Walk.symbolic_dims`)."""
+    if isinstance(_symbolic(a, walk), int):
+        return True
     while depth:
         previous = _passed_from(a, walk, depth)
         if previous is None:

@@ -1,0 +1,90 @@
+"""Shape of a tensor with channels: it reads no value, only the dims, and a cut changes the
+entries at the channel axes alone.
+
+`x.view(x.size(0), -1)` exports as `Reshape(x, Concat(Gather(Shape(x), 0), [-1]))`: the
+batch is read, the channel count is not, so the channels stay free (the Reshape's own rule
+decides whether its computed target keeps the layout, `heads.computed_target_fixed`). Where
+a reader may see a channel axis's entry (the whole shape, a graph output, an index computed
+at run time), the channel count is read and every channel is kept.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from channelcut.analysis import Walk
+from channelcut.graph import attr_int
+from channelcut.ops import rule
+
+INT64_MAX = 2 ** 63 - 1
+
+
+@rule("Shape", spans=True)
+def analyse_shape(node: ir.Node, walk: Walk) -> None:
+    """Entry k of out <- dim start + k of x: no channel flows; the channels are kept only
+    where a reader may see the entries of x's channel axes."""
+    source = walk.info(node.inputs[0])
+    if source is None:
+        return
+    dims = walk.dims(node.inputs[0])
+    if dims is None:
+        walk.barrier(node, "Shape of a tensor of unknown rank")
+        return
+    rank = len(dims)
+    start, end = (min(max(x + rank if x < 0 else x, 0), rank)
+                  for x in (attr_int(node, "start", 0), attr_int(node, "end", rank)))
+    channel_entries = {k - start for k in range(source.axis, source.axis + source.span)
+                       if start <= k < end}
+    out = node.outputs[0]
+    if not channel_entries:
+        return
+    length = max(end - start, 0)
+    if out.is_graph_output() or not all(
+            _picks_outside(use.node, use.idx, length, channel_entries, walk)
+            for use in out.uses()):
+        walk.barrier(node, "Shape reads the channel count")
+
+
+def _picks_outside(reader: ir.Node, index: int, length: int, avoided: set[int],
+                   walk: Walk) -> bool:
+    """Does `reader` take from the 1-D size tensor (its input `index`, `length` entries) only
+    entries outside `avoided`: a Gather on axis 0 of constant indices, or a Slice of a
+    constant range?"""
+    if reader.domain not in ("", "ai.onnx") or index != 0:
+        return False
+    if reader.op_type == "Gather" and attr_int(reader, "axis", 0) == 0:
+        indices = walk.const(reader.inputs[1]) if len(reader.inputs) > 1 else None
+        if indices is None or indices.size == 0:
+            return False
+        picked = {int(i) + length if i < 0 else int(i) for i in indices.reshape(-1)}
+        return not picked & avoided
+    if reader.op_type == "Slice":
+        picked = _sliced(reader, length, walk)
+        return picked is not None and not picked & avoided
+    return False
+
+
+def _sliced(reader: ir.Node, length: int, walk: Walk) -> set[int] | None:
+    """The entries a Slice of a 1-D tensor of `length` entries takes; None unless its
+    starts, ends, axes and steps are constants."""
+    arrays = [walk.const(reader.inputs[i]) if i < len(reader.inputs) and
+              reader.inputs[i] is not None else None for i in range(1, 5)]
+    starts, ends, axes, steps = arrays
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    if axes is not None and (axes.size != 1 or int(axes.reshape(-1)[0]) not in (0, -1)):
+        return None
+    step = 1 if steps is None else int(steps.reshape(-1)[0]) if steps.size == 1 else 0
+    if step == 0:
+        return None
+    first, last = (int(v.reshape(-1)[0]) for v in (starts, ends))
+    if step < 0 and last == INT64_MAX:
+        # ONNX Runtime runs such a slice to the first entry (by the spec it ends at the last
+        # one, which takes less): the entries either may take
+        last = -length - 1
+    first, last = (v + length if v < 0 else v for v in (first, last))
+    if step > 0:  # ONNX's clamping: starts and ends to [0, length]
+        first, last = min(max(first, 0), length), min(max(last, 0), length)
+    else:  # a negative step: starts to [0, length - 1], ends to [-1, length - 1]
+        first, last = min(max(first, 0), length - 1), min(max(last, -1), length - 1)
+    return set(range(first, last, step))

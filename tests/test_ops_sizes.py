@@ -1,0 +1,148 @@
+"""Shape of a tensor with channels (channelcut.ops.sizes): it reads the dims, not the values,
+so the channels stay free unless a reader may see the entry of the channel axis, which the cut
+changes. Every model has a dynamic batch (a static Shape is folded before the analysis), and
+each cut is also run at a batch of 3."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import onnx_ir as ir
+from onnx import TensorProto, helper
+
+from builders import assert_cut, blockers, conv, model, node, random_feeds, run, weights
+from channelcut.ops.sizes import _sliced
+
+INT_MIN = -2 ** 63
+CUT = {"conv_h": (4, 3), "conv_y": (3, 6)}  # channel 1 of h is zero
+
+
+def i64(*values: int) -> np.ndarray:
+    return np.array(values, np.int64)
+
+
+def size_model(size_nodes, inits=None, shape_attrs=None, out="picked") -> onnx.ModelProto:
+    """conv_h (channel 1 zero) -> conv_y, and Shape(h) (with `shape_attrs`) read by
+    `size_nodes`, whose `out` is a second graph output (int64)."""
+    nodes = [conv("x", "w1", "h", "b1"), conv("h", "w2", "y"),
+             node("Shape", ["h"], ["hs"], **(shape_attrs or {})), *size_nodes]
+    return model(nodes, inputs={"x": ("N", 4, 4, 8)},
+                 outputs=["y", helper.make_tensor_value_info(out, TensorProto.INT64, None)],
+                 inits={"w1": weights(4, 4, 1, 1, zero_rows=[1]), "b1": np.zeros(4, np.float32),
+                        "w2": weights(6, 4, 1, 1, seed=5), **(inits or {})})
+
+
+def assert_cut_at_batch_3(m: onnx.ModelProto, kept: dict) -> None:
+    result = assert_cut(m, kept, input_shapes={"x": [1, 4, 4, 8]})
+    feeds = random_feeds(m, {"x": [3, 4, 4, 8]})
+    for name, value in run(m, feeds).items():
+        np.testing.assert_allclose(run(result.model, feeds)[name], value, rtol=1e-5, atol=1e-6)
+    if kept:
+        assert blockers(result, "Shape") == []
+    else:
+        assert [b.reason for b in blockers(result, "Shape")] == ["Shape reads the channel count"]
+
+
+@pytest.mark.parametrize("index, kept", [(0, CUT), (-4, CUT), (2, CUT), (1, {}), (-3, {})],
+                         ids=["batch", "batch from the end", "height", "channels",
+                              "channels from the end"])
+def test_a_gather_of_the_shape_keeps_the_channels_only_where_it_picks_their_count(index, kept):
+    m = size_model([node("Gather", ["hs", "index"], ["picked"], axis=0)],
+                   {"index": i64(index)})
+    assert_cut_at_batch_3(m, kept)
+
+
+@pytest.mark.parametrize("start, end, step, kept", [
+    (2, 4, 1, CUT), (0, 1, 1, CUT), (0, 2, 1, {}), (3, 1, -1, CUT), (3, 0, -1, {}),
+    (-2, 99, 1, CUT), (0, 4, 2, CUT), (1, 4, 2, {}),
+])
+def test_a_slice_of_the_shape_keeps_the_channels_only_where_it_takes_their_count(
+        start, end, step, kept):
+    # (no axes: they would equal another input, and the cut shares equal constants)
+    m = size_model([node("Slice", ["hs", "starts", "ends", "", "steps"], ["picked"])],
+                   {"starts": i64(start), "ends": i64(end), "steps": i64(step)})
+    assert_cut_at_batch_3(m, kept)
+
+
+def test_a_negative_step_from_far_before_the_start_takes_the_first_entry():
+    # Shape(h, start=1) is (C, H, W); ONNX clamps a start of -10 with step -1 to entry 0, the
+    # channel count (Python's slice would take nothing)
+    m = size_model([node("Slice", ["hs", "starts", "ends", "", "steps"], ["picked"])],
+                   {"starts": i64(-10), "ends": i64(INT_MIN), "steps": i64(-1)},
+                   shape_attrs={"start": 1})
+    assert_cut_at_batch_3(m, {})
+
+
+def test_a_shape_that_leaves_out_the_channel_axis_is_read_whole():
+    assert_cut_at_batch_3(size_model([node("Identity", ["hs"], ["picked"])],
+                                     shape_attrs={"start": 2}), CUT)
+
+
+@pytest.mark.parametrize("size_nodes, inits", [
+    ([node("Identity", ["hs"], ["picked"])], {}),  # the whole shape
+    # index N / N, computed at run time: 1, the channel count
+    ([node("Shape", ["x"], ["xs"], end=1), node("Div", ["xs", "xs"], ["index"]),
+      node("Gather", ["hs", "index"], ["picked"], axis=0)], {}),
+], ids=["whole", "computed index"])
+def test_a_reader_that_may_see_the_channel_count_keeps_the_channels(size_nodes, inits):
+    assert_cut_at_batch_3(size_model(size_nodes, inits), {})
+
+
+def test_the_shape_as_a_graph_output_keeps_the_channels():
+    m = size_model([], out="hs")
+    assert_cut_at_batch_3(m, {})
+
+
+def test_view_of_the_batch_and_minus_one_cuts_at_every_batch():
+    # x.view(x.size(0), -1) -> Gemm: the batch is read from the Shape, -1 takes the channels
+    nodes = [conv("x", "w1", "h", "b1"), node("Shape", ["h"], ["hs"]),
+             node("Gather", ["hs", "zero"], ["n"], axis=0),
+             node("Concat", ["n", "minus_one"], ["target"], axis=0),
+             node("Reshape", ["h", "target"], ["f"]),
+             node("Gemm", ["f", "w"], ["y"], name="gemm_y", transB=1)]
+    m = model(nodes, inputs={"x": ("N", 4, 4, 8)}, outputs=["y"],
+              inits={"w1": weights(4, 4, 1, 1, zero_rows=[1]), "b1": np.zeros(4, np.float32),
+                     "w": weights(10, 128, seed=5), "zero": i64(0), "minus_one": i64(-1)})
+    result = assert_cut(m, {"conv_h": (4, 3), "gemm_y": (96, 10)},
+                        input_shapes={"x": [1, 4, 4, 8]})
+    assert blockers(result) == []
+    feeds = random_feeds(m, {"x": [3, 4, 4, 8]})
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_slice_entries_are_onnx_runtime_s():
+    # every start, end and step on 1-D tensors of 1..4 entries against ONNX Runtime's Slice
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, [d])
+              for name, d in (("data", None), ("starts", 1), ("ends", 1), ("steps", 1))]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["data", "starts", "ends", "axes", "steps"], ["out"])],
+        "slice", inputs, [helper.make_tensor_value_info("out", TensorProto.INT64, [None])],
+        [onnx.numpy_helper.from_array(i64(0), "axes")])
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+        providers=["CPUExecutionProvider"])
+    bounds = [INT_MIN, -9, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 9, 2 ** 63 - 1]
+
+    class Consts:  # what _sliced reads of a Walk
+        def __init__(self, reader):
+            self.values = {v.name: v.const_value.numpy() for v in reader.inputs[1:]}
+
+        def const(self, value):
+            return self.values[value.name]
+
+    for length in range(1, 5):
+        for start in bounds:
+            for end in bounds:
+                for step in (-3, -2, -1, 1, 2, 3):
+                    (expected,) = session.run(None, {
+                        "data": np.arange(length, dtype=np.int64), "starts": i64(start),
+                        "ends": i64(end), "steps": i64(step)})
+                    values = [ir.Value(name=n, const_value=ir.tensor(a)) for n, a in
+                              (("s", i64(start)), ("e", i64(end)), ("a", i64(0)),
+                               ("t", i64(step)))]
+                    reader = ir.Node("", "Slice", [ir.Value(name="d"), *values])
+                    assert _sliced(reader, length, Consts(reader)) == set(expected.tolist()), \
+                        (length, start, end, step)
