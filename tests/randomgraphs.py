@@ -23,7 +23,8 @@ rule table the draws above never make: unary elementwise ops, Pow, reductions ov
 channels or H and W mixed back in, Instance/Layer/LpNormalization, variadic Max/Min/Mean/Sum,
 ConvTranspose, Softmax/LogSoftmax/Hardmax, global pools expanded or tiled back, Div of two
 computed tensors, LpPool, and layout changes (H and W swapped, flattened and back, the batch
-merged into the channels, `x.view(x.size(0), -1)` and back, channels tiled). Weight rows and columns are zeroed at
+merged into the channels, `x.view(x.size(0), -1)` and back, `F.interpolate` to computed
+sizes, channels tiled). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -767,25 +768,26 @@ def add_layout(net: Net, rng: np.random.Generator) -> None:
     flattened by a Reshape (then a Softmax over the positions, as attention) and brought
     back, the batch merged into the channels and split again, flattened by
     `x.view(x.size(0), -1)` (a Shape read for its batch) and brought back to a constant shape or
-    to the Shape (which reads the channel count), or the channels tiled (channel k of the output
+    to the Shape (which reads the channel count), resized to computed sizes as
+    `F.interpolate(x, size=...)` writes them, or the channels tiled (channel k of the output
     is channel k mod C)."""
     x, c, h, w = net.pick(rng)
     kind = rng.random()
-    if kind < 0.3:
+    if kind < 0.25:
         net.add(node("Transpose", [x], [net.name("hw")], perm=[0, 1, 3, 2]), c, w, h)
-    elif kind < 0.55:
+    elif kind < 0.45:
         flat, soft = net.name("flat3d"), net.name("possoft")
         net.nodes.append(node("Reshape", [x, net.const("s", np.array([0, c, h * w]))], [flat]))
         net.nodes.append(node("Softmax", [flat], [soft], axis=-1))
         net.add(node("Reshape", [soft, net.const("s", np.array([0, c, h, w]))],
                      [net.name("back")]), c, h, w)
-    elif kind < 0.7:  # the batch merged into the channels: [N * C, H, W], and back
+    elif kind < 0.6:  # the batch merged into the channels: [N * C, H, W], and back
         merged, act = net.name("nc"), net.name("ncrelu")
         net.nodes.append(node("Reshape", [x, net.const("s", np.array([-1, h, w]))], [merged]))
         net.nodes.append(node("LeakyRelu", [merged], [act], alpha=0.1))
         net.add(node("Reshape", [act, net.const("s", np.array([-1, c, h, w]))],
                      [net.name("unmerged")]), c, h, w)
-    elif kind < 0.85:  # x.view(x.size(0), -1), and back
+    elif kind < 0.72:  # x.view(x.size(0), -1), and back
         shape, batch, target = net.name("xshape"), net.name("xbatch"), net.name("viewshape")
         flat, act = net.name("view"), net.name("viewrelu")
         net.nodes.append(node("Shape", [x], [shape]))
@@ -796,6 +798,17 @@ def add_layout(net: Net, rng: np.random.Generator) -> None:
         net.nodes.append(node("LeakyRelu", [flat], [act], alpha=0.1))
         back = shape if rng.random() < 0.3 else net.const("s", np.array([-1, c, h, w]))
         net.add(node("Reshape", [act, back], [net.name("unviewed")]), c, h, w)
+    elif kind < 0.86:  # F.interpolate(x, size=(2h, 2w)): sizes from Shape(x), or another's
+        # Shape with as many channels (a count the cut may change where x's is not)
+        source = x if rng.random() < 0.5 else net.partner(rng, True, (x, c, h, w))[0]
+        shape, counts, sizes = net.name("rshape"), net.name("nc"), net.name("rsizes")
+        net.nodes.append(node("Shape", [source], [shape]))
+        net.nodes.append(node("Slice", [shape, net.const("s", np.array([0])),
+                                        net.const("e", np.array([2]))], [counts]))
+        net.nodes.append(node("Concat", [counts, net.const("hw", np.array([2 * h, 2 * w]))],
+                              [sizes], axis=0))
+        net.add(node("Resize", [x, "", "", sizes], [net.name("interp")], mode="nearest"),
+                c, 2 * h, 2 * w)
     elif 2 * c <= MAX_CHANNELS:
         net.add(node("Tile", [x, net.const("reps", np.array([1, 2, 1, 1]))], [net.name("tile")]),
                 2 * c, h, w)

@@ -146,3 +146,53 @@ def test_the_slice_entries_are_onnx_runtime_s():
                     reader = ir.Node("", "Slice", [ir.Value(name="d"), *values])
                     assert _sliced(reader, length, Consts(reader)) == set(expected.tolist()), \
                         (length, start, end, step)
+
+
+def interpolate_model(resized: str = "h", sizes_from: str = "h",
+                      channel_size: list[onnx.NodeProto] | None = None) -> onnx.ModelProto:
+    """F.interpolate(h, size=(8, 16))[:, 2:4] with a dynamic batch, the Resize as
+    TorchScript writes it: Resize(h, sizes=Concat(Shape(h)[:2], [8, 16])); `resized` and
+    `sizes_from` name the tensors whose Resize and Shape these are (h, or g: conv_g's output,
+    as many channels), `channel_size` nodes make the sizes' first two entries (`nc`)
+    instead. Channels 0 and 1 of h are not read, 1 is zero too."""
+    size_nodes = channel_size or [
+        node("Shape", [sizes_from], ["hs"]),
+        node("Slice", ["hs", "zero", "two"], ["nc"])]
+    other = [conv("x", "wg", "g")] if "g" in (resized, sizes_from) else []
+    nodes = [conv("x", "w1", "h", "b1"), *other, *size_nodes,
+             node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             node("Resize", [resized, "", "", "sizes"], ["r"], mode="nearest"),
+             node("Slice", ["r", "two", "four", "one"], ["y"])]
+    return model(nodes, inputs={"x": ("N", 4, 4, 8)}, outputs={"y": ("N", 2, 8, 16)},
+                 inits={"w1": weights(4, 4, 1, 1, zero_rows=[1]), "b1": np.zeros(4, np.float32),
+                        **({"wg": weights(4, 4, 1, 1, seed=3)} if other else {}),
+                        **({} if channel_size else {"zero": i64(0)}), "one": i64(1),
+                        "two": i64(2), "hw": i64(8, 16), "four": i64(4)})
+
+
+def test_interpolate_to_a_size_keeps_the_channel_count_it_reads_and_cuts():
+    # the sizes' channel entry is Shape(h)[1]: after the cut, h's own (cut) count
+    m = interpolate_model()
+    result = assert_cut(m, {"conv_h": (4, 2)}, input_shapes={"x": [1, 4, 4, 8]})
+    feeds = random_feeds(m, {"x": [3, 4, 4, 8]})
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_interpolate_to_the_channel_count_of_another_tensor_keeps_it():
+    # Resize(g, Concat(Shape(h)[:2], ...)): cutting h would change g's channel axis
+    m = interpolate_model(resized="g", sizes_from="h")
+    result = assert_cut(m, {}, input_shapes={"x": [1, 4, 4, 8]})
+    assert [b.reason for b in blockers(result, "Shape")] == ["Shape reads the channel count"]
+
+
+def test_a_resize_to_a_channel_count_computed_from_the_batch_keeps_the_channels():
+    # sizes = (N, 4N, 8, 16): 4 channels at the analysed batch of 1, 12 at a batch of 3,
+    # where h's channels are spread over 12 (the cut's 2 over 12 read other ones); the
+    # Shape is read for the batch alone (it was a barrier before channelcut.ops.sizes)
+    m = interpolate_model(channel_size=[
+        node("Shape", ["h"], ["n"], end=1), node("Mul", ["n", "four"], ["c"]),
+        node("Concat", ["n", "c"], ["nc"], axis=0)])
+    result = assert_cut(m, {}, input_shapes={"x": [1, 4, 4, 8]})
+    assert [b.reason for b in blockers(result, "Resize")] == [
+        "Resize to a computed size that may change the channel axis"]

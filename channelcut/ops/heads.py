@@ -358,6 +358,22 @@ def outer_sizes_proven(node: ir.Node, walk: Walk, axis: int) -> bool:
     return all(proven)
 
 
+def entry_dims(target: ir.Value, walk: Walk) -> list[Dim | None] | None:
+    """For each entry of a shape operand (`target_entries`): the run-time dim it holds where
+    it is computed from `Shape` (None: a constant, or not traced); None when the operand is
+    neither a constant nor a Concat of pieces."""
+    entries = target_entries(target, walk)
+    if entries is None:
+        return None
+    return [None if e is not None else _entry_dim(target, p, walk) for p, e in enumerate(entries)]
+
+
+def computed_entry_is_dim(target: ir.Value, p: int, dim: Dim, walk: Walk) -> bool:
+    """Is computed entry `p` of a Concat-built shape operand provably run-time dim `dim`?"""
+    entry = _entry_dim(target, p, walk)
+    return entry is not None and (same_dim(entry, dim, walk) or same_dim(dim, entry, walk))
+
+
 def _entry_dim(target: ir.Value, p: int, walk: Walk) -> Dim | None:
     """The run-time dim that computed entry `p` of a Concat-built shape operand holds."""
     offset = 0

@@ -3,9 +3,11 @@ entries at the channel axes alone.
 
 `x.view(x.size(0), -1)` exports as `Reshape(x, Concat(Gather(Shape(x), 0), [-1]))`: the
 batch is read, the channel count is not, so the channels stay free (the Reshape's own rule
-decides whether its computed target keeps the layout, `heads.computed_target_fixed`). Where
-a reader may see a channel axis's entry (the whole shape, a graph output, an index computed
-at run time), the channel count is read and every channel is kept.
+decides whether its computed target keeps the layout, `heads.computed_target_fixed`). The
+channel count itself may go into the `sizes` of a Resize of a tensor with the same channel
+dim (`F.interpolate(x, size=...)`), which then gets the cut count its input has. Where a
+reader may see a channel axis's entry otherwise (the whole shape, a graph output, an index
+computed at run time), the channel count is read and every channel is kept.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from channelcut.analysis import Walk
-from channelcut.graph import attr_int
+from channelcut.graph import attr_int, opset_version
 from channelcut.ops import rule
+from channelcut.ops.heads import entry_dims, same_dim
 
 INT64_MAX = 2 ** 63 - 1
 
@@ -39,8 +42,10 @@ def analyse_shape(node: ir.Node, walk: Walk) -> None:
     if not channel_entries:
         return
     length = max(end - start, 0)
+    channel_axes = {start + k for k in channel_entries}
     if out.is_graph_output() or not all(
-            _picks_outside(use.node, use.idx, length, channel_entries, walk)
+            _picks_outside(use.node, use.idx, length, channel_entries, walk) or
+            _sizes_of_own_resizes(use.node, node.inputs[0], channel_axes, walk)
             for use in out.uses()):
         walk.barrier(node, "Shape reads the channel count")
 
@@ -62,6 +67,38 @@ def _picks_outside(reader: ir.Node, index: int, length: int, avoided: set[int],
         picked = _sliced(reader, length, walk)
         return picked is not None and not picked & avoided
     return False
+
+
+def _sizes_of_own_resizes(reader: ir.Node, x: ir.Value, channel_axes: set[int],
+                          walk: Walk) -> bool:
+    """Do the entries `reader` takes from Shape(x) (a Gather or Slice) go only into Concats
+    that are the `sizes` of Resizes which get, on each axis where the sizes hold a channel
+    count of x, their own input's dim there? `interpolate(x, size=...)` writes `Resize(x,
+    sizes=Concat(Shape(x)[:2], size))`: after the cut the count read is the cut one, which
+    the Resize's input has (the Resize rule checks its side, `spatial`)."""
+    if reader.op_type not in ("Gather", "Slice") or reader.domain not in ("", "ai.onnx") or \
+            not reader.outputs or reader.outputs[0].is_graph_output() or \
+            not reader.outputs[0].uses() or opset_version(walk.model) < 11:
+        return False
+    for use in reader.outputs[0].uses():
+        concat = use.node
+        sizes = concat.outputs[0] if concat.outputs else None
+        if concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx") or \
+                sizes is None or sizes.is_graph_output() or not sizes.uses():
+            return False
+        dims = entry_dims(sizes, walk)
+        if dims is None:
+            return False
+        for size_use in sizes.uses():
+            resize = size_use.node
+            if resize.op_type != "Resize" or resize.domain not in ("", "ai.onnx") or \
+                    size_use.idx != 3 or "axes" in resize.attributes:
+                return False
+            for q, dim in enumerate(dims):
+                if dim is not None and dim[0] is x and dim[1] in channel_axes and \
+                        not same_dim((resize.inputs[0], q), dim, walk):
+                    return False
+    return True
 
 
 def _sliced(reader: ir.Node, length: int, walk: Walk) -> set[int] | None:

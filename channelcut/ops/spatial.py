@@ -21,6 +21,7 @@ from channelcut.graph import (attr_float, attr_int, attr_ints, attr_string, inpu
                               padding_reaches_output, reduction_axes)
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent
+from channelcut.ops.heads import computed_entry_is_dim, target_entries
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,43 @@ def _pooled_plane(node: ir.Node, walk: Walk, source: ChannelInfo) -> np.ndarray 
 rule("GlobalAveragePool", "AveragePool", planes=True)(analyse_pool)
 
 
+def _channel_axis_kept_at_every_size(node: ir.Node, walk: Walk) -> bool:
+    """Does a Resize keep the channel axis's size whatever the input sizes, not only at the
+    analysed ones? Constant scales and sizes keep what they keep there; a computed `sizes`
+    must hold, on the channel axis, a constant or the input's own channel dim (traced back to
+    the `Shape` it comes from: `interpolate(x, size=...)` writes `Concat(Shape(x)[:2],
+    size)`); computed scales say nothing."""
+    if node.op_type == "Upsample" or opset_version(walk.model) < 11:
+        scales, sizes = input_at(node, 1), None
+    else:
+        scales, sizes = input_at(node, 2), input_at(node, 3)
+    if scales is not None and walk.const(scales) is None:
+        return False
+    if sizes is None or walk.const(sizes) is not None:
+        return True
+    source = walk.info(node.inputs[0])
+    rank = len(walk.shape(node.inputs[0]) or ())
+    axes = [a % rank if rank else a for a in attr_ints(node, "axes", [])] or list(range(rank))
+    entries = target_entries(sizes, walk)
+    if source.span != 1 or entries is None or len(entries) != len(axes):
+        return False
+    if source.axis not in axes:
+        return True
+    at = axes.index(source.axis)
+    return entries[at] is not None or \
+        computed_entry_is_dim(sizes, at, (node.inputs[0], source.axis), walk)
+
+
 @rule("Resize", "Upsample")
 def analyse_resize(node: ir.Node, walk: Walk) -> None:
-    """out[c] <- resize(in[c]) when the channel axis keeps its size."""
+    """out[c] <- resize(in[c]) when the channel axis keeps its size (at every input size)."""
     if walk.info(node.inputs[0]) is None:
         return
     if not _keeps_channel_axis(node, walk):
         walk.barrier(node, "Resize changes the channel axis")
+        return
+    if not _channel_axis_kept_at_every_size(node, walk):
+        walk.barrier(node, "Resize to a computed size that may change the channel axis")
         return
     mode = attr_string(node, "mode", "nearest")
     transparent(node, walk, (lambda x: x) if mode in ("nearest", "linear") else _zero_only)
