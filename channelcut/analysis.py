@@ -518,6 +518,26 @@ def _check_layouts(node: ir.Node, walk: Walk) -> None:
                              f"{value.name!r} of shape {list(shape)} along axis {info.axis}")
 
 
+def _pin_varying_channel_axes(node: ir.Node, walk: Walk) -> None:
+    """Where an input has dynamic dims, a channel axis of an output that shape inference from
+    the declared inputs names after them (its size varies with the inputs' sizes) or cannot
+    tell may hold other positions at other sizes than the analysed ones: its channels are
+    kept, whatever the rule made of them (a rule that follows a computed size is meant to
+    refuse such an axis itself; this catches the ones that do not)."""
+    if walk.sizes_fixed:
+        return
+    for value in node.outputs:
+        info, shape = walk.infos.get(value), walk.shape(value)
+        dims = walk.symbolic_dims(value)
+        if info is None or shape is None or dims is None or len(dims) != len(shape):
+            continue
+        varying = [d for d in dims[info.axis:info.axis + info.span] if not isinstance(d, int)]
+        if varying:
+            size = "unknown" if varying[0] is None else repr(varying[0])
+            walk.pin(info, node, f"channel axis of {size} size at other input sizes than the "
+                                 f"analysed ones")
+
+
 def _name_shape_origin(node: ir.Node, walk: Walk, pins: list[Pin]) -> None:
     """A rule that kept channels while an input's shape was unknown most likely kept them for
     that: its reasons say which op upstream made the shape unknown (the op to look at)."""
@@ -565,6 +585,7 @@ def walk_graph(model: ir.Model,
         try:
             rule.analyse(node, walk)
             _check_layouts(node, walk)
+            _pin_varying_channel_axes(node, walk)
         except Exception as exc:  # a rule bug must not cut anything: keep what the node touches
             if os.environ.get("CHANNELCUT_STRICT"):
                 raise

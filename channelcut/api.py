@@ -283,7 +283,8 @@ def _cut(original: onnx.ModelProto, input_shapes: dict[str, list[int] | tuple[in
         with stages.stage("verify", len(samples)) as advance:
             result.report.checks = dynamic_dims.compare_sizes(
                 original, result.model, shapes, assumed, samples=samples, advance=advance,
-                ranges=checking.ranges)
+                ranges=checking.ranges,
+                set_dynamic=dynamic_dims.set_dynamic_dims(original, input_shapes))
         result.report.verify_inputs = checking.describe()
         verification.check(result.report.checks, threshold)
     return result

@@ -62,24 +62,47 @@ def _how_to_set(shapes: dict[str, tuple[int, ...]], labels: dict[str, dict[int, 
     return f"set the real sizes with {how} (numbers for {', '.join(placeholders)})"
 
 
-def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]]
+def other_shapes(shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]],
+                 set_dynamic: dict[str, list[int]] | None = None
                  ) -> dict[str, tuple[int, ...]]:
     """`shapes` with every assumed dim at OTHER_DYNAMIC_DIM (one value for all: dims that must
-    agree still do)."""
-    return {name: tuple(OTHER_DYNAMIC_DIM if axis in assumed.get(name, ()) else d
-                        for axis, d in enumerate(dims)) for name, dims in shapes.items()}
+    agree still do) and every dynamic dim the caller set (`set_dynamic`) at twice its size (a
+    multiple of a stride stays one, and dims set alike stay alike)."""
+    def other(name: str, axis: int, d: int) -> int:
+        if axis in assumed.get(name, ()):
+            return OTHER_DYNAMIC_DIM
+        return 2 * d if axis in (set_dynamic or {}).get(name, ()) else d
+    return {name: tuple(other(name, axis, d) for axis, d in enumerate(dims))
+            for name, dims in shapes.items()}
+
+
+def set_dynamic_dims(model: onnx.ModelProto, overrides: dict[str, Sequence[int]] | None
+                     ) -> dict[str, list[int]]:
+    """Per input the caller gave a shape for, the axes the model declares dynamic: the cut
+    model keeps them dynamic, so it must hold at other sizes than the one set too."""
+    dynamic = {}
+    for value in verify.graph_inputs(model):
+        dims = verify.declared_dims(value)
+        if dims is not None and value.name in (overrides or {}):
+            axes = [axis for axis, d in enumerate(dims) if d is None]
+            if axes:
+                dynamic[value.name] = axes
+    return dynamic
 
 
 def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
                   shapes: dict[str, tuple[int, ...]], assumed: dict[str, list[int]],
                   samples: list[dict[str, np.ndarray]] | None = None,
                   advance: Callable[[int], None] | None = None,
-                  ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                  ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                  set_dynamic: dict[str, list[int]] | None = None
                   ) -> list[OutputCheck]:
     """`compare` at `shapes` (on `samples`, the caller's or verify.input_sets) and, where dims
-    were assumed, again with them at OTHER_DYNAMIC_DIM on seeded input sets (inside the
-    declared input `ranges`; skipped, with a warning, when the original does not run
-    there)."""
+    are dynamic, again at a second size (`other_shapes`: assumed dims at OTHER_DYNAMIC_DIM,
+    those the caller set, `set_dynamic`, at twice their size) on seeded input sets (inside the
+    declared input `ranges`; only the first set where a set dim doubled, whose inputs may be
+    large; skipped, with a warning, when the original does not run there or the inputs would
+    not fit in memory)."""
     try:
         per_size = [verify.compare(original, cut, shapes, samples=samples, advance=advance)]
     except verify.OriginalDoesNotRun as exc:
@@ -91,14 +114,18 @@ def compare_sizes(original: onnx.ModelProto, cut: onnx.ModelProto,
             f"assumed for its dynamic dims, {_sizes(shapes, list(assumed))}: "
             f"{_how_to_set(shapes, _dim_labels(original, assumed))}, or fix the model or skip "
             "verification with --no-verify") from None
-    if assumed:
-        other = other_shapes(shapes, assumed)
+    if assumed or set_dynamic:
+        other = other_shapes(shapes, assumed, set_dynamic)
+        names = list(dict.fromkeys([*assumed, *(set_dynamic or {})]))
         try:
-            within = {"samples": verify.input_sets(original, other, ranges=ranges)} \
-                if ranges else {}
+            count = 1 if set_dynamic else None
+            within = {"samples": verify.input_sets(original, other, count=count, ranges=ranges)} \
+                if ranges or count else {}
             per_size.append(verify.compare(original, cut, other, **within))
         except verify.OriginalDoesNotRun as exc:
             log.warning("verification at the second input size (%s) skipped: the original "
-                        "model does not run there (%s)", _sizes(other, list(assumed)),
-                        exc.reason)
+                        "model does not run there (%s)", _sizes(other, names), exc.reason)
+        except verify.InputsTooLarge as exc:
+            log.warning("verification at the second input size (%s) skipped: %s",
+                        _sizes(other, names), exc)
     return verify.worst(per_size)

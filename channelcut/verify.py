@@ -56,7 +56,7 @@ def resolve_input_shapes(
         )
     shapes = {}
     for value in inputs:
-        dims = _declared_dims(value)
+        dims = declared_dims(value)
         override = overrides.get(value.name)
         if override is None:
             if dims is None:
@@ -91,7 +91,7 @@ def assumed_dims(model: onnx.ModelProto, overrides: dict[str, Sequence[int]] | N
     DEFAULT_DYNAMIC_DIM); inputs with none are left out."""
     assumed = {}
     for value in graph_inputs(model):
-        dims = _declared_dims(value)
+        dims = declared_dims(value)
         if dims is not None and value.name not in (overrides or {}):
             axes = [axis for axis, d in enumerate(dims) if d is None]
             if axes:
@@ -195,7 +195,7 @@ def _check_input_bytes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]
     if sizes and sum(sizes.values()) > limit:
         name = max(sizes, key=sizes.__getitem__)
         dims = ",".join(str(d) for d in shapes[name])
-        raise ChannelcutError(
+        raise InputsTooLarge(
             f"verification inputs would take {sum(sizes.values()) / 2**30:.3g} GiB (input "
             f"{name!r} is [{dims}]), more than a quarter of this machine's memory "
             f"({limit * 4 / 2**30:.3g} GiB); give smaller dims with --input-shape "
@@ -316,6 +316,10 @@ def check(checks: list[OutputCheck], threshold: float) -> None:
         )
 
 
+class InputsTooLarge(ChannelcutError):
+    """Verification's inputs at the sizes asked for would not fit in this machine's memory."""
+
+
 class OriginalDoesNotRun(ChannelcutError):
     """The original model does not run in ONNX Runtime at the size verification feeds."""
 
@@ -331,7 +335,7 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in model.graph.input if v.name not in initializers]
 
 
-def _declared_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
+def declared_dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
     """The input's dims, None for a dynamic one; None overall when the rank is unknown."""
     if not value.type.HasField("tensor_type"):
         raise ChannelcutError(

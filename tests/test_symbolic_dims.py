@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from builders import model, node
+from onnx import TensorProto, helper
+
+from builders import assert_cut, blockers, conv, model, node, random_feeds, run, weights
 from channelcut.graph import to_ir
 
 
@@ -85,3 +87,26 @@ def test_entries_solved_in_an_earlier_pass_stay_solved_when_a_later_one_solves()
     assert dims["heads"] == (batch, length, 4, 4)
     assert dims["t"] == (batch, 4, length, 4)
     assert dims["merged"] == (batch, length, 16)
+
+
+def test_a_channel_axis_whose_size_varies_with_the_batch_keeps_its_channels():
+    # Concat([z, h], axis=1) with z = ConstantOfShape([N, N, 4, 8]): h's channels are at
+    # positions 1..4 at the analysed batch of 1 and 3..6 at a batch of 3, where y = cat[:, 2:4]
+    # reads z's third channel and h's first (the cut took h's channel 0 for unread and cut
+    # it, and the verification at the size set, a batch of 1, did not see it)
+    nodes = [conv("x", "w1", "h", "b1"),
+             node("Shape", ["x"], ["n"], end=1),
+             node("Concat", ["n", "n", "hw"], ["zshape"], axis=0),
+             node("ConstantOfShape", ["zshape"], ["z"],
+                  value=helper.make_tensor("v", TensorProto.FLOAT, [1], [2.0])),
+             node("Concat", ["z", "h"], ["cat"], axis=1),
+             node("Slice", ["cat", "two", "four", "one"], ["y"])]
+    m = model(nodes, inputs={"x": ("N", 4, 4, 8)}, outputs={"y": ("N", 2, 4, 8)},
+              inits={"w1": weights(4, 4, 1, 1, zero_rows=[1]), "b1": np.zeros(4, np.float32),
+                     "hw": np.array([4, 8], np.int64), "one": np.array([1], np.int64),
+                     "two": np.array([2], np.int64), "four": np.array([4], np.int64)})
+    result = assert_cut(m, {}, input_shapes={"x": [1, 4, 4, 8]})
+    assert "channel axis of 'unk__0' size at other input sizes than the analysed ones" in \
+        [b.reason for b in blockers(result, "Concat")]
+    feeds = random_feeds(m, {"x": [3, 4, 4, 8]})
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"])

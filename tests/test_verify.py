@@ -386,7 +386,27 @@ def test_free_dims_are_verified_at_two_sizes(monkeypatch):
     assert result.report.removed_groups == 1
     sizes.clear()
     channelcut.cut(dynamic_conv_model(), input_shapes={"x": [2, 3, 8, 8]})
-    assert sizes == [{"x": (2, 3, 8, 8)}]
+    # the cut model keeps the dims dynamic: it is verified at twice the sizes set too
+    assert sizes == [{"x": (2, 3, 8, 8)}, {"x": (4, 3, 16, 16)}]
+
+
+def test_dims_the_caller_set_are_verified_at_another_size_too():
+    # a "cut" that takes row 0 for the sum over a dynamic batch: right at the batch set, 1
+    def batch_model(op: str) -> onnx.ModelProto:
+        nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)] \
+            if op == "sum" else [helper.make_node("Slice", ["x", "zero", "one", "axes"], ["y"])]
+        return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                          [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in
+                           (("axes", [0]), ("zero", [0]), ("one", [1]))])
+    original, baked = batch_model("sum"), batch_model("slice")
+    shapes = {"x": (1, 4)}
+    at_the_set_size = dynamic_dims.compare_sizes(original, baked, shapes, {})
+    assert min(c.cosine for c in at_the_set_size) == pytest.approx(1.0)
+    both = dynamic_dims.compare_sizes(original, baked, shapes, {},
+                                      set_dynamic=dynamic_dims.set_dynamic_dims(original, shapes))
+    assert min(c.cosine for c in both) < 0.9999
 
 
 def test_a_second_size_the_original_cannot_run_is_skipped_with_a_warning(caplog):
