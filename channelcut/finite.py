@@ -86,6 +86,18 @@ def pow_base_outside(fractional: np.ndarray | bool, lowest: np.ndarray | float,
         return (np.asarray(fractional) & ~(lo >= 0)) | (negative & overflow)
 
 
+def pow_overflows(base: tuple[np.ndarray, np.ndarray], exponent: tuple[np.ndarray, np.ndarray]
+                  ) -> np.ndarray:
+    """Where base ** exponent may overflow for a base in `base` (> 0) and a computed exponent
+    in `exponent` (intervals): a computed exponent is exp(e ln b), as easily Inf as Exp is
+    (0.5 ** -200, 2 ** 200), unless the intervals keep every power within HUGE (the power is
+    monotone in each operand for a positive base: its corners bound it)."""
+    with np.errstate(all="ignore"):
+        corners = [np.power(np.asarray(b, np.float64), np.asarray(e, np.float64))
+                   for b in base for e in exponent]
+        return ~np.all([c <= HUGE for c in corners], axis=0)
+
+
 DOMAIN_EDGE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Div": _may_hold_zero,
     "Reciprocal": _may_hold_zero,
@@ -103,7 +115,9 @@ def leaves_domain(node: ir.Node, walk: Walk) -> bool:
     if node.op_type == "Pow" and len(node.inputs) == 2:
         exponent = walk.const(node.inputs[1])
         if exponent is None:
-            return _outside(node.inputs[0], walk, not_above_zero)
+            return _outside(node.inputs[0], walk, not_above_zero) or \
+                bool(pow_overflows(_interval(node.inputs[0], walk),
+                                   _interval(node.inputs[1], walk)).any())
         exponent = np.asarray(exponent, np.float64)
         fractional = bool((exponent != np.round(exponent)).any())
         lowest = float(exponent.min()) if exponent.size else 0.0
@@ -128,16 +142,22 @@ def _outside(value: ir.Value, walk: Walk,
              edge: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> bool:
     """Does `edge` hold anywhere in the value (a constant's elements, else its interval)?"""
     array = walk.const(value)
+    if array is not None and array.dtype.kind != "f":
+        return False  # integer division by zero: the runtime's error, not a NaN
+    return bool(edge(*_interval(value, walk)).any())
+
+
+def _interval(value: ir.Value, walk: Walk) -> tuple[np.ndarray, np.ndarray]:
+    """A value's elements (a constant's, each its own interval), else its channels' intervals,
+    else the one of a graph input's declared range, else unbounded."""
+    array = walk.const(value)
     if array is not None:
-        if array.dtype.kind != "f":
-            return False  # integer division by zero: the runtime's error, not a NaN
-        values = np.asarray(array, np.float64)
-        return bool(edge(values, values).any())
+        values = np.asarray(array, np.float64).reshape(-1)
+        return values, values
     info = walk.info(value)
     if info is not None:
-        return bool(edge(info.lo, info.hi).any())
-    lo, hi = walk.input_ranges.get(value, (np.array([-np.inf]), np.array([np.inf])))
-    return bool(edge(lo, hi).any())
+        return info.lo, info.hi
+    return walk.input_ranges.get(value, (np.array([-np.inf]), np.array([np.inf])))
 
 
 # Ops whose constants only bound the input (clip(x, -inf, inf) is x): no NaN or Inf from them.

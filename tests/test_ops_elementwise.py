@@ -445,6 +445,37 @@ def test_a_constant_exponent_of_tracked_channels_marks_only_bases_outside_its_do
         assert np.isnan(run(result.model, random_feeds(m))["y"]).any()
 
 
+@pytest.mark.parametrize("base, exponent, finite", [
+    (0.5, "conv", False),  # 0.5 ** -200 overflows (bench/fuzz.py seed 67, its large inputs)
+    (2.0, "conv", False),  # 2 ** 200 too
+    (1.0, "conv", True),  # 1 ** e is 1 for every e
+    (0.5, "sigmoid", True),  # 0.5 ** [0, 1] lies in [0.5, 1]
+    (2.0, "sigmoid", True)])
+def test_a_computed_exponent_of_a_constant_base_marks_the_powers_that_may_overflow(
+        base, exponent, finite):
+    """m = c ** e for e one of conv_h's tracked channels (or their Sigmoid): conv_k's weights
+    are zero, so where m is finite nothing reads it and conv_h's channels go but one; a
+    computed exponent is exp(e ln c), as easily Inf as Exp, and 0 times Inf is NaN. Only a
+    base at or below zero was checked, and the zero-only cut of 0.5 ** conv took 3 of its 4
+    channels for unread: NaN at 27 positions of the cut model where the original had 30."""
+    nodes = [conv("x", "w1", "h", "b1")]
+    if exponent == "sigmoid":
+        nodes.append(node("Sigmoid", ["h"], ["s"]))
+    m = model([*nodes, node("Pow", ["c", "s" if exponent == "sigmoid" else "h"], ["m"]),
+               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+              inputs={"x": X_SHAPE}, outputs=["y"],
+              inits={"w1": weights(C, 4, 1, 1), "b1": bias(C),
+                     "c": np.array(base, np.float32), "wk": np.zeros((6, C, 1, 1), np.float32),
+                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                     "w2": weights(3, 6, 1, 1, seed=5)})
+    if finite:
+        assert_cut(m, {"conv_h": (4, 1), "conv_k": (1, 3), "conv_y": (3, 3)})
+    else:
+        result = assert_cut(m, {})
+        big = {"x": 300 * random_feeds(m)["x"]}  # exponents of a few hundred
+        assert np.isnan(run(result.model, big)["y"]).any()
+
+
 @pytest.mark.parametrize("norm", ["ReduceL2", "ReduceL1", "ReduceSumSquare"])
 def test_a_norm_plus_eps_is_a_divisor_above_zero(norm):
     """ConvNeXt-V2's global response norm: g = norm of h over the plane, m = h * g /

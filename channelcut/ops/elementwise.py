@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from channelcut.analysis import Cost, Site, Walk
 from channelcut.channels import HUGE, ChannelInfo, per_channel_constant
-from channelcut.finite import DOMAIN_EDGE, not_above_zero, pow_base_outside
+from channelcut.finite import DOMAIN_EDGE, not_above_zero, pow_base_outside, pow_overflows
 from channelcut.fold import reinsert, reinsert_output
 from channelcut.graph import attr_float, attr_int, attr_string, input_at, opset_version
 from channelcut.ops import rule
@@ -271,7 +271,7 @@ def _computed_second_operand_leaves_domain(node: ir.Node, walk: Walk, out: Chann
     """Per output channel, for a computed divisor or exponent (its known channels are checked
     as constants are): Div, where zero is inside the divisor's interval and its columns'
     (channelcut.columns); Pow, where the base's interval is not above zero (0 ** -1 is Inf,
-    (-1) ** 0.5 NaN)."""
+    (-1) ** 0.5 NaN) or the power may overflow (finite.pow_overflows)."""
     from channelcut.columns import inside_by_columns  # they import the rules
     from channelcut.ops.bounds_pointwise import operand_interval
 
@@ -280,7 +280,9 @@ def _computed_second_operand_leaves_domain(node: ir.Node, walk: Walk, out: Chann
         if leaves.any() and inside_by_columns(walk, operands[1], DOMAIN_EDGE["Div"]):
             leaves[:] = False  # the columns say more than the channels (linear attention)
     else:
-        leaves = not_above_zero(*operand_interval(node, walk, out, operands[0]))
+        base = operand_interval(node, walk, out, operands[0])
+        leaves = not_above_zero(*base) | \
+            pow_overflows(base, operand_interval(node, walk, out, operands[1]))
     return leaves & ~values[1][0]
 
 
