@@ -802,9 +802,12 @@ def add_layout(net: Net, rng: np.random.Generator) -> None:
         # Shape with as many channels (a count the cut may change where x's is not)
         source = x if rng.random() < 0.5 else net.partner(rng, True, (x, c, h, w))[0]
         shape, counts, sizes = net.name("rshape"), net.name("nc"), net.name("rsizes")
-        net.nodes.append(node("Shape", [source], [shape]))
-        net.nodes.append(node("Slice", [shape, net.const("s", np.array([0])),
-                                        net.const("e", np.array([2]))], [counts]))
+        if rng.random() < 0.5:  # TorchScript: a Slice of the Shape
+            net.nodes.append(node("Shape", [source], [shape]))
+            net.nodes.append(node("Slice", [shape, net.const("s", np.array([0])),
+                                            net.const("e", np.array([2]))], [counts]))
+        else:  # dynamo: the Shape's own end
+            net.nodes.append(node("Shape", [source], [counts], end=2))
         net.nodes.append(node("Concat", [counts, net.const("hw", np.array([2 * h, 2 * w]))],
                               [sizes], axis=0))
         net.add(node("Resize", [x, "", "", sizes], [net.name("interp")], mode="nearest"),

@@ -179,6 +179,35 @@ def test_interpolate_to_a_size_keeps_the_channel_count_it_reads_and_cuts():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_interpolate_as_the_dynamo_exporter_writes_it_cuts():
+    # Concat(Shape(h, end=2), size): the Shape's own output is the sizes' first piece
+    m = interpolate_model(channel_size=[node("Shape", ["h"], ["nc"], end=2)])
+    result = assert_cut(m, {"conv_h": (4, 2)}, input_shapes={"x": [1, 4, 4, 8]})
+    feeds = random_feeds(m, {"x": [3, 4, 4, 8]})
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_interpolate_to_a_computed_spatial_size_cuts():
+    # sizes (N, C, 2H, 2W), 2H and 2W computed in floats as the dynamo exporter scales them:
+    # shape inference cannot say the output's H and W, only its channel count, which is h's
+    # (the Resize took the unknown output shape for a change of the channel axis); a conv
+    # reads the result (a Slice needs its input's shape, and keeps the channels)
+    nodes = [conv("x", "w1", "h", "b1"), node("Shape", ["h"], ["nc"], end=2),
+             node("Shape", ["h"], ["spatial"], start=2), node("Cast", ["spatial"], ["fs"], to=1),
+             node("Mul", ["fs", "twice"], ["scaled"]), node("Cast", ["scaled"], ["hw"], to=7),
+             node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+             node("Resize", ["h", "", "", "sizes"], ["r"], mode="nearest"),
+             conv("r", "w2", "y")]
+    m = model(nodes, inputs={"x": ("N", 4, 4, 8)}, outputs={"y": ("N", 6, 8, 16)},
+              inits={"w1": weights(4, 4, 1, 1, zero_rows=[1]), "b1": np.zeros(4, np.float32),
+                     "w2": weights(6, 4, 1, 1, seed=5), "twice": np.array(2.0, np.float32)})
+    result = assert_cut(m, CUT, input_shapes={"x": [1, 4, 4, 8]})
+    feeds = random_feeds(m, {"x": [3, 4, 4, 8]})
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_interpolate_to_the_channel_count_of_another_tensor_keeps_it():
     # Resize(g, Concat(Shape(h)[:2], ...)): cutting h would change g's channel axis
     m = interpolate_model(resized="g", sizes_from="h")

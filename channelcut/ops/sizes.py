@@ -71,33 +71,44 @@ def _picks_outside(reader: ir.Node, index: int, length: int, avoided: set[int],
 
 def _sizes_of_own_resizes(reader: ir.Node, x: ir.Value, channel_axes: set[int],
                           walk: Walk) -> bool:
-    """Do the entries `reader` takes from Shape(x) (a Gather or Slice) go only into Concats
-    that are the `sizes` of Resizes which get, on each axis where the sizes hold a channel
-    count of x, their own input's dim there? `interpolate(x, size=...)` writes `Resize(x,
-    sizes=Concat(Shape(x)[:2], size))`: after the cut the count read is the cut one, which
-    the Resize's input has (the Resize rule checks its side, `spatial`)."""
-    if reader.op_type not in ("Gather", "Slice") or reader.domain not in ("", "ai.onnx") or \
-            not reader.outputs or reader.outputs[0].is_graph_output() or \
-            not reader.outputs[0].uses() or opset_version(walk.model) < 11:
+    """Do the entries `reader` takes from Shape(x) (a Gather or Slice of them, or a Concat of
+    them all) go only into Concats that are the `sizes` of Resizes which get, on each axis
+    where the sizes hold a channel count of x, their own input's dim there?
+    `interpolate(x, size=...)` writes `Resize(x, sizes=Concat(Shape(x)[:2], size))`
+    (TorchScript: a Slice of the Shape; the dynamo exporter: a Shape with `end=2`): after the
+    cut the count read is the cut one, which the Resize's input has (the Resize rule checks
+    its side, `spatial`)."""
+    if reader.domain not in ("", "ai.onnx") or opset_version(walk.model) < 11:
         return False
-    for use in reader.outputs[0].uses():
-        concat = use.node
-        sizes = concat.outputs[0] if concat.outputs else None
-        if concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx") or \
-                sizes is None or sizes.is_graph_output() or not sizes.uses():
+    if reader.op_type == "Concat":
+        return _own_resizes_sizes(reader, x, channel_axes, walk)
+    if reader.op_type not in ("Gather", "Slice") or not reader.outputs or \
+            reader.outputs[0].is_graph_output() or not reader.outputs[0].uses():
+        return False
+    return all(use.node.op_type == "Concat" and use.node.domain in ("", "ai.onnx") and
+               _own_resizes_sizes(use.node, x, channel_axes, walk)
+               for use in reader.outputs[0].uses())
+
+
+def _own_resizes_sizes(concat: ir.Node, x: ir.Value, channel_axes: set[int], walk: Walk
+                       ) -> bool:
+    """Is the Concat's output read only as the `sizes` of Resizes, each getting its own
+    input's dim wherever the sizes hold one of x's channel axes (`_sizes_of_own_resizes`)?"""
+    sizes = concat.outputs[0] if concat.outputs else None
+    if sizes is None or sizes.is_graph_output() or not sizes.uses():
+        return False
+    dims = entry_dims(sizes, walk)
+    if dims is None:
+        return False
+    for use in sizes.uses():
+        resize = use.node
+        if resize.op_type != "Resize" or resize.domain not in ("", "ai.onnx") or \
+                use.idx != 3 or "axes" in resize.attributes:
             return False
-        dims = entry_dims(sizes, walk)
-        if dims is None:
-            return False
-        for size_use in sizes.uses():
-            resize = size_use.node
-            if resize.op_type != "Resize" or resize.domain not in ("", "ai.onnx") or \
-                    size_use.idx != 3 or "axes" in resize.attributes:
+        for q, dim in enumerate(dims):
+            if dim is not None and dim[0] is x and dim[1] in channel_axes and \
+                    not same_dim((resize.inputs[0], q), dim, walk):
                 return False
-            for q, dim in enumerate(dims):
-                if dim is not None and dim[0] is x and dim[1] in channel_axes and \
-                        not same_dim((resize.inputs[0], q), dim, walk):
-                    return False
     return True
 
 

@@ -32,11 +32,14 @@ def _zero_only(x: np.ndarray) -> np.ndarray:
 
 
 def _keeps_channel_axis(node: ir.Node, walk: Walk) -> bool:
+    """Is the channel axis as long in the output as in the input (other dims may be
+    unknown: a size computed from another tensor's)?"""
     source = walk.info(node.inputs[0])
-    in_shape, out_shape = walk.shape(node.inputs[0]), walk.shape(node.outputs[0])
-    if in_shape is None or out_shape is None or len(in_shape) != len(out_shape):
+    in_dims, out_dims = walk.dims(node.inputs[0]), walk.dims(node.outputs[0])
+    if in_dims is None or out_dims is None or len(in_dims) != len(out_dims):
         return False
-    return in_shape[source.axis] == out_shape[source.axis]
+    axes = range(source.axis, source.axis + source.span)
+    return all(in_dims[a] is not None and in_dims[a] == out_dims[a] for a in axes)
 
 
 @rule("MaxPool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
