@@ -225,3 +225,44 @@ def test_a_resize_to_a_channel_count_computed_from_the_batch_keeps_the_channels(
     result = assert_cut(m, {}, input_shapes={"x": [1, 4, 4, 8]})
     assert [b.reason for b in blockers(result, "Resize")] == [
         "Resize to a computed size that may change the channel axis"]
+
+
+def resize_model(sizes_nodes: list[onnx.NodeProto], inits: dict, axes=None,
+                 batch: int | str = "N") -> onnx.ModelProto:
+    """h (channels 0, 1 unread, 1 zero) -> Resize(h, sizes) [with `axes`] -> [:, 2:4]."""
+    resize = node("Resize", ["h", "", "", "sizes"], ["r"], mode="nearest",
+                  **({"axes": axes} if axes else {}))
+    return model([conv("x", "w1", "h", "b1"), *sizes_nodes, resize,
+                  node("Slice", ["r", "two", "four", "one"], ["y"])],
+                 inputs={"x": (batch, 4, 4, 8)}, outputs={"y": (batch, 2, 8, 16)},
+                 inits={"w1": weights(4, 4, 1, 1, zero_rows=[1]), "b1": np.zeros(4, np.float32),
+                        "one": i64(1), "two": i64(2), "four": i64(4), **inits}, opset=18)
+
+
+@pytest.mark.parametrize("case", ["computed, a constant channel count", "axes H, W",
+                                  "axes C, H, W"])
+def test_resize_sizes_get_the_cut_channel_count_where_they_hold_it(case):
+    # a Concat-built sizes' constant channel entry was left at 4 (the cut's 2 channels were
+    # resized back to 4, or, with the axes attribute, the entry rewritten was W's: 16 -> 14)
+    if case.startswith("computed"):
+        m = resize_model([node("Shape", ["h"], ["n"], end=1),
+                          node("Concat", ["n", "c", "hw"], ["sizes"], axis=0)],
+                         {"c": i64(4), "hw": i64(8, 16)})
+        expected = [None, 2, 8, 16]
+    elif case == "axes H, W":
+        m = resize_model([], {"sizes": i64(8, 16)}, axes=[2, 3], batch=1)
+        expected = [8, 16]
+    else:
+        m = resize_model([], {"sizes": i64(4, 8, 16)}, axes=[1, 2, 3], batch=1)
+        expected = [2, 8, 16]
+    result = assert_cut(m, {"conv_h": (4, 2)}, input_shapes={"x": [1, 4, 4, 8]})
+    resize = next(n for n in result.model.graph.node if n.op_type == "Resize")
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    if case.startswith("computed"):
+        concat = next(n for n in result.model.graph.node if n.output[0] == resize.input[3])
+        assert [int(inits[concat.input[1]][0]), *inits[concat.input[2]]] == expected[1:]
+    else:
+        assert list(inits[resize.input[3]]) == expected
+    feeds = random_feeds(m, {"x": [3 if case.startswith("computed") else 1, 4, 4, 8]})
+    np.testing.assert_allclose(run(result.model, feeds)["y"], run(m, feeds)["y"],
+                               rtol=1e-5, atol=1e-6)

@@ -21,7 +21,7 @@ from channelcut.graph import (attr_float, attr_int, attr_ints, attr_string, inpu
                               padding_reaches_output, reduction_axes)
 from channelcut.ops import rule
 from channelcut.ops.elementwise import transparent
-from channelcut.ops.heads import computed_entry_is_dim, target_entries
+from channelcut.ops.heads import computed_entry_is_dim, set_target_entry, target_entries
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +111,15 @@ def _channel_axis_kept_at_every_size(node: ir.Node, walk: Walk) -> bool:
         return False
     if sizes is None or walk.const(sizes) is not None:
         return True
-    source = walk.info(node.inputs[0])
-    rank = len(walk.shape(node.inputs[0]) or ())
-    axes = [a % rank if rank else a for a in attr_ints(node, "axes", [])] or list(range(rank))
+    source, dims = walk.info(node.inputs[0]), walk.dims(node.inputs[0])
     entries = target_entries(sizes, walk)
-    if source.span != 1 or entries is None or len(entries) != len(axes):
+    if source.span != 1 or entries is None or dims is None:
         return False
-    if source.axis not in axes:
+    at = _sizes_entry(node, len(dims), source.axis)
+    if at is None:
         return True
-    at = axes.index(source.axis)
-    return entries[at] is not None or \
-        computed_entry_is_dim(sizes, at, (node.inputs[0], source.axis), walk)
+    return at < len(entries) and (entries[at] is not None or computed_entry_is_dim(
+        sizes, at, (node.inputs[0], source.axis), walk))
 
 
 @rule("Resize", "Upsample")
@@ -139,15 +137,30 @@ def analyse_resize(node: ir.Node, walk: Walk) -> None:
     transparent(node, walk, (lambda x: x) if mode in ("nearest", "linear") else _zero_only)
 
 
+def _sizes_entry(node: ir.Node, rank: int, axis: int) -> int | None:
+    """Which entry of a Resize's `sizes` is for `axis` (its `axes` attribute lists the axes
+    the entries are for; by default all); None when the sizes leave the axis out."""
+    axes = [a % rank for a in attr_ints(node, "axes", [])] or list(range(rank))
+    return axes.index(axis) if axis in axes else None
+
+
 def rewrite_resize(node: ir.Node, rw: Rewrite) -> None:
-    """Explicit output `sizes` include the channel count; shrink it."""
+    """Explicit output `sizes` include the channel count where they cover the channel axis:
+    shrink it (a constant, or the constant piece of a Concat-built `sizes`; a computed entry
+    is the input's own count, `_channel_axis_kept_at_every_size`)."""
     deleted = rw.deleted(node.outputs[0])
-    sizes = rw.const(input_at(node, 3)) if node.op_type == "Resize" else None
-    if deleted.size == 0 or sizes is None or sizes.size == 0:
+    sizes = input_at(node, 3) if node.op_type == "Resize" else None
+    if deleted.size == 0 or sizes is None:
         return
-    sizes = sizes.copy()
-    sizes[rw.info(node.outputs[0]).axis] -= deleted.size
-    rw.set_const(node, 3, sizes)
+    entries = target_entries(sizes, rw)
+    if not entries:
+        return
+    shape = node.outputs[0].shape  # the rank (the H and W may be unknown)
+    if shape is None:
+        return
+    at = _sizes_entry(node, len(shape), rw.info(node.outputs[0]).axis)
+    if at is not None and at < len(entries) and entries[at] is not None:
+        set_target_entry(node, 3, rw, at, entries[at] - deleted.size)
 
 
 rule("Resize", "Upsample", rewrite=rewrite_resize)(analyse_resize)
