@@ -432,17 +432,30 @@ def test_a_constant_exponent_of_tracked_channels_marks_only_bases_outside_its_do
         inits["p"] = per_channel({3: -0.5}, 2.0)
     else:
         inits["p"] = np.array(exponent, np.float32)
-    m = model([*nodes, node("Pow", ["b" if base != "conv" else "h", "p"], ["m"]),
-               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
-              inputs={"x": X_SHAPE}, outputs=["y"],
-              inits={**inits, "wk": np.zeros((6, C, 1, 1), np.float32),
-                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
-                     "w2": weights(3, 6, 1, 1, seed=5)})
+    m = power_read_by_zero_weights(nodes, ["b" if base != "conv" else "h", "p"], inits)
+    assert_cut_where_the_power_is_finite(m, finite)
+
+
+def power_read_by_zero_weights(nodes: list, pow_inputs: list[str], inits: dict):
+    """`nodes`, then m = Pow(*pow_inputs) read by conv_k (zero weights; bias 0 on channels
+    0-2, 0.5 on 3-5), then conv_y."""
+    return model([*nodes, node("Pow", pow_inputs, ["m"]),
+                  conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
+                 inputs={"x": X_SHAPE}, outputs=["y"],
+                 inits={**inits, "wk": np.zeros((6, C, 1, 1), np.float32),
+                        "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
+                        "w2": weights(3, 6, 1, 1, seed=5)})
+
+
+def assert_cut_where_the_power_is_finite(m, finite: bool, scale: float = 1.0) -> None:
+    """A finite power is not read (conv_k's zero weights): conv_h keeps one channel, conv_k's
+    zero rows go; else nothing goes and y has NaN (on inputs times `scale`)."""
     if finite:
         assert_cut(m, {"conv_h": (4, 1), "conv_k": (1, 3), "conv_y": (3, 3)})
     else:
         result = assert_cut(m, {})
-        assert np.isnan(run(result.model, random_feeds(m))["y"]).any()
+        feeds = {"x": scale * random_feeds(m)["x"]}
+        assert np.isnan(run(result.model, feeds)["y"]).any()
 
 
 @pytest.mark.parametrize("base, exponent, finite", [
@@ -461,19 +474,10 @@ def test_a_computed_exponent_of_a_constant_base_marks_the_powers_that_may_overfl
     nodes = [conv("x", "w1", "h", "b1")]
     if exponent == "sigmoid":
         nodes.append(node("Sigmoid", ["h"], ["s"]))
-    m = model([*nodes, node("Pow", ["c", "s" if exponent == "sigmoid" else "h"], ["m"]),
-               conv("m", "wk", "k", "bk"), conv("k", "w2", "y")],
-              inputs={"x": X_SHAPE}, outputs=["y"],
-              inits={"w1": weights(C, 4, 1, 1), "b1": bias(C),
-                     "c": np.array(base, np.float32), "wk": np.zeros((6, C, 1, 1), np.float32),
-                     "bk": np.array([0, 0, 0, 0.5, 0.5, 0.5], np.float32),
-                     "w2": weights(3, 6, 1, 1, seed=5)})
-    if finite:
-        assert_cut(m, {"conv_h": (4, 1), "conv_k": (1, 3), "conv_y": (3, 3)})
-    else:
-        result = assert_cut(m, {})
-        big = {"x": 300 * random_feeds(m)["x"]}  # exponents of a few hundred
-        assert np.isnan(run(result.model, big)["y"]).any()
+    m = power_read_by_zero_weights(nodes, ["c", "s" if exponent == "sigmoid" else "h"],
+                                   {"w1": weights(C, 4, 1, 1), "b1": bias(C),
+                                    "c": np.array(base, np.float32)})
+    assert_cut_where_the_power_is_finite(m, finite, scale=300)  # exponents of a few hundred
 
 
 @pytest.mark.parametrize("norm", ["ReduceL2", "ReduceL1", "ReduceSumSquare"])
