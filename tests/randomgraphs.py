@@ -24,7 +24,10 @@ channels or H and W mixed back in, Instance/Layer/LpNormalization, variadic Max/
 ConvTranspose, Softmax/LogSoftmax/Hardmax, global pools expanded or tiled back, Div of two
 computed tensors, LpPool, and layout changes (H and W swapped, flattened and back, the batch
 merged into the channels, `x.view(x.size(0), -1)` and back, `F.interpolate` to computed
-sizes, channels tiled). Weight rows and columns are zeroed at
+sizes, channels tiled), and spatial ops with the attributes the other draws leave at their
+defaults (strides, dilations, auto_pad, uneven pads, ceil_mode, reflect and cropping pads, a
+channel-axis pad, cubic and downsampling Resize, every coordinate transformation, and
+tf_crop_and_resize with its extrapolation value). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -817,10 +820,120 @@ def add_layout(net: Net, rng: np.random.Generator) -> None:
                 2 * c, h, w)
 
 
+def _output_hw(op_node: onnx.NodeProto, net: Net, c: int, h: int, w: int
+               ) -> tuple[int, int, int] | None:
+    """(C, H, W) of `op_node`'s output on a (1, c, h, w) input, as ONNX Runtime runs the node
+    alone; None where it refuses the node, or where ONNX's shape inference says otherwise (a
+    ceil_mode pool whose last window starts in the padding: the graph would not check)."""
+    import onnxruntime as ort
+
+    consts = [i for i in op_node.input[1:] if i in net.inits]
+    graph = helper.make_graph(
+        [op_node], "probe",
+        [helper.make_tensor_value_info(op_node.input[0], TensorProto.FLOAT, [1, c, h, w])],
+        [helper.make_tensor_value_info(op_node.output[0], TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(net.inits[i], i) for i in consts])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=9)
+    try:
+        quiet = ort.SessionOptions()
+        quiet.log_severity_level = 4
+        session = ort.InferenceSession(probe.SerializeToString(), quiet,
+                                       providers=["CPUExecutionProvider"])
+        out = session.run(None, {op_node.input[0]: np.zeros((1, c, h, w), np.float32)})[0]
+    except Exception:  # noqa: BLE001 - an attribute combination ONNX Runtime refuses
+        return None
+    inferred = onnx.shape_inference.infer_shapes(probe).graph.output[0].type.tensor_type.shape
+    if out.ndim != 4 or min(out.shape) < 1 or \
+            [d.dim_value for d in inferred.dim] != list(out.shape):
+        return None
+    return tuple(out.shape[1:])
+
+
+def add_spatial(net: Net, rng: np.random.Generator) -> None:
+    """Spatial ops with the attributes the other draws leave at their defaults: Conv
+    (depthwise too) with strides, dilations, auto_pad or uneven pads; max and average pools
+    with strides, padding, ceil_mode (and dilations for the max); Pad in reflect or edge mode,
+    cropping, or padding the channel axis; Resize in cubic mode, downsampling, with each
+    coordinate transformation and nearest mode, or tf_crop_and_resize with a box reaching
+    past the borders (and, rarely, across the channels) and an extrapolation value."""
+    x, c, h, w = net.pick(rng)
+    kind = rng.choice(["conv", "pool", "pad", "resize"])
+    y = net.name(f"sp{kind}")
+    if kind == "conv":
+        k, stride, dilation = (int(rng.choice(v)) for v in ([2, 3], [1, 2], [1, 1, 2]))
+        attrs = {"kernel_shape": [k, k], "strides": [stride, stride]}
+        auto_pad = str(rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET", "NOTSET"]))
+        if auto_pad == "NOTSET":
+            attrs["dilations"] = [dilation, dilation]
+            attrs["pads"] = [int(p) for p in rng.integers(0, dilation * (k - 1) + 1, 4)]
+        else:
+            attrs["auto_pad"] = auto_pad
+        group = c if rng.random() < 0.3 else 1
+        if group > 1:
+            attrs["group"] = group
+        cout = c if group > 1 else int(rng.integers(2, 9))
+        weight, zero_rows = conv_weight(net, rng, cout, c // group, k)
+        inputs = [x, net.weight("w", weight, rng)]
+        if rng.random() < 0.8:
+            inputs.append(net.weight("b", dead_biases(rng, cout, zero_rows), rng))
+        op_node = node("Conv", inputs, [y], **attrs)
+    elif kind == "pool":
+        op = str(rng.choice(["MaxPool", "AveragePool"]))
+        k, stride = int(rng.choice([2, 3])), int(rng.choice([1, 2]))
+        attrs = {"kernel_shape": [k, k], "strides": [stride, stride],
+                 "pads": [int(p) for p in rng.integers(0, k, 4)],
+                 "ceil_mode": int(rng.integers(2))}
+        if op == "AveragePool":
+            attrs["count_include_pad"] = int(rng.integers(2))
+        elif rng.random() < 0.3:
+            attrs["dilations"] = [2, 2]
+        op_node = node(op, [x], [y], **attrs)
+    elif kind == "pad":
+        mode = str(rng.choice(["reflect", "edge", "constant", "constant"]))
+        low = -1 if mode == "constant" else 0
+        pads = rng.integers(low, 2, 8)
+        pads[[0, 4]] = 0
+        if mode == "constant" and rng.random() < 0.3:  # channels added, spatial pads or not
+            pads[[1, 5]] = rng.integers(0, 3, 2)
+            pads[[2, 3, 6, 7]] *= int(rng.integers(2))
+        else:
+            pads[[1, 5]] = 0
+        inputs = [x, net.const("pads", pads.astype(np.int64))]
+        if mode == "constant":
+            inputs.append(net.const("value", np.float32(rng.choice([0.0, 0.5, -1.0]))))
+        op_node = node("Pad", inputs, [y], mode=mode)
+    else:
+        mode = str(rng.choice(["nearest", "linear", "cubic"]))
+        transform = str(rng.choice(["half_pixel", "pytorch_half_pixel", "align_corners",
+                                    "asymmetric", "tf_crop_and_resize"]))
+        scale = float(rng.choice([0.5, 1.5, 2.0]))
+        attrs = {"mode": mode, "coordinate_transformation_mode": transform}
+        if mode == "nearest":
+            attrs["nearest_mode"] = str(rng.choice(["round_prefer_floor", "round_prefer_ceil",
+                                                    "floor", "ceil"]))
+        if mode == "cubic":
+            attrs["cubic_coeff_a"] = float(rng.choice([-0.5, -0.75]))
+            attrs["exclude_outside"] = int(rng.integers(2))
+        roi = ""
+        if transform == "tf_crop_and_resize":
+            box = np.array([0, 0, -0.25, 0.25, 1, 1, 1.25, 0.75], np.float32)
+            box[[2, 3, 6, 7]] += rng.uniform(-0.25, 0.25, 4).astype(np.float32)
+            if rng.random() < 0.1:  # across the channels
+                box[[1, 5]] = [0.25, 0.75]
+            roi = net.const("roi", box)
+            attrs["extrapolation_value"] = float(rng.choice([0.0, 0.5, -1.0]))
+        scales = net.const("scales", np.array([1, 1, scale, scale], np.float32))
+        op_node = node("Resize", [x, roi, scales], [y], **attrs)
+    shape = _output_hw(op_node, net, c, h, w)
+    if shape is not None and shape[0] <= MAX_CHANNELS and shape[1] * shape[2] <= 4 * H * W:
+        net.add(op_node, *shape)
+
+
 RULE_BUILDERS = {"unary": add_unary, "pow": add_pow, "reduce": add_reduce, "norm": add_norm,
                  "variadic": add_variadic, "convtranspose": add_convtranspose,
                  "softmax": add_softmax, "expand": add_expand, "divide": add_divide,
-                 "layout": add_layout}
+                 "layout": add_layout, "spatial": add_spatial}
 RULE_OPS = tuple(RULE_BUILDERS)
 
 

@@ -166,6 +166,37 @@ def test_resize_keeps_a_constant_constant(mode):
     assert_cut(m, cut_one())
 
 
+CROP_BOX = np.array([0, 0, -0.5, -0.5, 1, 1, 1.5, 1.5], np.float32)  # reaches past H and W
+
+
+@pytest.mark.parametrize("value, extrapolation, cut", [
+    (0.0, 0.0, True),    # zero inside the box, zero outside it
+    (0.0, 0.25, False),  # zero inside, 0.25 outside: no constant
+    (0.5, 0.5, True),    # the constant is what is written outside
+    (0.5, 0.0, False),
+])
+def test_tf_crop_and_resize_writes_its_extrapolation_value_outside_the_box(
+        value, extrapolation, cut):
+    m = conv_op_conv([node("Resize", ["h", "roi", "scales"], ["r"], mode="linear",
+                           coordinate_transformation_mode="tf_crop_and_resize",
+                           extrapolation_value=extrapolation),
+                      node("Sub", ["r", "k"], ["m"])],
+                     channel_value=value,
+                     inits={"roi": CROP_BOX, "scales": np.array([1, 1, 2, 2], np.float32),
+                            "k": np.float32(value)})
+    assert_cut(m, cut_one() if cut else {})
+
+
+def test_tf_crop_and_resize_with_a_box_across_the_channels_is_a_barrier():
+    roi = np.array([0, 0.5, 0, 0, 1, 1.5, 1, 1], np.float32)  # channel c samples c + 3.5
+    m = conv_op_conv([node("Resize", ["h", "roi", "scales"], ["m"], mode="nearest",
+                           coordinate_transformation_mode="tf_crop_and_resize")],
+                     inits={"roi": roi, "scales": np.array([1, 1, 1, 1], np.float32)})
+    result = assert_cut(m, {})
+    assert [b.reason for b in blockers(result, "Resize")] == [
+        "Resize crops along the channel axis (tf_crop_and_resize)"]
+
+
 @pytest.mark.parametrize("opset", [13, 18])
 def test_resize_with_sizes_rewrites_the_channel_size(opset):
     m = conv_op_conv([node("Resize", ["h", "", "", "sizes"], ["m"], mode="nearest")],

@@ -133,8 +133,35 @@ def analyse_resize(node: ir.Node, walk: Walk) -> None:
     if not _channel_axis_kept_at_every_size(node, walk):
         walk.barrier(node, "Resize to a computed size that may change the channel axis")
         return
-    mode = attr_string(node, "mode", "nearest")
-    transparent(node, walk, (lambda x: x) if mode in ("nearest", "linear") else _zero_only)
+    keeps = (lambda x: x) if attr_string(node, "mode", "nearest") in ("nearest", "linear") \
+        else _zero_only
+    if attr_string(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        if not _roi_spans_the_channel_axis(node, walk):
+            walk.barrier(node, "Resize crops along the channel axis (tf_crop_and_resize)")
+            return
+        fill = np.float32(attr_float(node, "extrapolation_value", 0.0))
+        transparent(node, walk, lambda x: np.where(x == fill, keeps(x), np.nan), nan_unknown=True)
+        return
+    transparent(node, walk, keeps)
+
+
+def _roi_spans_the_channel_axis(node: ir.Node, walk: Walk) -> bool:
+    """Does a tf_crop_and_resize's constant `roi` take the whole channel axis, from 0 to 1
+    (out[c] <- in[c]; any other box samples channels between channels)? Its points outside
+    the box, on other axes, are the extrapolation value, which `analyse_resize` keeps only
+    where a channel's constant is that value."""
+    roi = walk.const(input_at(node, 1)) if input_at(node, 1) is not None else None
+    source, dims = walk.info(node.inputs[0]), walk.dims(node.inputs[0])
+    if roi is None or dims is None:
+        return False
+    axes = [a % len(dims) for a in attr_ints(node, "axes", [])] or list(range(len(dims)))
+    roi = np.asarray(roi, np.float64).reshape(-1)
+    if roi.size != 2 * len(axes):
+        return False
+    for axis in range(source.axis, source.axis + source.span):
+        if axis in axes and (roi[axes.index(axis)] != 0 or roi[len(axes) + axes.index(axis)] != 1):
+            return False
+    return True
 
 
 def _sizes_entry(node: ir.Node, rank: int, axis: int) -> int | None:
