@@ -27,7 +27,8 @@ merged into the channels, `x.view(x.size(0), -1)` and back, `F.interpolate` to c
 sizes, channels tiled), and spatial ops with the attributes the other draws leave at their
 defaults (strides, dilations, auto_pad, uneven pads, ceil_mode, reflect and cropping pads, a
 channel-axis pad, cubic and downsampling Resize, every coordinate transformation, and
-tf_crop_and_resize with its extrapolation value). Weight rows and columns are zeroed at
+tf_crop_and_resize with its extrapolation value), and a squeeze-and-excitation gate of two Gemms
+(transB, alpha, beta). Weight rows and columns are zeroed at
 random and zero rows get zero, negative or positive biases, so that zero, constant and unread
 channels appear everywhere; with `special` > 0 some constants get a NaN, an Inf, a huge value, a
 denormal, or -0.0 for their zeros. The graph input can also be a graph output, and its batch a
@@ -930,10 +931,49 @@ def add_spatial(net: Net, rng: np.random.Generator) -> None:
         net.add(op_node, *shape)
 
 
+def _gemm(net: Net, rng: np.random.Generator, x: str, k: int, n: int) -> str:
+    """x [1, k] -> Gemm -> [1, n]: weights stored as [k, n] or, with transB, [n, k]; alpha,
+    beta and the bias's shape drawn; rows and columns zeroed at the recipe's rates, dead
+    outputs with a zero, negative or positive bias."""
+    weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    zero_out = rng.random(n) < net.recipe.p_row
+    weight[:, zero_out] = 0
+    weight[rng.random(k) < net.recipe.p_col] = 0
+    trans_b = int(rng.integers(2))
+    attrs = {"transB": trans_b} if trans_b else {}
+    if rng.random() < 0.5:
+        attrs["alpha"] = float(rng.choice([0.5, 2.0, -1.0]))
+    if rng.random() < 0.5:
+        attrs["beta"] = float(rng.choice([0.0, 0.5, 2.0]))
+    inputs = [x, net.weight("fcw", weight.T.copy() if trans_b else weight, rng)]
+    if rng.random() < 0.8:
+        bias = dead_biases(rng, n, zero_out)
+        inputs.append(net.weight("fcb", bias.reshape((1, n) if rng.random() < 0.3 else n), rng))
+    y = net.name("fc")
+    net.nodes.append(node("Gemm", inputs, [y], **attrs))
+    return y
+
+
+def add_dense(net: Net, rng: np.random.Generator) -> None:
+    """A squeeze-and-excitation gate written with Linear layers, as older SE blocks are:
+    GlobalAveragePool -> Flatten -> Gemm (c -> r) -> Relu -> Gemm (r -> c) -> Sigmoid ->
+    Reshape [-1, c, 1, 1] -> Mul with the input (each Gemm with transB, alpha and beta drawn)."""
+    x, c, h, w = net.pick(rng)
+    pooled, flat, squeezed, gate, shaped = (net.name(s) for s in
+                                            ("sepool", "seflat", "serelu", "segate", "seshape"))
+    net.nodes.append(node("GlobalAveragePool", [x], [pooled]))
+    net.nodes.append(node("Flatten", [pooled], [flat]))
+    r = int(rng.integers(1, 5))
+    net.nodes.append(node("Relu", [_gemm(net, rng, flat, c, r)], [squeezed]))
+    net.nodes.append(node("Sigmoid", [_gemm(net, rng, squeezed, r, c)], [gate]))
+    net.nodes.append(node("Reshape", [gate, net.const("s", np.array([-1, c, 1, 1]))], [shaped]))
+    net.add(node("Mul", [x, shaped], [net.name("se")]), c, h, w)
+
+
 RULE_BUILDERS = {"unary": add_unary, "pow": add_pow, "reduce": add_reduce, "norm": add_norm,
                  "variadic": add_variadic, "convtranspose": add_convtranspose,
                  "softmax": add_softmax, "expand": add_expand, "divide": add_divide,
-                 "layout": add_layout, "spatial": add_spatial}
+                 "layout": add_layout, "spatial": add_spatial, "dense": add_dense}
 RULE_OPS = tuple(RULE_BUILDERS)
 
 
