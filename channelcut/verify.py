@@ -135,16 +135,17 @@ def random_inputs(
         shape = shapes[value.name]
         elem_type = value.type.tensor_type.elem_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+        # np.asarray: a 0-d input stays an array (ONNX Runtime takes no NumPy scalar)
         if dtype == np.bool_:
-            feeds[value.name] = rng.random(shape) < 0.5
+            feeds[value.name] = np.asarray(rng.random(shape) < 0.5)
         elif np.issubdtype(dtype, np.integer):
-            feeds[value.name] = rng.integers(0, INT_INPUT_HIGH, size=shape).astype(dtype)
+            feeds[value.name] = np.asarray(rng.integers(0, INT_INPUT_HIGH, size=shape), dtype)
         elif np.issubdtype(dtype, np.floating) and value.name in ranges:
-            feeds[value.name] = inputs_in_range(rng, shape, *ranges[value.name]).astype(dtype)
+            feeds[value.name] = np.asarray(inputs_in_range(rng, shape, *ranges[value.name]), dtype)
         elif np.issubdtype(dtype, np.floating):
             limit = float(np.finfo(dtype).max) ** 0.25
             values = rng.standard_normal(shape) * min(scale, limit)
-            feeds[value.name] = np.asarray(values, dtype=dtype)  # a 0-d array stays one
+            feeds[value.name] = np.asarray(values, dtype=dtype)
         else:
             type_name = onnx.TensorProto.DataType.Name(elem_type)
             raise ChannelcutError(
@@ -161,6 +162,8 @@ def inputs_in_range(rng: np.random.Generator, shape: tuple[int, ...], lo: np.nda
     lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     if lo.size > 1:  # one pair per channel on axis 1
         lo, hi = (b.reshape((1, -1) + (1,) * (len(shape) - 2)) for b in (lo, hi))
+    else:  # one pair for every element (a 0-d input too)
+        lo, hi = lo.reshape(()), hi.reshape(())
     lo, hi = np.broadcast_to(lo, shape), np.broadcast_to(hi, shape)
     normal = rng.standard_normal(shape)
     with np.errstate(all="ignore"):

@@ -130,6 +130,22 @@ def test_random_inputs_types_and_ranges():
     assert 0.4 < feeds["b"].mean() < 0.6
 
 
+def test_scalar_inputs_of_every_type_are_arrays_onnx_runtime_takes():
+    """A 0-d input (a flag, a step count) is fed as a 0-d array: ONNX Runtime refuses a NumPy
+    scalar, so a model with one could not be verified."""
+    names_types = [("flag", TensorProto.BOOL), ("step", TensorProto.INT64),
+                   ("scale", TensorProto.FLOAT), ("bounded", TensorProto.FLOAT)]
+    model = make_model(
+        [helper.make_node("Identity", [n], [n + "_out"]) for n, _ in names_types],
+        [helper.make_tensor_value_info(n, t, []) for n, t in names_types],
+        [helper.make_tensor_value_info(n + "_out", t, []) for n, t in names_types],
+    )
+    shapes = verify.resolve_input_shapes(model, None)
+    feeds = verify.random_inputs(model, shapes, ranges={"bounded": (np.zeros(1), np.ones(1))})
+    assert all(isinstance(v, np.ndarray) and v.shape == () for v in feeds.values()), feeds
+    assert verify.compare(model, model, shapes)[0].cosine == 1.0
+
+
 def test_random_inputs_are_seeded():
     model = mixed_model()
     shapes = verify.resolve_input_shapes(model, None)
