@@ -30,7 +30,7 @@ from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_
                                restore_boundary_types, set_value_info)
 from channelcut.ranges import (InputRange, by_value, describe_input_ranges,
                                resolve_input_ranges)
-from channelcut.report import AlignedGain, Report, SiteChange
+from channelcut.report import AlignedGain, Report, SiteChange, initializer_inputs_line
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def cut(
     seed: int = 0,
     stages: Stages | None = None,
     input_ranges: Mapping[str, InputRange] | None = None,
+    constant_initializers: bool = False,
 ) -> CutResult:
     """Remove every channel that provably cannot change any output; the input is not modified.
 
@@ -113,6 +114,12 @@ def cut(
     `input_ranges` bounds graph inputs (name -> (lo, hi), or one (lo, hi) per channel on axis
     1): channels the bounds prove constant then cut or fold (reported as cut by range), and
     the random input sets of the check are drawn inside them, edges included.
+
+    Initializers that are also graph inputs (`io.initializer_inputs`: old exporters list every
+    weight so) may be fed other values by a caller, so they are no constants and what reads
+    them keeps its channels (a warning and `report.initializer_inputs` say so). With
+    `constant_initializers` they are constants, and the cut model lists only the inputs a
+    caller must feed.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or \
             not 0.0 < threshold <= 1.0:
@@ -144,6 +151,9 @@ def cut(
     with _collector_paused():
         with stages.stage("load"):
             original = io.load_model(model, copy=False, lazy=True)
+            overridable = io.initializer_inputs(original)
+            if overridable and constant_initializers:
+                original = io.without_initializer_inputs(original)
         checking = Checking(verify_inputs, verify_samples, seed,
                             resolve_input_ranges(original, input_ranges))
         result = _cut(original, input_shapes, verify, threshold, options, stages, checking)
@@ -161,6 +171,11 @@ def cut(
             result = _guarded(original, result, input_shapes, verify, threshold, options,
                               zero_only, measure or guard.ort_latencies, stages, checking)
     result.report.model_path = str(model) if isinstance(model, str | Path) else ""
+    result.report.initializer_inputs = overridable
+    result.report.constant_initializers = bool(overridable and constant_initializers)
+    if overridable and not constant_initializers:
+        log.warning("%s: %s", result.report.model_path or "the model",
+                    initializer_inputs_line(result.report))
     result.external_data = any(io.on_disk(t) is not None for t in original.graph.initializer)
     result.report.seconds = dict(stages.seconds)
     return result

@@ -211,6 +211,11 @@ def _add_input_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-range", action="append", default=[], metavar="NAME:LO,HI",
                         help="every value of this input lies in [LO, HI] (repeatable); channels "
                              "this proves constant are cut, and verification stays inside it")
+    parser.add_argument("--constant-initializers", action="store_true",
+                        help="take initializers that are also graph inputs (old exporters list "
+                             "every weight so) as constants, and leave them out of the cut "
+                             "model's inputs (default: they are inputs a caller may feed, and "
+                             "what reads them keeps its channels)")
 
 
 def _cut(args: argparse.Namespace) -> int:
@@ -240,7 +245,8 @@ def _cut(args: argparse.Namespace) -> int:
                          fold=not args.zero_only, objective=args.objective, align=args.align,
                          target=args.target, verify_inputs=args.verify_inputs,
                          verify_samples=args.verify_samples, seed=args.seed, stages=stages,
-                         input_ranges=_input_ranges(args.input_range))
+                         input_ranges=_input_ranges(args.input_range),
+                         constant_initializers=args.constant_initializers)
         with stages.stage("save"):
             result.save(args.output)
     report = result.report
@@ -267,7 +273,8 @@ def _inspect(args: argparse.Namespace) -> int:
         result = api.cut(args.input, input_shapes=_input_shapes(args.input_shape),
                          verify=False, fold=not args.zero_only, objective=args.objective,
                          align=args.align, target=args.target, stages=stages,
-                         input_ranges=_input_ranges(args.input_range))
+                         input_ranges=_input_ranges(args.input_range),
+                         constant_initializers=args.constant_initializers)
     _show(result.report, None, args.verbose)
     print(f"\nwould cut {result.report.removed_channels} channel positions; nothing written")
     return EXIT_OK

@@ -69,6 +69,28 @@ def load_model(source: onnx.ModelProto | str | Path, copy: bool = True,
     return model
 
 
+def initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    """Initializers that are also graph inputs, in input order: by ONNX's rules a caller may
+    feed other values for them (old exporters, e.g. torch.onnx.export with
+    keep_initializers_as_inputs, list every weight so)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name in initializers]
+
+
+def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose graph inputs are only those a caller must feed: its
+    initializers are constants (IR version 4 at least, the first that lets an initializer be
+    no input)."""
+    initializers = {t.name for t in model.graph.initializer}
+    private = onnx.ModelProto()
+    private.CopyFrom(model)
+    kept = [v for v in private.graph.input if v.name not in initializers]
+    del private.graph.input[:]
+    private.graph.input.extend(kept)
+    private.ir_version = max(private.ir_version, 4)
+    return private
+
+
 def on_disk(tensor: onnx.TensorProto) -> tuple[str, int, int] | None:
     """(file, offset, length) of a tensor whose data a lazy load left in its file, else None."""
     if not uses_external_data(tensor):

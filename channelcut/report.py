@@ -143,6 +143,10 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (STAGES)
     # one line when dynamic input dims took the default size: which, and how to set them
     assumed_dims: str = ""
+    # initializers that are also graph inputs (io.initializer_inputs), and whether the cut
+    # took them as constants (cut(constant_initializers=True)) and dropped them from the inputs
+    initializer_inputs: list[str] = field(default_factory=list)
+    constant_initializers: bool = False
     range_cuts: list[RangeCut] = field(default_factory=list)  # constant by their interval
     # graph inputs assumed bounded: name -> [[lo, hi]] (or one pair per channel)
     input_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
@@ -183,6 +187,8 @@ class Report:
             "latencies": self.latencies, "kept": self.kept,
             "aligned": None if self.aligned is None else asdict(self.aligned),
             "assumed_dims": self.assumed_dims,
+            "initializer_inputs": self.initializer_inputs,
+            "constant_initializers": self.constant_initializers,
             "verify_inputs": self.verify_inputs,
             "checks": [asdict(c) for c in self.checks],
             "most_blocked": [{"op_type": op, "channels": n}
@@ -254,6 +260,21 @@ def _flops(flops: int, unknown_nodes: int) -> str:
     return f">= {flops / 1e9:.5f} G ({unknown_nodes} nodes of unknown shape)"
 
 
+def initializer_inputs_line(report: Report) -> str:
+    """What the cut made of initializers that are also graph inputs, and how to change it."""
+    names = report.initializer_inputs
+    shown = ", ".join(repr(n) for n in names[:3]) + \
+        (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    count = f"{len(names)} initializer{'s are' if len(names) > 1 else ' is'} also graph " \
+        f"input{'s' if len(names) > 1 else ''} ({shown})"
+    if report.constant_initializers:
+        return f"{count}: taken as constants; the cut model lists only the other inputs"
+    return (f"{count}, so a caller may feed other values: channelcut keeps them as inputs and "
+            "cuts nothing that reads them; if nobody feeds them (an export with "
+            "keep_initializers_as_inputs), pass --constant-initializers "
+            "(cut(constant_initializers=True)) to cut them")
+
+
 def summary_lines(report: Report) -> list[str]:
     """Weights (bytes, MB = 10^6) and FLOPs (2 per multiply-add) before, after and the change;
     the change in FLOPs is unknown when either count misses nodes of unknown shape."""
@@ -265,6 +286,7 @@ def summary_lines(report: Report) -> list[str]:
         f"weights: {wb / 1e6:.5f} MB -> {wa / 1e6:.5f} MB, {_signed_change(wb, wa, 1e6, 'MB')}",
         f"FLOPs:   {_flops(fb, ub)} -> {_flops(fa, ua)}, {change}",
         *([f"note: {report.assumed_dims}"] if report.assumed_dims else []),
+        *([f"note: {initializer_inputs_line(report)}"] if report.initializer_inputs else []),
     ]
     if report.latencies:
         times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"

@@ -6,11 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import channelcut
 from channelcut.errors import ChannelcutError
+from channelcut.report import summary_lines
 
 from builders import (assert_cut, bias, conv, cut, dead_channel_model, model, node, random_feeds,
                       relu, run, weights)
@@ -182,3 +184,32 @@ def test_channelcut_cut_is_the_function_whatever_was_imported_before():
             "assert callable(channelcut.cut), channelcut.cut; "
             "from channelcut.api import cut; assert channelcut.cut is cut")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def weights_as_inputs() -> onnx.ModelProto:
+    """dead_channel_model with every initializer also a graph input, as
+    torch.onnx.export(keep_initializers_as_inputs=True) writes it."""
+    m = dead_channel_model()
+    m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                         for t in m.graph.initializer)
+    return m
+
+
+def test_initializers_listed_as_inputs_are_inputs_unless_taken_as_constants(caplog):
+    original = weights_as_inputs()
+    before = original.SerializeToString()
+    result = channelcut.cut(original)
+    assert result.report.removed_channels == 0  # a caller may feed other weights
+    assert result.report.initializer_inputs == ["w1", "b1", "w2", "b2"]
+    assert not result.report.constant_initializers
+    assert "--constant-initializers" in caplog.text and "'w1'" in caplog.text
+
+    taken = channelcut.cut(original, constant_initializers=True)
+    assert original.SerializeToString() == before
+    assert taken.report.removed_channels == 2  # conv1's channel 2 and conv2's input 2
+    assert taken.report.constant_initializers
+    assert [v.name for v in taken.model.graph.input] == ["x"]
+    feeds = random_feeds(taken.model)
+    np.testing.assert_allclose(run(taken.model, feeds)["y"], run(original, feeds)["y"],
+                               rtol=1e-5, atol=1e-5)
+    assert "taken as constants" in " ".join(summary_lines(taken.report))

@@ -317,6 +317,29 @@ def test_input_shape_that_does_not_match_the_model(capsys, model_file, tmp_path,
 
 # --- cut and inspect on a real model (need the core) ------------------------------------------
 
+@pytest.mark.parametrize("constant", [False, True])
+def test_weights_listed_as_inputs_are_cut_with_constant_initializers(capsys, tmp_path,
+                                                                     constant):
+    m = dead_channel_model()
+    m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                         for t in m.graph.initializer)
+    in_path, out_path, json_path = (tmp_path / n for n in ("in.onnx", "o.onnx", "r.json"))
+    onnx.save(m, in_path)
+    flags = ["--constant-initializers"] if constant else []
+    code, out, err = run_cli(capsys, "cut", in_path, "-o", out_path, "--report-json", json_path,
+                             *flags)
+    assert code == 0, err
+    report = json.loads(json_path.read_text())
+    assert report["initializer_inputs"] == ["w1", "b1", "w2", "b2"]
+    assert report["constant_initializers"] is constant
+    assert report["removed_channels"] == (2 if constant else 0)
+    assert [v.name for v in onnx.load(out_path).graph.input] == \
+        (["x"] if constant else ["x", "w1", "b1", "w2", "b2"])
+    note = " ".join(section(out, "summary"))
+    assert ("taken as constants" in note) is constant
+    assert ("--constant-initializers" in note) is not constant  # what to do, when not given
+
+
 def test_cut_removes_the_dead_channel(capsys, model_file, tmp_path):
     before = model_file.read_bytes()
     out_path, json_path = tmp_path / "o.onnx", tmp_path / "report.json"
@@ -447,7 +470,7 @@ def test_cli_passes_options_to_cut(capsys, model_file, tmp_path, monkeypatch):
                     "threshold": 0.99, "fold": True, "objective": None, "align": None,
                     "target": "portable",  # the target decides objective and alignment
                     "verify_inputs": None, "verify_samples": None, "seed": 0,
-                    "input_ranges": None}
+                    "input_ranges": None, "constant_initializers": False}
     assert stages.listener is None  # stderr is not a terminal, and no -v
     run_cli(capsys, "inspect", model_file, "--zero-only", "--objective", "params", "--align", "8",
             "--target", "rknn")

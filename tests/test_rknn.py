@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -241,6 +241,20 @@ def test_load_onnx_with_input_size_list_and_pruning(onnx_file):
     rknn.config(model_pruning=True)
     assert rknn.load_onnx(onnx_file, input_size_list=[[3, 8, 8]]) == 0
     assert rknn.build() == 0 and rknn.init_runtime() == 0
+    assert rknn.inference([np.ones((1, 8, 8, 3), np.float32)])[0].shape == (1, 2, 8, 8)
+
+
+def test_load_onnx_takes_weights_listed_as_inputs_as_the_weights_they_are(tmp_path):
+    m = dead_channel_model()  # as torch.onnx.export(keep_initializers_as_inputs=True) writes
+    m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                         for t in m.graph.initializer)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(m.SerializeToString())
+    rknn = RKNN()
+    rknn.config(model_pruning=True)
+    assert rknn.load_onnx(str(path), input_size_list=[[3, 8, 8]]) == 0
+    assert rknn.build() == 0 and rknn.init_runtime() == 0
+    assert rknn._report.removed_channels == 2 and rknn._report.constant_initializers
     assert rknn.inference([np.ones((1, 8, 8, 3), np.float32)])[0].shape == (1, 2, 8, 8)
 
 

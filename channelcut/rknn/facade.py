@@ -351,16 +351,15 @@ class RKNN:
         # raw uint8 pixels through mean/std: the model's inputs are bounded (the cut proves
         # more channels dead by their range)
         ranges = normalised_input_ranges(model, preprocess_steps(model, self._preprocess_config))
+        # the toolkit compiles initializers as weights, also those an old export lists as inputs
+        common = dict(input_shapes=shapes, target=target, verify_inputs=samples,
+                      input_ranges=ranges, constant_initializers=True)
         if self._pruning == "full":
-            result = cut(model, input_shapes=shapes, fold=True, target=target,
-                         objective=self._pruning_objective, verify_inputs=samples,
-                         input_ranges=ranges)
+            result = cut(model, fold=True, objective=self._pruning_objective, **common)
         elif self._pruning == "aligned":  # zero or unread channels, the NPU's multiple kept
-            result = cut(model, input_shapes=shapes, fold=False, target=target,
-                         align="target", verify_inputs=samples, input_ranges=ranges)
+            result = cut(model, fold=False, align="target", **common)
         else:  # RKNN-Toolkit's model_pruning: only zero or unread channels go
-            result = cut(model, input_shapes=shapes, fold=False, target=target,
-                         verify_inputs=samples, input_ranges=ranges)
+            result = cut(model, fold=False, **common)
         self._report = result.report
         self._log.info("Pruning: const change detail")
         for line in (const_change_lines(result.report) + summary_lines(result.report)
