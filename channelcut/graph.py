@@ -280,3 +280,20 @@ def input_at(node: ir.Node, index: int) -> ir.Value | None:
 
 def opset_version(model: ir.Model, domain: str = "") -> int:
     return int(model.opset_imports.get(domain, model.opset_imports.get("ai.onnx", 0)))
+
+
+INT64_MAX = 2 ** 63 - 1
+
+
+def slice_range(start: int, end: int, step: int, length: int) -> range:
+    """The indices a Slice takes of an axis of `length`, as ONNX Runtime runs it: negative
+    start and end count from the end; with a positive step both clamp to [0, length], with a
+    negative one start clamps to [0, length - 1] and end to [-1, length - 1]; and an end of
+    INT64_MAX with a negative step runs to the first index (the spec's end is the last one,
+    which takes less: ONNX Runtime's reading, the one both models meet). `step` is not 0."""
+    if step < 0 and end == INT64_MAX:
+        end = -length - 1
+    start, end = (v + length if v < 0 else v for v in (start, end))
+    if step > 0:
+        return range(min(max(start, 0), length), min(max(end, 0), length), step)
+    return range(min(max(start, 0), length - 1), min(max(end, -1), length - 1), step)

@@ -13,6 +13,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper
 
 from builders import assert_cut, blockers, conv, model, node, random_feeds, run, weights
+from channelcut.graph import slice_range
 from channelcut.ops.sizes import _sliced
 
 INT_MIN = -2 ** 63
@@ -115,6 +116,7 @@ def test_view_of_the_batch_and_minus_one_cuts_at_every_batch():
 
 def test_the_slice_entries_are_onnx_runtime_s():
     # every start, end and step on 1-D tensors of 1..4 entries against ONNX Runtime's Slice
+    # (channelcut.graph.slice_range, through the Shape rule's _sliced and alone)
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, [d])
               for name, d in (("data", None), ("starts", 1), ("ends", 1), ("steps", 1))]
     graph = helper.make_graph(
@@ -146,6 +148,8 @@ def test_the_slice_entries_are_onnx_runtime_s():
                     reader = ir.Node("", "Slice", [ir.Value(name="d"), *values])
                     assert _sliced(reader, length, Consts(reader)) == set(expected.tolist()), \
                         (length, start, end, step)
+                    # the helper the Slice rule and the Shape readers share, in order
+                    assert list(slice_range(start, end, step, length)) == expected.tolist()
 
 
 def interpolate_model(resized: str = "h", sizes_from: str = "h",

@@ -22,7 +22,7 @@ import onnx_ir as ir
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo
 from channelcut.rewrite import Rewrite
-from channelcut.graph import attr_int, attr_ints
+from channelcut.graph import attr_int, attr_ints, slice_range
 
 
 def grid_readers_only(node: ir.Node, walk: Walk, axis: int, span: int) -> bool:
@@ -191,7 +191,9 @@ def shape_dims(value: ir.Value, walk: Walk, depth: int = 6) -> list[Dim] | None:
                 or (arrays[2] is not None and int(arrays[2].reshape(-1)[0]) != 0) \
                 or (arrays[3] is not None and int(arrays[3].reshape(-1)[0]) != 1):
             return None
-        return base[slice(int(arrays[0].reshape(-1)[0]), int(arrays[1].reshape(-1)[0]))]
+        taken = slice_range(int(arrays[0].reshape(-1)[0]), int(arrays[1].reshape(-1)[0]), 1,
+                            len(base))
+        return [base[i] for i in taken]
     return None
 
 

@@ -12,7 +12,7 @@ import onnx_ir as ir
 from channelcut.analysis import Walk
 from channelcut.channels import ChannelInfo, per_channel_constant
 from channelcut.rewrite import Rewrite, delete_positions
-from channelcut.graph import attr_int, attr_ints, input_at, opset_version
+from channelcut.graph import attr_int, attr_ints, input_at, opset_version, slice_range
 from channelcut.ops import rule
 from channelcut.ops.heads import (grid_readers_only, parts_picked, set_target_entry,
                                    computed_target_fixed, split_channels, target_entries)
@@ -547,8 +547,9 @@ def _slice_params(node: ir.Node, walk: Walk | Rewrite, rank: int
 
 
 def _clamped_range(start: int, end: int, size: int) -> tuple[int, int]:
-    start, end = start + size if start < 0 else start, end + size if end < 0 else end
-    return min(max(start, 0), size), min(max(end, 0), size)
+    """The first index a step-1 Slice takes and the one after its last (`slice_range`)."""
+    taken = slice_range(start, end, 1, size)
+    return taken.start, taken.stop
 
 
 def analyse_slice(node: ir.Node, walk: Walk) -> None:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from channelcut.analysis import Walk
-from channelcut.graph import attr_int, opset_version
+from channelcut.graph import attr_int, opset_version, slice_range
 from channelcut.ops import rule
 from channelcut.ops.heads import entry_dims, same_dim
-
-INT64_MAX = 2 ** 63 - 1
 
 
 @rule("Shape", spans=True)
@@ -126,13 +124,4 @@ def _sliced(reader: ir.Node, length: int, walk: Walk) -> set[int] | None:
     if step == 0:
         return None
     first, last = (int(v.reshape(-1)[0]) for v in (starts, ends))
-    if step < 0 and last == INT64_MAX:
-        # ONNX Runtime runs such a slice to the first entry (by the spec it ends at the last
-        # one, which takes less): the entries either may take
-        last = -length - 1
-    first, last = (v + length if v < 0 else v for v in (first, last))
-    if step > 0:  # ONNX's clamping: starts and ends to [0, length]
-        first, last = min(max(first, 0), length), min(max(last, 0), length)
-    else:  # a negative step: starts to [0, length - 1], ends to [-1, length - 1]
-        first, last = min(max(first, 0), length - 1), min(max(last, -1), length - 1)
-    return set(range(first, last, step))
+    return set(slice_range(first, last, step, length))
