@@ -196,6 +196,8 @@ class Walk:
         # every input's size is fixed, the batch too.
         self.sizes_fixed = declared_sizes_fixed(model.graph)
         self.unsupported: dict[str, list[str]] = {}
+        # weighted layers whose weights are no constant, by what computes them (`computed_weights`)
+        self.computed_weights: dict[str, int] = {}
         self.consts: dict[ir.Value, np.ndarray | None] = {}
         self._views: dict[ir.Value, ChannelInfo] = {}
         # outputs a barrier gave no channels: (the barrier node, why), for a reader that knows
@@ -326,6 +328,22 @@ class Walk:
                 self.pin(info, node, reason)
             elif value is not None and value in node.outputs:
                 self._barrier_outputs.setdefault(value, (node, reason))
+
+    def computed_weights_barrier(self, node: ir.Node, weights: ir.Value | None,
+                                 reason: str) -> None:
+        """A barrier for a weighted layer whose weights are no constant, counted by what
+        computes them (an op type, "graph input" for weights fed at run time; an initializer
+        listed as an input is the report's own note) for the report."""
+        producer = weights.producer() if weights is not None else None
+        if producer is not None:
+            source = producer.op_type
+        elif weights is not None and weights.is_graph_input() and weights.const_value is None:
+            source = "graph input"
+        else:
+            source = ""
+        if source:
+            self.computed_weights[source] = self.computed_weights.get(source, 0) + 1
+        self.barrier(node, reason)
 
     def channels_after_barrier(self, value: ir.Value, axis: int, n: int) -> ChannelInfo | None:
         """For a reader that knows from its weights that `value` has `n` channels on `axis`

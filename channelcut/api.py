@@ -30,7 +30,8 @@ from channelcut.shapes import (apply_types, clear_intermediate_shapes, inferred_
                                restore_boundary_types, set_value_info)
 from channelcut.ranges import (InputRange, by_value, describe_input_ranges,
                                resolve_input_ranges)
-from channelcut.report import AlignedGain, Report, SiteChange, initializer_inputs_line
+from channelcut.report import (AlignedGain, Report, SiteChange, computed_weights_line,
+                               initializer_inputs_line)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,9 @@ def cut(
     result.report.model_path = str(model) if isinstance(model, str | Path) else ""
     result.report.initializer_inputs = overridable
     result.report.constant_initializers = bool(overridable and constant_initializers)
+    if result.report.computed_weights:
+        log.warning("%s: %s", result.report.model_path or "the model",
+                    computed_weights_line(result.report))
     if overridable and not constant_initializers:
         log.warning("%s: %s", result.report.model_path or "the model",
                     initializer_inputs_line(result.report))
@@ -219,7 +223,8 @@ def _guarded(original: onnx.ModelProto, result: CutResult,
         uncut.CopyFrom(original)
         result = CutResult(uncut, Report(
             mode=before.mode, objective=before.objective, align=before.align,
-            target=before.target, weight_bytes_before=before.weight_bytes_before,
+            target=before.target, computed_weights=before.computed_weights,
+            weight_bytes_before=before.weight_bytes_before,
             weight_bytes_after=before.weight_bytes_before, flops_before=before.flops_before,
             flops_after=before.flops_before, input_shapes=before.input_shapes,
             params_before=before.params_before, params_after=before.params_before))
@@ -310,6 +315,7 @@ def _uncut(original: onnx.ModelProto, attempted: Report) -> CutResult:
     model = onnx.ModelProto()
     model.CopyFrom(original)
     report = Report(blockers=attempted.blockers, unsupported_ops=attempted.unsupported_ops,
+                    computed_weights=attempted.computed_weights,
                     mode=attempted.mode, objective=attempted.objective, align=attempted.align,
                     weight_bytes_before=attempted.weight_bytes_before,
                     weight_bytes_after=attempted.weight_bytes_before,
@@ -368,6 +374,7 @@ def _cut_once(original: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], opt
                           int(u.added.flops), int(u.saved.weight_bytes), int(u.saved.flops))
                for u in analysis.sites],
         unsupported_ops={op: len(nodes) for op, nodes in analysis.unsupported.items()},
+        computed_weights=dict(analysis.computed_weights),
         mode="full" if options.fold else "zero",
         objective=options.objective,
         align=options.align,

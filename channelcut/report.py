@@ -147,6 +147,9 @@ class Report:
     # took them as constants (cut(constant_initializers=True)) and dropped them from the inputs
     initializer_inputs: list[str] = field(default_factory=list)
     constant_initializers: bool = False
+    # Conv/ConvTranspose/Gemm layers whose weights are computed, by what computes them
+    # (Analysis.computed_weights): a quantized model's DequantizeLinear, weights fed at run time
+    computed_weights: dict[str, int] = field(default_factory=dict)
     range_cuts: list[RangeCut] = field(default_factory=list)  # constant by their interval
     # graph inputs assumed bounded: name -> [[lo, hi]] (or one pair per channel)
     input_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
@@ -189,6 +192,7 @@ class Report:
             "assumed_dims": self.assumed_dims,
             "initializer_inputs": self.initializer_inputs,
             "constant_initializers": self.constant_initializers,
+            "computed_weights": self.computed_weights,
             "verify_inputs": self.verify_inputs,
             "checks": [asdict(c) for c in self.checks],
             "most_blocked": [{"op_type": op, "channels": n}
@@ -275,6 +279,19 @@ def initializer_inputs_line(report: Report) -> str:
             "(cut(constant_initializers=True)) to cut them")
 
 
+def computed_weights_line(report: Report) -> str:
+    """Which layers read weights that are no constant, and what to do about it."""
+    counts = report.computed_weights
+    total = sum(counts.values())
+    sources = ", ".join(f"{n} from {source}" for source, n in counts.items())
+    line = (f"{total} Conv/Gemm layer{'s read' if total > 1 else ' reads'} weights that are "
+            f"computed ({sources}), so channelcut cannot cut their channels")
+    if "DequantizeLinear" in counts:
+        line += ("; a quantized model: cut the float model, then quantize it (the RKNN "
+                 "facade's build does so)")
+    return line
+
+
 def summary_lines(report: Report) -> list[str]:
     """Weights (bytes, MB = 10^6) and FLOPs (2 per multiply-add) before, after and the change;
     the change in FLOPs is unknown when either count misses nodes of unknown shape."""
@@ -287,6 +304,7 @@ def summary_lines(report: Report) -> list[str]:
         f"FLOPs:   {_flops(fb, ub)} -> {_flops(fa, ua)}, {change}",
         *([f"note: {report.assumed_dims}"] if report.assumed_dims else []),
         *([f"note: {initializer_inputs_line(report)}"] if report.initializer_inputs else []),
+        *([f"note: {computed_weights_line(report)}"] if report.computed_weights else []),
     ]
     if report.latencies:
         times = ", ".join(f"{name} {seconds * 1e3:.3f} ms"

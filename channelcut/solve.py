@@ -55,6 +55,8 @@ class Analysis:
     computed: dict[ir.Value, ChannelInfo] = field(default_factory=dict)
     # the coupled unit of each group, where removal links groups (see `_units`)
     units: np.ndarray | None = None
+    # weighted layers whose weights are no constant, by what computes them (Walk's)
+    computed_weights: dict[str, int] = field(default_factory=dict)
     _deleted: dict[ir.Value, np.ndarray] = field(default_factory=dict, repr=False)
 
     def removed(self, value: ir.Value) -> np.ndarray:
@@ -169,7 +171,7 @@ def solve(walk: Walk, options: Options = Options()) -> Analysis:
                 if id(rows) in solver.free}
     return Analysis(walk.model, walk.infos, solver.group_of, solver.removable, options,
                     blockers, uses, walk.unsupported, walk.consts, computed,
-                    units=_units(solver))
+                    units=_units(solver), computed_weights=walk.computed_weights)
 
 
 def _units(solver: Solver) -> np.ndarray:

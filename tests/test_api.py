@@ -213,3 +213,24 @@ def test_initializers_listed_as_inputs_are_inputs_unless_taken_as_constants(capl
     np.testing.assert_allclose(run(taken.model, feeds)["y"], run(original, feeds)["y"],
                                rtol=1e-5, atol=1e-5)
     assert "taken as constants" in " ".join(summary_lines(taken.report))
+
+
+def test_a_layer_with_computed_weights_is_named_with_what_computes_them(caplog):
+    """conv1's weights come out of a DequantizeLinear (a quantized model), conv2's are fed:
+    neither can be cut, and the report and a warning say why instead of nothing."""
+    m = dead_channel_model()
+    w1 = next(t for t in m.graph.initializer if t.name == "w1")
+    quantized = np.round(numpy_helper.to_array(w1) / 0.05).astype(np.int8)
+    m.graph.initializer.remove(w1)
+    m.graph.initializer.extend([numpy_helper.from_array(quantized, "w1_q"),
+                                numpy_helper.from_array(np.float32(0.05), "w1_scale")])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["w1_q", "w1_scale"], ["w1"],
+                                            name="dq"))
+    onnx.checker.check_model(m, full_check=True)
+    result = channelcut.cut(m)
+    assert result.report.removed_channels == 0
+    assert result.report.computed_weights == {"DequantizeLinear": 1}
+    note = " ".join(summary_lines(result.report))
+    assert "1 Conv/Gemm layer reads weights that are computed (1 from DequantizeLinear)" in note
+    assert "cut the float model, then quantize it" in note and "quantize it" in caplog.text
+    assert channelcut.cut(dead_channel_model()).report.computed_weights == {}

@@ -194,7 +194,8 @@ def analyse_conv(node: ir.Node, walk: Walk) -> None:
     weights, bias = walk.const(w), walk.const(b)
     # the channel counts come from the weights: x's shape may be unknown (after a custom op)
     if weights is None or (b is not None and bias is None):
-        walk.barrier(node, "Conv weights or bias are not constants")
+        walk.computed_weights_barrier(node, w if weights is None else b,
+                                      "Conv weights or bias are not constants")
         return
     groups = attr_int(node, "group", 1)
     cout, cin_g = weights.shape[:2]
@@ -389,7 +390,8 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
     weights, bias = walk.const(w), walk.const(b)
     groups = attr_int(node, "group", 1)
     if weights is None or (b is not None and bias is None):
-        walk.barrier(node, "ConvTranspose weights or bias are not constants")
+        walk.computed_weights_barrier(node, w if weights is None else b,
+                                      "ConvTranspose weights or bias are not constants")
         return
     cin, cout_g = weights.shape[:2]
     depthwise = groups > 1 and groups == cin and cout_g == 1
@@ -476,7 +478,7 @@ def analyse_gemm(node: ir.Node, walk: Walk) -> None:
     a, b, c = node.inputs[0], node.inputs[1], input_at(node, 2)
     weights = walk.const(b)
     if weights is None or weights.ndim != 2:
-        walk.barrier(node, "Gemm weights are not a constant matrix")
+        walk.computed_weights_barrier(node, b, "Gemm weights are not a constant matrix")
         return
     w_nk = weights if attr_int(node, "transB", 0) else weights.T
     out = walk.new(node.outputs[0], 1, w_nk.shape[0])
