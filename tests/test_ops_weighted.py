@@ -272,6 +272,23 @@ def test_conv_transpose_zero_inputs_and_dead_output_columns():
                                   np.delete(np.delete(wt, [2, 5], 0), [1], 1))
 
 
+def test_conv_transpose_huge_weights_on_zero_inputs_leave_a_dead_output_dead():
+    # output 1 reads only the zero inputs 2 and 5, with weights of +-1e30: 1e30 * 0 is 0, so
+    # it is its bias, -0.5, which the Relu makes 0 (as a Conv's rows are judged; fuzz seed 77
+    # cut it only in a second cut)
+    nodes, inits = producer(8, dead=[2, 5])
+    wt = weights(8, 6, 2, 2, seed=10)
+    wt[:, 1] = 0.0
+    wt[2, 1, 0, 0], wt[5, 1, 1, 1] = 1e30, -1e30
+    bt = bias(6, at={1: -0.5}, seed=10)
+    nodes += [node("ConvTranspose", ["a", "wt", "bt"], ["yt"], strides=[2, 2]),
+              relu("yt", "at"), conv("at", "wh", "out")]
+    m = model(nodes, X, ["out"], inits | {"wt": wt, "bt": bt, "wh": weights(4, 6, 1, 1)})
+    result = assert_cut(m, {"conv_y0": (3, 6), "convtranspose_yt": (6, 5), "conv_out": (5, 4)},
+                        groups=3)
+    assert cut(result.model).report.removed_groups == 0
+
+
 def test_conv_transpose_constant_input_is_not_constant_after_it():
     # A non-zero constant input spreads over overlapping windows: only zero carries through.
     nodes, inits = producer(8, dead=[2], dead_bias=0.5)

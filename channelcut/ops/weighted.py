@@ -419,7 +419,11 @@ def analyse_conv_transpose(node: ir.Node, walk: Walk) -> None:
                         if nonfinite is None else nonfinite[:, source.positions[:, 0]])
         row_unknown = (nz & not_zero[None, :]).any(axis=1)
     out.set_values(~row_unknown, bias)
-    out.mark_nonfinite(_unbounded_rows(walk, w, weights, 0 if depthwise else 1, cout)
+    # rows by columns: output o reads input o (depthwise) or every input
+    w3 = weights.reshape(cin, 1, -1) if depthwise else \
+        weights.reshape(cin, cout_g, -1).transpose(1, 0, 2)
+    in_zero = ~not_zero[:, None] if depthwise else ~not_zero
+    out.mark_nonfinite(_unbounded_weight_rows(walk, w, w3, in_zero)
                        | _unbounded_rows(walk, b, bias, 0, cout))
 
 
