@@ -4,6 +4,7 @@ channel multiplier, grouped), ConvTranspose, Gemm and MatMul."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import channelcut
@@ -258,34 +259,36 @@ def test_grouped_conv_trims_the_excess_where_no_whole_group_comes_back():
 
 # --- ConvTranspose -----------------------------------------------------------------------------
 
-def test_conv_transpose_zero_inputs_and_dead_output_columns():
+def conv_transpose_with_a_dead_output(huge: bool = False) -> tuple[onnx.ModelProto, np.ndarray]:
+    """producer (inputs 2 and 5 zero) -> ConvTranspose yt (output 1: zero weights, bias -0.5,
+    so Relu makes it 0) -> Relu -> conv_out; with `huge`, output 1 reads inputs 2 and 5 with
+    weights of +-1e30. The model and yt's weights."""
     nodes, inits = producer(8, dead=[2, 5])
     wt = weights(8, 6, 2, 2, seed=10)  # [Cin, Cout, kh, kw]
     wt[:, 1] = 0.0
+    if huge:
+        wt[2, 1, 0, 0], wt[5, 1, 1, 1] = 1e30, -1e30
     bt = bias(6, at={1: -0.5}, seed=10)
     nodes += [node("ConvTranspose", ["a", "wt", "bt"], ["yt"], strides=[2, 2]),
               relu("yt", "at"), conv("at", "wh", "out")]
-    m = model(nodes, X, ["out"], inits | {"wt": wt, "bt": bt, "wh": weights(4, 6, 1, 1)})
-    result = assert_cut(m, {"conv_y0": (3, 6), "convtranspose_yt": (6, 5), "conv_out": (5, 4)},
-                        groups=3)
+    return model(nodes, X, ["out"], inits | {"wt": wt, "bt": bt, "wh": weights(4, 6, 1, 1)}), wt
+
+
+CONV_TRANSPOSE_KEPT = {"conv_y0": (3, 6), "convtranspose_yt": (6, 5), "conv_out": (5, 4)}
+
+
+def test_conv_transpose_zero_inputs_and_dead_output_columns():
+    m, wt = conv_transpose_with_a_dead_output()
+    result = assert_cut(m, CONV_TRANSPOSE_KEPT, groups=3)
     np.testing.assert_array_equal(const_input(result.model, "convtranspose_yt"),
                                   np.delete(np.delete(wt, [2, 5], 0), [1], 1))
 
 
 def test_conv_transpose_huge_weights_on_zero_inputs_leave_a_dead_output_dead():
-    # output 1 reads only the zero inputs 2 and 5, with weights of +-1e30: 1e30 * 0 is 0, so
-    # it is its bias, -0.5, which the Relu makes 0 (as a Conv's rows are judged; fuzz seed 77
-    # cut it only in a second cut)
-    nodes, inits = producer(8, dead=[2, 5])
-    wt = weights(8, 6, 2, 2, seed=10)
-    wt[:, 1] = 0.0
-    wt[2, 1, 0, 0], wt[5, 1, 1, 1] = 1e30, -1e30
-    bt = bias(6, at={1: -0.5}, seed=10)
-    nodes += [node("ConvTranspose", ["a", "wt", "bt"], ["yt"], strides=[2, 2]),
-              relu("yt", "at"), conv("at", "wh", "out")]
-    m = model(nodes, X, ["out"], inits | {"wt": wt, "bt": bt, "wh": weights(4, 6, 1, 1)})
-    result = assert_cut(m, {"conv_y0": (3, 6), "convtranspose_yt": (6, 5), "conv_out": (5, 4)},
-                        groups=3)
+    # 1e30 * 0 is 0, so output 1 is its bias, -0.5, which the Relu makes 0 (as a Conv's rows
+    # are judged; fuzz seed 77 cut it only in a second cut)
+    m, _ = conv_transpose_with_a_dead_output(huge=True)
+    result = assert_cut(m, CONV_TRANSPOSE_KEPT, groups=3)
     assert cut(result.model).report.removed_groups == 0
 
 
